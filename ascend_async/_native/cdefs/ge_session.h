@@ -1,0 +1,128 @@
+/* The session ABI: a flat C face of ge::GeSession v2 (ge/ge_api_v2.h, libge_runner_v2.so).
+ *
+ * Both backends implement it: sim/session.c on the simulated device, cann/ge_shim.cpp over the
+ * real GeSession. Status values are GE's (ge::Status = uint32_t): 0 success, 0xFFFFFFFF FAILED,
+ * 1343225956 UNSUPPORTED. Plain declarations only: this text is also cffi cdef input.
+ *
+ * Tensors cross as aa_tensor structs with GE's enum values (ge::DataType, ge::Format,
+ * gert::TensorPlacement). A tensor whose `owner` is non-NULL holds memory GE allocated (a
+ * gert::TensorData with a manager, or a host output of RunGraph/RunGraphAsync); the holder
+ * releases it exactly once with aa_tensor_release(). A NULL owner means the caller owns `addr`.
+ *
+ * Thread safety: every function may be called from any thread. Calls that submit work to a
+ * stream need the calling thread's current context to own that stream (as in AscendCL).
+ */
+
+typedef uint32_t aa_status;
+
+#define AA_GE_SUCCESS 0
+#define AA_GE_FAILED 4294967295
+#define AA_GE_UNSUPPORTED 1343225956
+#define AA_GE_PARAM_INVALID 1343225857
+#define AA_MAX_DIMS 25
+
+/* ge::DataType (graph/types.h) */
+#define AA_DT_FLOAT 0
+#define AA_DT_FLOAT16 1
+#define AA_DT_INT8 2
+#define AA_DT_INT32 3
+#define AA_DT_UINT8 4
+#define AA_DT_INT16 6
+#define AA_DT_UINT16 7
+#define AA_DT_UINT32 8
+#define AA_DT_INT64 9
+#define AA_DT_UINT64 10
+#define AA_DT_DOUBLE 11
+#define AA_DT_BOOL 12
+#define AA_DT_BF16 27
+#define AA_DT_UNDEFINED 28
+
+/* ge::Format */
+#define AA_FORMAT_NCHW 0
+#define AA_FORMAT_NHWC 1
+#define AA_FORMAT_ND 2
+
+/* gert::TensorPlacement */
+#define AA_PLACEMENT_DEVICE_HBM 0
+#define AA_PLACEMENT_HOST 1
+
+typedef struct aa_tensor {
+    void *addr;        /* data; NULL (or size 0) in an output slot = let GE allocate */
+    size_t size;       /* bytes at addr; for GE-allocated blocks, the block size */
+    int32_t dtype;     /* ge::DataType */
+    int32_t format;    /* ge::Format */
+    int32_t placement; /* gert::TensorPlacement */
+    uint32_t ndim;
+    int64_t dims[25];
+    void *owner;       /* non-NULL: GE-allocated memory, release with aa_tensor_release */
+} aa_tensor;
+
+typedef struct aa_option {
+    const char *key;
+    const char *value;
+} aa_option;
+
+typedef struct aa_session aa_session;
+
+/* An external allocator (ge::Allocator / ge::MemBlock) as a C function table. `alloc` returns
+ * a block handle and its device address (NULL handle = out of memory); `free` gives the block
+ * back. Called from whichever thread submits the run; must not block on the device. */
+typedef struct aa_allocator {
+    void *ctx;
+    void *(*alloc)(void *ctx, size_t size, void **addr);
+    void (*free)(void *ctx, void *block);
+} aa_allocator;
+
+/* RunGraphAsync completion: status, and outputs whose ownership passes to the callee (each one
+ * released with aa_tensor_release). Runs on a GE-owned thread. */
+typedef void (*aa_run_callback)(void *user_data, aa_status status, aa_tensor *outputs,
+                                size_t n_outputs);
+
+/* --- global (GEInitializeV2 / GEFinalizeV2 / GEGetErrorMsgV3) --- */
+aa_status aa_ge_initialize(const aa_option *options, size_t n_options);
+aa_status aa_ge_finalize(void);
+/* Copies and clears this thread's GE error text; returns its full length. */
+size_t aa_ge_get_error_msg(char *buf, size_t buf_len);
+
+/* --- sessions --- */
+aa_status aa_session_create(const aa_option *options, size_t n_options, aa_session **out);
+aa_status aa_session_destroy(aa_session *session);
+
+/* AddGraph from ONNX model bytes (aclgrphParseONNXFromMem + AddGraph). The sim refuses it and
+ * takes a lowered program through aa_sim_session_add_program instead. */
+aa_status aa_session_add_graph_onnx(aa_session *session, uint32_t graph_id, const void *model,
+                                    size_t model_size, const aa_option *options,
+                                    size_t n_options);
+aa_status aa_session_remove_graph(aa_session *session, uint32_t graph_id);
+aa_status aa_session_compile_graph(aa_session *session, uint32_t graph_id);
+aa_status aa_session_load_graph(aa_session *session, uint32_t graph_id, const aa_option *options,
+                                size_t n_options, aclrtStream stream);
+
+/* RunGraph: synchronous; outputs are GE-allocated host tensors written into outputs[0..*n_outputs)
+ * (in: capacity, out: count). */
+aa_status aa_session_run_graph(aa_session *session, uint32_t graph_id, const aa_tensor *inputs,
+                               size_t n_inputs, aa_tensor *outputs, size_t *n_outputs);
+
+/* RunGraphAsync: returns after submission; `callback` receives the outcome. Inputs must stay
+ * alive until the callback has run. */
+aa_status aa_session_run_graph_async(aa_session *session, uint32_t graph_id,
+                                     const aa_tensor *inputs, size_t n_inputs,
+                                     aa_run_callback callback, void *user_data);
+
+/* RunGraphWithStreamAsync: enqueues on `stream` and returns. outputs[0..n_outputs) are slots:
+ * caller memory (addr and size set) is used as is; empty slots are allocated by the external
+ * allocator registered for `stream`, else by the graph's built-in allocator, and filled in
+ * (shape, dtype, placement, owner) before this returns. Data is valid once the stream reaches
+ * the run. */
+aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t graph_id,
+                                                 aclrtStream stream, const aa_tensor *inputs,
+                                                 size_t n_inputs, aa_tensor *outputs,
+                                                 size_t n_outputs);
+
+/* The registry is process-wide and keyed by stream, as in GE. `allocator` is copied. */
+aa_status aa_session_register_external_allocator(aa_session *session, aclrtStream stream,
+                                                 const aa_allocator *allocator);
+aa_status aa_session_unregister_external_allocator(aa_session *session, aclrtStream stream);
+
+/* Releases GE-allocated memory held by `tensor` (no-op when owner is NULL); clears owner/addr. */
+void aa_tensor_release(aa_tensor *tensor);

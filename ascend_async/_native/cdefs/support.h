@@ -1,0 +1,108 @@
+/* Backend-neutral C helpers compiled into every backend module (common/*.c). They call only
+ * the public AscendCL and session ABI above, so the same code runs on the sim and on CANN.
+ * Plain declarations only (cffi cdef input).
+ */
+
+/* ---------------------------------------------------------------------------------------------
+ * aa_watch: the completion watcher's C core. The Python watcher thread sits in aa_watch_wait
+ * (the GIL released by cffi) and receives completions in batches.
+ *
+ * Ownership: the watch owns its pending table; aa_watch_add (any thread, after the event's
+ * aclrtRecordEvent returned) hands an (event, token) pair over; aa_watch_wait (one thread, the
+ * watcher) is the only reader and gives each token back exactly once, with an aclError code
+ * (0 = the event completed; otherwise the stream faulted and this run is lost).
+ */
+#define AA_WATCH_POLL 0
+#define AA_WATCH_REPORT 1
+
+typedef struct aa_watch_config {
+    int32_t strategy;          /* AA_WATCH_POLL (default) or AA_WATCH_REPORT */
+    uint32_t spin_us;          /* busy-poll this long after the last completion, default 50 */
+    uint32_t min_sleep_us;     /* then sleep between polls, doubling from this ... */
+    uint32_t max_sleep_us;     /* ... up to this, default 20 .. 500 */
+    uint32_t fault_probe_us;   /* probe busy streams for faults this often, default 2000 */
+} aa_watch_config;
+
+typedef struct aa_watch_stats {
+    uint64_t added;
+    uint64_t completed;
+    uint64_t failed;
+    uint64_t polls;            /* aclrtQueryEventStatus calls */
+    uint64_t probes;           /* fault probes (aclrtSynchronizeStreamWithTimeout(s, 0)) */
+    uint64_t batches;          /* aa_watch_wait calls that returned completions */
+    uint64_t sleeps;           /* condition/timed waits entered */
+    int64_t pending;
+} aa_watch_stats;
+
+typedef struct aa_watch aa_watch;
+
+aa_watch *aa_watch_create(aclrtContext context, const aa_watch_config *config);
+/* Hand a recorded event to the watcher; returns 0 or an aclError. */
+aclError aa_watch_add(aa_watch *watch, aclrtStream stream, aclrtEvent event, uint64_t token);
+/* Block (GIL released) until completions are ready, `timeout_ms` passes (-1 = no limit) or the
+ * watch is kicked/closed. Writes up to `max` (token, code, monotonic ns when noticed) triples.
+ * Returns their count, or -1 once closed. */
+int aa_watch_wait(aa_watch *watch, uint64_t *tokens, int32_t *codes, uint64_t *noticed_ns,
+                  int max, int32_t timeout_ms);
+void aa_watch_kick(aa_watch *watch);
+void aa_watch_close(aa_watch *watch);
+/* Forget everything pending on `stream` (after it was replaced); their tokens come back
+ * with `code`. */
+void aa_watch_fail_stream(aa_watch *watch, aclrtStream stream, int32_t code);
+void aa_watch_get_stats(aa_watch *watch, aa_watch_stats *stats);
+void aa_watch_destroy(aa_watch *watch);
+uint64_t aa_monotonic_ns(void);
+
+/* RunGraphAsync completions flow through the same watch: pass aa_watch_run_callback as the
+ * callback and a slot as user_data. The callback stores status and outputs (ownership passes
+ * to the slot's holder) and hands `token` to the waiter. */
+typedef struct aa_cb_slot {
+    aa_watch *watch;
+    uint64_t token;
+    aa_status status;
+    size_t capacity;
+    size_t n_outputs;
+    aa_tensor *outputs;
+} aa_cb_slot;
+
+void aa_watch_run_callback(void *user_data, aa_status status, aa_tensor *outputs,
+                           size_t n_outputs);
+
+/* ---------------------------------------------------------------------------------------------
+ * aa_pool: a caching allocator over aclrtMalloc (device) or aclrtMallocHost (pinned host).
+ * Thread-safe. A block goes back with aa_pool_free only once no device work uses it; reuse
+ * then needs no synchronization. aa_pool_allocator() exposes it as GE's external allocator.
+ */
+#define AA_POOL_DEVICE 0
+#define AA_POOL_HOST 1
+
+typedef struct aa_pool_stats {
+    int64_t live_blocks;
+    int64_t live_bytes;
+    int64_t cached_blocks;
+    int64_t cached_bytes;
+    uint64_t hits;
+    uint64_t misses;
+} aa_pool_stats;
+
+typedef struct aa_pool aa_pool;
+
+aa_pool *aa_pool_create(int32_t kind, uint64_t max_cached_bytes);
+/* Returns NULL and sets *error (an aclError) on failure; retries once after trimming. */
+void *aa_pool_alloc(aa_pool *pool, size_t size, aclError *error);
+void aa_pool_free(aa_pool *pool, void *ptr);
+/* Returns cached blocks to the runtime. */
+void aa_pool_trim(aa_pool *pool);
+void aa_pool_get_stats(aa_pool *pool, aa_pool_stats *stats);
+void aa_pool_allocator(aa_pool *pool, aa_allocator *out);
+/* Frees cached blocks; returns how many blocks were still live (and frees those too). */
+int64_t aa_pool_destroy(aa_pool *pool);
+
+/* ---------------------------------------------------------------------------------------------
+ * The floor: n_runs graph runs on one stream with an event after each, at most `window` in
+ * flight, waited for in C (spinning on aclrtQueryEventStatus) with no Python in the loop.
+ * Outputs are caller-provided. Returns 0 or an error code; *elapsed_ns is the wall time.
+ */
+int64_t aa_floor_run(aa_session *session, uint32_t graph_id, aclrtStream stream,
+                     const aa_tensor *inputs, size_t n_inputs, aa_tensor *outputs,
+                     size_t n_outputs, uint32_t n_runs, uint32_t window, uint64_t *elapsed_ns);
