@@ -1,0 +1,344 @@
+/* Stand-in libge_runner_v2.so: GEInitializeV2 / GEFinalizeV2 / GEGetErrorMsgV3 and ge::GeSession,
+ * implemented by forwarding to the simulator's session functions (renamed standin_sim_*, see
+ * standin_rename.h). It reproduces the gert::Tensor side of GE that the shim depends on:
+ *  - GE-allocated outputs (device blocks of RunGraphWithStreamAsync, host tensors of RunGraph /
+ *    RunGraphAsync) come back as TensorData with a manager; kFreeTensor gives the block back to
+ *    the sim (standin_sim_aa_tensor_release), kPlusShareCount adds a reference;
+ *  - a registered ge::Allocator is reached through the sim's C allocator table: the sim's alloc
+ *    calls Allocator::Malloc, its free calls MemBlock::Free (so the shim's bridge sees GE-style
+ *    calls);
+ *  - RunGraphAsync runs the std::function from the sim's completion thread, outputs in a vector.
+ * Everything else (graph execution, mode exclusivity, error codes and texts) is the sim's. */
+#include <atomic>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ge/ge_api_v2.h"
+#include "standin.h"
+
+namespace {
+
+std::atomic<int64_t> g_live_outputs{0};
+std::atomic<int64_t> g_live_blocks{0};
+std::atomic<uint64_t> g_next_session_id{1};
+
+/* ---- options ---- */
+struct OptionArray {
+  explicit OptionArray(const std::map<ge::AscendString, ge::AscendString> &options) {
+    for (const auto &kv : options) {
+      items.push_back(aa_option{kv.first.GetString(), kv.second.GetString()});
+    }
+  }
+  const aa_option *data() const { return items.empty() ? nullptr : items.data(); }
+  size_t size() const { return items.size(); }
+  std::vector<aa_option> items;
+};
+
+/* ---- tensors ---- */
+aa_tensor to_c(const gert::Tensor &g) {
+  aa_tensor t;
+  std::memset(&t, 0, sizeof(t));
+  t.addr = const_cast<void *>(g.GetAddr());
+  t.size = g.GetSize();
+  t.dtype = static_cast<int32_t>(g.GetDataType());
+  t.format = static_cast<int32_t>(g.GetStorageFormat());
+  t.placement = g.GetPlacement() == gert::kOnHost ? AA_PLACEMENT_HOST : AA_PLACEMENT_DEVICE_HBM;
+  const gert::Shape &shape = g.GetStorageShape();
+  t.ndim = static_cast<uint32_t>(shape.GetDimNum());
+  for (uint32_t i = 0; i < t.ndim && i < AA_MAX_DIMS; ++i) {
+    t.dims[i] = shape.GetDim(i);
+  }
+  return t;
+}
+
+std::vector<aa_tensor> to_c(const std::vector<gert::Tensor> &v) {
+  std::vector<aa_tensor> out;
+  out.reserve(v.size());
+  for (const auto &g : v) {
+    out.push_back(to_c(g));
+  }
+  return out;
+}
+
+struct Owned {
+  aa_tensor t;
+  std::atomic<int> refs;
+};
+
+ge::graphStatus manage(gert::TensorAddress addr, gert::TensorOperateType op, void **out) {
+  auto *owned = static_cast<Owned *>(addr);
+  switch (op) {
+    case gert::kGetTensorAddress:
+      *out = owned->t.addr;
+      return ge::GRAPH_SUCCESS;
+    case gert::kFreeTensor:
+      if (owned->refs.fetch_sub(1) == 1) {
+        standin_sim_aa_tensor_release(&owned->t);
+        delete owned;
+        g_live_outputs.fetch_sub(1);
+      }
+      return ge::GRAPH_SUCCESS;
+    case gert::kPlusShareCount:
+      owned->refs.fetch_add(1);
+      return ge::GRAPH_SUCCESS;
+    default:
+      return ge::GRAPH_FAILED;
+  }
+}
+
+/* A gert::Tensor for a sim tensor: owned (manager) when the sim allocated it, else a plain view. */
+gert::Tensor wrap(const aa_tensor &t) {
+  gert::StorageShape shape;
+  for (uint32_t i = 0; i < t.ndim && i < AA_MAX_DIMS; ++i) {
+    shape.MutableOriginShape().AppendDim(t.dims[i]);
+    shape.MutableStorageShape().AppendDim(t.dims[i]);
+  }
+  const auto format = static_cast<ge::Format>(t.format);
+  gert::Tensor g(shape, gert::StorageFormat(format, format, gert::ExpandDimsType()),
+                 static_cast<ge::DataType>(t.dtype));
+  const auto placement = t.placement == AA_PLACEMENT_HOST ? gert::kOnHost : gert::kOnDeviceHbm;
+  if (t.owner != nullptr) {
+    auto *owned = new Owned{t, {1}};
+    g_live_outputs.fetch_add(1);
+    g.SetData(gert::TensorData(owned, manage, t.size, placement));
+  } else {
+    g.SetData(gert::TensorData(t.addr, nullptr, t.size, placement));
+  }
+  return g;
+}
+
+/* ---- the allocator table the sim calls ---- */
+struct AllocatorHolder {
+  ge::AllocatorPtr allocator; /* GE keeps a shared_ptr while registered */
+};
+
+void *table_alloc(void *ctx, size_t size, void **addr) {
+  auto *holder = static_cast<AllocatorHolder *>(ctx);
+  const ge::AllocatorPtr allocator = std::atomic_load(&holder->allocator);
+  if (allocator == nullptr) {
+    return nullptr;
+  }
+  ge::MemBlock *block = allocator->Malloc(size);
+  if (block == nullptr) {
+    return nullptr;
+  }
+  g_live_blocks.fetch_add(1);
+  *addr = block->GetAddr();
+  return block;
+}
+
+void table_free(void *ctx, void *block) {
+  (void)ctx;
+  if (block != nullptr) {
+    g_live_blocks.fetch_sub(1);
+    static_cast<ge::MemBlock *>(block)->Free();
+  }
+}
+
+std::mutex g_alloc_mutex;
+std::map<const void *, AllocatorHolder *> g_registered; /* process-wide, keyed by stream */
+std::vector<std::unique_ptr<AllocatorHolder>> g_holders; /* never freed: the sim may keep the table */
+
+/* ---- RunGraphAsync ---- */
+struct Pending {
+  ge::RunAsyncCallbackV2 callback;
+  std::vector<aa_tensor> inputs; /* alive until the callback ran, as the sim requires */
+  std::atomic<bool> called{false};
+};
+
+void async_trampoline(void *user_data, aa_status status, aa_tensor *outputs, size_t n_outputs) {
+  auto *holder = static_cast<std::shared_ptr<Pending> *>(user_data);
+  std::shared_ptr<Pending> pending = *holder;
+  delete holder;
+  pending->called.store(true);
+  try {
+    std::vector<gert::Tensor> outs;
+    outs.reserve(n_outputs);
+    for (size_t i = 0; i < n_outputs; ++i) {
+      outs.emplace_back(wrap(outputs[i]));
+    }
+    pending->callback(status, outs);
+  } catch (...) {
+    ge_standin_note_error("stand-in RunGraphAsync: exception in the callback");
+  }
+}
+
+}  // namespace
+
+extern "C" int64_t ge_standin_live_outputs(void) { return g_live_outputs.load(); }
+extern "C" int64_t ge_standin_live_blocks(void) { return g_live_blocks.load(); }
+
+namespace ge {
+
+Status GEInitializeV2(const std::map<AscendString, AscendString> &options) {
+  const OptionArray opts(options);
+  return standin_sim_aa_ge_initialize(opts.data(), opts.size());
+}
+
+Status GEFinalizeV2() { return standin_sim_aa_ge_finalize(); }
+
+AscendString GEGetErrorMsgV3() {
+  std::string text;
+  ge_standin_take_error(text);
+  char buf[4096];
+  if (standin_sim_aa_ge_get_error_msg(buf, sizeof(buf)) > 0 && buf[0] != '\0') {
+    if (!text.empty()) {
+      text += '\n';
+    }
+    text += buf;
+  }
+  return AscendString(text.c_str());
+}
+
+class GeSession::Impl {
+ public:
+  aa_session *sim = nullptr;
+  uint64_t id = 0;
+};
+
+GeSession::GeSession(const std::map<AscendString, AscendString> &options) : impl_(std::make_shared<Impl>()) {
+  const OptionArray opts(options);
+  if (standin_sim_aa_session_create(opts.data(), opts.size(), &impl_->sim) == 0 && impl_->sim != nullptr) {
+    impl_->id = g_next_session_id.fetch_add(1);
+  } else {
+    impl_->sim = nullptr;
+  }
+}
+
+GeSession::~GeSession() {
+  if (impl_->sim != nullptr) {
+    standin_sim_aa_session_destroy(impl_->sim);
+  }
+}
+
+uint64_t GeSession::GetSessionId() const { return impl_->id; }
+
+Status GeSession::AddGraph(uint32_t graph_id, const Graph &graph, const std::map<AscendString, AscendString> &options) {
+  if (impl_->sim == nullptr) {
+    return FAILED;
+  }
+  aa_sim_program *program = GraphUtilsEx::Program(graph);
+  if (program == nullptr) {
+    ge_standin_note_error("stand-in AddGraph: the graph has no body");
+    return FAILED;
+  }
+  const OptionArray opts(options);
+  return aa_sim_session_add_program(impl_->sim, graph_id, program, opts.data(), opts.size());
+}
+
+Status GeSession::RemoveGraph(uint32_t graph_id) {
+  return impl_->sim == nullptr ? FAILED : standin_sim_aa_session_remove_graph(impl_->sim, graph_id);
+}
+
+Status GeSession::CompileGraph(uint32_t graph_id) {
+  return impl_->sim == nullptr ? FAILED : standin_sim_aa_session_compile_graph(impl_->sim, graph_id);
+}
+
+Status GeSession::LoadGraph(const uint32_t graph_id, const std::map<AscendString, AscendString> &options,
+                            void *stream) const {
+  if (impl_->sim == nullptr) {
+    return FAILED;
+  }
+  const OptionArray opts(options);
+  return standin_sim_aa_session_load_graph(impl_->sim, graph_id, opts.data(), opts.size(), stream);
+}
+
+Status GeSession::RunGraph(uint32_t graph_id, const std::vector<gert::Tensor> &inputs,
+                           std::vector<gert::Tensor> &outputs) {
+  if (impl_->sim == nullptr) {
+    return FAILED;
+  }
+  outputs.clear(); /* GE ignores what the caller passed */
+  const std::vector<aa_tensor> ins = to_c(inputs);
+  std::vector<aa_tensor> outs(64);
+  size_t n = outs.size();
+  const Status status =
+      standin_sim_aa_session_run_graph(impl_->sim, graph_id, ins.data(), ins.size(), outs.data(), &n);
+  if (status != SUCCESS) {
+    return status;
+  }
+  outputs.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    outputs.emplace_back(wrap(outs[i]));
+  }
+  return SUCCESS;
+}
+
+Status GeSession::RunGraphWithStreamAsync(uint32_t graph_id, void *stream, const std::vector<gert::Tensor> &inputs,
+                                          std::vector<gert::Tensor> &outputs) {
+  if (impl_->sim == nullptr) {
+    return FAILED;
+  }
+  const std::vector<aa_tensor> ins = to_c(inputs);
+  std::vector<aa_tensor> outs = to_c(outputs);
+  const Status status = standin_sim_aa_session_run_graph_with_stream_async(impl_->sim, graph_id, stream, ins.data(),
+                                                                           ins.size(), outs.data(), outs.size());
+  if (status != SUCCESS) {
+    return status;
+  }
+  for (size_t i = 0; i < outs.size(); ++i) {
+    outputs[i] = wrap(outs[i]); /* GE fills the slots it allocated; caller slots stay views */
+  }
+  return SUCCESS;
+}
+
+Status GeSession::RunGraphAsync(uint32_t graph_id, const std::vector<gert::Tensor> &inputs,
+                                RunAsyncCallbackV2 callback) {
+  if (impl_->sim == nullptr) {
+    return FAILED;
+  }
+  auto pending = std::make_shared<Pending>();
+  pending->callback = std::move(callback);
+  pending->inputs = to_c(inputs);
+  auto *holder = new std::shared_ptr<Pending>(pending);
+  const Status status = standin_sim_aa_session_run_graph_async(
+      impl_->sim, graph_id, pending->inputs.data(), pending->inputs.size(), async_trampoline, holder);
+  if (status != SUCCESS && !pending->called.load()) {
+    delete holder; /* the sim refused it without calling back */
+  }
+  return status;
+}
+
+Status GeSession::RegisterExternalAllocator(const void *const stream, AllocatorPtr allocator) const {
+  if (impl_->sim == nullptr || stream == nullptr || allocator == nullptr) {
+    return FAILED;
+  }
+  std::lock_guard<std::mutex> lock(g_alloc_mutex);
+  g_holders.push_back(std::make_unique<AllocatorHolder>());
+  AllocatorHolder *holder = g_holders.back().get();
+  holder->allocator = std::move(allocator);
+  const aa_allocator table{holder, table_alloc, table_free};
+  const Status status =
+      standin_sim_aa_session_register_external_allocator(impl_->sim, const_cast<void *>(stream), &table);
+  if (status != SUCCESS) {
+    std::atomic_store(&holder->allocator, ge::AllocatorPtr());
+    return status;
+  }
+  auto it = g_registered.find(stream);
+  if (it != g_registered.end()) {
+    std::atomic_store(&it->second->allocator, ge::AllocatorPtr()); /* last registration wins */
+  }
+  g_registered[stream] = holder;
+  return SUCCESS;
+}
+
+Status GeSession::UnregisterExternalAllocator(const void *const stream) const {
+  if (impl_->sim == nullptr) {
+    return FAILED;
+  }
+  std::lock_guard<std::mutex> lock(g_alloc_mutex);
+  const Status status = standin_sim_aa_session_unregister_external_allocator(impl_->sim, const_cast<void *>(stream));
+  auto it = g_registered.find(stream);
+  if (status == SUCCESS && it != g_registered.end()) {
+    std::atomic_store(&it->second->allocator, ge::AllocatorPtr());
+    g_registered.erase(it);
+  }
+  return status;
+}
+
+}  // namespace ge
