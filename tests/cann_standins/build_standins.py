@@ -1,0 +1,148 @@
+"""Build a fake CANN install out of the stand-ins, for the shim tests (tests/test_cann_shim.py).
+
+The result is a directory laid out like a CANN root (``include/``, ``lib64/``) that
+``cann_build.make_cann_ffi`` accepts as ``ASCEND_HOME_PATH``:
+
+- ``include/``: the stand-in headers (declarations of exactly the GE / gert / parser API the shim
+  uses, from the public headers; see each file's comment);
+- ``lib64/libacl_rt.so``: the simulator's C sources, i.e. the real AscendCL names over the
+  simulated device, with the sim's own session functions renamed ``standin_sim_*``
+  (``src/standin_rename.h``) so that only the shim exports ``aa_session_*``;
+- ``lib64/libgraph.so``, ``lib64/libge_runner_v2.so``, ``lib64/libfmk_onnx_parser.so``: the C++
+  stand-ins of ``ge::AscendString``/``ge::Graph``, ``ge::GeSession`` and the ONNX parser, built
+  over that libacl_rt.so.
+
+Run directly (``python tests/cann_standins/build_standins.py OUT``) to build into OUT.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE.parent.parent
+NATIVE = PROJECT / "ascend_async" / "_native"
+INCLUDE = HERE / "include"
+SRC = HERE / "src"
+
+CC = os.environ.get("CC", "gcc")
+CXX = os.environ.get("CXX", "g++")
+# The stand-ins include cdefs/support.h, whose first comment trips -Wcomment; not their code.
+CXX_FLAGS = ["-std=c++17", "-O1", "-g", "-fPIC", "-Wall", "-Wextra", "-Wno-comment", "-Werror"]
+CXX_INCLUDES = [f"-I{INCLUDE}", f"-I{SRC}", f"-I{NATIVE}"]
+C_FLAGS = ["-std=gnu11", "-O1", "-g", "-fPIC", "-pthread", "-fno-strict-aliasing"]
+
+# The flags a compile check of the shim uses (tests/test_cann_shim.py).
+SHIM_CHECK_FLAGS = ["-std=c++17", "-Wall", "-Wextra", "-Wpedantic", "-Wshadow", "-Werror"]
+
+
+class BuildError(RuntimeError):
+    """A stand-in failed to compile; the message carries the compiler output."""
+
+
+def _run(cmd: Sequence[str]) -> None:
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BuildError(f"{' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+
+
+def _run_all(cmds: Sequence[Sequence[str]]) -> None:
+    procs = [
+        (cmd, subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        for cmd in cmds
+    ]
+    errors = []
+    for cmd, proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            errors.append(f"{' '.join(cmd)}\n{out.decode(errors='replace')}")
+    if errors:
+        raise BuildError("\n".join(errors))
+
+
+def shim_compile_command(obj: Path) -> list[str]:
+    """g++ command compiling ge_shim.cpp against the stand-in headers with warnings as errors."""
+    return [
+        CXX,
+        *SHIM_CHECK_FLAGS,
+        "-fPIC",
+        "-c",
+        str(NATIVE / "cann" / "ge_shim.cpp"),
+        f"-I{INCLUDE}",
+        f"-I{NATIVE}",
+        "-o",
+        str(obj),
+    ]
+
+
+def build(root: Path) -> Path:
+    """Build the fake CANN install under ``root``; returns ``root``."""
+    lib = root / "lib64"
+    obj = root / "obj"
+    lib.mkdir(parents=True, exist_ok=True)
+    obj.mkdir(parents=True, exist_ok=True)
+    include = root / "include"
+    if include.exists() or include.is_symlink():
+        if include.is_symlink() or include.is_file():
+            include.unlink()
+        else:
+            shutil.rmtree(include)
+    shutil.copytree(INCLUDE, include)
+
+    # libacl_rt.so: the simulator (objects compiled in parallel, then linked).
+    sim_sources = sorted((NATIVE / "sim").glob("*.c"))
+    rename = ["-include", str(SRC / "standin_rename.h"), f"-I{NATIVE}"]
+    sim_objects = [obj / f"sim_{s.stem}.o" for s in sim_sources]
+    cpp_sources = ["graph", "ge_runner_v2", "onnx_parser"]
+    _run_all(
+        [[CC, *C_FLAGS, *rename, "-c", str(s), "-o", str(o)] for s, o in zip(sim_sources, sim_objects)]
+        + [
+            [CXX, *CXX_FLAGS, *CXX_INCLUDES, "-c", str(SRC / f"{n}.cpp"), "-o", str(obj / f"{n}.o")]
+            for n in cpp_sources
+        ]
+    )
+    origin = ["-Wl,-rpath,$ORIGIN", f"-L{lib}"]
+    _run(
+        [
+            CC,
+            "-shared",
+            "-pthread",
+            "-Wl,-soname,libacl_rt.so",
+            "-Wl,-Bsymbolic",
+            *map(str, sim_objects),
+            "-o",
+            str(lib / "libacl_rt.so"),
+            "-lm",
+        ]
+    )
+    for name, deps in (
+        ("graph", ["-lacl_rt"]),
+        ("ge_runner_v2", ["-lgraph", "-lacl_rt"]),
+        ("fmk_onnx_parser", ["-lgraph", "-lacl_rt"]),
+    ):
+        source = "onnx_parser" if name == "fmk_onnx_parser" else name
+        _run(
+            [
+                CXX,
+                "-shared",
+                "-pthread",
+                f"-Wl,-soname,lib{name}.so",
+                str(obj / f"{source}.o"),
+                "-o",
+                str(lib / f"lib{name}.so"),
+                *origin,
+                *deps,
+            ]
+        )
+    return root
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: build_standins.py OUT_DIR")
+    print(build(Path(sys.argv[1]).resolve()))
