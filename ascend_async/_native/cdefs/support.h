@@ -1,4 +1,4 @@
-/* Backend-neutral C helpers compiled into every backend module (common/*.c). They call only
+/* Backend-neutral C helpers compiled into every backend module (the C files in common/). They call only
  * the public AscendCL and session ABI above, so the same code runs on the sim and on CANN.
  * Plain declarations only (cffi cdef input).
  */
