@@ -100,7 +100,10 @@ def build(root: Path) -> Path:
     sim_objects = [obj / f"sim_{s.stem}.o" for s in sim_sources]
     cpp_sources = ["graph", "ge_runner_v2", "onnx_parser"]
     _run_all(
-        [[CC, *C_FLAGS, *rename, "-c", str(s), "-o", str(o)] for s, o in zip(sim_sources, sim_objects)]
+        [
+            [CC, *C_FLAGS, *rename, "-c", str(s), "-o", str(o)]
+            for s, o in zip(sim_sources, sim_objects, strict=True)
+        ]
         + [
             [CXX, *CXX_FLAGS, *CXX_INCLUDES, "-c", str(SRC / f"{n}.cpp"), "-o", str(obj / f"{n}.o")]
             for n in cpp_sources

@@ -1,0 +1,681 @@
+"""The CANN backend without an NPU: the GE shim compiled and driven through stand-ins.
+
+What runs here (see docs/cann.md for the boundary):
+
+- ``cann/ge_shim.cpp`` compiles with ``-Wall -Wextra -Wpedantic -Wshadow -Werror`` against the
+  stand-in headers (``tests/cann_standins/include``), which declare exactly the GE / gert /
+  parser API the shim uses, and exports exactly the functions of ``cdefs/ge_session.h``;
+- ``cann_build.make_cann_ffi`` builds the real module (``ascend_async._native._cann``: C++ shim
+  plus the C common helpers, one extension) against a fake CANN root whose libraries carry the
+  real names (libacl_rt.so, libge_runner_v2.so, libfmk_onnx_parser.so, libgraph.so);
+- a contract suite drives that module end to end. The stand-in libacl_rt.so is the simulator;
+  the stand-in GeSession forwards to the simulator's session; the stand-in ONNX parser lowers the
+  bytes with ``ascend_async._lower``. So the shim's C++ marshalling (gert::Tensor in and out,
+  output ownership, the RunGraphAsync callback, the ge::Allocator bridge, error texts, the
+  mode-conflict codes) is exercised for real.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from cffi import FFI
+from onnx import TensorProto, helper
+
+ROOT = Path(__file__).resolve().parent.parent
+NATIVE = ROOT / "ascend_async" / "_native"
+CDEFS = NATIVE / "cdefs"
+STANDINS = Path(__file__).resolve().parent / "cann_standins"
+
+AA_GE_SUCCESS = 0
+AA_GE_FAILED = 0xFFFFFFFF
+AA_GE_UNSUPPORTED = 1343225956
+AA_GE_PARAM_INVALID = 1343225857
+DT_FLOAT, DT_INT32, FORMAT_ND = 0, 3, 2
+PLACEMENT_DEVICE, PLACEMENT_HOST = 0, 1
+H2D, D2H = 1, 2
+NORMAL_ONLY = 2
+
+pytestmark = [
+    pytest.mark.cann_shim,
+    pytest.mark.skipif(
+        shutil.which("g++") is None or shutil.which("gcc") is None, reason="needs gcc and g++"
+    ),
+]
+
+# The stand-in side's own entry points (tests/cann_standins/src/standin.h).
+STANDIN_CDEF = """
+typedef aa_sim_program *(*ge_standin_lowering_fn)(const void *model, size_t size, char *err,
+                                                  size_t err_len);
+void ge_standin_set_onnx_lowering(ge_standin_lowering_fn fn);
+int64_t ge_standin_live_outputs(void);
+int64_t ge_standin_live_blocks(void);
+"""
+
+
+def _load_path(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+standins = _load_path("aa_build_standins", STANDINS / "build_standins.py")
+cann_build = _load_path("aa_cann_build", NATIVE / "cann_build.py")
+
+
+def shared_cdefs() -> str:
+    # The order build.py uses (SHARED_CDEFS).
+    return "\n".join((CDEFS / n).read_text() for n in ("acl_rt.h", "ge_session.h", "support.h"))
+
+
+def session_abi_functions() -> set[str]:
+    """Names of the functions cdefs/ge_session.h declares."""
+    ffi = FFI()
+    ffi.cdef("typedef void *aclrtStream;\n" + (CDEFS / "ge_session.h").read_text())
+    return {
+        name.split(" ", 1)[1]
+        for name in ffi._parser._declarations  # type: ignore[attr-defined]
+        if name.startswith("function ")
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Checks that need no simulator
+
+
+def test_shim_compiles_warning_free_against_standin_headers(tmp_path: Path) -> None:
+    obj = tmp_path / "ge_shim.o"
+    proc = subprocess.run(
+        standins.shim_compile_command(obj), capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm not available to list the shim's exports")
+    out = subprocess.run(
+        [nm, "-g", "--defined-only", str(obj)], capture_output=True, text=True, check=True
+    ).stdout
+    exported = {line.split()[-1] for line in out.splitlines() if " T " in line}
+    c_exports = {s for s in exported if not s.startswith("_Z")}
+    assert c_exports == session_abi_functions()
+
+
+def test_build_without_cann_says_one_line_and_gives_none(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("ASCEND_HOME_PATH", raising=False)
+    monkeypatch.delenv("ASCEND_TOOLKIT_HOME", raising=False)
+    assert cann_build.make_cann_ffi(shared_cdefs(), NATIVE) is None
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "CANN not found" in lines[0]
+
+
+def test_toolkit_home_is_honoured_and_acl_library_falls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "include").mkdir()
+    lib = tmp_path / "lib64"
+    lib.mkdir()
+    (lib / "libascendcl.so").write_bytes(b"")
+    monkeypatch.delenv("ASCEND_HOME_PATH", raising=False)
+    monkeypatch.setenv("ASCEND_TOOLKIT_HOME", str(tmp_path))
+    assert cann_build.cann_home() == str(tmp_path)
+    assert cann_build.acl_library([str(lib)]) == "ascendcl"
+    (lib / "libacl_rt.so").write_bytes(b"")
+    assert cann_build.acl_library([str(lib)]) == "acl_rt"
+    builder = cann_build.make_cann_ffi(shared_cdefs(), NATIVE)
+    assert builder is not None
+    kwds = builder._assigned_source[3]  # type: ignore[attr-defined]
+    assert kwds["libraries"] == ["acl_rt", "ge_runner_v2", "fmk_onnx_parser", "graph", "stdc++"]
+    assert kwds["runtime_library_dirs"] == [str(lib)]
+    assert "ascend_async/_native/cann/ge_shim.cpp" in kwds["sources"]
+    assert all(not Path(s).is_absolute() for s in kwds["sources"])
+
+
+# --------------------------------------------------------------------------------------------
+# The shim module over the stand-ins
+
+
+@dataclass
+class Cann:
+    ffi: Any  # the shim module's (API mode)
+    lib: Any
+    sffi: Any  # the stand-in side (ABI mode over the stand-in libraries)
+    sim: Any  # libacl_rt.so: the simulator, for stats and the program builder
+    runner: Any  # libge_runner_v2.so: stand-in counters
+    keep: list[Any] = field(default_factory=list)
+
+    def error_text(self) -> str:
+        buf = self.ffi.new("char[]", 8192)
+        self.lib.aa_ge_get_error_msg(buf, 8192)
+        return str(self.ffi.string(buf).decode("utf-8", "replace"))
+
+    def check(self, status: int) -> None:
+        assert status == AA_GE_SUCCESS, f"status {status}: {self.error_text()}"
+
+    def check_acl(self, rc: int) -> None:
+        assert rc == 0, f"aclError {rc}: {self.ffi.string(self.lib.aclGetRecentErrMsg() or b'')!r}"
+
+    def stats(self) -> Any:
+        s = self.sffi.new("aa_sim_stats *")
+        self.sim.aa_sim_get_stats(s)
+        return s
+
+
+def _load_extension(name: str, path: str) -> ModuleType:
+    # Not registered in sys.modules: the package's own backend loader never sees it.
+    loader = importlib.machinery.ExtensionFileLoader(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def cann(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cann]:
+    from ascend_async._lower import lower_model
+
+    work = tmp_path_factory.mktemp("cann")
+    root = standins.build(work / "root")
+    saved = {k: os.environ.get(k) for k in ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME")}
+    os.environ["ASCEND_HOME_PATH"] = str(root)
+    try:
+        builder = cann_build.make_cann_ffi(shared_cdefs(), NATIVE, absolute_paths=True)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert builder is not None
+    so_path = builder.compile(tmpdir=str(work / "module"))
+    module = _load_extension(cann_build.MODULE, so_path)
+
+    sffi = FFI()
+    sffi.cdef(
+        "\n".join((CDEFS / n).read_text() for n in ("acl_rt.h", "ge_session.h", "sim.h"))
+        + STANDIN_CDEF
+    )
+    sim = sffi.dlopen(str(root / "lib64" / "libacl_rt.so"))
+    parser = sffi.dlopen(str(root / "lib64" / "libfmk_onnx_parser.so"))
+    runner = sffi.dlopen(str(root / "lib64" / "libge_runner_v2.so"))
+
+    def lower(model: Any, size: int, err: Any, err_len: int) -> Any:
+        try:
+            proto = onnx.load_from_string(bytes(sffi.buffer(model, size)))
+            program = lower_model(proto, sffi, sim)
+            sffi.gc(program, None)  # the one reference passes to the stand-in parser
+            return program
+        except Exception as e:
+            text = str(e).encode()[: err_len - 1] + b"\0"
+            sffi.memmove(err, text, len(text))
+            return sffi.NULL
+
+    hook = sffi.callback("ge_standin_lowering_fn", lower)
+    parser.ge_standin_set_onnx_lowering(hook)
+
+    c = Cann(module.ffi, module.lib, sffi, sim, runner, keep=[hook, parser])
+    lib = c.lib
+    c.check_acl(lib.aclInit(c.ffi.NULL))
+    c.check_acl(lib.aclrtSetDevice(0))
+    opts = c.ffi.new("aa_option[1]")
+    key, value = c.ffi.new("char[]", b"ge.exec.deviceId"), c.ffi.new("char[]", b"0")
+    opts[0].key, opts[0].value = key, value
+    c.check(lib.aa_ge_initialize(opts, 1))
+    try:
+        yield c
+    finally:
+        parser.ge_standin_set_onnx_lowering(sffi.NULL)
+        c.check(lib.aa_ge_finalize())
+        lib.aclrtResetDevice(0)
+        lib.aclFinalize()
+
+
+@dataclass
+class Env:
+    c: Cann
+    session: Any
+    stream: Any
+
+
+@pytest.fixture
+def env(cann: Cann) -> Iterator[Env]:
+    c, ffi, lib = cann, cann.ffi, cann.lib
+    before = c.stats()
+    before_outputs, before_graphs = before.ge_outputs, before.graphs
+    out = ffi.new("aa_session **")
+    c.check(lib.aa_session_create(ffi.NULL, 0, out))
+    lib.aclrtSetDevice(0)  # GeSession construction may switch this thread's context
+    stream = ffi.new("aclrtStream *")
+    c.check_acl(lib.aclrtCreateStream(stream))
+    e = Env(c, out[0], stream[0])
+    try:
+        yield e
+    finally:
+        c.check_acl(lib.aclrtSynchronizeStream(e.stream))
+        c.check_acl(lib.aclrtDestroyStream(e.stream))
+        c.check(lib.aa_session_destroy(e.session))
+        c.error_text()  # drain
+        after = c.stats()
+        # no leaks: every GE output went back, through the shim and the stand-in manager
+        assert after.ge_outputs == before_outputs
+        assert after.graphs == before_graphs
+        assert c.runner.ge_standin_live_outputs() == 0
+        assert c.runner.ge_standin_live_blocks() == 0
+
+
+# ---- models and tensors ----
+
+
+def add_model() -> bytes:
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["y"])],
+        "add",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 3]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def identity_model() -> bytes:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.INT32, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [4])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+A = np.arange(6, dtype=np.float32).reshape(2, 3)
+B = np.full((2, 3), 10.0, dtype=np.float32)
+X = np.array([7, -1, 3, 42], dtype=np.int32)
+
+
+def add_graph(e: Env, graph_id: int, model: bytes) -> None:
+    c = e.c
+    c.check(c.lib.aa_session_add_graph_onnx(e.session, graph_id, model, len(model), c.ffi.NULL, 0))
+
+
+def fill(t: Any, dtype: int, shape: tuple[int, ...], placement: int) -> None:
+    t.dtype, t.format, t.placement, t.ndim = dtype, FORMAT_ND, placement, len(shape)
+    for i, d in enumerate(shape):
+        t.dims[i] = d
+
+
+class Device:
+    """Device buffers of one test, freed at the end."""
+
+    def __init__(self, c: Cann) -> None:
+        self.c = c
+        self.ptrs: list[Any] = []
+
+    def put(self, t: Any, array: np.ndarray, dtype: int) -> None:
+        c = self.c
+        p = c.ffi.new("void **")
+        c.check_acl(c.lib.aclrtMalloc(p, array.nbytes, NORMAL_ONLY))
+        self.ptrs.append(p[0])
+        c.check_acl(
+            c.lib.aclrtMemcpy(p[0], array.nbytes, c.ffi.from_buffer(array), array.nbytes, H2D)
+        )
+        fill(t, dtype, array.shape, PLACEMENT_DEVICE)
+        t.addr, t.size = p[0], array.nbytes
+
+    def empty(self, t: Any, nbytes: int, dtype: int, shape: tuple[int, ...]) -> None:
+        c = self.c
+        p = c.ffi.new("void **")
+        c.check_acl(c.lib.aclrtMalloc(p, nbytes, NORMAL_ONLY))
+        self.ptrs.append(p[0])
+        fill(t, dtype, shape, PLACEMENT_DEVICE)
+        t.addr, t.size = p[0], nbytes
+
+    def read(self, t: Any, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+        c = self.c
+        host = np.empty(shape, dtype=dtype)
+        c.check_acl(
+            c.lib.aclrtMemcpy(c.ffi.from_buffer(host), host.nbytes, t.addr, host.nbytes, D2H)
+        )
+        return host
+
+    def free(self) -> None:
+        for p in self.ptrs:
+            self.c.check_acl(self.c.lib.aclrtFree(p))
+        self.ptrs.clear()
+
+
+@pytest.fixture
+def dev(env: Env) -> Iterator[Device]:
+    d = Device(env.c)
+    try:
+        yield d
+    finally:
+        d.free()
+
+
+def host_inputs(e: Env, *arrays: tuple[np.ndarray, int]) -> Any:
+    ffi = e.c.ffi
+    ts = ffi.new("aa_tensor[]", len(arrays))
+    for t, (array, dtype) in zip(ts, arrays, strict=True):
+        fill(t, dtype, array.shape, PLACEMENT_HOST)
+        t.addr, t.size = ffi.from_buffer(array), array.nbytes
+    return ts
+
+
+def host_view(e: Env, t: Any, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.frombuffer(bytes(e.c.ffi.buffer(t.addr, n)), dtype=dtype).reshape(shape).copy()
+
+
+# ---- RunGraphWithStreamAsync ----
+
+
+def test_stream_async_into_caller_outputs(env: Env, dev: Device) -> None:
+    c, lib, ffi = env.c, env.c.lib, env.c.ffi
+    add_graph(env, 1, add_model())
+    c.check(lib.aa_session_compile_graph(env.session, 1))
+    c.check(lib.aa_session_load_graph(env.session, 1, ffi.NULL, 0, env.stream))
+    ins = ffi.new("aa_tensor[2]")
+    dev.put(ins[0], A, DT_FLOAT)
+    dev.put(ins[1], B, DT_FLOAT)
+    outs = ffi.new("aa_tensor[1]")
+    dev.empty(outs[0], A.nbytes, DT_FLOAT, (2, 3))
+    caller_addr = outs[0].addr
+    for _ in range(3):
+        c.check(
+            lib.aa_session_run_graph_with_stream_async(env.session, 1, env.stream, ins, 2, outs, 1)
+        )
+    c.check_acl(lib.aclrtSynchronizeStream(env.stream))
+    assert outs[0].owner == ffi.NULL and outs[0].addr == caller_addr
+    assert outs[0].dtype == DT_FLOAT and outs[0].ndim == 2
+    np.testing.assert_array_equal(dev.read(outs[0], np.float32, (2, 3)), A + B)
+    c.check(lib.aa_session_remove_graph(env.session, 1))
+
+
+def test_stream_async_ge_allocated_outputs_are_owned(env: Env, dev: Device) -> None:
+    c, lib, ffi = env.c, env.c.lib, env.c.ffi
+    add_graph(env, 2, add_model())
+    ins = ffi.new("aa_tensor[2]")
+    dev.put(ins[0], A, DT_FLOAT)
+    dev.put(ins[1], B, DT_FLOAT)
+    base = c.stats().ge_outputs
+    outs = ffi.new("aa_tensor[1]")  # an empty slot: GE allocates (auto compile + load)
+    c.check(lib.aa_session_run_graph_with_stream_async(env.session, 2, env.stream, ins, 2, outs, 1))
+    t = outs[0]
+    assert t.owner != ffi.NULL and t.addr != ffi.NULL
+    assert t.placement == PLACEMENT_DEVICE and t.dtype == DT_FLOAT and t.format == FORMAT_ND
+    assert (t.ndim, t.dims[0], t.dims[1]) == (2, 2, 3)
+    assert t.size == ((A.nbytes + 31) // 32) * 32 + 32  # GE's block rule
+    assert int(ffi.cast("uintptr_t", t.addr)) % 32 == 0
+    assert c.stats().ge_outputs == base + 1
+    assert c.runner.ge_standin_live_outputs() == 1  # still GE's TensorData, detached by the shim
+    c.check_acl(lib.aclrtSynchronizeStream(env.stream))
+    np.testing.assert_array_equal(dev.read(t, np.float32, (2, 3)), A + B)
+    lib.aa_tensor_release(outs)
+    assert outs[0].owner == ffi.NULL and outs[0].addr == ffi.NULL and outs[0].size == 0
+    assert c.stats().ge_outputs == base
+    assert c.runner.ge_standin_live_outputs() == 0
+    lib.aa_tensor_release(outs)  # a second release is a no-op
+    lib.aa_tensor_release(ffi.NULL)
+    c.check(lib.aa_session_remove_graph(env.session, 2))
+
+
+class CountingAllocator:
+    """An aa_allocator over aclrtMalloc/aclrtFree that counts its calls."""
+
+    def __init__(self, c: Cann) -> None:
+        self.c = c
+        self.allocs = 0
+        self.frees = 0
+        self.sizes: list[int] = []
+        self._alloc = c.ffi.callback("void *(void *, size_t, void **)", self.alloc)
+        self._free = c.ffi.callback("void (void *, void *)", self.free)
+        self.table = c.ffi.new("aa_allocator *")
+        self.table.alloc, self.table.free = self._alloc, self._free
+
+    def alloc(self, ctx: Any, size: int, addr: Any) -> Any:
+        p = self.c.ffi.new("void **")
+        if self.c.lib.aclrtMalloc(p, size, NORMAL_ONLY) != 0:
+            return self.c.ffi.NULL
+        self.allocs += 1
+        self.sizes.append(size)
+        addr[0] = p[0]
+        return p[0]
+
+    def free(self, ctx: Any, block: Any) -> None:
+        self.frees += 1
+        self.c.lib.aclrtFree(block)
+
+
+def test_stream_async_external_allocator_bridge(env: Env, dev: Device) -> None:
+    c, lib, ffi = env.c, env.c.lib, env.c.ffi
+    alloc = CountingAllocator(c)
+    c.check(lib.aa_session_register_external_allocator(env.session, env.stream, alloc.table))
+    add_graph(env, 3, add_model())
+    c.check(lib.aa_session_load_graph(env.session, 3, ffi.NULL, 0, env.stream))
+    ins = ffi.new("aa_tensor[2]")
+    dev.put(ins[0], A, DT_FLOAT)
+    dev.put(ins[1], B, DT_FLOAT)
+    outs = ffi.new("aa_tensor[1]")
+    c.check(lib.aa_session_run_graph_with_stream_async(env.session, 3, env.stream, ins, 2, outs, 1))
+    assert (alloc.allocs, alloc.frees) == (1, 0)
+    assert alloc.sizes == [((A.nbytes + 31) // 32) * 32 + 32]
+    assert outs[0].owner != ffi.NULL and outs[0].size == alloc.sizes[0]
+    assert c.runner.ge_standin_live_blocks() == 1
+    c.check_acl(lib.aclrtSynchronizeStream(env.stream))
+    np.testing.assert_array_equal(dev.read(outs[0], np.float32, (2, 3)), A + B)
+    # the caller-provided slot next to a GE-allocated one: only the empty slot is allocated
+    outs2 = ffi.new("aa_tensor[1]")
+    dev.empty(outs2[0], A.nbytes, DT_FLOAT, (2, 3))
+    c.check(
+        lib.aa_session_run_graph_with_stream_async(env.session, 3, env.stream, ins, 2, outs2, 1)
+    )
+    assert alloc.allocs == 1 and outs2[0].owner == ffi.NULL
+    lib.aa_tensor_release(outs)  # MemBlock::Free -> the bridge -> our free
+    assert (alloc.allocs, alloc.frees) == (1, 1)
+    assert c.runner.ge_standin_live_blocks() == 0
+    c.check_acl(lib.aclrtSynchronizeStream(env.stream))
+    c.check(lib.aa_session_remove_graph(env.session, 3))
+    c.check(lib.aa_session_unregister_external_allocator(env.session, env.stream))
+    c.check(lib.aa_session_unregister_external_allocator(env.session, env.stream))  # no-op
+    bad = ffi.new("aa_allocator *")
+    status = lib.aa_session_register_external_allocator(env.session, env.stream, bad)
+    assert status == AA_GE_PARAM_INVALID and "allocator" in c.error_text()
+
+
+# ---- RunGraph and RunGraphAsync: host outputs ----
+
+
+def test_run_graph_returns_owned_host_outputs(env: Env) -> None:
+    c, lib, ffi = env.c, env.c.lib, env.c.ffi
+    add_graph(env, 4, identity_model())
+    ins = host_inputs(env, (X, DT_INT32))
+    base = c.stats().ge_outputs
+    outs = ffi.new("aa_tensor[4]")
+    n = ffi.new("size_t *", 4)
+    c.check(lib.aa_session_run_graph(env.session, 4, ins, 1, outs, n))
+    assert n[0] == 1
+    t = outs[0]
+    assert t.owner != ffi.NULL and t.placement == PLACEMENT_HOST and t.dtype == DT_INT32
+    assert (t.ndim, t.dims[0]) == (1, 4)
+    np.testing.assert_array_equal(host_view(env, t, np.int32, (4,)), X)
+    assert c.stats().ge_outputs == base + 1
+    lib.aa_tensor_release(outs)
+    assert c.stats().ge_outputs == base and c.runner.ge_standin_live_outputs() == 0
+    # no room for the outputs: PARAM_INVALID, the count needed, nothing leaked
+    n[0] = 0
+    assert lib.aa_session_run_graph(env.session, 4, ins, 1, outs, n) == AA_GE_PARAM_INVALID
+    assert n[0] == 1 and "room for 0" in c.error_text()
+    assert c.stats().ge_outputs == base and c.runner.ge_standin_live_outputs() == 0
+    c.check(lib.aa_session_remove_graph(env.session, 4))
+
+
+class AsyncResult:
+    def __init__(self, c: Cann) -> None:
+        self.c = c
+        self.done = threading.Event()
+        self.calls = 0
+        self.status: int | None = None
+        self.outputs: list[Any] = []
+        self.thread: int | None = None
+        self.callback = c.ffi.callback("aa_run_callback", self.on_done)
+
+    def on_done(self, user_data: Any, status: int, outputs: Any, n: int) -> None:
+        self.calls += 1
+        self.status = status
+        self.thread = threading.get_ident()
+        for i in range(n):  # ownership passes to us: copy the structs
+            t = self.c.ffi.new("aa_tensor *")
+            t[0] = outputs[i]
+            self.outputs.append(t)
+        self.done.set()
+
+
+def test_run_graph_async_callback_hands_over_outputs(env: Env) -> None:
+    c, lib, ffi = env.c, env.c.lib, env.c.ffi
+    add_graph(env, 5, add_model())
+    ins = host_inputs(env, (A, DT_FLOAT), (B, DT_FLOAT))
+    result = AsyncResult(c)
+    c.check(lib.aa_session_run_graph_async(env.session, 5, ins, 2, result.callback, ffi.NULL))
+    assert result.done.wait(30)
+    assert result.calls == 1 and result.status == AA_GE_SUCCESS and len(result.outputs) == 1
+    t = result.outputs[0]
+    assert t.owner != ffi.NULL and t.placement == PLACEMENT_HOST
+    np.testing.assert_array_equal(host_view(env, t, np.float32, (2, 3)), A + B)
+    assert c.runner.ge_standin_live_outputs() == 1
+    lib.aa_tensor_release(t)
+    assert c.runner.ge_standin_live_outputs() == 0
+    c.check(lib.aa_session_remove_graph(env.session, 5))
+
+
+# ---- mode exclusivity, unknown graphs, errors ----
+
+
+def test_mode_conflicts_keep_ge_codes_and_text(env: Env, dev: Device) -> None:
+    c, lib, ffi = env.c, env.c.lib, env.c.ffi
+    ins = ffi.new("aa_tensor[2]")
+    dev.put(ins[0], A, DT_FLOAT)
+    dev.put(ins[1], B, DT_FLOAT)
+    outs = ffi.new("aa_tensor[1]")
+    dev.empty(outs[0], A.nbytes, DT_FLOAT, (2, 3))
+    host_outs = ffi.new("aa_tensor[1]")
+    n = ffi.new("size_t *", 1)
+
+    # stream-async first: RunGraph and RunGraphAsync are UNSUPPORTED
+    add_graph(env, 6, add_model())
+    c.check(lib.aa_session_run_graph_with_stream_async(env.session, 6, env.stream, ins, 2, outs, 1))
+    assert lib.aa_session_run_graph(env.session, 6, ins, 2, host_outs, n) == AA_GE_UNSUPPORTED
+    text = c.error_text()
+    assert "mutually exclusive" in text and "RunGraphWithStreamAsync" in text
+    result = AsyncResult(c)
+    status = lib.aa_session_run_graph_async(env.session, 6, ins, 2, result.callback, ffi.NULL)
+    assert status == AA_GE_UNSUPPORTED
+    assert result.done.is_set() and result.status == AA_GE_UNSUPPORTED and result.outputs == []
+    assert "mutually exclusive" in c.error_text()
+
+    # RunGraph first: stream-async is FAILED (E10062 in the text)
+    add_graph(env, 7, add_model())
+    n[0] = 1
+    c.check(lib.aa_session_run_graph(env.session, 7, ins, 2, host_outs, n))
+    lib.aa_tensor_release(host_outs)
+    status = lib.aa_session_run_graph_with_stream_async(env.session, 7, env.stream, ins, 2, outs, 1)
+    assert status == AA_GE_FAILED
+    text = c.error_text()
+    assert "E10062" in text and "mutually exclusive" in text
+
+    # RemoveGraph resets the mode
+    c.check_acl(lib.aclrtSynchronizeStream(env.stream))
+    c.check(lib.aa_session_remove_graph(env.session, 6))
+    add_graph(env, 6, add_model())
+    n[0] = 1
+    c.check(lib.aa_session_run_graph(env.session, 6, ins, 2, host_outs, n))
+    lib.aa_tensor_release(host_outs)
+    for gid in (6, 7):
+        c.check(lib.aa_session_remove_graph(env.session, gid))
+
+
+def test_unknown_graph_id_is_failed_with_text(env: Env) -> None:
+    c, lib, ffi = env.c, env.c.lib, env.c.ffi
+    assert lib.aa_session_compile_graph(env.session, 999) == AA_GE_FAILED
+    assert "999" in c.error_text()
+    assert lib.aa_session_load_graph(env.session, 999, ffi.NULL, 0, env.stream) == AA_GE_FAILED
+    outs = ffi.new("aa_tensor[1]")
+    status = lib.aa_session_run_graph_with_stream_async(
+        env.session, 999, env.stream, ffi.NULL, 0, outs, 1
+    )
+    assert status == AA_GE_FAILED
+    assert "does not exist" in c.error_text()
+    assert lib.aa_session_remove_graph(env.session, 999) == AA_GE_FAILED
+    c.error_text()
+
+
+def test_bad_model_and_bad_arguments(env: Env) -> None:
+    c, lib, ffi = env.c, env.c.lib, env.c.ffi
+    junk = b"not an onnx model"
+    status = lib.aa_session_add_graph_onnx(env.session, 8, junk, len(junk), ffi.NULL, 0)
+    assert status == AA_GE_FAILED
+    assert "aclgrphParseONNXFromMem" in c.error_text()
+    assert (
+        lib.aa_session_add_graph_onnx(env.session, 8, ffi.NULL, 0, ffi.NULL, 0)
+        == AA_GE_PARAM_INVALID
+    )
+    c.error_text()
+    opt = ffi.new("aa_option[1]")  # NULL key
+    model = add_model()
+    status = lib.aa_session_add_graph_onnx(env.session, 8, model, len(model), opt, 1)
+    assert status == AA_GE_PARAM_INVALID and "empty key" in c.error_text()
+    add_graph(env, 8, model)
+    ins = ffi.new("aa_tensor[2]")
+    ins[0].ndim = 26  # more dims than gert::Shape holds
+    outs = ffi.new("aa_tensor[1]")
+    status = lib.aa_session_run_graph_with_stream_async(env.session, 8, env.stream, ins, 2, outs, 1)
+    assert status == AA_GE_PARAM_INVALID and "26 dims" in c.error_text()
+    assert lib.aa_session_destroy(ffi.NULL) == AA_GE_PARAM_INVALID
+    c.error_text()
+    c.check(lib.aa_session_remove_graph(env.session, 8))
+
+
+def test_error_text_size_query_then_copy_and_clear(env: Env) -> None:
+    lib, ffi = env.c.lib, env.c.ffi
+    assert lib.aa_session_compile_graph(env.session, 12345) == AA_GE_FAILED
+    n = lib.aa_ge_get_error_msg(ffi.NULL, 0)
+    assert n > 10
+    assert lib.aa_ge_get_error_msg(ffi.NULL, 0) == n  # a size query keeps the text
+    small = ffi.new("char[8]")
+    assert lib.aa_ge_get_error_msg(small, 8) == n
+    assert len(ffi.string(small)) == 7
+    assert lib.aa_ge_get_error_msg(small, 8) == 0  # copied and cleared
+
+
+def test_error_text_is_per_thread(env: Env) -> None:
+    c, lib = env.c, env.c.lib
+    assert lib.aa_session_compile_graph(env.session, 4242) == AA_GE_FAILED
+    seen: list[int] = []
+    t = threading.Thread(target=lambda: seen.append(lib.aa_ge_get_error_msg(c.ffi.NULL, 0)))
+    t.start()
+    t.join()
+    assert seen == [0]
+    assert "4242" in c.error_text()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-v"]))
