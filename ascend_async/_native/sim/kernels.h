@@ -149,6 +149,10 @@ int sim_bcast_shape(sim_tensor *const *in, int k, sim_tensor *out, char *err, si
 void sim_bcast_run(const sim_tensor *out, sim_tensor *const *in, int k, const size_t *esize,
                    sim_row_fn fn, void *ctx);
 
+/* C[M,N] (row stride ldc) += A[M,K] (lda) * B[K,N] (ldb), float32 (kernels_linalg.c) */
+void sim_sgemm_acc(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
+                   int64_t ldb, float *C, int64_t ldc);
+
 /* fp16 <-> fp32 (round to nearest even) */
 float sim_f16_to_f32(uint16_t h);
 uint16_t sim_f32_to_f16(float f);

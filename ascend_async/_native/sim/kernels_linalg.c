@@ -12,7 +12,7 @@
 #define NB 512
 
 /* C[M,N] (row stride ldc) += A[M,K] (lda) * B[K,N] (ldb); C must be initialised. */
-static void sgemm_acc(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
+void sim_sgemm_acc(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
                       int64_t ldb, float *C, int64_t ldc) {
     for (int64_t k0 = 0; k0 < K; k0 += KB) {
         int64_t kn = K - k0 < KB ? K - k0 : KB;
@@ -124,7 +124,7 @@ static int matmul_exec(const sim_node *n, sim_tensor *const *in, sim_tensor *con
             oa += idx[d] * p.sa[d];
             ob += idx[d] * p.sb[d];
         }
-        sgemm_acc(p.M, p.N, p.K, A + oa, p.K, B + ob, p.N, o + bi * p.M * p.N, p.N);
+        sim_sgemm_acc(p.M, p.N, p.K, A + oa, p.K, B + ob, p.N, o + bi * p.M * p.N, p.N);
         for (int d = p.nb - 1; d >= 0; d--) {
             if (++idx[d] < p.bdims[d]) break;
             idx[d] = 0;
@@ -200,7 +200,7 @@ static int gemm_exec(const sim_node *n, sim_tensor *const *in, sim_tensor *const
         return sim_fail(err, len, "out of memory");
     }
     memset(acc, 0, sizeof(float) * (size_t)(M * N));
-    sgemm_acc(M, N, K, A, K, B, N, acc, N);
+    sim_sgemm_acc(M, N, K, A, K, B, N, acc, N);
     float *o = out[0]->data;
     const sim_tensor *c = n->n_in > 2 ? in[2] : NULL;
     const float *C = c ? c->data : NULL;
