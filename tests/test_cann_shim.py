@@ -567,6 +567,80 @@ def test_run_graph_async_callback_hands_over_outputs(env: Env) -> None:
     c.check(lib.aa_session_remove_graph(env.session, 5))
 
 
+# ---- the common C helpers (common/*.c) compiled into the CANN module, over the shim ----
+
+
+def wait_tokens(e: Env, watch: Any, want: int) -> dict[int, int]:
+    ffi, lib = e.c.ffi, e.c.lib
+    tokens, codes, ns = ffi.new("uint64_t[8]"), ffi.new("int32_t[8]"), ffi.new("uint64_t[8]")
+    got: dict[int, int] = {}
+    for _ in range(100):
+        n = lib.aa_watch_wait(watch, tokens, codes, ns, 8, 100)
+        assert n >= 0
+        got.update({tokens[i]: codes[i] for i in range(n)})
+        if len(got) >= want:
+            break
+    return got
+
+
+def test_pool_allocator_and_watcher_over_the_shim(env: Env, dev: Device) -> None:
+    """The product's path: the caching pool as GE's external allocator, completion through
+    an event handed to the watch, and RunGraphAsync through aa_watch_run_callback."""
+    c, lib, ffi = env.c, env.c.lib, env.c.ffi
+    ctx = ffi.new("aclrtContext *")
+    c.check_acl(lib.aclrtGetCurrentContext(ctx))
+    watch = lib.aa_watch_create(ctx[0], ffi.NULL)
+    pool = lib.aa_pool_create(0, 1 << 20)
+    event = ffi.new("aclrtEvent *")
+    c.check_acl(lib.aclrtCreateEvent(event))
+    try:
+        table = ffi.new("aa_allocator *")
+        lib.aa_pool_allocator(pool, table)
+        c.check(lib.aa_session_register_external_allocator(env.session, env.stream, table))
+        add_graph(env, 9, add_model())
+        ins = ffi.new("aa_tensor[2]")
+        dev.put(ins[0], A, DT_FLOAT)
+        dev.put(ins[1], B, DT_FLOAT)
+        outs = ffi.new("aa_tensor[1]")
+        c.check(
+            lib.aa_session_run_graph_with_stream_async(env.session, 9, env.stream, ins, 2, outs, 1)
+        )
+        c.check_acl(lib.aclrtRecordEvent(event[0], env.stream))
+        c.check_acl(lib.aa_watch_add(watch, env.stream, event[0], 77))
+        assert wait_tokens(env, watch, 1) == {77: 0}
+        np.testing.assert_array_equal(dev.read(outs[0], np.float32, (2, 3)), A + B)
+        stats = ffi.new("aa_pool_stats *")
+        lib.aa_pool_get_stats(pool, stats)
+        assert stats.live_blocks == 1
+        lib.aa_tensor_release(outs)
+        lib.aa_pool_get_stats(pool, stats)
+        assert stats.live_blocks == 0
+
+        add_graph(env, 10, add_model())
+        host_ins = host_inputs(env, (A, DT_FLOAT), (B, DT_FLOAT))
+        slot = ffi.new("aa_cb_slot *")
+        slot_outputs = ffi.new("aa_tensor[2]")
+        slot.watch, slot.token, slot.capacity, slot.outputs = watch, 78, 2, slot_outputs
+        c.check(
+            lib.aa_session_run_graph_async(
+                env.session, 10, host_ins, 2, lib.aa_watch_run_callback, slot
+            )
+        )
+        assert wait_tokens(env, watch, 1) == {78: 0}
+        assert slot.status == AA_GE_SUCCESS and slot.n_outputs == 1
+        np.testing.assert_array_equal(host_view(env, slot_outputs[0], np.float32, (2, 3)), A + B)
+        lib.aa_tensor_release(slot_outputs)
+        c.check_acl(lib.aclrtSynchronizeStream(env.stream))
+        for gid in (9, 10):
+            c.check(lib.aa_session_remove_graph(env.session, gid))
+        c.check(lib.aa_session_unregister_external_allocator(env.session, env.stream))
+    finally:
+        lib.aclrtDestroyEvent(event[0])
+        lib.aa_watch_close(watch)
+        lib.aa_watch_destroy(watch)
+        assert lib.aa_pool_destroy(pool) == 0
+
+
 # ---- mode exclusivity, unknown graphs, errors ----
 
 
