@@ -81,7 +81,9 @@ class _Builder:
 
     def add_value(self, name: str, dtype: int, dims: list[int] | None) -> int:
         if dims is None:
-            vid = self.lib.aa_sim_program_add_value(self.prog, name.encode(), dtype, -1, self.ffi.NULL)
+            vid = self.lib.aa_sim_program_add_value(
+                self.prog, name.encode(), dtype, -1, self.ffi.NULL
+            )
         else:
             arr = self.ffi.new("int64_t[]", dims or [0])
             vid = self.lib.aa_sim_program_add_value(self.prog, name.encode(), dtype, len(dims), arr)
@@ -132,6 +134,10 @@ def _value_type(vi: onnx.ValueInfoProto, what: str) -> tuple[int, list[int] | No
     return dtype, dims
 
 
+def _where(node: onnx.NodeProto) -> str:
+    return f"{node.op_type} (node '{node.name}')"
+
+
 def _constant_array(node: onnx.NodeProto) -> np.ndarray:
     if len(node.attribute) != 1:
         raise GraphError(f"Constant (node '{node.name}'): exactly one value attribute expected")
@@ -160,10 +166,14 @@ def _add_attribute(b: _Builder, nid: int, node: onnx.NodeProto, attr: onnx.Attri
         rc = lib.aa_sim_program_attr_float(prog, nid, name, attr.f)
     elif kind == A.INTS:
         vals = list(attr.ints)
-        rc = lib.aa_sim_program_attr_ints(prog, nid, name, ffi.new("int64_t[]", vals or [0]), len(vals))
+        rc = lib.aa_sim_program_attr_ints(
+            prog, nid, name, ffi.new("int64_t[]", vals or [0]), len(vals)
+        )
     elif kind == A.FLOATS:
         fl = list(attr.floats)
-        rc = lib.aa_sim_program_attr_floats(prog, nid, name, ffi.new("float[]", fl or [0.0]), len(fl))
+        rc = lib.aa_sim_program_attr_floats(
+            prog, nid, name, ffi.new("float[]", fl or [0.0]), len(fl)
+        )
     elif kind == A.STRING:
         rc = lib.aa_sim_program_attr_string(prog, nid, name, attr.s)
     elif kind == A.TENSOR:
@@ -175,7 +185,7 @@ def _add_attribute(b: _Builder, nid: int, node: onnx.NodeProto, attr: onnx.Attri
     else:
         kname = A.AttributeType.Name(kind)
         raise GraphError(
-            f"{node.op_type} (node '{node.name}'): attribute '{attr.name}' of type {kname} is not supported"
+            f"{_where(node)}: attribute '{attr.name}' of type {kname} is not supported"
         )
     b.check(rc)
 
@@ -230,9 +240,7 @@ def lower_model(model: onnx.ModelProto, ffi: Any, lib: Any) -> Any:
         outs: list[int] = []
         for name in node.output:
             if not name:
-                raise GraphError(
-                    f"{node.op_type} (node '{node.name}'): omitted optional outputs are not supported"
-                )
+                raise GraphError(f"{_where(node)}: omitted optional outputs are not supported")
             outs.append(b.ids[name] if name in b.ids else b.add_value(name, _DT_UNDEFINED, None))
         nid = b.check(
             lib.aa_sim_program_add_node(
@@ -248,7 +256,9 @@ def lower_model(model: onnx.ModelProto, ffi: Any, lib: Any) -> Any:
         )
         for attr in node.attribute:
             if attr.ref_attr_name:
-                raise GraphError(f"{node.op_type} (node '{node.name}'): attribute references are not supported")
+                raise GraphError(
+                    f"{node.op_type} (node '{node.name}'): attribute references are not supported"
+                )
             _add_attribute(b, nid, node, attr)
 
     for vi in graph.output:
