@@ -641,6 +641,24 @@ def test_pool_allocator_and_watcher_over_the_shim(env: Env, dev: Device) -> None
         assert lib.aa_pool_destroy(pool) == 0
 
 
+def test_host_smoke_script_runs_over_the_standins(cann: Cann) -> None:
+    """The first-run script docs/cann.md gives for an Ascend host, run here end to end."""
+    smoke = _load_path("aa_cann_smoke", NATIVE / "cann" / "smoke.py")
+    before = cann.stats()
+    lines: list[str] = []
+    smoke.run(cann.ffi, cann.lib, finalize=False, say=lines.append)
+    cann.lib.aclrtSetDevice(0)  # (re)establish this thread's context after the script's resets
+    assert lines[-1] == "ok  all steps"
+    assert sum("result matches numpy" in line for line in lines) == 3
+    after = cann.stats()
+    assert (after.ge_outputs, after.graphs, after.sessions) == (
+        before.ge_outputs,
+        before.graphs,
+        before.sessions,
+    )
+    assert cann.runner.ge_standin_live_outputs() == 0
+
+
 # ---- mode exclusivity, unknown graphs, errors ----
 
 
