@@ -288,8 +288,11 @@ static int gap_exec(const sim_node *n, sim_tensor *const *in, sim_tensor *const 
 
 static int bn_check(sim_check *c) {
     int64_t tm = sim_attr_int(c->node, "training_mode", 0);
-    if (tm != 0) return sim_check_fail(c, "training_mode=%lld is not supported (inference only)", (long long)tm);
-    return float_inputs(c);
+    if (tm != 0 && tm != 1) return sim_check_fail(c, "training_mode=%lld is invalid", (long long)tm);
+    if (tm == 0 && c->node->n_out > 1) return sim_check_fail(c, "running mean/var outputs need training_mode=1");
+    if (float_inputs(c)) return -1;
+    c->out_dtype[1] = c->out_dtype[2] = c->in_dtype[3];
+    return 0;
 }
 
 static int bn_shape(const sim_node *n, sim_tensor *const *in, sim_tensor *const *out, char *err, size_t len) {
@@ -300,6 +303,10 @@ static int bn_shape(const sim_node *n, sim_tensor *const *in, sim_tensor *const 
         if (in[i]->ndim != 1 || in[i]->dims[0] != C) return sim_fail(err, len, "input %d must be [C]", i);
     out[0]->ndim = in[0]->ndim;
     memcpy(out[0]->dims, in[0]->dims, sizeof(int64_t) * (size_t)in[0]->ndim);
+    for (uint32_t k = 1; k < n->n_out; k++) {
+        out[k]->ndim = 1;
+        out[k]->dims[0] = C;
+    }
     return 0;
 }
 
@@ -309,6 +316,35 @@ static int bn_exec(const sim_node *n, sim_tensor *const *in, sim_tensor *const *
     int64_t N = in[0]->dims[0], C = in[0]->dims[1], S = sim_numel(in[0]->dims + 2, in[0]->ndim - 2);
     const float *X = in[0]->data, *sc = in[1]->data, *B = in[2]->data, *mean = in[3]->data, *var = in[4]->data;
     float *Y = out[0]->data;
+    float *bmean = NULL, *bvar = NULL;
+    if (sim_attr_int(n, "training_mode", 0)) {
+        /* batch statistics over N and the spatial dims; running stats blended with momentum */
+        float mom = (float)sim_attr_float(n, "momentum", 0.9);
+        bmean = malloc(sizeof(float) * (size_t)(C > 0 ? C : 1));
+        bvar = malloc(sizeof(float) * (size_t)(C > 0 ? C : 1));
+        if (!bmean || !bvar) {
+            free(bmean), free(bvar);
+            return sim_fail(err, len, "out of memory");
+        }
+        double cnt = (double)(N * S);
+        for (int64_t c = 0; c < C; c++) {
+            double s = 0, q = 0;
+            for (int64_t b = 0; b < N; b++)
+                for (int64_t i = 0; i < S; i++) s += X[(b * C + c) * S + i];
+            double m = cnt > 0 ? s / cnt : 0;
+            for (int64_t b = 0; b < N; b++)
+                for (int64_t i = 0; i < S; i++) {
+                    double d = X[(b * C + c) * S + i] - m;
+                    q += d * d;
+                }
+            bmean[c] = (float)m;
+            bvar[c] = cnt > 0 ? (float)(q / cnt) : 0.0f;
+            if (n->n_out > 1) ((float *)out[1]->data)[c] = mean[c] * mom + bmean[c] * (1.0f - mom);
+            if (n->n_out > 2) ((float *)out[2]->data)[c] = var[c] * mom + bvar[c] * (1.0f - mom);
+        }
+        mean = bmean;
+        var = bvar;
+    }
     for (int64_t b = 0; b < N; b++)
         for (int64_t c = 0; c < C; c++) {
             float a = sc[c] / sqrtf(var[c] + eps);
@@ -317,6 +353,7 @@ static int bn_exec(const sim_node *n, sim_tensor *const *in, sim_tensor *const *
             float *y = Y + (b * C + c) * S;
             for (int64_t i = 0; i < S; i++) y[i] = x[i] * a + k;
         }
+    free(bmean), free(bvar);
     return 0;
 }
 
@@ -333,6 +370,6 @@ const sim_op sim_ops_nn[] = {
     {"MaxPool", 1, 1, 1, 1, maxpool_attrs, pool_check, pool_shape, pool_exec, SIM_F16_VIA_F32, 0},
     {"AveragePool", 1, 1, 1, 1, avgpool_attrs, pool_check, pool_shape, pool_exec, SIM_F16_VIA_F32, 0},
     {"GlobalAveragePool", 1, 1, 1, 1, no_attrs, gap_check, gap_shape, gap_exec, SIM_F16_VIA_F32, 0},
-    {"BatchNormalization", 5, 5, 1, 1, bn_attrs, bn_check, bn_shape, bn_exec, SIM_F16_VIA_F32, 0},
+    {"BatchNormalization", 5, 5, 1, 3, bn_attrs, bn_check, bn_shape, bn_exec, SIM_F16_VIA_F32, 0},
     {NULL, 0, 0, 0, 0, NULL, NULL, NULL, NULL, 0, 0},
 };

@@ -1,0 +1,126 @@
+"""Test helper: run a lowered program synchronously through the sim module's public C ABI.
+
+Only ``aclInit`` / ``aa_ge_initialize`` / ``aa_session_*`` / ``aa_sim_session_add_program`` are
+used (RunGraph with host tensors), so the tests exercise the same path GE's RunGraph takes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ascend_async._errors import GraphError
+from ascend_async._lower import lower_model
+from ascend_async._native import _sim
+
+ffi = _sim.ffi
+lib = _sim.lib
+
+_NP_TO_GE = {
+    np.dtype(np.float32): 0,
+    np.dtype(np.float16): 1,
+    np.dtype(np.int8): 2,
+    np.dtype(np.int32): 3,
+    np.dtype(np.uint8): 4,
+    np.dtype(np.int16): 6,
+    np.dtype(np.uint16): 7,
+    np.dtype(np.uint32): 8,
+    np.dtype(np.int64): 9,
+    np.dtype(np.uint64): 10,
+    np.dtype(np.float64): 11,
+    np.dtype(np.bool_): 12,
+}
+_GE_TO_NP = {v: k for k, v in _NP_TO_GE.items()}
+_ACL_ERROR_REPEAT_INITIALIZE = 100002
+_graph_ids = itertools.count(1)
+_state: dict[str, Any] = {}
+
+
+class RunError(RuntimeError):
+    """A GE call failed while running a program."""
+
+
+def _check(status: int, api: str) -> None:
+    if status != 0:
+        buf = ffi.new("char[]", 1024)
+        lib.aa_ge_get_error_msg(buf, 1024)
+        raise RunError(
+            f"{api} failed with status {status}: {ffi.string(buf).decode(errors='replace')}"
+        )
+
+
+def _session() -> Any:
+    if "session" not in _state:
+        rc = lib.aclInit(ffi.NULL)
+        if rc not in (0, _ACL_ERROR_REPEAT_INITIALIZE):
+            raise RunError(f"aclInit failed with {rc}")
+        _check(lib.aa_ge_initialize(ffi.NULL, 0), "aa_ge_initialize")
+        out = ffi.new("aa_session **")
+        _check(lib.aa_session_create(ffi.NULL, 0, out), "aa_session_create")
+        _state["session"] = out[0]
+    return _state["session"]
+
+
+def close() -> None:
+    """Destroys the helper's session (tests call it at the end of the module)."""
+    session = _state.pop("session", None)
+    if session is not None:
+        _check(lib.aa_session_destroy(session), "aa_session_destroy")
+
+
+def lower(model: onnx.ModelProto) -> Any:
+    """The finalized program of ``model`` (GraphError when refused)."""
+    return lower_model(model, ffi, lib)
+
+
+def run_program_sync(
+    program: Any, inputs: list[np.ndarray], max_outputs: int = 16
+) -> list[np.ndarray]:
+    """Adds ``program`` as a graph, runs it once with host inputs, removes it; returns outputs."""
+    session = _session()
+    graph_id = next(_graph_ids)
+    _check(lib.aa_sim_session_add_program(session, graph_id, program, ffi.NULL, 0), "add_program")
+    try:
+        arrays = [np.ascontiguousarray(a) if np.ndim(a) else np.array(a) for a in inputs]
+        tin = ffi.new("aa_tensor[]", max(1, len(arrays)))
+        for t, a in zip(tin, arrays):
+            if a.dtype not in _NP_TO_GE:
+                raise GraphError(f"input dtype {a.dtype} is not supported")
+            t.addr = ffi.from_buffer(a) if a.nbytes else ffi.NULL
+            t.size = a.nbytes
+            t.dtype = _NP_TO_GE[a.dtype]
+            t.format = 2  # AA_FORMAT_ND
+            t.placement = 1  # AA_PLACEMENT_HOST
+            t.ndim = a.ndim
+            for d, n in enumerate(a.shape):
+                t.dims[d] = n
+        tout = ffi.new("aa_tensor[]", max_outputs)
+        n_out = ffi.new("size_t *", max_outputs)
+        _check(
+            lib.aa_session_run_graph(session, graph_id, tin, len(arrays), tout, n_out),
+            "aa_session_run_graph",
+        )
+        results: list[np.ndarray] = []
+        try:
+            for i in range(n_out[0]):
+                t = tout[i]
+                shape = tuple(t.dims[d] for d in range(t.ndim))
+                dtype = _GE_TO_NP[t.dtype]
+                nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                raw = bytes(ffi.buffer(t.addr, nbytes)) if nbytes else b""
+                out = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+                results.append(out)
+        finally:
+            for i in range(n_out[0]):
+                lib.aa_tensor_release(ffi.addressof(tout, i))
+        return results
+    finally:
+        _check(lib.aa_session_remove_graph(session, graph_id), "aa_session_remove_graph")
+
+
+def run_model(model: onnx.ModelProto, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Lowers and runs ``model`` once."""
+    return run_program_sync(lower(model), inputs)
