@@ -86,7 +86,7 @@ def run_program_sync(
     try:
         arrays = [np.ascontiguousarray(a) if np.ndim(a) else np.array(a) for a in inputs]
         tin = ffi.new("aa_tensor[]", max(1, len(arrays)))
-        for t, a in zip(tin, arrays):
+        for t, a in zip(tin, arrays, strict=False):
             if a.dtype not in _NP_TO_GE:
                 raise GraphError(f"input dtype {a.dtype} is not supported")
             t.addr = ffi.from_buffer(a) if a.nbytes else ffi.NULL

@@ -82,7 +82,7 @@ def _fold_constant_inputs(
     m = onnx.ModelProto()
     m.CopyFrom(model)
     kept_vi, kept = [], []
-    for vi, arr in zip(model.graph.input, inputs):
+    for vi, arr in zip(model.graph.input, inputs, strict=False):
         if vi.name in folded:
             m.graph.initializer.append(numpy_helper.from_array(arr, vi.name))
         else:
@@ -145,11 +145,11 @@ def run_conformance() -> dict[str, Tally]:
                 continue
             try:
                 outputs = _simrun.run_program_sync(program, inputs)
-            except Exception as exc:  # noqa: BLE001 - any run-time failure is a finding
+            except Exception as exc:
                 tally.problems.append(f"{case.name}: run failed: {exc}")
                 continue
             ok = len(outputs) == len(expected) and all(
-                _close(g, w, case.rtol, case.atol) for g, w in zip(outputs, expected)
+                _close(g, w, case.rtol, case.atol) for g, w in zip(outputs, expected, strict=False)
             )
             if ok:
                 tally.passed += 1
@@ -169,7 +169,7 @@ def tallies() -> dict[str, Tally]:
 
 def format_table(tallies: dict[str, Tally]) -> str:
     lines = ["| op | passed | refused | passed / cases in supported dtypes |", "|---|---|---|---|"]
-    for op in sorted(LISTED_OPS) + [MULTI]:
+    for op in [*sorted(LISTED_OPS), MULTI]:
         t = tallies.get(op, Tally())
         lines.append(f"| {op} | {t.passed} | {t.refused} | {t.in_scope_passed} / {t.in_scope} |")
     return "\n".join(lines)
