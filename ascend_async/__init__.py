@@ -1,3 +1,58 @@
-"""ascend_async: await Ascend Graph Engine runs from asyncio, uvloop and trio."""
+"""ascend_async: await Ascend Graph Engine runs from asyncio, uvloop and trio.
+
+``await session.run(graph, inputs)`` submits a graph to a device stream without blocking the
+event loop; a completion watcher thread resolves it when the device is done. Runs on real
+Ascend hardware through CANN, or on the bundled simulated device everywhere else.
+"""
 
 from __future__ import annotations
+
+from ._backend import backend_info as backend_info
+from ._device import configure_watcher as configure_watcher
+from ._errors import AclError as AclError
+from ._errors import AscendError as AscendError
+from ._errors import AscendWarning as AscendWarning
+from ._errors import BackendUnavailableError as BackendUnavailableError
+from ._errors import DeviceError as DeviceError
+from ._errors import DeviceMemoryError as DeviceMemoryError
+from ._errors import GeError as GeError
+from ._errors import GraphError as GraphError
+from ._errors import InputError as InputError
+from ._errors import ModeConflictError as ModeConflictError
+from ._errors import SessionClosedError as SessionClosedError
+from ._errors import WatcherError as WatcherError
+from ._graph import Graph as Graph
+from ._graph import TensorSpec as TensorSpec
+from ._memory import DeviceTensor as DeviceTensor
+from ._session import Session as Session
+from ._session import SessionStatistics as SessionStatistics
+from ._session import Stream as Stream
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "AclError",
+    "AscendError",
+    "AscendWarning",
+    "BackendUnavailableError",
+    "DeviceError",
+    "DeviceMemoryError",
+    "DeviceTensor",
+    "GeError",
+    "Graph",
+    "GraphError",
+    "InputError",
+    "ModeConflictError",
+    "Session",
+    "SessionClosedError",
+    "SessionStatistics",
+    "Stream",
+    "TensorSpec",
+    "WatcherError",
+    "backend_info",
+    "configure_watcher",
+)
+
+for _name in __all__:
+    getattr(globals()[_name], "__module__", None) and setattr(globals()[_name], "__module__", "ascend_async")
+del _name

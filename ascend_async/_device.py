@@ -1,0 +1,184 @@
+"""Devices: the runtime context every thread must set, pools, events and the watcher.
+
+One ``Device`` per device id per process, shared by every session on it and reference counted
+by them. Its resources are thread-safe: the C pools lock internally; the event pool is a list
+guarded by a lock; the watcher is started on the first run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from typing import Any
+
+from ._backend import Backend, get_backend
+from ._errors import DeviceMemoryError
+from ._watcher import Watcher
+
+__all__ = ["Device", "acquire_device", "release_device"]
+
+_tls = threading.local()
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
+
+
+class Device:
+    """Process-wide state of one device (context, pools, events, watcher)."""
+
+    def __init__(self, backend: Backend, device_id: int) -> None:
+        ffi, lib = backend.ffi, backend.lib
+        self.backend = backend
+        self.id = device_id
+        self.refs = 0
+        self.alive = True
+        self._lock = threading.Lock()
+        backend.check(lib.aclrtSetDevice(device_id), "aclrtSetDevice")
+        ctx = ffi.new("aclrtContext*")
+        backend.check(lib.aclrtGetCurrentContext(ctx), "aclrtGetCurrentContext")
+        self.context = ctx[0]
+        _tls.context = self.context
+        cache = _env_int("ASCEND_ASYNC_POOL_CACHE_BYTES", 1 << 30)
+        self.device_pool = lib.aa_pool_create(lib.AA_POOL_DEVICE, cache)
+        self.host_pool = lib.aa_pool_create(lib.AA_POOL_HOST, cache)
+        self.allocator = ffi.new("aa_allocator*")
+        lib.aa_pool_allocator(self.device_pool, self.allocator)
+        self._events: list[Any] = []
+        self._events_made = 0
+        self.watcher: Watcher | None = None
+
+    # -- context -----------------------------------------------------------------------------
+
+    def ensure_current(self) -> None:
+        """Make this device's context current on the calling thread (cheap when it is)."""
+        if getattr(_tls, "context", None) != self.context:
+            self.backend.check(self.backend.lib.aclrtSetCurrentContext(self.context), "aclrtSetCurrentContext")
+            _tls.context = self.context
+
+    # -- memory ------------------------------------------------------------------------------
+
+    def alloc(self, pool: Any, nbytes: int, what: str) -> Any:
+        """A block from ``pool``; raises DeviceMemoryError naming ``what`` when memory ran out."""
+        err = self.backend.ffi.new("aclError*")
+        p = self.backend.lib.aa_pool_alloc(pool, nbytes, err)
+        if p == self.backend.ffi.NULL:
+            code = int(err[0])
+            raise DeviceMemoryError(code, "aclrtMalloc", f"{what}: {nbytes} bytes: {self.backend.acl_message()}")
+        return p
+
+    def pool_stats(self) -> dict[str, dict[str, int]]:
+        ffi, lib = self.backend.ffi, self.backend.lib
+        out = {}
+        for name, pool in (("device", self.device_pool), ("host", self.host_pool)):
+            st = ffi.new("aa_pool_stats*")
+            lib.aa_pool_get_stats(pool, st)
+            out[name] = {k: int(getattr(st, k)) for k in ("live_blocks", "live_bytes", "cached_blocks", "cached_bytes", "hits", "misses")}
+        return out
+
+    # -- events ------------------------------------------------------------------------------
+
+    def take_event(self) -> Any:
+        with self._lock:
+            if self._events:
+                return self._events.pop()
+            self._events_made += 1
+        ev = self.backend.ffi.new("aclrtEvent*")
+        self.ensure_current()
+        rc = self.backend.lib.aclrtCreateEvent(ev)
+        if rc:
+            with self._lock:
+                self._events_made -= 1
+            self.backend.check(rc, "aclrtCreateEvent")
+        return ev[0]
+
+    def give_event(self, event: Any) -> None:
+        with self._lock:
+            self._events.append(event)
+
+    # -- watcher -----------------------------------------------------------------------------
+
+    def get_watcher(self) -> Watcher:
+        w = self.watcher
+        if w is None:
+            with self._lock:
+                if self.watcher is None:
+                    strategy, config = _watch_configs.get(self.id, ("poll", {}))
+                    lib = self.backend.lib
+                    code = lib.AA_WATCH_REPORT if strategy == "report" else lib.AA_WATCH_POLL
+                    self.watcher = Watcher(self, code, config)
+                w = self.watcher
+        return w
+
+    def shutdown(self) -> None:
+        """Free everything (the last session on the device closed)."""
+        lib = self.backend.lib
+        self.ensure_current()
+        self.alive = False
+        if self.watcher is not None:
+            self.watcher.close()
+            self.watcher = None
+        for ev in self._events:
+            lib.aclrtDestroyEvent(ev)
+        self._events.clear()
+        lib.aa_pool_destroy(self.device_pool)
+        lib.aa_pool_destroy(self.host_pool)
+        lib.aclrtResetDevice(self.id)
+        _tls.context = None
+
+
+_devices: dict[int, Device] = {}
+_devices_lock = threading.Lock()
+
+
+def acquire_device(device_id: int) -> Device:
+    """The shared Device for ``device_id`` (one more reference)."""
+    backend = get_backend()
+    with _devices_lock:
+        dev = _devices.get(device_id)
+        if dev is None:
+            count = backend.ffi.new("uint32_t*")
+            backend.check(backend.lib.aclrtGetDeviceCount(count), "aclrtGetDeviceCount")
+            if not 0 <= device_id < count[0]:
+                from ._errors import AclError
+
+                raise AclError(107001, "aclrtSetDevice", f"no device {device_id}: {count[0]} visible")
+            dev = _devices[device_id] = Device(backend, device_id)
+        dev.refs += 1
+        return dev
+
+
+def release_device(dev: Device) -> None:
+    """Drop one reference; the last one frees the device's resources."""
+    with _devices_lock:
+        dev.refs -= 1
+        if dev.refs > 0:
+            return
+        _devices.pop(dev.id, None)
+    dev.shutdown()
+
+
+_watch_configs: dict[int, tuple[str, dict[str, int]]] = {}
+
+
+def configure_watcher(device_id: int = 0, strategy: str = "poll", **config: int) -> None:
+    """Choose the completion strategy ("poll" or "report") and its tuning for a device.
+
+    Tuning keys: spin_us, min_sleep_us, max_sleep_us, fault_probe_us. Applies to watchers
+    started afterwards (a device's watcher starts with its first run).
+    """
+    if strategy not in ("poll", "report"):
+        raise ValueError(f"strategy must be 'poll' or 'report', not {strategy!r}")
+    _watch_configs[device_id] = (strategy, dict(config))
+
+
+@atexit.register
+def _stop_watchers_at_exit() -> None:
+    # Sessions left open at exit: stop the watcher threads quietly before the interpreter
+    # goes away (their runs are abandoned; the device threads are plain C and just stop).
+    for dev in list(_devices.values()):
+        w = dev.watcher
+        if w is not None and w.handle != dev.backend.ffi.NULL:
+            dev.backend.lib.aa_watch_close(w.handle)

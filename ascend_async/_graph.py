@@ -1,0 +1,198 @@
+"""Graph: an ONNX model, its signature, and the checks that run before anything is submitted."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+
+from ._errors import GraphError, InputError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from ._memory import DeviceTensor
+
+__all__ = ["Graph", "TensorSpec"]
+
+Dim = Union[int, str, None]
+GraphSource = Union[str, "os.PathLike[str]", bytes, "onnx.ModelProto"]
+
+#: ge::DataType value <-> numpy dtype (graph/types.h numbering).
+GE_TO_NUMPY: dict[int, np.dtype[Any]] = {
+    0: np.dtype(np.float32),
+    1: np.dtype(np.float16),
+    2: np.dtype(np.int8),
+    3: np.dtype(np.int32),
+    4: np.dtype(np.uint8),
+    6: np.dtype(np.int16),
+    7: np.dtype(np.uint16),
+    8: np.dtype(np.uint32),
+    9: np.dtype(np.int64),
+    10: np.dtype(np.uint64),
+    11: np.dtype(np.float64),
+    12: np.dtype(np.bool_),
+}
+NUMPY_TO_GE: dict[np.dtype[Any], int] = {v: k for k, v in GE_TO_NUMPY.items()}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a graph: name, dtype and shape (ints, symbolic names or None)."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[Dim, ...] | None
+
+    def __str__(self) -> str:
+        dims = "?" if self.shape is None else ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+def _load_model(source: GraphSource) -> tuple[onnx.ModelProto, bytes]:
+    import onnx
+
+    try:
+        if isinstance(source, onnx.ModelProto):
+            return source, source.SerializeToString()
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+        elif isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as f:
+                data = f.read()
+        else:
+            raise GraphError(f"cannot read a graph from {type(source).__name__}: pass a path, bytes or onnx.ModelProto")
+        model = onnx.load_model_from_string(data)
+    except GraphError:
+        raise
+    except OSError as exc:
+        raise GraphError(f"cannot read model {source!r}: {exc}") from exc
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise GraphError(f"not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
+    if not model.graph.node and not model.graph.output:
+        raise GraphError("not a valid ONNX model: it has no graph")
+    return model, data
+
+
+def _spec(vi: Any) -> TensorSpec:
+    from onnx import helper
+
+    tt = vi.type.tensor_type
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+    except Exception as exc:
+        raise GraphError(f"{vi.name!r} has an unsupported element type {tt.elem_type}") from exc
+    shape: tuple[Dim, ...] | None = None
+    if tt.HasField("shape"):
+        dims: list[Dim] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        shape = tuple(dims)
+    return TensorSpec(vi.name, dtype, shape)
+
+
+class Graph:
+    """An ONNX model with its signature, ready to add to a :class:`Session`.
+
+    Build it from a path, the serialized bytes or an ``onnx.ModelProto``. The signature
+    (``inputs``/``outputs``) is known before anything runs; symbolic dims resolve per run.
+    """
+
+    def __init__(self, source: GraphSource, *, name: str | None = None) -> None:
+        model, data = _load_model(source)
+        init_names = {t.name for t in model.graph.initializer}
+        self.model: onnx.ModelProto = model
+        self.model_bytes: bytes = data
+        self.name: str = name or model.graph.name or "graph"
+        self.inputs: tuple[TensorSpec, ...] = tuple(
+            _spec(vi) for vi in model.graph.input if vi.name not in init_names
+        )
+        self.outputs: tuple[TensorSpec, ...] = tuple(_spec(vi) for vi in model.graph.output)
+        self._input_names = tuple(s.name for s in self.inputs)
+        self._program: Any = None  # the sim's lowered program, made once
+
+    def __repr__(self) -> str:
+        ins = ", ".join(map(str, self.inputs))
+        outs = ", ".join(map(str, self.outputs))
+        return f"<Graph {self.name!r} ({ins}) -> ({outs})>"
+
+    def lowered(self, ffi: Any, lib: Any) -> Any:
+        """The sim program for this model (lowered once; raises GraphError if unsupported)."""
+        if self._program is None:
+            from ._lower import lower_model
+
+            self._program = lower_model(self.model, ffi, lib)
+        return self._program
+
+    def bind(self, inputs: Mapping[str, Any] | Sequence[Any]) -> list[np.ndarray | DeviceTensor]:
+        """Check inputs against the signature; return them in signature order.
+
+        :raises InputError: naming the input and the mismatch (names, count, dtype, shape,
+            layout), before anything is allocated or submitted.
+        """
+        from ._memory import DeviceTensor
+
+        specs = self.inputs
+        if isinstance(inputs, Mapping):
+            unknown = [k for k in inputs if k not in self._input_names]
+            if unknown:
+                raise InputError(
+                    f"{self.name}: unknown input {unknown[0]!r}; the graph takes "
+                    + ", ".join(map(str, specs))
+                )
+            missing = [n for n in self._input_names if n not in inputs]
+            if missing:
+                raise InputError(f"{self.name}: missing input {missing[0]!r} ({specs[self._input_names.index(missing[0])]})")
+            values = [inputs[n] for n in self._input_names]
+        elif isinstance(inputs, Sequence) and not isinstance(inputs, (str, bytes)):
+            if len(inputs) != len(specs):
+                raise InputError(f"{self.name}: takes {len(specs)} inputs, got {len(inputs)}")
+            values = list(inputs)
+        else:
+            raise InputError(f"{self.name}: inputs must be a mapping by name or a sequence, not {type(inputs).__name__}")
+
+        symbols: dict[str, tuple[int, str]] = {}
+        for spec, v in zip(specs, values):
+            if isinstance(v, DeviceTensor):
+                v.check_open()
+                dtype, shape = v.dtype, v.shape
+            elif isinstance(v, np.ndarray):
+                dtype, shape = v.dtype, v.shape
+                if not v.flags.c_contiguous:
+                    raise InputError(
+                        f"{self.name}: input {spec.name!r} is not C-contiguous (pass np.ascontiguousarray(x))"
+                    )
+            else:
+                raise InputError(
+                    f"{self.name}: input {spec.name!r} must be a numpy array or DeviceTensor, not {type(v).__name__}"
+                )
+            if dtype != spec.dtype:
+                raise InputError(f"{self.name}: input {spec.name!r} has dtype {dtype}, the graph expects {spec.dtype}")
+            if spec.shape is None:
+                continue
+            if len(shape) != len(spec.shape):
+                raise InputError(
+                    f"{self.name}: input {spec.name!r} has shape {tuple(shape)}, the graph expects rank "
+                    f"{len(spec.shape)} {spec}"
+                )
+            for axis, (want, got) in enumerate(zip(spec.shape, shape)):
+                if isinstance(want, int) and want != got:
+                    raise InputError(
+                        f"{self.name}: input {spec.name!r} has shape {tuple(shape)}, dim {axis} must be {want} ({spec})"
+                    )
+                if isinstance(want, str):
+                    seen = symbols.setdefault(want, (got, spec.name))
+                    if seen[0] != got:
+                        raise InputError(
+                            f"{self.name}: symbolic dim {want!r} is {seen[0]} in input {seen[1]!r} "
+                            f"but {got} in input {spec.name!r}"
+                        )
+        return values

@@ -1,0 +1,132 @@
+"""DeviceTensor: device memory with a shape and dtype, owned by one Python object."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._errors import SessionClosedError
+from ._graph import GE_TO_NUMPY, NUMPY_TO_GE
+
+if TYPE_CHECKING:
+    from ._device import Device
+
+__all__ = ["DeviceTensor"]
+
+_ACL_MEMCPY_HOST_TO_DEVICE = 1
+_ACL_MEMCPY_DEVICE_TO_HOST = 2
+
+
+class DeviceTensor:
+    """A tensor in device memory.
+
+    Made by :meth:`from_numpy` (a synchronous copy), or returned by
+    ``session.run(..., outputs="device")`` (zero copy: GE wrote it). Pass it back as an input
+    to run on device data without host copies. ``close()`` returns the memory; so does garbage
+    collection, but closing explicitly keeps device memory predictable.
+    """
+
+    __slots__ = ("__weakref__", "_addr", "_closed", "_device", "_ge", "_lock", "dtype", "shape")
+
+    def __init__(self, device: Device, addr: Any, shape: tuple[int, ...], dtype: np.dtype[Any], ge_tensor: Any = None) -> None:
+        # Use from_numpy or session.run(outputs="device"); this constructor is internal.
+        self._device = device
+        self._addr = addr
+        self._ge = ge_tensor  # aa_tensor* whose owner GE allocated, or None (our pool block)
+        self.shape = shape
+        self.dtype = dtype
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_numpy(cls, session: Any, array: np.ndarray) -> DeviceTensor:
+        """Copy ``array`` to the session's device (blocks until the copy is done)."""
+        device: Device = session._device_for_tensors()
+        array = np.ascontiguousarray(array)
+        if array.dtype not in NUMPY_TO_GE:
+            raise TypeError(f"dtype {array.dtype} has no device equivalent")
+        b = device.backend
+        nbytes = max(array.nbytes, 1)
+        device.ensure_current()
+        addr = device.alloc(device.device_pool, nbytes, "DeviceTensor.from_numpy")
+        if array.nbytes:
+            rc = b.lib.aclrtMemcpy(addr, nbytes, b.ffi.from_buffer(array), array.nbytes, _ACL_MEMCPY_HOST_TO_DEVICE)
+            if rc:
+                b.lib.aa_pool_free(device.device_pool, addr)
+                b.check(rc, "aclrtMemcpy")
+        return cls(device, addr, tuple(array.shape), array.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    @property
+    def address(self) -> int:
+        """The device address (for interop); valid until close()."""
+        self.check_open()
+        return int(self._device.backend.ffi.cast("uintptr_t", self._addr))
+
+    def check_open(self) -> None:
+        if self._closed:
+            raise SessionClosedError("the DeviceTensor was closed")
+
+    def ge_fill(self, t: Any) -> None:
+        """Describe this tensor in an aa_tensor struct (as a device input)."""
+        t.addr = self._addr
+        t.size = max(self.nbytes, 1)
+        t.dtype = NUMPY_TO_GE[self.dtype]
+        t.format = 2
+        t.placement = 0
+        t.ndim = len(self.shape)
+        for i, d in enumerate(self.shape):
+            t.dims[i] = d
+
+    def numpy(self) -> np.ndarray:
+        """Copy the data to a new host array (blocks until the copy is done)."""
+        self.check_open()
+        out = np.empty(self.shape, self.dtype)
+        if out.nbytes:
+            b = self._device.backend
+            self._device.ensure_current()
+            b.check(
+                b.lib.aclrtMemcpy(b.ffi.from_buffer(out), out.nbytes, self._addr, out.nbytes, _ACL_MEMCPY_DEVICE_TO_HOST),
+                "aclrtMemcpy",
+            )
+        return out
+
+    def close(self) -> None:
+        """Give the memory back (idempotent). Do not close a tensor a pending run still uses."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        lib = self._device.backend.lib
+        if not self._device.alive:  # the device shut down and freed every block already
+            return
+        if self._ge is not None:
+            lib.aa_tensor_release(self._ge)
+            self._ge = None
+        else:
+            lib.aa_pool_free(self._device.device_pool, self._addr)
+        self._addr = None
+
+    def __del__(self) -> None:
+        try:
+            if not self._closed:
+                self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"device {self._device.id}"
+        return f"<DeviceTensor {self.dtype}{list(self.shape)} on {state}>"
+
+
+def ge_dtype_to_numpy(code: int) -> np.dtype[Any]:
+    return GE_TO_NUMPY[code]

@@ -1,0 +1,256 @@
+"""The completion watcher and the loop bridges.
+
+Threads and hand-offs (each crossing is made exactly here):
+
+- An **event-loop thread** submits a run, records its event, stores the job under a fresh
+  token in ``Watcher.jobs`` and only then hands (stream, event, token) to the C watch
+  (``aa_watch_add``). From then on the watcher owns the job's device resources.
+- The **watcher thread** (one per device, started lazily) sits in ``aa_watch_wait`` with the GIL
+  released: the C core polls the oldest event of each busy stream, spins briefly and backs off,
+  and probes for faults. It returns completions in batches. With the GIL the watcher then
+  finishes each job (copies outputs out of pinned memory, returns buffers and the event to
+  their pools) and posts **one** callback per event loop per batch through that loop's
+  thread-safe entry (``call_soon_threadsafe`` / ``TrioToken.run_sync_soon``).
+- The posted callback runs on the **loop thread** and wakes each waiting task.
+
+A loop that closed before its runs completed gets nothing: its jobs' resources were already
+released by the watcher, and the failed post is ignored. If the watcher itself fails, every
+pending and later job fails with :class:`WatcherError`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._errors import WatcherError
+
+if TYPE_CHECKING:
+    from ._device import Device
+
+__all__ = ["Job", "LoopBridge", "Watcher", "current_bridge"]
+
+_BATCH = 512
+
+
+class LoopBridge:
+    """One event loop's non-blocking, thread-safe entry, and its in-flight limit."""
+
+    __slots__ = ("__weakref__", "limiter", "post", "wakeups")
+
+    def __init__(self, post: Callable[..., object], limit: int) -> None:
+        self.post = post
+        self.limiter = anyio.Semaphore(limit)
+        self.wakeups = 0
+
+    def deliver(self, jobs: list[Job]) -> None:
+        """Called on the watcher thread: wake every job of this loop with one post."""
+        self.wakeups += 1
+        try:
+            self.post(_resolve_batch, jobs)
+        except RuntimeError:  # asyncio: the loop is closed; trio: RunFinishedError
+            pass
+
+
+def _resolve_batch(jobs: list[Job]) -> None:
+    # Runs on the loop thread.
+    for job in jobs:
+        job.done.set()
+        if job.bridge is not None:
+            job.bridge.limiter.release()
+
+
+_bridges: weakref.WeakKeyDictionary[Any, LoopBridge] = weakref.WeakKeyDictionary()
+_bridges_lock = threading.Lock()
+
+
+def current_bridge(limit: int) -> LoopBridge:
+    """The bridge of the running event loop (asyncio, uvloop or trio), made on first use."""
+    import asyncio
+
+    key: Any
+    post: Callable[..., object]
+    try:
+        key = asyncio.get_running_loop()
+        post = key.call_soon_threadsafe
+    except RuntimeError:  # not asyncio: trio
+        import trio
+
+        key = trio.lowlevel.current_trio_token()
+        post = key.run_sync_soon
+    bridge = _bridges.get(key)
+    if bridge is None:
+        with _bridges_lock:
+            bridge = _bridges.get(key)
+            if bridge is None:
+                bridge = _bridges[key] = LoopBridge(post, limit)
+    return bridge
+
+
+class Job:
+    """One submitted run as the watcher sees it.
+
+    ``finish`` runs on the watcher thread; ``done`` is set on the loop thread. ``release``
+    gives back everything the device touched; it runs exactly once, on the watcher thread.
+    """
+
+    __slots__ = (
+        "abandoned",
+        "bridge",
+        "callback",
+        "code",
+        "done",
+        "error",
+        "finisher",
+        "lane",
+        "noticed_ns",
+        "result",
+        "token",
+    )
+
+    def __init__(self, bridge: LoopBridge | None, finisher: Callable[[Job], None]) -> None:
+        self.bridge = bridge
+        self.finisher = finisher
+        self.done = anyio.Event() if bridge is not None else None
+        self.abandoned = False
+        self.code = 0
+        self.error: BaseException | None = None
+        self.result: Any = None
+        self.noticed_ns = 0
+        self.token = 0
+        self.lane: Any = None
+        self.callback: Callable[[Job], None] | None = None
+
+
+class Watcher:
+    """The per-device completion watcher thread over the C ``aa_watch`` core."""
+
+    def __init__(self, device: Device, strategy: int, config: dict[str, int]) -> None:
+        self.device = device
+        b = device.backend
+        self._ffi, self._lib = b.ffi, b.lib
+        cfg = self._ffi.new("aa_watch_config*")
+        cfg.strategy = strategy
+        for key, value in config.items():
+            setattr(cfg, key, value)
+        device.ensure_current()
+        self.handle = self._lib.aa_watch_create(device.context, cfg)
+        self.jobs: dict[int, Job] = {}
+        self._tokens = itertools.count(1)
+        self.broken: BaseException | None = None
+        self.completions = 0
+        self._thread = threading.Thread(
+            target=self._main, name=f"ascend-async-watcher-{device.id}", daemon=True
+        )
+        self._thread.start()
+
+    # -- submitting side (any thread) ---------------------------------------------------------
+
+    def new_token(self) -> int:
+        return next(self._tokens)
+
+    def add(self, job: Job, stream: Any, event: Any) -> None:
+        """Hand a job whose event was just recorded to the watcher (raises on failure)."""
+        if self.broken is not None:
+            raise WatcherError("the completion watcher has failed") from self.broken
+        self.jobs[job.token] = job  # before aa_watch_add: the watcher may answer at once
+        rc = self._lib.aa_watch_add(self.handle, stream, event, job.token)
+        if rc:
+            self.jobs.pop(job.token, None)
+            raise self.device.backend.acl_error(rc, "aclrtLaunchCallback/aa_watch_add")
+
+    def expect(self, job: Job) -> None:
+        """Register a job that completes through a callback slot (RunGraphAsync)."""
+        if self.broken is not None:
+            raise WatcherError("the completion watcher has failed") from self.broken
+        self.jobs[job.token] = job
+
+    def fail_stream(self, stream: Any, code: int) -> None:
+        self._lib.aa_watch_fail_stream(self.handle, stream, code)
+
+    def stats(self) -> dict[str, int]:
+        st = self._ffi.new("aa_watch_stats*")
+        self._lib.aa_watch_get_stats(self.handle, st)
+        return {k: int(getattr(st, k)) for k in ("added", "completed", "failed", "polls", "probes", "batches", "sleeps", "pending")}
+
+    def close(self) -> None:
+        """Stop the thread (pending jobs fail) and free the C watch."""
+        self._lib.aa_watch_close(self.handle)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        self._fail_all(WatcherError("the device watcher was shut down"))
+        self.device.ensure_current()
+        self._lib.aa_watch_destroy(self.handle)
+        self.handle = self._ffi.NULL
+
+    # -- the watcher thread ------------------------------------------------------------------
+
+    def _main(self) -> None:
+        ffi, lib = self._ffi, self._lib
+        tokens = ffi.new("uint64_t[]", _BATCH)
+        codes = ffi.new("int32_t[]", _BATCH)
+        noticed = ffi.new("uint64_t[]", _BATCH)
+        try:
+            self.device.ensure_current()
+            while True:
+                n = lib.aa_watch_wait(self.handle, tokens, codes, noticed, _BATCH, -1)
+                if n < 0:
+                    return
+                if n:
+                    self._dispatch(n, tokens, codes, noticed)
+        except BaseException as exc:  # the watcher must never die silently
+            self.broken = exc
+            self._fail_all(WatcherError(f"the completion watcher failed: {exc!r}"))
+
+    def _dispatch(self, n: int, tokens: Any, codes: Any, noticed: Any) -> None:
+        detail: str | None = None
+        batches: dict[LoopBridge, list[Job]] = {}
+        for i in range(n):
+            job = self.jobs.pop(tokens[i], None)
+            if job is None:
+                continue
+            job.code = codes[i]
+            job.noticed_ns = noticed[i]
+            if job.code and detail is None:
+                detail = self.device.backend.acl_message()
+            self._finish(job, detail or "")
+            self.completions += 1
+            if job.callback is not None:
+                _call_quietly(job.callback, job)
+            if job.bridge is not None:
+                batches.setdefault(job.bridge, []).append(job)
+        for bridge, jobs in batches.items():
+            bridge.deliver(jobs)
+
+    def _finish(self, job: Job, detail: str) -> None:
+        try:
+            job.finisher(job)
+        except BaseException as exc:  # a finisher bug fails that run, not the watcher
+            job.error = exc
+        if job.code and job.error is None:
+            job.error = self.device.backend.acl_error(job.code, "device stream", detail or "device task failed")
+
+    def _fail_all(self, error: BaseException) -> None:
+        jobs = list(self.jobs.values())
+        self.jobs.clear()
+        batches: dict[LoopBridge, list[Job]] = {}
+        for job in jobs:
+            job.error = error
+            if job.bridge is not None:
+                batches.setdefault(job.bridge, []).append(job)
+        for bridge, js in batches.items():
+            bridge.deliver(js)
+
+
+def _call_quietly(fn: Callable[[Job], None], job: Job) -> None:
+    try:
+        fn(job)
+    except Exception:  # a user callback's error must not kill the watcher
+        import traceback
+
+        traceback.print_exc()

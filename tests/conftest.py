@@ -1,0 +1,54 @@
+"""Shared fixtures: every async test runs on asyncio, asyncio+uvloop and trio; the sim's leak
+counters must read zero after each test."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is in the test extra on Linux
+    uvloop = None
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {}), id="asyncio"),
+        pytest.param(
+            ("asyncio", {"loop_factory": uvloop.new_event_loop if uvloop else None}),
+            id="uvloop",
+            marks=pytest.mark.skipif(uvloop is None, reason="uvloop is not installed"),
+        ),
+        pytest.param(("trio", {}), id="trio"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    return request.param
+
+
+def sim_stats() -> dict[str, int]:
+    from ascend_async._native import _sim
+
+    st = _sim.ffi.new("aa_sim_stats*")
+    _sim.lib.aa_sim_get_stats(st)
+    return {k: int(getattr(st, k)) for k in dir(st)}
+
+
+LEAK_KEYS = ("device_allocations", "host_allocations", "contexts", "streams", "events", "sessions", "graphs", "ge_outputs")
+
+
+@pytest.fixture(autouse=True)
+def _no_sim_leaks() -> Iterator[None]:
+    """Every test leaves the simulated device as it found it (sessions closed, memory freed)."""
+    yield
+    gc.collect()
+    from ascend_async import _device
+
+    assert not _device._devices, f"sessions left open: devices still held {list(_device._devices)}"
+    st = sim_stats()
+    leaks = {k: st[k] for k in LEAK_KEYS if st[k]}
+    assert not leaks, f"sim resources leaked: {leaks}"
