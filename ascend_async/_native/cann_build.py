@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cffi import FFI
+from cffi import FFI  # type: ignore[import-untyped]
 
 MODULE = "ascend_async._native._cann"
 
@@ -88,7 +88,7 @@ def _per_language_flags() -> None:
     ``-std=`` in that list is replaced per file. Idempotent; patches setuptools' own distutils
     and, when it is a different module, the one ``import distutils`` gives.
     """
-    classes = []
+    classes: list[Any] = []
     try:
         from setuptools._distutils import unixccompiler as st_unix  # type: ignore[import-untyped]
 
