@@ -52,23 +52,17 @@ def _check(status: int, api: str) -> None:
         )
 
 
-def _session() -> Any:
-    if "session" not in _state:
+def _init() -> None:
+    if not _state.get("initialized"):
         rc = lib.aclInit(ffi.NULL)
         if rc not in (0, _ACL_ERROR_REPEAT_INITIALIZE):
             raise RunError(f"aclInit failed with {rc}")
         _check(lib.aa_ge_initialize(ffi.NULL, 0), "aa_ge_initialize")
-        out = ffi.new("aa_session **")
-        _check(lib.aa_session_create(ffi.NULL, 0, out), "aa_session_create")
-        _state["session"] = out[0]
-    return _state["session"]
+        _state["initialized"] = True
 
 
 def close() -> None:
-    """Destroys the helper's session (tests call it at the end of the module)."""
-    session = _state.pop("session", None)
-    if session is not None:
-        _check(lib.aa_session_destroy(session), "aa_session_destroy")
+    """Kept for callers that tidy up; every run already uses its own session."""
 
 
 def lower(model: onnx.ModelProto) -> Any:
@@ -79,10 +73,24 @@ def lower(model: onnx.ModelProto) -> Any:
 def run_program_sync(
     program: Any, inputs: list[np.ndarray], max_outputs: int = 16
 ) -> list[np.ndarray]:
-    """Adds ``program`` as a graph, runs it once with host inputs, removes it; returns outputs."""
-    session = _session()
+    """Runs ``program`` once in a fresh session (AddGraph, RunGraph, RemoveGraph)."""
+    _init()
+    out_session = ffi.new("aa_session **")
+    _check(lib.aa_session_create(ffi.NULL, 0, out_session), "aa_session_create")
+    session = out_session[0]
     graph_id = next(_graph_ids)
-    _check(lib.aa_sim_session_add_program(session, graph_id, program, ffi.NULL, 0), "add_program")
+    try:
+        _check(
+            lib.aa_sim_session_add_program(session, graph_id, program, ffi.NULL, 0), "add_program"
+        )
+        return _run(session, graph_id, inputs, max_outputs)
+    finally:
+        _check(lib.aa_session_destroy(session), "aa_session_destroy")
+
+
+def _run(
+    session: Any, graph_id: int, inputs: list[np.ndarray], max_outputs: int
+) -> list[np.ndarray]:
     try:
         arrays = [np.ascontiguousarray(a) if np.ndim(a) else np.array(a) for a in inputs]
         tin = ffi.new("aa_tensor[]", max(1, len(arrays)))
