@@ -81,9 +81,7 @@ class _Builder:
 
     def add_value(self, name: str, dtype: int, dims: list[int] | None) -> int:
         if dims is None:
-            vid = self.lib.aa_sim_program_add_value(
-                self.prog, name.encode(), dtype, -1, self.ffi.NULL
-            )
+            vid = self.lib.aa_sim_program_add_value(self.prog, name.encode(), dtype, -1, self.ffi.NULL)
         else:
             arr = self.ffi.new("int64_t[]", dims or [0])
             vid = self.lib.aa_sim_program_add_value(self.prog, name.encode(), dtype, len(dims), arr)
@@ -166,14 +164,10 @@ def _add_attribute(b: _Builder, nid: int, node: onnx.NodeProto, attr: onnx.Attri
         rc = lib.aa_sim_program_attr_float(prog, nid, name, attr.f)
     elif kind == A.INTS:
         vals = list(attr.ints)
-        rc = lib.aa_sim_program_attr_ints(
-            prog, nid, name, ffi.new("int64_t[]", vals or [0]), len(vals)
-        )
+        rc = lib.aa_sim_program_attr_ints(prog, nid, name, ffi.new("int64_t[]", vals or [0]), len(vals))
     elif kind == A.FLOATS:
         fl = list(attr.floats)
-        rc = lib.aa_sim_program_attr_floats(
-            prog, nid, name, ffi.new("float[]", fl or [0.0]), len(fl)
-        )
+        rc = lib.aa_sim_program_attr_floats(prog, nid, name, ffi.new("float[]", fl or [0.0]), len(fl))
     elif kind == A.STRING:
         rc = lib.aa_sim_program_attr_string(prog, nid, name, attr.s)
     elif kind == A.TENSOR:
@@ -184,9 +178,7 @@ def _add_attribute(b: _Builder, nid: int, node: onnx.NodeProto, attr: onnx.Attri
         rc = lib.aa_sim_program_attr_tensor(prog, nid, name, dt, arr.ndim, dims, buf, arr.nbytes)
     else:
         kname = A.AttributeType.Name(kind)
-        raise GraphError(
-            f"{_where(node)}: attribute '{attr.name}' of type {kname} is not supported"
-        )
+        raise GraphError(f"{_where(node)}: attribute '{attr.name}' of type {kname} is not supported")
     b.check(rc)
 
 
@@ -219,11 +211,17 @@ def lower_model(model: onnx.ModelProto, ffi: Any, lib: Any) -> Any:
         vid = b.add_value(vi.name, dtype, dims)
         b.check(lib.aa_sim_program_add_input(b.prog, vid))
 
+    # Graph outputs produced by nodes carry their declared dtype: finalize refuses a mismatch.
+    produced = {n for node in graph.node if node.op_type != "Constant" for n in node.output}
+    for vi in graph.output:
+        if vi.name in produced and vi.name not in b.ids and vi.type.HasField("tensor_type"):
+            elem = vi.type.tensor_type.elem_type
+            declared = onnx_to_ge_dtype(elem, f"output '{vi.name}'") if elem else _DT_UNDEFINED
+            b.add_value(vi.name, declared, None)
+
     for node in graph.node:
         if node.domain not in _DEFAULT_DOMAINS:
-            raise GraphError(
-                f"{node.op_type} (node '{node.name}'): domain '{node.domain}' is not supported"
-            )
+            raise GraphError(f"{node.op_type} (node '{node.name}'): domain '{node.domain}' is not supported")
         if node.op_type == "Constant":
             if len(node.output) != 1:
                 raise GraphError(f"Constant (node '{node.name}'): one output expected")
@@ -256,9 +254,7 @@ def lower_model(model: onnx.ModelProto, ffi: Any, lib: Any) -> Any:
         )
         for attr in node.attribute:
             if attr.ref_attr_name:
-                raise GraphError(
-                    f"{node.op_type} (node '{node.name}'): attribute references are not supported"
-                )
+                raise GraphError(f"{node.op_type} (node '{node.name}'): attribute references are not supported")
             _add_attribute(b, nid, node, attr)
 
     for vi in graph.output:
