@@ -31,7 +31,6 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
 from cffi import FFI
 from onnx import TensorProto, helper
@@ -52,25 +51,15 @@ NORMAL_ONLY = 2
 
 pytestmark = [
     pytest.mark.cann_shim,
-    pytest.mark.skipif(
-        shutil.which("g++") is None or shutil.which("gcc") is None, reason="needs gcc and g++"
-    ),
+    pytest.mark.skipif(shutil.which("g++") is None or shutil.which("gcc") is None, reason="needs gcc and g++"),
 ]
-
-# The stand-in side's own entry points (tests/cann_standins/src/standin.h).
-STANDIN_CDEF = """
-typedef aa_sim_program *(*ge_standin_lowering_fn)(const void *model, size_t size, char *err,
-                                                  size_t err_len);
-void ge_standin_set_onnx_lowering(ge_standin_lowering_fn fn);
-int64_t ge_standin_live_outputs(void);
-int64_t ge_standin_live_blocks(void);
-"""
 
 
 def _load_path(name: str, path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -101,16 +90,12 @@ def session_abi_functions() -> set[str]:
 
 def test_shim_compiles_warning_free_against_standin_headers(tmp_path: Path) -> None:
     obj = tmp_path / "ge_shim.o"
-    proc = subprocess.run(
-        standins.shim_compile_command(obj), capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run(standins.shim_compile_command(obj), capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     nm = shutil.which("nm")
     if nm is None:
         pytest.skip("nm not available to list the shim's exports")
-    out = subprocess.run(
-        [nm, "-g", "--defined-only", str(obj)], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run([nm, "-g", "--defined-only", str(obj)], capture_output=True, text=True, check=True).stdout
     exported = {line.split()[-1] for line in out.splitlines() if " T " in line}
     c_exports = {s for s in exported if not s.startswith("_Z")}
     assert c_exports == session_abi_functions()
@@ -126,9 +111,7 @@ def test_build_without_cann_says_one_line_and_gives_none(
     assert len(lines) == 1 and "CANN not found" in lines[0]
 
 
-def test_toolkit_home_is_honoured_and_acl_library_falls_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_toolkit_home_is_honoured_and_acl_library_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "include").mkdir()
     lib = tmp_path / "lib64"
     lib.mkdir()
@@ -159,6 +142,8 @@ class Cann:
     sffi: Any  # the stand-in side (ABI mode over the stand-in libraries)
     sim: Any  # libacl_rt.so: the simulator, for stats and the program builder
     runner: Any  # libge_runner_v2.so: stand-in counters
+    root: Path  # the fake CANN root
+    module_path: str  # the built ascend_async._native._cann
     keep: list[Any] = field(default_factory=list)
 
     def error_text(self) -> str:
@@ -190,8 +175,6 @@ def _load_extension(name: str, path: str) -> ModuleType:
 
 @pytest.fixture(scope="module")
 def cann(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cann]:
-    from ascend_async._lower import lower_model
-
     work = tmp_path_factory.mktemp("cann")
     root = standins.build(work / "root")
     saved = {k: os.environ.get(k) for k in ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME")}
@@ -208,30 +191,8 @@ def cann(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cann]:
     so_path = builder.compile(tmpdir=str(work / "module"))
     module = _load_extension(cann_build.MODULE, so_path)
 
-    sffi = FFI()
-    sffi.cdef(
-        "\n".join((CDEFS / n).read_text() for n in ("acl_rt.h", "ge_session.h", "sim.h"))
-        + STANDIN_CDEF
-    )
-    sim = sffi.dlopen(str(root / "lib64" / "libacl_rt.so"))
-    parser = sffi.dlopen(str(root / "lib64" / "libfmk_onnx_parser.so"))
-    runner = sffi.dlopen(str(root / "lib64" / "libge_runner_v2.so"))
-
-    def lower(model: Any, size: int, err: Any, err_len: int) -> Any:
-        try:
-            proto = onnx.load_from_string(bytes(sffi.buffer(model, size)))
-            program = lower_model(proto, sffi, sim)
-            sffi.gc(program, None)  # the one reference passes to the stand-in parser
-            return program
-        except Exception as e:
-            text = str(e).encode()[: err_len - 1] + b"\0"
-            sffi.memmove(err, text, len(text))
-            return sffi.NULL
-
-    hook = sffi.callback("ge_standin_lowering_fn", lower)
-    parser.ge_standin_set_onnx_lowering(hook)
-
-    c = Cann(module.ffi, module.lib, sffi, sim, runner, keep=[hook, parser])
+    side = standins.open_standins(root)
+    c = Cann(module.ffi, module.lib, side.ffi, side.sim, side.runner, root, so_path, keep=[side])
     lib = c.lib
     c.check_acl(lib.aclInit(c.ffi.NULL))
     c.check_acl(lib.aclrtSetDevice(0))
@@ -242,7 +203,7 @@ def cann(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cann]:
     try:
         yield c
     finally:
-        parser.ge_standin_set_onnx_lowering(sffi.NULL)
+        side.uninstall()
         c.check(lib.aa_ge_finalize())
         lib.aclrtResetDevice(0)
         lib.aclFinalize()
@@ -335,9 +296,7 @@ class Device:
         p = c.ffi.new("void **")
         c.check_acl(c.lib.aclrtMalloc(p, array.nbytes, NORMAL_ONLY))
         self.ptrs.append(p[0])
-        c.check_acl(
-            c.lib.aclrtMemcpy(p[0], array.nbytes, c.ffi.from_buffer(array), array.nbytes, H2D)
-        )
+        c.check_acl(c.lib.aclrtMemcpy(p[0], array.nbytes, c.ffi.from_buffer(array), array.nbytes, H2D))
         fill(t, dtype, array.shape, PLACEMENT_DEVICE)
         t.addr, t.size = p[0], array.nbytes
 
@@ -352,9 +311,7 @@ class Device:
     def read(self, t: Any, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
         c = self.c
         host = np.empty(shape, dtype=dtype)
-        c.check_acl(
-            c.lib.aclrtMemcpy(c.ffi.from_buffer(host), host.nbytes, t.addr, host.nbytes, D2H)
-        )
+        c.check_acl(c.lib.aclrtMemcpy(c.ffi.from_buffer(host), host.nbytes, t.addr, host.nbytes, D2H))
         return host
 
     def free(self) -> None:
@@ -401,9 +358,7 @@ def test_stream_async_into_caller_outputs(env: Env, dev: Device) -> None:
     dev.empty(outs[0], A.nbytes, DT_FLOAT, (2, 3))
     caller_addr = outs[0].addr
     for _ in range(3):
-        c.check(
-            lib.aa_session_run_graph_with_stream_async(env.session, 1, env.stream, ins, 2, outs, 1)
-        )
+        c.check(lib.aa_session_run_graph_with_stream_async(env.session, 1, env.stream, ins, 2, outs, 1))
     c.check_acl(lib.aclrtSynchronizeStream(env.stream))
     assert outs[0].owner == ffi.NULL and outs[0].addr == caller_addr
     assert outs[0].dtype == DT_FLOAT and outs[0].ndim == 2
@@ -486,9 +441,7 @@ def test_stream_async_external_allocator_bridge(env: Env, dev: Device) -> None:
     # the caller-provided slot next to a GE-allocated one: only the empty slot is allocated
     outs2 = ffi.new("aa_tensor[1]")
     dev.empty(outs2[0], A.nbytes, DT_FLOAT, (2, 3))
-    c.check(
-        lib.aa_session_run_graph_with_stream_async(env.session, 3, env.stream, ins, 2, outs2, 1)
-    )
+    c.check(lib.aa_session_run_graph_with_stream_async(env.session, 3, env.stream, ins, 2, outs2, 1))
     assert alloc.allocs == 1 and outs2[0].owner == ffi.NULL
     lib.aa_tensor_release(outs)  # MemBlock::Free -> the bridge -> our free
     assert (alloc.allocs, alloc.frees) == (1, 1)
@@ -602,9 +555,7 @@ def test_pool_allocator_and_watcher_over_the_shim(env: Env, dev: Device) -> None
         dev.put(ins[0], A, DT_FLOAT)
         dev.put(ins[1], B, DT_FLOAT)
         outs = ffi.new("aa_tensor[1]")
-        c.check(
-            lib.aa_session_run_graph_with_stream_async(env.session, 9, env.stream, ins, 2, outs, 1)
-        )
+        c.check(lib.aa_session_run_graph_with_stream_async(env.session, 9, env.stream, ins, 2, outs, 1))
         c.check_acl(lib.aclrtRecordEvent(event[0], env.stream))
         c.check_acl(lib.aa_watch_add(watch, env.stream, event[0], 77))
         assert wait_tokens(env, watch, 1) == {77: 0}
@@ -621,11 +572,7 @@ def test_pool_allocator_and_watcher_over_the_shim(env: Env, dev: Device) -> None
         slot = ffi.new("aa_cb_slot *")
         slot_outputs = ffi.new("aa_tensor[2]")
         slot.watch, slot.token, slot.capacity, slot.outputs = watch, 78, 2, slot_outputs
-        c.check(
-            lib.aa_session_run_graph_async(
-                env.session, 10, host_ins, 2, lib.aa_watch_run_callback, slot
-            )
-        )
+        c.check(lib.aa_session_run_graph_async(env.session, 10, host_ins, 2, lib.aa_watch_run_callback, slot))
         assert wait_tokens(env, watch, 1) == {78: 0}
         assert slot.status == AA_GE_SUCCESS and slot.n_outputs == 1
         np.testing.assert_array_equal(host_view(env, slot_outputs[0], np.float32, (2, 3)), A + B)
@@ -657,6 +604,78 @@ def test_host_smoke_script_runs_over_the_standins(cann: Cann) -> None:
         before.sessions,
     )
     assert cann.runner.ge_standin_live_outputs() == 0
+
+
+FULL_STACK = """
+import sys
+from pathlib import Path
+
+import anyio
+import numpy as np
+from onnx import TensorProto, helper
+
+sys.path.insert(0, sys.argv[2])
+import build_standins
+
+side = build_standins.open_standins(Path(sys.argv[1]))
+import ascend_async as aa
+
+graph = helper.make_graph(
+    [helper.make_node("Add", ["a", "b"], ["y"])],
+    "add",
+    [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in ("a", "b")],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+A = np.arange(6, dtype=np.float32).reshape(2, 3)
+B = np.full((2, 3), 10.0, dtype=np.float32)
+
+
+async def main():
+    info = aa.backend_info()
+    assert info["backend"] == "cann", info
+    async with aa.Session(0) as session:
+        g = session.add_graph(model.SerializeToString())
+        results = []
+
+        async def one(i):
+            out = await session.run(g, {"a": A + i, "b": B})
+            results.append(np.array_equal(out["y"], A + i + B))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(16):
+                tg.start_soon(one, i)
+        assert results == [True] * 16, results
+        g2 = session.add_graph(model)
+        out = session.run_sync(g2, {"a": A, "b": B})
+        assert np.array_equal(out["y"], A + B)
+    assert side.runner.ge_standin_live_outputs() == 0
+
+
+for backend in ("asyncio", "trio"):
+    anyio.run(main, backend=backend)
+side.uninstall()
+print("FULL STACK OK")
+"""
+
+
+def test_the_python_stack_runs_unchanged_over_the_shim(cann: Cann) -> None:
+    """The public API (Session.run on asyncio and trio, run_sync) with the CANN backend
+    selected: the package's Python layers over the shim module, in a fresh process."""
+    env = {
+        **os.environ,
+        "ASCEND_ASYNC_BACKEND": "cann",
+        "ASCEND_ASYNC_CANN_MODULE": cann.module_path,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", FULL_STACK, str(cann.root), str(STANDINS)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0 and "FULL STACK OK" in proc.stdout, proc.stdout + proc.stderr
 
 
 # ---- mode exclusivity, unknown graphs, errors ----
@@ -711,9 +730,7 @@ def test_unknown_graph_id_is_failed_with_text(env: Env) -> None:
     assert "999" in c.error_text()
     assert lib.aa_session_load_graph(env.session, 999, ffi.NULL, 0, env.stream) == AA_GE_FAILED
     outs = ffi.new("aa_tensor[1]")
-    status = lib.aa_session_run_graph_with_stream_async(
-        env.session, 999, env.stream, ffi.NULL, 0, outs, 1
-    )
+    status = lib.aa_session_run_graph_with_stream_async(env.session, 999, env.stream, ffi.NULL, 0, outs, 1)
     assert status == AA_GE_FAILED
     assert "does not exist" in c.error_text()
     assert lib.aa_session_remove_graph(env.session, 999) == AA_GE_FAILED
@@ -726,10 +743,7 @@ def test_bad_model_and_bad_arguments(env: Env) -> None:
     status = lib.aa_session_add_graph_onnx(env.session, 8, junk, len(junk), ffi.NULL, 0)
     assert status == AA_GE_FAILED
     assert "aclgrphParseONNXFromMem" in c.error_text()
-    assert (
-        lib.aa_session_add_graph_onnx(env.session, 8, ffi.NULL, 0, ffi.NULL, 0)
-        == AA_GE_PARAM_INVALID
-    )
+    assert lib.aa_session_add_graph_onnx(env.session, 8, ffi.NULL, 0, ffi.NULL, 0) == AA_GE_PARAM_INVALID
     c.error_text()
     opt = ffi.new("aa_option[1]")  # NULL key
     model = add_model()

@@ -22,7 +22,9 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent.parent
@@ -143,6 +145,69 @@ def build(root: Path) -> Path:
             ]
         )
     return root
+
+
+# The stand-in side's own entry points (src/standin.h), after the shared and sim cdefs.
+STANDIN_CDEF = """
+typedef aa_sim_program *(*ge_standin_lowering_fn)(const void *model, size_t size, char *err,
+                                                  size_t err_len);
+void ge_standin_set_onnx_lowering(ge_standin_lowering_fn fn);
+int64_t ge_standin_live_outputs(void);
+int64_t ge_standin_live_blocks(void);
+"""
+
+
+@dataclass
+class StandinSide:
+    """The stand-in libraries opened in ABI mode: the sim's extras (stats, program builder) in
+    libacl_rt.so, the lowering hook in libfmk_onnx_parser.so, counters in libge_runner_v2.so."""
+
+    ffi: Any
+    sim: Any
+    parser: Any
+    runner: Any
+    keep: list[Any] = field(default_factory=list)
+
+    def uninstall(self) -> None:
+        self.parser.ge_standin_set_onnx_lowering(self.ffi.NULL)
+
+
+def open_standins(root: Path) -> StandinSide:
+    """Opens the stand-ins built under ``root`` and installs the ONNX lowering hook: the
+    stand-in aclgrphParseONNXFromMem then lowers model bytes with ``ascend_async._lower``.
+
+    Call it in the process that uses the shim module (the libraries are the same objects the
+    module loaded: the dynamic loader matches them by file)."""
+    import onnx
+    from cffi import FFI  # type: ignore[import-untyped]
+
+    from ascend_async._lower import lower_model
+
+    cdefs = NATIVE / "cdefs"
+    ffi = FFI()
+    ffi.cdef(
+        "\n".join((cdefs / n).read_text() for n in ("acl_rt.h", "ge_session.h", "sim.h"))
+        + STANDIN_CDEF
+    )
+    lib64 = root / "lib64"
+    sim = ffi.dlopen(str(lib64 / "libacl_rt.so"))
+    parser = ffi.dlopen(str(lib64 / "libfmk_onnx_parser.so"))
+    runner = ffi.dlopen(str(lib64 / "libge_runner_v2.so"))
+
+    def lower(model: Any, size: int, err: Any, err_len: int) -> Any:
+        try:
+            proto = onnx.load_from_string(bytes(ffi.buffer(model, size)))
+            program = lower_model(proto, ffi, sim)
+            ffi.gc(program, None)  # the one reference passes to the stand-in parser
+            return program
+        except Exception as e:
+            text = str(e).encode()[: err_len - 1] + b"\0"
+            ffi.memmove(err, text, len(text))
+            return ffi.NULL
+
+    hook = ffi.callback("ge_standin_lowering_fn", lower)
+    parser.ge_standin_set_onnx_lowering(hook)
+    return StandinSide(ffi, sim, parser, runner, keep=[hook])
 
 
 if __name__ == "__main__":
