@@ -760,6 +760,28 @@ def test_bad_model_and_bad_arguments(env: Env) -> None:
     c.check(lib.aa_session_remove_graph(env.session, 8))
 
 
+def test_session_ids_and_failed_construction(cann: Cann) -> None:
+    """Session id 0 alone is not a failure (the stand-in, like GE's id counter may, starts at
+    0); a construction GE reports as failed (here: GE finalized) is FAILED with its text."""
+    c, lib, ffi = cann, cann.lib, cann.ffi
+    out = ffi.new("aa_session **")
+    c.check(lib.aa_session_create(ffi.NULL, 0, out))
+    c.check(lib.aa_session_destroy(out[0]))
+    c.check(lib.aa_ge_finalize())
+    try:
+        assert lib.aa_session_create(ffi.NULL, 0, out) == AA_GE_FAILED
+        assert out[0] == ffi.NULL
+        text = c.error_text()
+        assert "GeSession" in text and "not initialized" in text
+    finally:
+        opts = ffi.new("aa_option[1]")
+        key, value = ffi.new("char[]", b"ge.exec.deviceId"), ffi.new("char[]", b"0")
+        opts[0].key, opts[0].value = key, value
+        c.check(lib.aa_ge_initialize(opts, 1))
+        lib.aclrtSetDevice(0)
+    assert c.stats().sessions == 0
+
+
 def test_error_text_size_query_then_copy_and_clear(env: Env) -> None:
     lib, ffi = env.c.lib, env.c.ffi
     assert lib.aa_session_compile_graph(env.session, 12345) == AA_GE_FAILED

@@ -432,11 +432,17 @@ aa_status aa_session_create(const aa_option *options, size_t n_options, aa_sessi
       return kParamInvalid;
     }
     auto session = std::make_unique<aa_session>();
+    /* The constructor never throws. A failed construction leaves session id 0 and reports an
+     * error (facts §2.3) -- but 0 may also be a valid first id, so only id 0 *with* new error
+     * text counts as failure; text from earlier calls is moved aside first. */
+    pull_ge_error();
+    const size_t text_before = t_error.size();
     session->ge = std::make_unique<ge::GeSession>(opts);
-    /* The constructor never throws; a failed construction leaves session id 0 (facts §2.3). */
     if (session->ge->GetSessionId() == 0) {
       pull_ge_error();
-      return fail(kFailed, "GeSession construction failed (is GE initialized?)");
+      if (t_error.size() > text_before) {
+        return fail(kFailed, "GeSession construction failed");
+      }
     }
     *out = session.release();
     return kSuccess;

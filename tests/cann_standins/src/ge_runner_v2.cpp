@@ -25,7 +25,8 @@ namespace {
 
 std::atomic<int64_t> g_live_outputs{0};
 std::atomic<int64_t> g_live_blocks{0};
-std::atomic<uint64_t> g_next_session_id{1};
+/* Ids from 0, as GE's SessionIdManager may hand out: id 0 alone does not mean failure. */
+std::atomic<uint64_t> g_next_session_id{0};
 
 /* ---- options ---- */
 struct OptionArray {
