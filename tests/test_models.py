@@ -24,9 +24,7 @@ def _session_cleanup() -> object:
 
 
 def _input_shape(name: str, batch: int) -> tuple[int, ...]:
-    return {"mlp": (batch, 64), "cnn": (batch, 3, 32, 32), "transformer": (batch, 3 + batch, 64)}[
-        name
-    ]
+    return {"mlp": (batch, 64), "cnn": (batch, 3, 32, 32), "transformer": (batch, 3 + batch, 64)}[name]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -56,9 +54,7 @@ def _model(
     return helper.make_model(graph, opset_imports=[helper.make_opsetid(domain, opset)])
 
 
-def _vi(
-    name: str, dtype: int = TensorProto.FLOAT, shape: list[object] | None = None
-) -> onnx.ValueInfoProto:
+def _vi(name: str, dtype: int = TensorProto.FLOAT, shape: list[object] | None = None) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, dtype, shape if shape is not None else ["batch", 4])
 
 
@@ -90,9 +86,7 @@ def test_unsupported_op_names_op_and_node(op_type: str) -> None:
         ),
     ],
 )
-def test_unsupported_attribute_or_dtype_is_refused(
-    node: onnx.NodeProto, dtype: int, fragment: str
-) -> None:
+def test_unsupported_attribute_or_dtype_is_refused(node: onnx.NodeProto, dtype: int, fragment: str) -> None:
     model = _model([node], [_vi("x", dtype)], [_vi("y", dtype)], opset=20)
     with pytest.raises(GraphError) as info:
         _simrun.lower(model)
@@ -124,17 +118,13 @@ def test_opset_out_of_range_is_refused(opset: int) -> None:
 def test_non_default_domain_is_refused() -> None:
     node = helper.make_node("FusedThing", ["x"], ["y"], name="f", domain="com.example")
     graph = helper.make_graph([node], "g", [_vi("x")], [_vi("y")])
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
-    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
     with pytest.raises(GraphError, match=r"com\.example"):
         _simrun.lower(model)
 
 
 def test_constant_nodes_and_initializer_inputs() -> None:
-    const = helper.make_node(
-        "Constant", [], ["c"], value=helper.make_tensor("v", TensorProto.FLOAT, [4], [1, 2, 3, 4])
-    )
+    const = helper.make_node("Constant", [], ["c"], value=helper.make_tensor("v", TensorProto.FLOAT, [4], [1, 2, 3, 4]))
     add = helper.make_node("Add", ["x", "c"], ["t"])
     mul = helper.make_node("Mul", ["t", "w"], ["y"])
     w = helper.make_tensor("w", TensorProto.FLOAT, [4], [2, 2, 2, 2])
@@ -155,9 +145,7 @@ def test_float16_rounds_after_each_op() -> None:
     w = rng.standard_normal((4, 5)).astype(np.float16)
     b = rng.standard_normal(5).astype(np.float16)
     inits = [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(b, "b")]
-    model = _model(
-        nodes, [_vi("x", TensorProto.FLOAT16)], [_vi("y", TensorProto.FLOAT16, ["batch", 5])], inits
-    )
+    model = _model(nodes, [_vi("x", TensorProto.FLOAT16)], [_vi("y", TensorProto.FLOAT16, ["batch", 5])], inits)
     x = rng.standard_normal((3, 4)).astype(np.float16)
     (y,) = _simrun.run_model(model, [x])
     m = (x.astype(np.float32) @ w.astype(np.float32)).astype(np.float16)
@@ -213,3 +201,68 @@ def test_same_program_on_several_threads() -> None:
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+_UNARY_F32 = {
+    "Sqrt": np.sqrt,
+    "Neg": np.negative,
+    "Abs": np.abs,
+    "Relu": lambda v: np.maximum(v, 0),
+    "Sigmoid": lambda v: 1 / (1 + np.exp(-v)),
+    "Tanh": np.tanh,
+    "Exp": np.exp,
+    "Log": np.log,
+}
+
+
+@pytest.mark.parametrize("op_type", sorted(_UNARY_F32))
+def test_float16_unary(op_type: str) -> None:
+    x = (np.random.default_rng(5).random((3, 7)) * 4 + 0.1).astype(np.float16)
+    if op_type in ("Neg", "Abs", "Relu", "Tanh"):
+        x = (x - np.float16(2)).astype(np.float16)
+    model = _model(
+        [helper.make_node(op_type, ["x"], ["y"])],
+        [_vi("x", TensorProto.FLOAT16, ["batch", 7])],
+        [_vi("y", TensorProto.FLOAT16, ["batch", 7])],
+    )
+    (y,) = _simrun.run_model(model, [x])
+    want = _UNARY_F32[op_type](x.astype(np.float32)).astype(np.float16)
+    assert y.dtype == np.float16
+    np.testing.assert_array_max_ulp(y, want, maxulp=1)
+
+
+@pytest.mark.parametrize(("op_type", "fn"), [("LessOrEqual", np.less_equal), ("GreaterOrEqual", np.greater_equal)])
+def test_extra_comparisons(op_type: str, fn: object) -> None:
+    a = np.array([[1, 2, 3], [4, 5, 6]], np.int64)
+    b = np.array([3, 2, 1], np.int64)
+    model = _model(
+        [helper.make_node(op_type, ["a", "b"], ["y"])],
+        [_vi("a", TensorProto.INT64, [2, 3]), _vi("b", TensorProto.INT64, [3])],
+        [_vi("y", TensorProto.BOOL, [2, 3])],
+    )
+    (y,) = _simrun.run_model(model, [a, b])
+    np.testing.assert_array_equal(y, fn(a, b))  # type: ignore[operator]
+
+
+def test_declared_output_dtype_mismatch_is_refused() -> None:
+    model = _model(
+        [helper.make_node("Equal", ["x", "x"], ["y"], name="eq")],
+        [_vi("x")],
+        [_vi("y", TensorProto.FLOAT)],
+    )
+    with pytest.raises(GraphError, match="declared"):
+        _simrun.lower(model)
+
+
+def test_cnn_float16_close_to_float32() -> None:
+    model = onnx.load(str(path("cnn")))
+    for init in model.graph.initializer:
+        arr = onnx.numpy_helper.to_array(init).astype(np.float16)
+        init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+    for vi in list(model.graph.input) + list(model.graph.output):
+        vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+    x = np.random.default_rng(9).standard_normal((2, 3, 32, 32)).astype(np.float16)
+    (y16,) = _simrun.run_model(model, [x])
+    (y32,) = ReferenceEvaluator(onnx.load(str(path("cnn")))).run(None, {"x": x.astype(np.float32)})
+    assert y16.dtype == np.float16
+    np.testing.assert_allclose(y16.astype(np.float32), y32, rtol=0.05, atol=0.05)
