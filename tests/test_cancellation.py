@@ -1,0 +1,172 @@
+"""Cancellation at every stage of a run: before submitting, while in flight, and as a timeout;
+closing a session while runs are in flight."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import anyio
+import anyio.lowlevel
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import ascend_async
+from ascend_async._native import _sim
+
+pytestmark = pytest.mark.anyio
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+
+def add_model() -> onnx.ModelProto:
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in ("x", "y", "z")]
+    graph = helper.make_graph([helper.make_node("Add", ["x", "y"], ["z"], name="add")], "add", vi[:2], vi[2:])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def sim_stats() -> dict[str, int]:
+    st = _sim.ffi.new("aa_sim_stats*")
+    _sim.lib.aa_sim_get_stats(st)
+    return {k: int(getattr(st, k)) for k in dir(st)}
+
+
+async def _wait_for(predicate: Callable[[], bool], what: str) -> None:
+    """Yield to the loop until ``predicate()`` holds (a gate on observable state, not a timer)."""
+    with anyio.fail_after(10):
+        while not predicate():
+            await anyio.lowlevel.checkpoint()
+    assert predicate(), what
+
+
+async def test_cancelled_before_submit_submits_nothing() -> None:
+    async with ascend_async.Session() as s:
+        g = s.add_graph(add_model())
+        await s.load(g)
+        before = sim_stats()
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await s.run(g, {"x": X, "y": X})
+            pytest.fail("run returned inside a cancelled scope")  # pragma: no cover
+        assert scope.cancelled_caught
+        after = sim_stats()
+        assert after["tasks_submitted"] == before["tasks_submitted"]
+        assert after["graph_runs"] == before["graph_runs"]
+        st = s.statistics()
+        assert st.in_flight == 0 and st.completed == 0 and st.cancelled == 0
+        # nothing was left behind: the next run works
+        out = await s.run(g, {"x": X, "y": X})
+        np.testing.assert_array_equal(out["z"], 2 * X)
+
+
+async def test_cancel_in_flight_returns_at_once_and_frees_later() -> None:
+    async with ascend_async.Session() as s:
+        g = s.add_graph(add_model())
+        await s.load(g)
+        lane = s.streams[0]
+        _sim.lib.aa_sim_stream_hold(lane.handle)
+        try:
+            reached: list[str] = []
+            async with anyio.create_task_group() as tg:
+                scope = anyio.CancelScope()
+
+                async def victim() -> None:
+                    with scope:
+                        await s.run(g, {"x": X, "y": X}, stream=0)
+                        reached.append("returned")  # pragma: no cover
+
+                tg.start_soon(victim)
+                await _wait_for(lambda: s.statistics().in_flight == 1, "submitted")
+                scope.cancel()
+            # the task finished although the device has not run it yet
+            assert scope.cancelled_caught and not reached
+            st = s.statistics()
+            assert st.in_flight == 1 and st.cancelled == 0
+            assert st.device_pool["live_blocks"] > 0  # the device may still read those buffers
+        finally:
+            _sim.lib.aa_sim_stream_release(lane.handle)
+        # one more run on the same stream completes after the cancelled one (in-order stream)
+        out = await s.run(g, {"x": X, "y": 3 * X}, stream=0)
+        np.testing.assert_array_equal(out["z"], 4 * X)
+        st = s.statistics()
+        assert st.in_flight == 0 and st.cancelled == 1 and st.completed == 1
+        assert st.device_pool["live_blocks"] == 0 and st.host_pool["live_blocks"] == 0
+
+
+async def test_fail_after_raises_timeout_error() -> None:
+    async with ascend_async.Session() as s:
+        g = s.add_graph(add_model())
+        await s.load(g)
+        lane = s.streams[1]
+        _sim.lib.aa_sim_stream_hold(lane.handle)
+        try:
+            with pytest.raises(TimeoutError):
+                with anyio.fail_after(0.05):
+                    await s.run(g, {"x": X, "y": X}, stream=1)
+            assert s.statistics().in_flight == 1
+        finally:
+            _sim.lib.aa_sim_stream_release(lane.handle)
+        out = await s.run(g, {"x": X, "y": X}, stream=1)
+        np.testing.assert_array_equal(out["z"], 2 * X)
+        st = s.statistics()
+        assert st.cancelled == 1 and st.completed == 1 and st.in_flight == 0
+
+
+async def test_cancel_many_in_flight_across_streams() -> None:
+    async with ascend_async.Session() as s:
+        g = s.add_graph(add_model())
+        await s.load(g)
+        handles = [lane.handle for lane in s.streams]
+        for h in handles:
+            _sim.lib.aa_sim_stream_hold(h)
+        try:
+            async with anyio.create_task_group() as tg:
+                for i in range(40):
+                    tg.start_soon(functools.partial(s.run, g, {"x": X, "y": X}, stream=i % 2))
+                await _wait_for(lambda: s.statistics().in_flight == 40, "submitted")
+                tg.cancel_scope.cancel()
+            assert s.statistics().in_flight == 40
+        finally:
+            for h in handles:
+                _sim.lib.aa_sim_stream_release(h)
+        for i in range(2):
+            await s.run(g, {"x": X, "y": X}, stream=i)
+        st = s.statistics()
+        assert st.cancelled == 40 and st.completed == 2 and st.in_flight == 0
+        assert st.device_pool["live_blocks"] == 0 and st.host_pool["live_blocks"] == 0
+
+
+async def test_aclose_with_runs_in_flight() -> None:
+    s = ascend_async.Session()
+    g = s.add_graph(add_model())
+    await s.load(g)
+    lane = s.streams[0]
+    results: list[np.ndarray] = []
+
+    async def one(i: int) -> None:
+        out = await s.run(g, {"x": X, "y": np.full_like(X, i)}, stream=0)
+        results.append(out["z"])
+
+    _sim.lib.aa_sim_stream_hold(lane.handle)
+    released = False
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                for i in range(5):
+                    tg.start_soon(one, i)
+                await _wait_for(lambda: s.statistics().in_flight == 5, "submitted")
+                tg.start_soon(s.aclose)
+                await _wait_for(lambda: s.is_closed, "closing")
+                # closing waits for the runs; new runs are refused meanwhile
+                with pytest.raises(ascend_async.SessionClosedError):
+                    await s.run(g, {"x": X, "y": X})
+                _sim.lib.aa_sim_stream_release(lane.handle)
+                released = True
+    finally:
+        if not released:
+            _sim.lib.aa_sim_stream_release(lane.handle)
+            await s.aclose()
+    assert s.is_closed
+    assert sorted(float(r[0, 0]) for r in results) == [0.0, 1.0, 2.0, 3.0, 4.0]
