@@ -376,7 +376,7 @@ def _in_thread(fn: Any) -> Any:
     def run() -> None:
         try:
             box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+        except BaseException as e:
             box["error"] = e
 
     t = threading.Thread(target=run)

@@ -1,0 +1,552 @@
+"""The GE session facade at the C ABI (aa_* calls), as ge_acl_facts §2.10-2.14 and §9 describe.
+
+Pins graph bookkeeping, the run-mode state machine with GE's exact codes and E10062 text, the
+three output-allocation rules of RunGraphWithStreamAsync, RunGraph host outputs, concurrent
+RunGraph refusal and GEInitializeV2/GEFinalizeV2. Everything made is freed (conftest checks).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from ascend_async._lower import lower_model
+from ascend_async._native import _sim
+
+ffi = _sim.ffi
+lib = _sim.lib
+
+SUCCESS = 0
+FAILED = 0xFFFFFFFF
+UNSUPPORTED = 1343225956
+N = 10  # elements per tensor (40 bytes of float32: not a multiple of 32)
+_ids = itertools.count(100)
+
+
+def ge_msg() -> str:
+    buf = ffi.new("char[]", 2048)
+    lib.aa_ge_get_error_msg(buf, 2048)
+    return ffi.string(buf).decode()
+
+
+def ok(rc: int) -> None:
+    assert rc == 0, f"status {rc}: {ge_msg()}"
+
+
+def add_program() -> Any:
+    """y = x + x (float32[N])."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [N])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [N])
+    g = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "add", [x], [y])
+    return lower_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), ffi, lib)
+
+
+def identity_program() -> Any:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [N])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [N])
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id", [x], [y])
+    return lower_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), ffi, lib)
+
+
+@pytest.fixture(scope="module")
+def programs() -> dict[str, Any]:
+    return {"add": add_program(), "identity": identity_program()}
+
+
+def _init() -> None:
+    assert lib.aclInit(ffi.NULL) in (0, 100002)
+    ok(lib.aa_ge_initialize(ffi.NULL, 0))
+
+
+class Env:
+    """A session, a stream and device buffers; torn down in order."""
+
+    def __init__(self) -> None:
+        _init()
+        p = ffi.new("aa_session**")
+        ok(lib.aa_session_create(ffi.NULL, 0, p))
+        self.session = p[0]
+        sp = ffi.new("aclrtStream*")
+        assert lib.aclrtCreateStream(sp) == 0
+        self.stream = sp[0]
+        self.graphs: set[int] = set()
+        self.mem: list[Any] = []
+        self.x = np.arange(N, dtype=np.float32)
+        self.dx = self.malloc(self.x.nbytes)
+        assert lib.aclrtMemcpy(self.dx, self.x.nbytes, ffi.from_buffer(self.x), self.x.nbytes, 1) == 0
+
+    def malloc(self, n: int) -> Any:
+        p = ffi.new("void**")
+        assert lib.aclrtMalloc(p, n, 0) == 0
+        self.mem.append(p[0])
+        return p[0]
+
+    def add(self, program: Any, gid: int | None = None) -> int:
+        gid = next(_ids) if gid is None else gid
+        ok(lib.aa_sim_session_add_program(self.session, gid, program, ffi.NULL, 0))
+        self.graphs.add(gid)
+        return gid
+
+    def remove(self, gid: int) -> None:
+        ok(lib.aa_session_remove_graph(self.session, gid))
+        self.graphs.discard(gid)
+
+    def dev_inputs(self) -> Any:
+        t = ffi.new("aa_tensor[1]")
+        t[0].addr = self.dx
+        t[0].size = self.x.nbytes
+        t[0].dtype = 0
+        t[0].format = 2
+        t[0].placement = 0
+        t[0].ndim = 1
+        t[0].dims[0] = N
+        return t
+
+    def host_inputs(self) -> Any:
+        t = self.dev_inputs()
+        t[0].addr = ffi.from_buffer(self.x)
+        t[0].placement = 1
+        return t
+
+    def read(self, addr: Any, placement: int = 0) -> np.ndarray:
+        out = np.empty(N, dtype=np.float32)
+        if placement == 1:
+            ffi.memmove(ffi.from_buffer(out), addr, out.nbytes)
+        else:
+            assert lib.aclrtMemcpy(ffi.from_buffer(out), out.nbytes, addr, out.nbytes, 2) == 0
+        return out
+
+    def run_stream(self, gid: int, outputs: Any) -> int:
+        return lib.aa_session_run_graph_with_stream_async(
+            self.session, gid, self.stream, self.dev_inputs(), 1, outputs, 1
+        )
+
+    def run_sync(self, gid: int) -> tuple[int, Any, int]:
+        out = ffi.new("aa_tensor[4]")
+        n = ffi.new("size_t*", 4)
+        st = lib.aa_session_run_graph(self.session, gid, self.host_inputs(), 1, out, n)
+        return st, out, int(n[0])
+
+    def close(self) -> None:
+        assert lib.aclrtSynchronizeStream(self.stream) == 0
+        for gid in list(self.graphs):
+            self.remove(gid)
+        assert lib.aclrtDestroyStream(self.stream) == 0
+        for m in self.mem:
+            assert lib.aclrtFree(m) == 0
+        ok(lib.aa_session_destroy(self.session))
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    e = Env()
+    yield e
+    e.close()
+
+
+def release_all(out: Any, n: int) -> None:
+    for i in range(n):
+        lib.aa_tensor_release(ffi.addressof(out, i))
+
+
+def stats() -> Any:
+    st = ffi.new("aa_sim_stats*")
+    lib.aa_sim_get_stats(st)
+    return st
+
+
+# --------------------------------------------------------------------------------------------
+# Graph bookkeeping
+
+
+def test_add_graph_existing_id_keeps_the_first(env: Env, programs: dict[str, Any]) -> None:
+    gid = env.add(programs["add"])
+    ok(lib.aa_sim_session_add_program(env.session, gid, programs["identity"], ffi.NULL, 0))
+    st, out, n = env.run_sync(gid)
+    ok(st)
+    try:
+        assert n == 1
+        np.testing.assert_array_equal(env.read(out[0].addr, 1), env.x + env.x)  # still Add
+    finally:
+        release_all(out, n)
+
+
+def test_unknown_graph_id_fails_with_text(env: Env) -> None:
+    ge_msg()
+    assert lib.aa_session_remove_graph(env.session, 999_999) == FAILED
+    assert "does not exist" in ge_msg()
+    assert lib.aa_session_load_graph(env.session, 999_999, ffi.NULL, 0, env.stream) == FAILED
+    assert lib.aa_session_compile_graph(env.session, 999_999) == FAILED
+    out = ffi.new("aa_tensor[1]")
+    assert env.run_stream(999_999, out) == FAILED
+    assert "does not exist" in ge_msg()
+    st, _, _ = env.run_sync(999_999)
+    assert st == FAILED
+
+
+def test_load_graph_twice_fails(env: Env, programs: dict[str, Any]) -> None:
+    gid = env.add(programs["add"])
+    ok(lib.aa_session_compile_graph(env.session, gid))
+    ok(lib.aa_session_load_graph(env.session, gid, ffi.NULL, 0, env.stream))
+    assert lib.aa_session_load_graph(env.session, gid, ffi.NULL, 0, env.stream) == FAILED
+    assert "has been loaded" in ge_msg()
+
+
+def test_auto_load_on_first_stream_run(env: Env, programs: dict[str, Any]) -> None:
+    gid = env.add(programs["add"])
+    out = ffi.new("aa_tensor[1]")
+    out[0].addr = env.malloc(64)
+    out[0].size = 64
+    ok(env.run_stream(gid, out))  # no LoadGraph call
+    assert lib.aclrtSynchronizeStream(env.stream) == 0
+    np.testing.assert_array_equal(env.read(out[0].addr), env.x * 2)
+    # It was loaded by the run: an explicit LoadGraph now fails.
+    assert lib.aa_session_load_graph(env.session, gid, ffi.NULL, 0, env.stream) == FAILED
+
+
+def test_stream_run_returns_before_the_device_runs(env: Env, programs: dict[str, Any]) -> None:
+    gid = env.add(programs["add"])
+    out = ffi.new("aa_tensor[1]")
+    out[0].addr = env.malloc(64)
+    out[0].size = 64
+    assert lib.aclrtMemset(out[0].addr, 64, 0, 64) == 0
+    assert lib.aa_sim_stream_hold(env.stream) == 0
+    ok(env.run_stream(gid, out))
+    # Shape metadata is filled at submission; data only once the stream reaches the run.
+    assert (out[0].ndim, out[0].dims[0], out[0].dtype) == (1, N, 0)
+    np.testing.assert_array_equal(env.read(out[0].addr), np.zeros(N, np.float32))
+    assert lib.aa_sim_stream_release(env.stream) == 0
+    assert lib.aclrtSynchronizeStream(env.stream) == 0
+    np.testing.assert_array_equal(env.read(out[0].addr), env.x * 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Run modes
+
+
+def test_run_graph_after_stream_async_is_unsupported(env: Env, programs: dict[str, Any]) -> None:
+    gid = env.add(programs["add"])
+    out = ffi.new("aa_tensor[1]")
+    ok(env.run_stream(gid, out))
+    assert lib.aclrtSynchronizeStream(env.stream) == 0
+    lib.aa_tensor_release(out)
+    st, _, _ = env.run_sync(gid)
+    assert st == UNSUPPORTED == 1343225956
+    msg = ge_msg()
+    assert "E10062" in msg and "mutually exclusive" in msg
+    assert "RunGraphWithStreamAsync was already called" in msg
+    ok(env.run_stream(gid, out))  # the same mode again is fine
+    assert lib.aclrtSynchronizeStream(env.stream) == 0
+    lib.aa_tensor_release(out)
+
+
+def test_stream_async_after_run_graph_is_failed(env: Env, programs: dict[str, Any]) -> None:
+    gid = env.add(programs["add"])
+    st, out, n = env.run_sync(gid)
+    ok(st)
+    release_all(out, n)
+    slot = ffi.new("aa_tensor[1]")
+    assert env.run_stream(gid, slot) == FAILED == 4294967295
+    assert "mutually exclusive" in ge_msg()
+    assert slot[0].owner == ffi.NULL  # nothing was allocated
+
+
+@pytest.mark.parametrize("first", ["run_graph", "stream"])
+def test_run_graph_async_after_another_mode(env: Env, programs: dict[str, Any], first: str) -> None:
+    gid = env.add(programs["add"])
+    if first == "run_graph":
+        st, out, n = env.run_sync(gid)
+        ok(st)
+        release_all(out, n)
+    else:
+        out = ffi.new("aa_tensor[1]")
+        ok(env.run_stream(gid, out))
+        assert lib.aclrtSynchronizeStream(env.stream) == 0
+        lib.aa_tensor_release(out)
+    watch = lib.aa_watch_create(ffi.NULL, ffi.NULL)
+    try:
+        outs = ffi.new("aa_tensor[2]")
+        slot = ffi.new("aa_cb_slot*", {"watch": watch, "token": 77, "status": 12345})
+        slot.capacity = 2
+        slot.outputs = outs
+        slot.n_outputs = 99
+        st = lib.aa_session_run_graph_async(env.session, gid, env.host_inputs(), 1, lib.aa_watch_run_callback, slot)
+        assert st == UNSUPPORTED
+        # The callback already ran, synchronously, with UNSUPPORTED and no outputs.
+        assert slot.status == UNSUPPORTED
+        assert slot.n_outputs == 0
+        assert "mutually exclusive" in ge_msg()
+        tokens, codes = ffi.new("uint64_t[4]"), ffi.new("int32_t[4]")
+        assert lib.aa_watch_wait(watch, tokens, codes, ffi.NULL, 4, 0) == 1
+        assert tokens[0] == 77
+    finally:
+        lib.aa_watch_destroy(watch)
+
+
+def test_run_graph_async_delivers_host_outputs(env: Env, programs: dict[str, Any]) -> None:
+    gid = env.add(programs["add"])
+    watch = lib.aa_watch_create(ffi.NULL, ffi.NULL)
+    try:
+        outs = ffi.new("aa_tensor[2]")
+        slot = ffi.new("aa_cb_slot*", {"watch": watch, "token": 5, "status": 12345})
+        slot.capacity = 2
+        slot.outputs = outs
+        x = env.host_inputs()  # kept alive until the callback ran
+        ok(lib.aa_session_run_graph_async(env.session, gid, x, 1, lib.aa_watch_run_callback, slot))
+        tokens, codes = ffi.new("uint64_t[4]"), ffi.new("int32_t[4]")
+        assert lib.aa_watch_wait(watch, tokens, codes, ffi.NULL, 4, 5000) == 1
+        assert tokens[0] == 5
+        assert slot.status == SUCCESS and slot.n_outputs == 1
+        assert outs[0].placement == 1 and outs[0].owner != ffi.NULL
+        np.testing.assert_array_equal(env.read(outs[0].addr, 1), env.x * 2)
+        release_all(outs, 1)
+        st, _, _ = env.run_sync(gid)
+        assert st == UNSUPPORTED
+    finally:
+        lib.aa_watch_destroy(watch)
+
+
+def test_remove_graph_resets_the_mode(env: Env, programs: dict[str, Any]) -> None:
+    gid = env.add(programs["add"])
+    out = ffi.new("aa_tensor[1]")
+    ok(env.run_stream(gid, out))
+    assert lib.aclrtSynchronizeStream(env.stream) == 0
+    lib.aa_tensor_release(out)
+    env.remove(gid)
+    env.add(programs["add"], gid)
+    st, hout, n = env.run_sync(gid)
+    ok(st)
+    np.testing.assert_array_equal(env.read(hout[0].addr, 1), env.x * 2)
+    release_all(hout, n)
+
+
+def test_modes_are_per_graph(env: Env, programs: dict[str, Any]) -> None:
+    g1, g2 = env.add(programs["add"]), env.add(programs["add"])
+    out = ffi.new("aa_tensor[1]")
+    ok(env.run_stream(g1, out))
+    assert lib.aclrtSynchronizeStream(env.stream) == 0
+    lib.aa_tensor_release(out)
+    st, hout, n = env.run_sync(g2)
+    ok(st)
+    release_all(hout, n)
+
+
+# --------------------------------------------------------------------------------------------
+# Output allocation rules
+
+
+def test_caller_outputs_are_used_as_is(env: Env, programs: dict[str, Any]) -> None:
+    gid = env.add(programs["add"])
+    out = ffi.new("aa_tensor[1]")
+    buf = env.malloc(40)
+    out[0].addr = buf
+    out[0].size = 40
+    before = stats().ge_outputs
+    ok(env.run_stream(gid, out))
+    assert out[0].addr == buf and out[0].size == 40
+    assert out[0].owner == ffi.NULL
+    assert out[0].placement == 0
+    assert stats().ge_outputs == before
+    assert lib.aclrtSynchronizeStream(env.stream) == 0
+    np.testing.assert_array_equal(env.read(buf), env.x * 2)
+
+
+def test_caller_output_too_small_or_not_device_fails(env: Env, programs: dict[str, Any]) -> None:
+    gid = env.add(programs["add"])
+    out = ffi.new("aa_tensor[1]")
+    out[0].addr = env.malloc(16)
+    out[0].size = 16
+    assert env.run_stream(gid, out) == FAILED
+    host = ffi.new("char[]", 64)
+    out[0].addr = host
+    out[0].size = 64
+    assert env.run_stream(gid, out) == FAILED
+    assert "not device memory" in ge_msg()
+
+
+def test_builtin_allocator_outputs(env: Env, programs: dict[str, Any]) -> None:
+    gid = env.add(programs["add"])
+    out = ffi.new("aa_tensor[1]")
+    before = stats().ge_outputs
+    ok(env.run_stream(gid, out))
+    nbytes = N * 4
+    assert out[0].owner != ffi.NULL
+    assert out[0].addr != ffi.NULL
+    assert out[0].size == ((nbytes + 31) // 32) * 32 + 32 == 96
+    assert out[0].placement == 0
+    assert int(ffi.cast("uintptr_t", out[0].addr)) % 32 == 0
+    assert stats().ge_outputs == before + 1
+    assert lib.aclrtSynchronizeStream(env.stream) == 0
+    np.testing.assert_array_equal(env.read(out[0].addr), env.x * 2)
+    lib.aa_tensor_release(out)
+    assert out[0].owner == ffi.NULL and out[0].addr == ffi.NULL
+    assert stats().ge_outputs == before
+    lib.aa_tensor_release(out)  # a second release is a no-op
+
+
+def test_external_allocator_outputs(env: Env, programs: dict[str, Any]) -> None:
+    gid = env.add(programs["add"])
+    pool = lib.aa_pool_create(0, 1 << 20)
+    alloc = ffi.new("aa_allocator*")
+    lib.aa_pool_allocator(pool, alloc)
+    pst = ffi.new("aa_pool_stats*")
+    try:
+        ok(lib.aa_session_register_external_allocator(env.session, env.stream, alloc))
+        ge_before = stats().ge_outputs
+        out = ffi.new("aa_tensor[1]")
+        ok(env.run_stream(gid, out))
+        lib.aa_pool_get_stats(pool, pst)
+        assert pst.live_blocks == 1 and pst.misses == 1
+        assert out[0].owner != ffi.NULL and out[0].placement == 0
+        assert out[0].size == 96
+        assert lib.aclrtSynchronizeStream(env.stream) == 0
+        np.testing.assert_array_equal(env.read(out[0].addr), env.x * 2)
+        lib.aa_tensor_release(out)
+        lib.aa_pool_get_stats(pool, pst)
+        assert pst.live_blocks == 0 and pst.cached_blocks == 1
+        # The next run reuses the cached block.
+        ok(env.run_stream(gid, out))
+        lib.aa_pool_get_stats(pool, pst)
+        assert pst.hits == 1 and pst.live_blocks == 1
+        assert lib.aclrtSynchronizeStream(env.stream) == 0
+        lib.aa_tensor_release(out)
+        assert stats().ge_outputs == ge_before
+        ok(lib.aa_session_unregister_external_allocator(env.session, env.stream))
+        ok(lib.aa_session_unregister_external_allocator(env.session, env.stream))  # no-op
+        # Unregistered: back to the built-in allocator.
+        ok(env.run_stream(gid, out))
+        lib.aa_pool_get_stats(pool, pst)
+        assert pst.live_blocks == 0
+        assert stats().ge_outputs == ge_before + 1
+        assert lib.aclrtSynchronizeStream(env.stream) == 0
+        lib.aa_tensor_release(out)
+    finally:
+        lib.aa_session_unregister_external_allocator(env.session, env.stream)
+        assert lib.aa_pool_destroy(pool) == 0
+
+
+def test_register_allocator_null_args_fail(env: Env) -> None:
+    alloc = ffi.new("aa_allocator*")
+    assert lib.aa_session_register_external_allocator(env.session, ffi.NULL, alloc) == FAILED
+    assert lib.aa_session_register_external_allocator(env.session, env.stream, ffi.NULL) == FAILED
+
+
+def test_run_graph_outputs_are_host_memory(env: Env, programs: dict[str, Any]) -> None:
+    gid = env.add(programs["add"])
+    before = stats().ge_outputs
+    st, out, n = env.run_sync(gid)
+    ok(st)
+    assert n == 1
+    assert out[0].placement == 1 and out[0].owner != ffi.NULL
+    assert (out[0].ndim, out[0].dims[0], out[0].dtype) == (1, N, 0)
+    np.testing.assert_array_equal(env.read(out[0].addr, 1), env.x * 2)
+    assert stats().ge_outputs == before + 1
+    release_all(out, n)
+    assert stats().ge_outputs == before
+
+
+def test_concurrent_run_graph_in_one_session_fails_one(env: Env, programs: dict[str, Any]) -> None:
+    gid = env.add(programs["add"])
+    barrier = threading.Barrier(2)
+    results: list[int] = []
+    msgs: list[str] = []
+    timing = ffi.new("aa_sim_timing*", {"min_graph_us": 300_000})
+
+    def worker() -> None:
+        barrier.wait()
+        st, out, n = env.run_sync(gid)
+        if st != SUCCESS:
+            msgs.append(ge_msg())
+        results.append(st)
+        release_all(out, n if st == SUCCESS else 0)
+
+    lib.aa_sim_set_timing(timing)
+    try:
+        threads = [threading.Thread(target=worker) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        lib.aa_sim_set_timing(ffi.new("aa_sim_timing*"))
+    assert sorted(results) == [SUCCESS, FAILED]
+    assert "already running" in msgs[0]
+
+
+def test_session_switches_thread_context_to_device_default() -> None:
+    _init()
+    box: dict[str, Any] = {}
+
+    def worker() -> None:
+        cur = ffi.new("aclrtContext*")
+        ctx = ffi.new("aclrtContext*")
+        assert lib.aclrtCreateContext(ctx, 0) == 0
+        assert lib.aclrtGetCurrentContext(cur) == 0 and cur[0] == ctx[0]
+        p = ffi.new("aa_session**")
+        ok(lib.aa_session_create(ffi.NULL, 0, p))
+        assert lib.aclrtGetCurrentContext(cur) == 0
+        box["switched"] = cur[0] != ctx[0]
+        ok(lib.aa_session_destroy(p[0]))
+        assert lib.aclrtDestroyContext(ctx[0]) == 0
+        # A fresh thread: no context before, the device's default one after.
+        fresh = ffi.new("aclrtContext*")
+
+        def inner() -> None:
+            box["before"] = lib.aclrtGetCurrentContext(fresh)
+            q = ffi.new("aa_session**")
+            ok(lib.aa_session_create(ffi.NULL, 0, q))
+            box["after"] = lib.aclrtGetCurrentContext(fresh)
+            s = ffi.new("aclrtStream*")
+            box["stream"] = lib.aclrtCreateStream(s)
+            if box["stream"] == 0:
+                lib.aclrtDestroyStream(s[0])
+            ok(lib.aa_session_destroy(q[0]))
+
+        t = threading.Thread(target=inner)
+        t.start()
+        t.join()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert box == {"switched": True, "before": 107002, "after": 0, "stream": 0}
+
+
+# --------------------------------------------------------------------------------------------
+# GE global state
+
+
+def test_ge_initialize_idempotent_and_finalize(programs: dict[str, Any]) -> None:
+    _init()
+    ok(lib.aa_ge_initialize(ffi.NULL, 0))  # again: SUCCESS
+    bad = ffi.new("aa_option[1]", [{"key": ffi.NULL, "value": ffi.NULL}])
+    assert lib.aa_ge_initialize(bad, 1) == FAILED
+    e = Env()
+    try:
+        gid = e.add(programs["add"])
+        ok(lib.aa_ge_finalize())
+        try:
+            st, _, _ = e.run_sync(gid)
+            assert st == FAILED
+            assert "not initialized" in ge_msg()
+            out = ffi.new("aa_tensor[1]")
+            assert e.run_stream(gid, out) == FAILED
+            assert lib.aa_session_load_graph(e.session, gid, ffi.NULL, 0, e.stream) == FAILED
+            assert lib.aa_sim_session_add_program(e.session, gid + 1, programs["add"], ffi.NULL, 0) == FAILED
+            p = ffi.new("aa_session**")
+            assert lib.aa_session_create(ffi.NULL, 0, p) == FAILED
+            assert p[0] == ffi.NULL
+            ok(lib.aa_ge_finalize())  # finalize without init: SUCCESS
+        finally:
+            ok(lib.aa_ge_initialize(ffi.NULL, 0))
+        st, out2, n = e.run_sync(gid)  # usable again after re-initializing
+        ok(st)
+        release_all(out2, n)
+    finally:
+        e.close()
