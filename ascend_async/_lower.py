@@ -86,8 +86,8 @@ class _Builder:
             arr = self.ffi.new("int64_t[]", dims or [0])
             vid = self.lib.aa_sim_program_add_value(self.prog, name.encode(), dtype, len(dims), arr)
         self.check(vid)
-        self.ids[name] = vid
-        return vid
+        self.ids[name] = int(vid)
+        return int(vid)
 
     def add_constant(self, name: str, array: np.ndarray) -> int:
         dtype = _numpy_to_ge(array.dtype, f"initializer '{name}'")

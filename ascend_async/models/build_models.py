@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -39,7 +40,7 @@ class _Graph:
         w = self.rng.standard_normal(shape).astype(np.float32) / np.float32(np.sqrt(fan_in))
         return self.const(base, w)
 
-    def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs: object) -> str:
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs: Any) -> str:
         outs = [self.name(op_type.lower()) for _ in range(n_out)]
         self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.name(op_type), **attrs))
         return outs[0]
@@ -49,7 +50,7 @@ def _model(
     g: _Graph,
     inputs: list[onnx.ValueInfoProto],
     out: str,
-    out_shape: list[object],
+    out_shape: list[str | int | None],
     name: str,
     opset: int,
 ) -> onnx.ModelProto:
@@ -86,9 +87,7 @@ def build_mlp(rng: np.random.Generator) -> onnx.ModelProto:
     h = g.op("MatMul", [h, g.weight("w2", (128, 64), 128)])
     h = g.op("Add", [h, g.const("b2", rng.standard_normal(64).astype(np.float32) * 0.1)])
     h = g.op("Relu", [h])
-    h = g.op(
-        "Gemm", [h, g.weight("w3", (10, 64), 64), g.const("b3", np.zeros(10, np.float32))], transB=1
-    )
+    h = g.op("Gemm", [h, g.weight("w3", (10, 64), 64), g.const("b3", np.zeros(10, np.float32))], transB=1)
     g.op("Softmax", [h], axis=-1)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])
     return _model(g, [x], "y", ["batch", 10], "mlp", 17)
@@ -144,17 +143,13 @@ def build_transformer(rng: np.random.Generator) -> onnx.ModelProto:
 
     def dense(x: str, n_in: int, n_out: int) -> str:
         y = g.op("MatMul", [x, g.weight("w", (n_in, n_out), n_in)])
-        return g.op(
-            "Add", [y, g.const("b", (0.02 * rng.standard_normal(n_out)).astype(np.float32))]
-        )
+        return g.op("Add", [y, g.const("b", (0.02 * rng.standard_normal(n_out)).astype(np.float32))])
 
     split = g.const("split_shape", np.array([0, 0, heads, hd], np.int64))
     q = g.op("Transpose", [g.op("Reshape", [dense("x", d, d), split])], perm=[0, 2, 1, 3])
     k = g.op("Transpose", [g.op("Reshape", [dense("x", d, d), split])], perm=[0, 2, 3, 1])
     v = g.op("Transpose", [g.op("Reshape", [dense("x", d, d), split])], perm=[0, 2, 1, 3])
-    scores = g.op(
-        "Mul", [g.op("MatMul", [q, k]), g.const("scale", np.array(1.0 / np.sqrt(hd), np.float32))]
-    )
+    scores = g.op("Mul", [g.op("MatMul", [q, k]), g.const("scale", np.array(1.0 / np.sqrt(hd), np.float32))])
     attn = g.op("Softmax", [scores], axis=-1)
     ctx = g.op("Transpose", [g.op("MatMul", [attn, v])], perm=[0, 2, 1, 3])
     ctx = g.op("Reshape", [ctx, g.const("merge_shape", np.array([0, 0, d], np.int64))])
