@@ -1,0 +1,154 @@
+"""Injected device faults: the faulted run and the runs queued behind it on that stream fail with
+DeviceError carrying the ACL code; other streams are unaffected; the stream is replaced and
+later runs succeed. Injected delays do not reorder a stream."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+import anyio.lowlevel
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import ascend_async
+from ascend_async._native import _sim
+
+pytestmark = pytest.mark.anyio
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4)
+AICORE = 507015
+
+
+def add_model() -> onnx.ModelProto:
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in ("x", "y", "z")]
+    graph = helper.make_graph([helper.make_node("Add", ["x", "y"], ["z"], name="add")], "add", vi[:2], vi[2:])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+async def _wait_for(predicate: Callable[[], bool]) -> None:
+    with anyio.fail_after(10):
+        while not predicate():
+            await anyio.lowlevel.checkpoint()
+
+
+async def _outcome(s: ascend_async.Session, g: ascend_async.Graph, v: float, stream: int) -> object:
+    try:
+        out = await s.run(g, {"x": X, "y": np.full_like(X, v)}, stream=stream)
+    except ascend_async.AscendError as exc:
+        return exc
+    return out["z"]
+
+
+async def test_fault_fails_the_run_with_the_acl_code() -> None:
+    async with ascend_async.Session() as s:
+        g = s.add_graph(add_model())
+        await s.load(g)
+        old = s.streams[0]
+        assert _sim.lib.aa_sim_inject_fault(old.handle, 1, AICORE) == 0
+        with pytest.raises(ascend_async.DeviceError) as info:
+            await s.run(g, {"x": X, "y": X}, stream=0)
+        assert info.value.code == AICORE
+        assert "507015" in str(info.value)
+        # replaced: a fresh stream object at the same index; later runs succeed
+        assert s.streams[0] is not old and len(s.streams) == 2
+        out = await s.run(g, {"x": X, "y": X}, stream=0)
+        np.testing.assert_array_equal(out["z"], 2 * X)
+        st = s.statistics()
+        assert st.failed == 1 and st.completed == 1 and st.in_flight == 0
+        assert st.device_pool["live_blocks"] == 0 and st.host_pool["live_blocks"] == 0
+
+
+@pytest.mark.parametrize("nth", [1, 3])
+async def test_runs_queued_behind_a_fault_fail_other_stream_unaffected(nth: int) -> None:
+    """nth=1 faults the first run's input copy; nth=3 its graph run (after two H2D copies)."""
+    async with ascend_async.Session() as s:
+        g = s.add_graph(add_model())
+        await s.load(g)
+        bad, good = s.streams
+        results: dict[tuple[int, int], object] = {}
+
+        async def record(stream: int, i: int) -> None:
+            results[stream, i] = await _outcome(s, g, float(i), stream)
+
+        _sim.lib.aa_sim_stream_hold(bad.handle)
+        try:
+            assert _sim.lib.aa_sim_inject_fault(bad.handle, nth, AICORE) == 0
+            async with anyio.create_task_group() as tg:
+                for i in range(4):
+                    tg.start_soon(record, 0, i)
+                    await _wait_for(lambda i=i: bad.in_flight == i + 1)  # submission order
+                for i in range(4):
+                    tg.start_soon(record, 1, i)
+                # the other stream completes while the faulty one is still held
+                await _wait_for(lambda: sum(k[0] == 1 for k in results) == 4)
+                assert bad.in_flight == 4 and not any(k[0] == 0 for k in results)
+                _sim.lib.aa_sim_stream_release(bad.handle)
+        finally:
+            _sim.lib.aa_sim_stream_release(bad.handle)
+        for i in range(4):
+            err = results[0, i]
+            assert isinstance(err, ascend_async.DeviceError), err
+            assert err.code == AICORE
+            np.testing.assert_array_equal(results[1, i], X + i)
+        assert s.streams[0] is not bad and s.streams[1] is good
+        st = s.statistics()
+        assert st.failed == 4 and st.completed == 4 and st.in_flight == 0
+        # the replacement stream works, and so does an automatic pick
+        np.testing.assert_array_equal(await _outcome(s, g, 5.0, 0), X + 5)
+        np.testing.assert_array_equal((await s.run(g, {"x": X, "y": X}))["z"], 2 * X)
+        st = s.statistics()
+        assert st.device_pool["live_blocks"] == 0 and st.host_pool["live_blocks"] == 0
+
+
+async def test_fault_with_a_cancelled_run_behind_it() -> None:
+    async with ascend_async.Session() as s:
+        g = s.add_graph(add_model())
+        await s.load(g)
+        lane = s.streams[0]
+        _sim.lib.aa_sim_stream_hold(lane.handle)
+        try:
+            _sim.lib.aa_sim_inject_fault(lane.handle, 1, AICORE)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_outcome, s, g, 1.0, 0)
+                await _wait_for(lambda: lane.in_flight == 1)
+                scope = anyio.CancelScope()
+
+                async def victim() -> None:
+                    with scope:
+                        await s.run(g, {"x": X, "y": X}, stream=0)
+
+                tg.start_soon(victim)
+                await _wait_for(lambda: lane.in_flight == 2)
+                scope.cancel()
+                await _wait_for(lambda: scope.cancelled_caught)
+                _sim.lib.aa_sim_stream_release(lane.handle)
+        finally:
+            _sim.lib.aa_sim_stream_release(lane.handle)
+        out = await s.run(g, {"x": X, "y": X}, stream=0)
+        np.testing.assert_array_equal(out["z"], 2 * X)
+        st = s.statistics()
+        assert st.failed == 2 and st.completed == 1 and st.in_flight == 0
+        assert st.device_pool["live_blocks"] == 0
+
+
+async def test_injected_delay_keeps_stream_order() -> None:
+    async with ascend_async.Session() as s:
+        g = s.add_graph(add_model())
+        await s.load(g)
+        lane = s.streams[0]
+        _sim.lib.aa_sim_inject_delay(lane.handle, 1, 20_000)
+        done: list[int] = []
+
+        async def one(i: int) -> None:
+            np.testing.assert_array_equal(await _outcome(s, g, float(i), 0), X + i)
+            done.append(i)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(one, i)
+                await _wait_for(lambda i=i: lane.in_flight == i + 1)
+        assert sorted(done) == [0, 1, 2]
+        assert s.statistics().completed == 3
