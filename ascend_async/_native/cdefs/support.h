@@ -106,3 +106,48 @@ int64_t aa_pool_destroy(aa_pool *pool);
 int64_t aa_floor_run(aa_session *session, uint32_t graph_id, aclrtStream stream,
                      const aa_tensor *inputs, size_t n_inputs, aa_tensor *outputs,
                      size_t n_outputs, uint32_t n_runs, uint32_t window, uint64_t *elapsed_ns);
+
+/* ---------------------------------------------------------------------------------------------
+ * aa_run: one RunGraphWithStreamAsync round, submitted in one call (the hot path of
+ * `await session.run`): stage host inputs into page-locked blocks, copy them H2D into device
+ * blocks, run the graph with empty output slots (GE allocates them through the stream's
+ * external allocator), copy outputs D2H into page-locked blocks (unless they stay on the
+ * device), record `event` and hand it to `watch` under `token`. Every call returns at once.
+ *
+ * On success the watcher owns the run: once its token comes back, read the outputs and call
+ * aa_run_release. On failure, `failed_api` names the call, `acl_error`/`ge_status` say why;
+ * if `enqueued` is set, work already on the stream still reads the buffers: synchronize the
+ * stream before aa_run_release.
+ */
+typedef struct aa_run_io {
+    const void *host;   /* input: host data to stage (NULL: `tensor` already describes device data) */
+    aa_tensor tensor;   /* input: dtype/ndim/dims (+addr/size if on device); output: filled by GE */
+    size_t nbytes;      /* logical byte count (outputs: filled at submit) */
+    void *host_block;   /* page-locked staging block (taken here, given back by aa_run_release) */
+    void *dev_block;    /* device block of a staged input */
+} aa_run_io;
+
+typedef struct aa_run {
+    aa_session *session;
+    uint32_t graph_id;
+    aclrtStream stream;
+    aa_pool *device_pool;
+    aa_pool *host_pool;
+    aa_watch *watch;
+    aclrtEvent event;
+    uint64_t token;
+    int32_t outputs_to_host;
+    size_t n_inputs;
+    size_t n_outputs;
+    aa_run_io *inputs;
+    aa_run_io *outputs;
+    /* results */
+    const char *failed_api;
+    int32_t acl_error;
+    aa_status ge_status;
+    int32_t enqueued;
+} aa_run;
+
+int aa_run_submit(aa_run *run);
+/* Gives back staging/device blocks and GE-allocated outputs whose owner is still set. */
+void aa_run_release(aa_run *run);

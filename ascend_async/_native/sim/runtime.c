@@ -179,6 +179,8 @@ struct sim_device {
     sim_stream *rr;           /* round-robin cursor */
     pthread_t *threads;
     uint32_t n_threads;
+    uint32_t idle;            /* device threads waiting on work_cv */
+    uint32_t waking;          /* signals sent to idle threads not yet awake */
     int shutdown;
     uint64_t capacity;
     uint64_t used;
@@ -673,7 +675,13 @@ static void enqueue_locked(sim_stream *s, sim_task *t) {
         s->head = t;
     s->tail = t;
     SIM_STAT_ADD(tasks_submitted, 1);
-    pthread_cond_signal(&d->work_cv);
+    /* Ring the doorbell only when it helps: a thread already running this stream takes the
+     * task next, and a thread already being woken will find it. Saves a futex wake per task
+     * when a run's copies, graph and event are enqueued back to back. */
+    if (!s->running && d->idle > d->waking) {
+        d->waking++;
+        pthread_cond_signal(&d->work_cv);
+    }
 }
 
 aclError sim_enqueue(aclrtStream stream, int flags, sim_exec_fn exec, sim_cleanup_fn cleanup,
@@ -728,6 +736,12 @@ static int stream_runnable_locked(const sim_stream *s) {
     return 1;
 }
 
+static int runnable_count_locked(sim_device *d) {
+    int n = 0;
+    for (sim_stream *s = d->streams; s; s = s->next) n += stream_runnable_locked(s);
+    return n;
+}
+
 static sim_stream *pick_locked(sim_device *d) {
     /* Round robin so one busy stream cannot starve the others. */
     sim_stream *start = d->rr && d->rr->next ? d->rr->next : d->streams;
@@ -768,7 +782,10 @@ static void *device_thread(void *arg) {
     for (;;) {
         sim_stream *s = pick_locked(d);
         if (!s) {
+            d->idle++;
             pthread_cond_wait(&d->work_cv, &d->lock);
+            d->idle--;
+            if (d->waking) d->waking--;
             continue;
         }
         sim_task *t = s->head;
@@ -825,8 +842,12 @@ static void *device_thread(void *arg) {
         s->running = 0;
         SIM_STAT_ADD(tasks_completed, 1);
         pthread_cond_broadcast(&d->done_cv);
-        /* Retiring a task can unblock waits on other streams. */
-        pthread_cond_broadcast(&d->work_cv);
+        /* Retiring a task can unblock a wait on another stream: wake an idle thread only when
+         * more streams are runnable than this thread (which loops back) can take. */
+        if (d->idle > d->waking && runnable_count_locked(d) > 1) {
+            d->waking++;
+            pthread_cond_signal(&d->work_cv);
+        }
         pthread_mutex_unlock(&d->lock);
 
         if (t->cleanup) t->cleanup(t->payload, executed);

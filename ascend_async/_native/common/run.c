@@ -1,0 +1,107 @@
+/* aa_run_submit / aa_run_release: a whole async run in one C call (cdefs/support.h).
+ * Public ABI only, so it runs on both backends. Called on an event-loop thread whose current
+ * context owns the stream; nothing here waits for the device. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "../ascend_async.h"
+
+static size_t dtype_bytes(int32_t dt) {
+    switch (dt) {
+        case AA_DT_FLOAT: case AA_DT_INT32: case AA_DT_UINT32: return 4;
+        case AA_DT_FLOAT16: case AA_DT_INT16: case AA_DT_UINT16: case AA_DT_BF16: return 2;
+        case AA_DT_INT8: case AA_DT_UINT8: case AA_DT_BOOL: return 1;
+        case AA_DT_INT64: case AA_DT_UINT64: case AA_DT_DOUBLE: return 8;
+        default: return 0;
+    }
+}
+
+static size_t nbytes_of(const aa_tensor *t) {
+    size_t n = dtype_bytes(t->dtype);
+    for (uint32_t i = 0; i < t->ndim; i++) n *= (size_t)t->dims[i];
+    return n;
+}
+
+#define FAIL_ACL(api, rc)          \
+    do {                           \
+        run->failed_api = (api);   \
+        run->acl_error = (rc);     \
+        return -1;                 \
+    } while (0)
+
+int aa_run_submit(aa_run *run) {
+    run->failed_api = NULL;
+    run->acl_error = 0;
+    run->ge_status = 0;
+    run->enqueued = 0;
+    aclError rc = 0;
+    for (size_t i = 0; i < run->n_inputs; i++) {
+        aa_run_io *io = &run->inputs[i];
+        if (!io->host) continue; /* a device tensor, described by the caller */
+        size_t n = io->nbytes, size = n ? n : 1;
+        io->host_block = aa_pool_alloc(run->host_pool, size, &rc);
+        if (!io->host_block) FAIL_ACL("aclrtMallocHost", rc);
+        io->dev_block = aa_pool_alloc(run->device_pool, size, &rc);
+        if (!io->dev_block) FAIL_ACL("aclrtMalloc", rc);
+        if (n) {
+            memcpy(io->host_block, io->host, n);
+            rc = aclrtMemcpyAsync(io->dev_block, size, io->host_block, n, ACL_MEMCPY_HOST_TO_DEVICE, run->stream);
+            if (rc) FAIL_ACL("aclrtMemcpyAsync", rc);
+            run->enqueued = 1;
+        }
+        io->tensor.addr = io->dev_block;
+        io->tensor.size = size;
+        io->tensor.format = AA_FORMAT_ND;
+        io->tensor.placement = AA_PLACEMENT_DEVICE_HBM;
+        io->tensor.owner = NULL;
+    }
+    /* GE takes arrays of tensors: gather them (inputs are few; the stack is fine). */
+    aa_tensor in_stack[16], out_stack[16];
+    aa_tensor *tin = run->n_inputs <= 16 ? in_stack : malloc(run->n_inputs * sizeof(aa_tensor));
+    aa_tensor *tout = run->n_outputs <= 16 ? out_stack : malloc(run->n_outputs * sizeof(aa_tensor));
+    for (size_t i = 0; i < run->n_inputs; i++) tin[i] = run->inputs[i].tensor;
+    memset(tout, 0, (run->n_outputs ? run->n_outputs : 1) * sizeof(aa_tensor));
+    aa_status st = aa_session_run_graph_with_stream_async(run->session, run->graph_id, run->stream, tin,
+                                                          run->n_inputs, tout, run->n_outputs);
+    for (size_t i = 0; i < run->n_outputs; i++) run->outputs[i].tensor = tout[i];
+    if (tin != in_stack) free(tin);
+    if (tout != out_stack) free(tout);
+    if (st) {
+        run->failed_api = "RunGraphWithStreamAsync";
+        run->ge_status = st;
+        return -1;
+    }
+    run->enqueued = 1;
+    for (size_t i = 0; i < run->n_outputs; i++) {
+        aa_run_io *io = &run->outputs[i];
+        io->nbytes = nbytes_of(&io->tensor);
+        if (!run->outputs_to_host) continue;
+        io->host_block = aa_pool_alloc(run->host_pool, io->nbytes ? io->nbytes : 1, &rc);
+        if (!io->host_block) FAIL_ACL("aclrtMallocHost", rc);
+        if (io->nbytes) {
+            rc = aclrtMemcpyAsync(io->host_block, io->nbytes, io->tensor.addr, io->nbytes, ACL_MEMCPY_DEVICE_TO_HOST,
+                                  run->stream);
+            if (rc) FAIL_ACL("aclrtMemcpyAsync", rc);
+        }
+    }
+    rc = aclrtRecordEvent(run->event, run->stream);
+    if (rc) FAIL_ACL("aclrtRecordEvent", rc);
+    rc = aa_watch_add(run->watch, run->stream, run->event, run->token);
+    if (rc) FAIL_ACL("aa_watch_add", rc);
+    return 0;
+}
+
+void aa_run_release(aa_run *run) {
+    for (size_t i = 0; i < run->n_inputs; i++) {
+        aa_run_io *io = &run->inputs[i];
+        if (io->host_block) aa_pool_free(run->host_pool, io->host_block);
+        if (io->dev_block) aa_pool_free(run->device_pool, io->dev_block);
+        io->host_block = io->dev_block = NULL;
+    }
+    for (size_t i = 0; i < run->n_outputs; i++) {
+        aa_run_io *io = &run->outputs[i];
+        if (io->host_block) aa_pool_free(run->host_pool, io->host_block);
+        io->host_block = NULL;
+        aa_tensor_release(&io->tensor);
+    }
+}
