@@ -76,7 +76,7 @@ def test_unsupported_op_names_op_and_node(op_type: str) -> None:
             TensorProto.FLOAT,
             "approximate",
         ),
-        (helper.make_node("Add", ["x", "x"], ["y"], name="a"), TensorProto.UINT8, "uint8"),
+        (helper.make_node("Add", ["x", "x"], ["y"], name="a"), TensorProto.DOUBLE, "float64"),
         (helper.make_node("Sqrt", ["x"], ["y"], name="s"), TensorProto.INT32, "int32"),
         (helper.make_node("Softmax", ["x"], ["y"], name="s", bogus=3), TensorProto.FLOAT, "bogus"),
         (

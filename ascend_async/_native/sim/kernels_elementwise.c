@@ -152,12 +152,24 @@ typedef struct bin_params {
 BIN_ARITH(float, f32)
 BIN_ARITH(int32_t, i32)
 BIN_ARITH(int64_t, i64)
+BIN_ARITH(int8_t, i8)
+BIN_ARITH(int16_t, i16)
+BIN_ARITH(uint8_t, u8)
+BIN_ARITH(uint16_t, u16)
+BIN_ARITH(uint32_t, u32)
+BIN_ARITH(uint64_t, u64)
 BIN_ROW(eq_b, uint8_t, uint8_t, (x != 0) == (y != 0))
 BIN_ROW(div_f32, float, float, x / y)
 /* integer division truncates toward zero like numpy's astype of the true quotient; a zero
  * divisor gives 0 and INT_MIN / -1 wraps, rather than trapping */
 BIN_ROW(div_i32, int32_t, int32_t, y == 0 ? 0 : (y == -1 ? (int32_t)(0u - (uint32_t)x) : x / y))
 BIN_ROW(div_i64, int64_t, int64_t, y == 0 ? 0 : (y == -1 ? (int64_t)(0ull - (uint64_t)x) : x / y))
+BIN_ROW(div_i8, int8_t, int8_t, y == 0 ? 0 : (int8_t)(x / y))
+BIN_ROW(div_i16, int16_t, int16_t, y == 0 ? 0 : (int16_t)(x / y))
+BIN_ROW(div_u8, uint8_t, uint8_t, y == 0 ? 0 : x / y)
+BIN_ROW(div_u16, uint16_t, uint16_t, y == 0 ? 0 : x / y)
+BIN_ROW(div_u32, uint32_t, uint32_t, y == 0 ? 0 : x / y)
+BIN_ROW(div_u64, uint64_t, uint64_t, y == 0 ? 0 : x / y)
 
 /* Pow: arbitrary (base, exponent) dtypes through double. */
 typedef struct pow_ctx {
@@ -193,6 +205,11 @@ static void pow_row(void *ctx, char **p, const int64_t *s, int64_t n) {
 
 static const int32_t num_types[] = {AA_DT_FLOAT, AA_DT_FLOAT16, AA_DT_INT32, AA_DT_INT64, -1};
 static const int32_t all_types[] = {AA_DT_FLOAT, AA_DT_FLOAT16, AA_DT_INT32, AA_DT_INT64, AA_DT_BOOL, -1};
+/* Add/Sub/Mul/Div and the comparisons also take the narrow and unsigned integers */
+static const int32_t bin_types[] = {AA_DT_FLOAT, AA_DT_FLOAT16, AA_DT_INT32, AA_DT_INT64, AA_DT_INT8, AA_DT_INT16,
+                                    AA_DT_UINT8, AA_DT_UINT16, AA_DT_UINT32, AA_DT_UINT64, -1};
+static const int32_t eq_types[] = {AA_DT_FLOAT, AA_DT_FLOAT16, AA_DT_INT32, AA_DT_INT64, AA_DT_INT8, AA_DT_INT16,
+                                   AA_DT_UINT8, AA_DT_UINT16, AA_DT_UINT32, AA_DT_UINT64, AA_DT_BOOL, -1};
 
 static int op_code(const char *name) {
     static const char *names[] = {"Add", "Sub", "Mul", "Div", "Pow", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"};
@@ -213,7 +230,7 @@ static int bin_check(sim_check *c) {
         return 0;
     }
     if (a != b) return sim_check_fail(c, "input dtypes differ (%s, %s)", sim_dtype_name(a), sim_dtype_name(b));
-    const int32_t *allowed = bp->op == OP_EQ ? all_types : num_types;
+    const int32_t *allowed = bp->op == OP_EQ ? eq_types : bin_types;
     if (!sim_dtype_in(a, allowed)) return sim_check_fail(c, "dtype %s is not supported", sim_dtype_name(a));
     c->out_dtype[0] = bp->op >= OP_EQ ? AA_DT_BOOL : a;
     return 0;
@@ -225,16 +242,24 @@ static int bin_shape(const sim_node *n, sim_tensor *const *in, sim_tensor *const
 }
 
 static sim_row_fn bin_fn(int op, int32_t dt) {
-    int t = dt == AA_DT_FLOAT ? 0 : dt == AA_DT_INT32 ? 1 : dt == AA_DT_INT64 ? 2 : 3;
-    static const sim_row_fn table[9][4] = {
-        {add_f32, add_i32, add_i64, NULL}, {sub_f32, sub_i32, sub_i64, NULL},
-        {mul_f32, mul_i32, mul_i64, NULL}, {div_f32, div_i32, div_i64, NULL},
-        {NULL, NULL, NULL, NULL},          {eq_f32, eq_i32, eq_i64, eq_b},
-        {lt_f32, lt_i32, lt_i64, NULL},    {gt_f32, gt_i32, gt_i64, NULL},
-        {le_f32, le_i32, le_i64, NULL},
-    };
-    if (op == OP_GE) return t == 0 ? ge_f32 : t == 1 ? ge_i32 : t == 2 ? ge_i64 : NULL;
-    return table[op][t];
+#define BIN_TABLE(SFX) {add_##SFX, sub_##SFX, mul_##SFX, div_##SFX, NULL, eq_##SFX, lt_##SFX, gt_##SFX, le_##SFX, ge_##SFX}
+    static const sim_row_fn f32[] = BIN_TABLE(f32), i32[] = BIN_TABLE(i32), i64[] = BIN_TABLE(i64);
+    static const sim_row_fn i8[] = BIN_TABLE(i8), i16[] = BIN_TABLE(i16), u8[] = BIN_TABLE(u8);
+    static const sim_row_fn u16[] = BIN_TABLE(u16), u32[] = BIN_TABLE(u32), u64[] = BIN_TABLE(u64);
+#undef BIN_TABLE
+    switch (dt) {
+    case AA_DT_FLOAT: return f32[op];
+    case AA_DT_INT32: return i32[op];
+    case AA_DT_INT64: return i64[op];
+    case AA_DT_INT8: return i8[op];
+    case AA_DT_INT16: return i16[op];
+    case AA_DT_UINT8: return u8[op];
+    case AA_DT_UINT16: return u16[op];
+    case AA_DT_UINT32: return u32[op];
+    case AA_DT_UINT64: return u64[op];
+    case AA_DT_BOOL: return op == OP_EQ ? eq_b : NULL;
+    default: return NULL;
+    }
 }
 
 static int bin_exec(const sim_node *n, sim_tensor *const *in, sim_tensor *const *out, char *err, size_t len) {
