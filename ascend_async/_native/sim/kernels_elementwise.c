@@ -2,7 +2,8 @@
  * Pow), unary math (Sqrt, Neg, Abs, Relu, LeakyRelu, Sigmoid, Tanh, Exp, Log, Erf, Gelu),
  * comparisons (Equal, Less, Greater, LessOrEqual, GreaterOrEqual), Where, Cast and Identity.
  * Float16 tensors are widened to float32 by the program around these kernels (SIM_F16_VIA_F32)
- * except for Identity/Where/Cast, which handle every dtype themselves.
+ * except for Identity/Where/Cast, which handle every dtype themselves (Cast also converts
+ * from and to float64).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -430,6 +431,7 @@ static int32_t onnx_to_ge(int64_t t) {
     case 6: return AA_DT_INT32;
     case 7: return AA_DT_INT64;
     case 9: return AA_DT_BOOL;
+    case 11: return AA_DT_DOUBLE;
     default: return -1;
     }
 }
@@ -441,7 +443,8 @@ static int cast_check(sim_check *c) {
     if (!a || a->kind != SIM_ATTR_INT) return sim_check_fail(c, "attribute 'to' is required");
     cp->to = onnx_to_ge(a->i);
     if (cp->to < 0) return sim_check_fail(c, "cast to ONNX dtype %lld is not supported", (long long)a->i);
-    if (!sim_dtype_in(c->in_dtype[0], all_types)) return sim_check_fail(c, "cast from %s is not supported", sim_dtype_name(c->in_dtype[0]));
+    static const int32_t cast_from[] = {AA_DT_FLOAT, AA_DT_FLOAT16, AA_DT_INT32, AA_DT_INT64, AA_DT_BOOL, AA_DT_DOUBLE, -1};
+    if (!sim_dtype_in(c->in_dtype[0], cast_from)) return sim_check_fail(c, "cast from %s is not supported", sim_dtype_name(c->in_dtype[0]));
     c->out_dtype[0] = cp->to;
     return 0;
 }
@@ -463,6 +466,7 @@ static int cast_exec(const sim_node *n, sim_tensor *const *in, sim_tensor *const
         switch (from) {
         case AA_DT_FLOAT: d = ((const float *)src)[i]; break;
         case AA_DT_FLOAT16: d = sim_f16_to_f32(((const uint16_t *)src)[i]); break;
+        case AA_DT_DOUBLE: d = ((const double *)src)[i]; break;
         case AA_DT_INT32: iv = ((const int32_t *)src)[i]; break;
         case AA_DT_INT64: iv = ((const int64_t *)src)[i]; break;
         case AA_DT_BOOL: iv = ((const uint8_t *)src)[i] != 0; break;
@@ -470,6 +474,7 @@ static int cast_exec(const sim_node *n, sim_tensor *const *in, sim_tensor *const
         if (from_int) d = (double)iv;
         switch (to) {
         case AA_DT_FLOAT: ((float *)dst)[i] = from_int ? (float)iv : (float)d; break;
+        case AA_DT_DOUBLE: ((double *)dst)[i] = from_int ? (double)iv : d; break;
         case AA_DT_FLOAT16: ((uint16_t *)dst)[i] = sim_f32_to_f16(from_int ? (float)iv : (float)d); break;
         case AA_DT_INT32: ((int32_t *)dst)[i] = from_int ? (int32_t)iv : (isfinite(d) ? (int32_t)(int64_t)d : INT32_MIN); break;
         case AA_DT_INT64: ((int64_t *)dst)[i] = from_int ? iv : (isfinite(d) && fabs(d) < 9.2e18 ? (int64_t)d : INT64_MIN); break;
