@@ -550,3 +550,39 @@ def test_ge_initialize_idempotent_and_finalize(programs: dict[str, Any]) -> None
         release_all(out2, n)
     finally:
         e.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The floor (aa_floor_run)
+
+
+@pytest.mark.parametrize("window", [1, 8])
+def test_floor_run(env: Env, programs: dict[str, Any], window: int) -> None:
+    gid = env.add(programs["add"])
+    out = ffi.new("aa_tensor[1]")
+    out[0].addr = env.malloc(64)
+    out[0].size = 64
+    ns = ffi.new("uint64_t*")
+    base = stats()
+    assert lib.aa_floor_run(env.session, gid, env.stream, env.dev_inputs(), 1, out, 1, 50, window, ns) == 0
+    after = stats()
+    assert after.graph_runs - base.graph_runs == 50
+    assert after.events == base.events  # its events are destroyed
+    assert ns[0] > 0
+    np.testing.assert_array_equal(env.read(out[0].addr), env.x * 2)
+
+
+def test_floor_run_reports_failures(env: Env, programs: dict[str, Any]) -> None:
+    gid = env.add(programs["add"])
+    out = ffi.new("aa_tensor[1]")
+    out[0].addr = env.malloc(64)
+    out[0].size = 64
+    ns = ffi.new("uint64_t*")
+    assert lib.aa_floor_run(env.session, 424242, env.stream, env.dev_inputs(), 1, out, 1, 5, 2, ns) == FAILED
+    assert lib.aa_sim_inject_fault(env.stream, 1, 507015) == 0
+    assert lib.aa_floor_run(env.session, gid, env.stream, env.dev_inputs(), 1, out, 1, 5, 2, ns) == 507015
+    # The stream stays faulted: close() would fail its synchronize, so replace the stream here.
+    assert lib.aclrtDestroyStream(env.stream) == 0
+    sp = ffi.new("aclrtStream*")
+    assert lib.aclrtCreateStream(sp) == 0
+    env.stream = sp[0]
