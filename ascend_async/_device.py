@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+import weakref
 from typing import Any
 
 from ._backend import Backend, get_backend
@@ -49,6 +50,9 @@ class Device:
         self._events: list[Any] = []
         self._events_made = 0
         self.watcher: Watcher | None = None
+        # DeviceTensors holding GE output blocks: released at shutdown, before the pool they
+        # were allocated from (GE's external allocator) is destroyed.
+        self.ge_tensors: weakref.WeakSet[Any] = weakref.WeakSet()
 
     # -- context -----------------------------------------------------------------------------
 
@@ -116,10 +120,12 @@ class Device:
         """Free everything (the last session on the device closed)."""
         lib = self.backend.lib
         self.ensure_current()
-        self.alive = False
         if self.watcher is not None:
             self.watcher.close()
             self.watcher = None
+        for tensor in list(self.ge_tensors):
+            tensor.close()
+        self.alive = False
         for ev in self._events:
             lib.aclrtDestroyEvent(ev)
         self._events.clear()

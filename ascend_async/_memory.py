@@ -39,6 +39,8 @@ class DeviceTensor:
         self.dtype = dtype
         self._closed = False
         self._lock = threading.Lock()
+        if ge_tensor is not None:
+            device.ge_tensors.add(self)
 
     @classmethod
     def from_numpy(cls, session: Any, array: np.ndarray) -> DeviceTensor:
