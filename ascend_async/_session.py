@@ -369,16 +369,18 @@ class Session:
         await anyio.lowlevel.checkpoint_if_cancelled()
         values = graph.bind(inputs)
         self._bind_mode(state, "stream")
-        bridge = current_bridge(self._max_in_flight)
-        await bridge.limiter.acquire()
+        bridge = current_bridge()
+        limiter = bridge.limiter_for(self, self._max_in_flight)
+        await limiter.acquire()
         try:
             lane = self._pick_stream(stream)
             if lane not in state.loaded:  # the first run on this stream: compile/load off-loop
                 await anyio.to_thread.run_sync(self._ensure_loaded, state, lane)
             job = self._submit(state, lane, values, outputs == "device", bridge)
         except BaseException:
-            bridge.limiter.release()
+            limiter.release()
             raise
+        job.limiter = limiter
         done = job.done
         assert done is not None
         try:

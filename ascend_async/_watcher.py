@@ -39,14 +39,22 @@ _BATCH = 512
 
 
 class LoopBridge:
-    """One event loop's non-blocking, thread-safe entry, and its in-flight limit."""
+    """One event loop's non-blocking, thread-safe entry, and the in-flight limit of each
+    session (owner) that runs on this loop."""
 
-    __slots__ = ("__weakref__", "limiter", "post", "wakeups")
+    __slots__ = ("__weakref__", "limiters", "post", "wakeups")
 
-    def __init__(self, post: Callable[..., object], limit: int) -> None:
+    def __init__(self, post: Callable[..., object]) -> None:
         self.post = post
-        self.limiter = anyio.Semaphore(limit)
+        self.limiters: weakref.WeakKeyDictionary[Any, anyio.Semaphore] = weakref.WeakKeyDictionary()
         self.wakeups = 0
+
+    def limiter_for(self, owner: Any, limit: int) -> anyio.Semaphore:
+        """``owner``'s in-flight limit on this loop (only this loop's thread calls this)."""
+        limiter = self.limiters.get(owner)
+        if limiter is None:
+            limiter = self.limiters[owner] = anyio.Semaphore(limit)
+        return limiter
 
     def deliver(self, jobs: list[Job]) -> None:
         """Called on the watcher thread: wake every job of this loop with one post."""
@@ -61,16 +69,19 @@ def _resolve_batch(jobs: list[Job]) -> None:
     # Runs on the loop thread.
     for job in jobs:
         job.done.set()
-        if job.bridge is not None:
-            job.bridge.limiter.release()
+        if job.limiter is not None:
+            job.limiter.release()
 
 
 _bridges: weakref.WeakKeyDictionary[Any, LoopBridge] = weakref.WeakKeyDictionary()
 _bridges_lock = threading.Lock()
 
 
-def current_bridge(limit: int) -> LoopBridge:
-    """The bridge of the running event loop (asyncio, uvloop or trio), made on first use."""
+def current_bridge(limit: int | None = None) -> LoopBridge:
+    """The bridge of the running event loop (asyncio, uvloop or trio), made on first use.
+
+    ``limit`` is ignored (kept for callers of the old signature): in-flight limits belong to
+    sessions, see :meth:`LoopBridge.limiter_for`."""
     import asyncio
 
     key: Any
@@ -88,7 +99,7 @@ def current_bridge(limit: int) -> LoopBridge:
         with _bridges_lock:
             bridge = _bridges.get(key)
             if bridge is None:
-                bridge = _bridges[key] = LoopBridge(post, limit)
+                bridge = _bridges[key] = LoopBridge(post)
     return bridge
 
 
@@ -108,6 +119,7 @@ class Job:
         "error",
         "finisher",
         "lane",
+        "limiter",
         "noticed_ns",
         "result",
         "token",
@@ -124,6 +136,7 @@ class Job:
         self.noticed_ns = 0
         self.token = 0
         self.lane: Any = None
+        self.limiter: anyio.Semaphore | None = None  # released on the loop thread when done
         self.callback: Callable[[Job], None] | None = None
 
 
