@@ -3,7 +3,10 @@ and graph errors, and the closed-session contract."""
 
 from __future__ import annotations
 
+import functools
+
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import numpy as np
 import onnx
@@ -270,3 +273,55 @@ def test_sync_close_idempotent() -> None:
     s.close()
     with pytest.raises(ascend_async.SessionClosedError):
         s.run_sync(g, [x, x])
+
+
+async def test_device_outputs_left_open_are_released_when_the_device_goes() -> None:
+    x = np.ones((1, 4), np.float32)
+    async with ascend_async.Session() as s:
+        g = s.add_graph(add_model())
+        out = await s.run(g, {"x": x, "y": x}, outputs="device")
+        z = out["z"]
+        np.testing.assert_array_equal(z.numpy(), 2 * x)
+    # the last session closed: GE's output block went back before the allocator did
+    assert sim_stats()["ge_outputs"] == 0
+    assert z.is_closed
+    with pytest.raises(ascend_async.SessionClosedError):
+        z.numpy()
+    z.close()
+
+
+async def _fill(s: ascend_async.Session, g: ascend_async.Graph, n: int, tg: anyio.abc.TaskGroup) -> None:
+    x = np.ones((1, 4), np.float32)
+    for _ in range(n):
+        tg.start_soon(functools.partial(s.run, g, {"x": x, "y": x}, stream=0))
+
+
+async def test_max_in_flight_is_per_session() -> None:
+    """Each session bounds its own runs in flight per event loop, whatever other sessions (used
+    earlier, or at the same time, on the same loop) chose."""
+    x = np.ones((1, 4), np.float32)
+    async with ascend_async.Session(max_in_flight=1) as first:
+        g = first.add_graph(add_model())
+        await first.run(g, {"x": x, "y": x})
+    async with ascend_async.Session(max_in_flight=2) as a, ascend_async.Session(max_in_flight=5) as b:
+        ga, gb = a.add_graph(add_model()), b.add_graph(add_model())
+        await a.load(ga)
+        await b.load(gb)
+        held = [a.streams[0].handle, b.streams[0].handle]
+        for h in held:
+            _sim.lib.aa_sim_stream_hold(h)
+        try:
+            async with anyio.create_task_group() as tg:
+                await _fill(a, ga, 4, tg)
+                await _fill(b, gb, 7, tg)
+                with anyio.fail_after(10):
+                    while a.statistics().in_flight < 2 or b.statistics().in_flight < 5:
+                        await anyio.lowlevel.checkpoint()
+                    await anyio.wait_all_tasks_blocked()
+                assert a.statistics().in_flight == 2 and b.statistics().in_flight == 5
+                for h in held:
+                    _sim.lib.aa_sim_stream_release(h)
+        finally:
+            for h in held:
+                _sim.lib.aa_sim_stream_release(h)
+        assert a.statistics().completed == 4 and b.statistics().completed == 7
