@@ -266,3 +266,39 @@ def test_cnn_float16_close_to_float32() -> None:
     (y32,) = ReferenceEvaluator(onnx.load(str(path("cnn")))).run(None, {"x": x.astype(np.float32)})
     assert y16.dtype == np.float16
     np.testing.assert_allclose(y16.astype(np.float32), y32, rtol=0.05, atol=0.05)
+
+
+def test_float16_conversions_match_numpy() -> None:
+    # every fp16 bit pattern widened, and float32 values around every fp16 step rounded back
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    halves = bits.view(np.float16)
+    up = _model(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
+        [_vi("x", TensorProto.FLOAT16, [65536])],
+        [_vi("y", TensorProto.FLOAT, [65536])],
+    )
+    (wide,) = _simrun.run_model(up, [halves])
+    np.testing.assert_array_equal(wide.view(np.uint32), halves.astype(np.float32).view(np.uint32))
+    finite = halves[np.isfinite(halves)].astype(np.float32)
+    rng = np.random.default_rng(1)
+    probes = np.concatenate(
+        [
+            finite,
+            np.nextafter(finite, np.float32(np.inf)),
+            np.nextafter(finite, np.float32(-np.inf)),
+            (finite[:-1] + finite[1:]) / 2,  # ties
+            rng.standard_normal(20000).astype(np.float32) * 1e-5,
+            np.array([65519.0, 65520.0, 1e6, -1e6, np.inf, -np.inf, np.nan], np.float32),
+        ]
+    ).astype(np.float32)
+    down = _model(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT16)],
+        [_vi("x", TensorProto.FLOAT, [len(probes)])],
+        [_vi("y", TensorProto.FLOAT16, [len(probes)])],
+    )
+    with np.errstate(over="ignore"):
+        want = probes.astype(np.float16)
+    (got,) = _simrun.run_model(down, [probes])
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(got[~nan].view(np.uint16), want[~nan].view(np.uint16))

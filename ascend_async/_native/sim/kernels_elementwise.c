@@ -459,6 +459,15 @@ static int cast_exec(const sim_node *n, sim_tensor *const *in, sim_tensor *const
         memcpy(dst, src, (size_t)cnt * sim_dtype_size(from));
         return 0;
     }
+    /* float32 <-> float16 directly (a detour through double would quieten signalling NaNs) */
+    if (from == AA_DT_FLOAT16 && to == AA_DT_FLOAT) {
+        for (int64_t i = 0; i < cnt; i++) ((float *)dst)[i] = sim_f16_to_f32(((const uint16_t *)src)[i]);
+        return 0;
+    }
+    if (from == AA_DT_FLOAT && to == AA_DT_FLOAT16) {
+        for (int64_t i = 0; i < cnt; i++) ((uint16_t *)dst)[i] = sim_f32_to_f16(((const float *)src)[i]);
+        return 0;
+    }
     int from_int = from == AA_DT_INT32 || from == AA_DT_INT64 || from == AA_DT_BOOL;
     for (int64_t i = 0; i < cnt; i++) {
         double d = 0;

@@ -156,7 +156,7 @@ float sim_f16_to_f32(uint16_t h) {
             bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
         }
     } else if (exp == 31) {
-        bits = sign | 0x7f800000u | (man << 13);
+        bits = sign | 0x7f800000u | (man << 13); /* NaN payloads kept, as numpy does */
     } else {
         bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
     }
@@ -171,7 +171,11 @@ uint16_t sim_f32_to_f16(float f) {
     uint32_t sign = (x >> 16) & 0x8000u;
     uint32_t absx = x & 0x7fffffffu;
     if (absx >= 0x7f800000u) /* inf or nan */
-        return (uint16_t)(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0));
+    {
+        uint32_t payload = absx > 0x7f800000u ? ((absx >> 13) & 0x3ffu) : 0;
+        if (absx > 0x7f800000u && payload == 0) payload = 1; /* keep it a NaN */
+        return (uint16_t)(sign | 0x7c00u | payload);
+    }
     if (absx >= 0x477ff000u) /* rounds to >= 65520: overflow to inf */
         return (uint16_t)(sign | 0x7c00u);
     if (absx < 0x38800000u) { /* below the smallest normal half: subnormal or zero */
