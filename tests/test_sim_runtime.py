@@ -307,9 +307,11 @@ def test_oom_and_restore_capacity(res: Res) -> None:
     ok(lib.aclrtGetMemInfo(1, info_free, info_total))
     total = int(info_total[0])
     keep = res.malloc(4096)
+    ok(lib.aclrtGetMemInfo(1, info_free, info_total))
+    used = int(info_total[0]) - int(info_free[0])  # live blocks are kept when shrinking
     p = ffi.new("void**")
     try:
-        ok(lib.aa_sim_set_memory_capacity(0, 8192))
+        ok(lib.aa_sim_set_memory_capacity(0, used + 2048))
         assert lib.aclrtMalloc(p, 1 << 20, 0) == 207001
         assert "out of memory" in err_msg()
         ok(lib.aclrtMalloc(p, 1024, 0))  # still fits beside the live block
@@ -512,10 +514,13 @@ def test_callbacks_run_on_the_subscribed_thread_in_order(res: Res) -> None:
     ctx = ffi.new("aclrtContext*")
     ok(lib.aclrtGetCurrentContext(ctx))
     seen: list[tuple[int, int]] = []
+    all_ran = threading.Event()
 
     @ffi.callback("void(void*)")
     def cb(user: Any) -> None:
         seen.append((int(ffi.cast("intptr_t", user)), threading.get_ident()))
+        if len(seen) == 5:
+            all_ran.set()
 
     rt = ReportThread(ctx[0])
     assert rt.ident is not None
@@ -524,7 +529,8 @@ def test_callbacks_run_on_the_subscribed_thread_in_order(res: Res) -> None:
         for i in range(5):
             ok(lib.aclrtLaunchCallback(cb, ffi.cast("void*", i), 0, s))
         rt.go.set()
-        ok(lib.aclrtSynchronizeStream(s))
+        ok(lib.aclrtSynchronizeStream(s))  # NO_BLOCK: retired once queued, not once run
+        assert all_ran.wait(10)
     finally:
         rt.join()
         ok(lib.aclrtUnSubscribeReport(rt.ident, s))
