@@ -542,11 +542,15 @@ class Session:
         return finish
 
     def _retire(self, job: Job, lane: Stream) -> None:
-        """Account for a finished job; replace a faulted stream once it has drained."""
+        """Account for a finished job; replace a faulted stream once it has drained.
+
+        The job stays counted as pending until the replacement and retirement are done, so
+        close() cannot tear the session down under them. A faulted stream that could not be
+        replaced (the session is closing) stays in ``_streams`` for the teardown to destroy.
+        """
         replace = False
         with self._lock:
             lane.in_flight -= 1
-            self._pending -= 1
             if job.code:
                 self._failed += 1
                 if not lane.fault:
@@ -556,23 +560,29 @@ class Session:
                 self._cancelled += 1
             else:
                 self._completed += 1
-            retire_now = lane.fault and lane.in_flight == 0 and not lane.retired
-            if retire_now:
-                lane.retired = True
-            if not self._pending:
-                self._idle.notify_all()
-        if replace:
-            fresh = Stream(self, lane.index)
+        try:
+            if replace:
+                fresh = Stream(self, lane.index)
+                with self._lock:
+                    self._streams[self._streams.index(lane)] = fresh
             with self._lock:
-                self._streams[self._streams.index(lane)] = fresh
-        if retire_now:
-            for state in list(self._graphs.values()):
-                with state.lock:
-                    gid = state.ids.pop(lane, None)
-                    state.loaded.discard(lane)
-                if gid is not None:
-                    self._lib.aa_session_remove_graph(self._handle, gid)
-            lane._destroy()
+                retire_now = bool(lane.fault) and lane.in_flight == 0 and not lane.retired
+                retire_now = retire_now and lane not in self._streams
+                if retire_now:
+                    lane.retired = True
+            if retire_now:
+                for state in list(self._graphs.values()):
+                    with state.lock:
+                        gid = state.ids.pop(lane, None)
+                        state.loaded.discard(lane)
+                    if gid is not None:
+                        self._lib.aa_session_remove_graph(self._handle, gid)
+                lane._destroy()
+        finally:
+            with self._lock:
+                self._pending -= 1
+                if not self._pending:
+                    self._idle.notify_all()
 
     # -- the other GE modes -------------------------------------------------------------------
 
