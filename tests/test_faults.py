@@ -152,3 +152,36 @@ async def test_injected_delay_keeps_stream_order() -> None:
                 await _wait_for(lambda i=i: lane.in_flight == i + 1)
         assert sorted(done) == [0, 1, 2]
         assert s.statistics().completed == 3
+
+
+async def test_fault_while_closing() -> None:
+    """A run faults while aclose waits for it: the run fails, aclose returns, and the faulted
+    stream is destroyed exactly once (the leak counters and the sim's handle checks agree)."""
+    s = ascend_async.Session()
+    g = s.add_graph(add_model())
+    await s.load(g)
+    lane = s.streams[0]
+    outcomes: list[object] = []
+    _sim.lib.aa_sim_stream_hold(lane.handle)
+    released = False
+    try:
+        _sim.lib.aa_sim_inject_fault(lane.handle, 1, AICORE)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+
+                async def record(i: int) -> None:
+                    outcomes.append(await _outcome(s, g, float(i), 0))
+
+                for i in range(3):
+                    tg.start_soon(record, i)
+                await _wait_for(lambda: lane.in_flight == 3)
+                tg.start_soon(s.aclose)
+                await _wait_for(lambda: s.is_closed)
+                _sim.lib.aa_sim_stream_release(lane.handle)
+                released = True
+    finally:
+        if not released:
+            _sim.lib.aa_sim_stream_release(lane.handle)
+        await s.aclose()
+    assert len(outcomes) == 3
+    assert all(isinstance(o, ascend_async.DeviceError) and o.code == AICORE for o in outcomes)
