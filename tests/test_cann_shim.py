@@ -258,6 +258,22 @@ def add_model() -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
+def two_output_model() -> bytes:
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["y"]), helper.make_node("Identity", ["a"], ["z"])],
+        "two",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 3]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3]),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
 def identity_model() -> bytes:
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
@@ -392,6 +408,42 @@ def test_stream_async_ge_allocated_outputs_are_owned(env: Env, dev: Device) -> N
     lib.aa_tensor_release(outs)  # a second release is a no-op
     lib.aa_tensor_release(ffi.NULL)
     c.check(lib.aa_session_remove_graph(env.session, 2))
+
+
+def test_stream_async_mixed_slots_allocate_only_the_empty_ones(env: Env, dev: Device) -> None:
+    c, lib, ffi = env.c, env.c.lib, env.c.ffi
+    add_graph(env, 11, two_output_model())
+    ins = ffi.new("aa_tensor[2]")
+    dev.put(ins[0], A, DT_FLOAT)
+    dev.put(ins[1], B, DT_FLOAT)
+    base = c.stats().ge_outputs
+    outs = ffi.new("aa_tensor[2]")
+    dev.empty(outs[0], A.nbytes, DT_FLOAT, (2, 3))  # y: caller memory; z: GE allocates
+    caller = outs[0].addr
+    c.check(lib.aa_session_run_graph_with_stream_async(env.session, 11, env.stream, ins, 2, outs, 2))
+    assert outs[0].owner == ffi.NULL and outs[0].addr == caller
+    assert outs[1].owner != ffi.NULL and (outs[1].ndim, outs[1].dims[1]) == (2, 3)
+    assert c.stats().ge_outputs == base + 1
+    c.check_acl(lib.aclrtSynchronizeStream(env.stream))
+    np.testing.assert_array_equal(dev.read(outs[0], np.float32, (2, 3)), A + B)
+    np.testing.assert_array_equal(dev.read(outs[1], np.float32, (2, 3)), A)
+    lib.aa_tensor_release(ffi.addressof(outs, 1))
+    # all slots empty: both allocated, described from the graph
+    both = ffi.new("aa_tensor[2]")
+    c.check(lib.aa_session_run_graph_with_stream_async(env.session, 11, env.stream, ins, 2, both, 2))
+    assert both[0].owner != ffi.NULL and both[1].owner != ffi.NULL
+    assert c.stats().ge_outputs == base + 2
+    c.check_acl(lib.aclrtSynchronizeStream(env.stream))
+    np.testing.assert_array_equal(dev.read(both[1], np.float32, (2, 3)), A)
+    for i in range(2):
+        lib.aa_tensor_release(ffi.addressof(both, i))
+    # a slot count that does not match the graph: nothing allocated, nothing leaked
+    one = ffi.new("aa_tensor[1]")
+    status = lib.aa_session_run_graph_with_stream_async(env.session, 11, env.stream, ins, 2, one, 1)
+    assert status == AA_GE_FAILED
+    c.error_text()
+    assert c.stats().ge_outputs == base
+    c.check(lib.aa_session_remove_graph(env.session, 11))
 
 
 class CountingAllocator:

@@ -47,6 +47,8 @@
 typedef void *aclrtStream;
 extern "C" {
 #include "cdefs/ge_session.h"
+/* acl/acl_rt.h (libacl_rt.so), same declaration as cdefs/acl_rt.h; used on error paths only. */
+int aclrtSynchronizeStream(aclrtStream stream);
 }
 
 struct aa_session {
@@ -287,10 +289,15 @@ bool from_gert(gert::Tensor &g, aa_tensor &out, bool host_copy, const char *what
 }
 
 /* Converts all of `outs` into `out[0..outs.size())`; on failure releases what was taken over
- * (the rest goes back to GE with the vector). */
-bool from_gert_vector(std::vector<gert::Tensor> &outs, aa_tensor *out, bool host_copy, const char *what) {
+ * (the rest goes back to GE with the vector). `in_flight`: the stream a submitted run may still
+ * write these outputs on; it is synchronized before anything is released. */
+bool from_gert_vector(std::vector<gert::Tensor> &outs, aa_tensor *out, bool host_copy, const char *what,
+                      aclrtStream in_flight = nullptr) {
   for (size_t i = 0; i < outs.size(); ++i) {
     if (!from_gert(outs[i], out[i], host_copy, what)) {
+      if (in_flight != nullptr) {
+        (void)aclrtSynchronizeStream(in_flight);
+      }
       release_all(out, i);
       return false;
     }
@@ -600,8 +607,13 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
     if (!to_gert_vector(inputs, n_inputs, ins, "RunGraphWithStreamAsync")) {
       return kParamInvalid;
     }
+    /* All slots empty: pass an empty vector, GE's documented way to have every output
+     * allocated and described (shape, format, dtype) from the compiled graph. Otherwise one
+     * tensor per slot: caller memory is used as is, empty slots are allocated by GE. */
+    const bool all_empty = std::all_of(outputs, outputs + n_outputs,
+                                       [](const aa_tensor &t) { return t.addr == nullptr || t.size == 0; });
     std::vector<gert::Tensor> outs;
-    if (!to_gert_vector(outputs, n_outputs, outs, "RunGraphWithStreamAsync")) {
+    if (!all_empty && !to_gert_vector(outputs, n_outputs, outs, "RunGraphWithStreamAsync")) {
       return kParamInvalid;
     }
     const ge::Status status = session->ge->RunGraphWithStreamAsync(graph_id, stream, ins, outs);
@@ -610,13 +622,16 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
       return status;
     }
     if (outs.size() != n_outputs) {
-      /* GE allocated outputs the caller has no slot for; they go back with the vector. */
-      return fail(kFailed, "RunGraphWithStreamAsync: graph " + std::to_string(graph_id) + " produced " +
-                               std::to_string(outs.size()) + " outputs for " + std::to_string(n_outputs) +
-                               " slots");
+      /* GE allocated outputs the caller has no slot for. The run is already enqueued and
+       * will write them: wait for the stream before they go back with the vector. */
+      const int rc = aclrtSynchronizeStream(stream);
+      return fail(kFailed, "RunGraphWithStreamAsync: graph " + std::to_string(graph_id) + " has " +
+                               std::to_string(outs.size()) + " outputs, " + std::to_string(n_outputs) +
+                               " output slots were passed (the run was submitted; its stream was "
+                               "synchronized, aclError " + std::to_string(rc) + ", and the outputs freed)");
     }
     std::vector<aa_tensor> converted(outputs, outputs + n_outputs);
-    if (!from_gert_vector(outs, converted.data(), false, "RunGraphWithStreamAsync")) {
+    if (!from_gert_vector(outs, converted.data(), false, "RunGraphWithStreamAsync", stream)) {
       return kFailed;
     }
     std::copy(converted.begin(), converted.end(), outputs);

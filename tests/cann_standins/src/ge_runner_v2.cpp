@@ -18,8 +18,9 @@
 #include <utility>
 #include <vector>
 
+#include "standin.h" /* first: renames the sim's session functions before any sim header */
 #include "ge/ge_api_v2.h"
-#include "standin.h"
+#include "sim/program.h" /* sim_program_n_outputs */
 
 namespace {
 
@@ -200,6 +201,8 @@ class GeSession::Impl {
  public:
   aa_session *sim = nullptr;
   uint64_t id = 0;
+  std::mutex mu;
+  std::map<uint32_t, size_t> n_outputs; /* per added graph: its net-output count */
 };
 
 GeSession::GeSession(const std::map<AscendString, AscendString> &options) : impl_(std::make_shared<Impl>()) {
@@ -229,11 +232,24 @@ Status GeSession::AddGraph(uint32_t graph_id, const Graph &graph, const std::map
     return FAILED;
   }
   const OptionArray opts(options);
-  return aa_sim_session_add_program(impl_->sim, graph_id, program, opts.data(), opts.size());
+  const Status status = aa_sim_session_add_program(impl_->sim, graph_id, program, opts.data(), opts.size());
+  if (status == SUCCESS) {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->n_outputs.emplace(graph_id, sim_program_n_outputs(program)); /* first add wins, as in GE */
+  }
+  return status;
 }
 
 Status GeSession::RemoveGraph(uint32_t graph_id) {
-  return impl_->sim == nullptr ? FAILED : standin_sim_aa_session_remove_graph(impl_->sim, graph_id);
+  if (impl_->sim == nullptr) {
+    return FAILED;
+  }
+  const Status status = standin_sim_aa_session_remove_graph(impl_->sim, graph_id);
+  if (status == SUCCESS) {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->n_outputs.erase(graph_id);
+  }
+  return status;
 }
 
 Status GeSession::CompileGraph(uint32_t graph_id) {
@@ -274,6 +290,14 @@ Status GeSession::RunGraphWithStreamAsync(uint32_t graph_id, void *stream, const
                                           std::vector<gert::Tensor> &outputs) {
   if (impl_->sim == nullptr) {
     return FAILED;
+  }
+  if (outputs.empty()) {
+    /* GE creates one tensor per net output and allocates them all. */
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    const auto it = impl_->n_outputs.find(graph_id);
+    if (it != impl_->n_outputs.end()) {
+      outputs.resize(it->second);
+    }
   }
   const std::vector<aa_tensor> ins = to_c(inputs);
   std::vector<aa_tensor> outs = to_c(outputs);
