@@ -1,5 +1,5 @@
 /* Neural-network kernels on NCHW tensors: Conv (2-D; pads, strides, dilations, groups,
- * auto_pad; im2col + the blocked GEMM), MaxPool and AveragePool (2-D; pads, strides,
+ * auto_pad; im2col + the blocked GEMM), MaxPool (with its Indices output) and AveragePool (2-D; pads, strides,
  * dilations, ceil_mode, count_include_pad, auto_pad), GlobalAveragePool (any spatial rank) and
  * BatchNormalization (inference mode). fp16 tensors are widened by the program.
  */
@@ -92,7 +92,12 @@ static int win_check(sim_check *c, int is_conv) {
 }
 
 static int conv_check(sim_check *c) { return win_check(c, 1); }
-static int pool_check(sim_check *c) { return win_check(c, 0); }
+static int pool_check(sim_check *c) {
+    if (c->node->n_out > 1 && strcmp(c->node->op_type, "MaxPool") != 0) return sim_check_fail(c, "one output expected");
+    if (win_check(c, 0)) return -1;
+    c->out_dtype[1] = AA_DT_INT64; /* MaxPool Indices */
+    return 0;
+}
 
 /* Output extent and begin padding of one spatial dim. */
 static int win_dim(const win_params *w, int d, int64_t in, int64_t k, int64_t *out, int64_t *pad_begin, char *err, size_t len) {
@@ -206,6 +211,10 @@ static int pool_shape(const sim_node *n, sim_tensor *const *in, sim_tensor *cons
     out[0]->dims[1] = in[0]->dims[1];
     out[0]->dims[2] = oh;
     out[0]->dims[3] = ow;
+    if (n->n_out > 1) {
+        out[1]->ndim = 4;
+        memcpy(out[1]->dims, out[0]->dims, sizeof(int64_t) * 4);
+    }
     return 0;
 }
 
@@ -227,12 +236,15 @@ static int pool_exec(const sim_node *n, sim_tensor *const *in, sim_tensor *const
     }
     const float *X = x->data;
     float *Y = out[0]->data;
+    int64_t *I = n->n_out > 1 ? out[1]->data : NULL; /* MaxPool Indices, flat over N*C*H*W */
+    int col_major = sim_attr_int(n, "storage_order", 0) == 1;
     for (int64_t c = 0; c < NC; c++) {
         const float *xc = X + c * H * W;
         float *yc = Y + c * OH * OW;
         for (int64_t oy = 0; oy < OH; oy++)
             for (int64_t ox = 0; ox < OW; ox++) {
                 float mx = -INFINITY;
+                int64_t arg = -1;
                 double sum = 0;
                 int64_t cnt = 0, cnt_pad = 0;
                 for (int64_t i = 0; i < KH; i++) {
@@ -243,12 +255,18 @@ static int pool_exec(const sim_node *n, sim_tensor *const *in, sim_tensor *const
                         if (py >= 0 && py < peh && px >= 0 && px < pew) cnt_pad++;
                         if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
                         float v = xc[iy * W + ix];
-                        if (v > mx || isnan(v)) mx = v;
+                        if (arg < 0 || v > mx || (isnan(v) && !isnan(mx))) { /* first max; NaN wins */
+                            mx = v;
+                            arg = col_major ? ix * H + iy : iy * W + ix;
+                        }
                         sum += v;
                         cnt++;
                     }
                 }
-                if (is_max) yc[oy * OW + ox] = mx;
+                if (is_max) {
+                    yc[oy * OW + ox] = mx;
+                    if (I) I[c * OH * OW + oy * OW + ox] = c * H * W + (arg < 0 ? 0 : arg);
+                }
                 else {
                     int64_t div = w->count_include_pad ? cnt_pad : cnt;
                     yc[oy * OW + ox] = div ? (float)(sum / (double)div) : NAN;
@@ -367,7 +385,7 @@ static int gap_check(sim_check *c) { return float_inputs(c); }
 
 const sim_op sim_ops_nn[] = {
     {"Conv", 2, 3, 1, 1, conv_attrs, conv_check, conv_shape, conv_exec, SIM_F16_VIA_F32, 0},
-    {"MaxPool", 1, 1, 1, 1, maxpool_attrs, pool_check, pool_shape, pool_exec, SIM_F16_VIA_F32, 0},
+    {"MaxPool", 1, 1, 1, 2, maxpool_attrs, pool_check, pool_shape, pool_exec, SIM_F16_VIA_F32, 0},
     {"AveragePool", 1, 1, 1, 1, avgpool_attrs, pool_check, pool_shape, pool_exec, SIM_F16_VIA_F32, 0},
     {"GlobalAveragePool", 1, 1, 1, 1, no_attrs, gap_check, gap_shape, gap_exec, SIM_F16_VIA_F32, 0},
     {"BatchNormalization", 5, 5, 1, 3, bn_attrs, bn_check, bn_shape, bn_exec, SIM_F16_VIA_F32, 0},
