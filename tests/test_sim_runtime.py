@@ -642,3 +642,37 @@ def test_event_recorded_before_fault_completes(res: Res) -> None:
     assert query(e_ok) == COMPLETE
     assert lib.aclrtSynchronizeStream(s) == 507015
     assert query(e_bad) == NOT_READY
+
+
+def test_record_captures_only_work_submitted_before_it(res: Res) -> None:
+    s = res.stream()
+    e = res.event()
+    buf = res.malloc(32)
+    ok(lib.aclrtMemsetAsync(buf, 32, 1, 32, s))
+    ok(lib.aclrtRecordEvent(e, s))
+    ok(lib.aclrtSynchronizeEvent(e))
+    ok(lib.aa_sim_stream_hold(s))
+    ok(lib.aclrtMemsetAsync(buf, 32, 2, 32, s))  # after the record: not captured
+    assert query(e) == COMPLETE
+    ok(lib.aclrtSynchronizeEvent(e))
+    ok(lib.aclrtRecordEvent(e, s))  # re-recording captures the new work
+    assert query(e) == NOT_READY
+    ok(lib.aa_sim_stream_release(s))
+    ok(lib.aclrtSynchronizeEvent(e))
+    assert query(e) == COMPLETE
+
+
+def test_synchronize_device_waits_for_all_streams_and_reports_faults(res: Res) -> None:
+    a, b = res.stream(), res.stream()
+    ea, eb = res.event(), res.event()
+    buf = res.malloc(32)
+    ok(lib.aa_sim_inject_delay(a, 1, 20_000))
+    ok(lib.aclrtMemsetAsync(buf, 32, 1, 32, a))
+    ok(lib.aclrtRecordEvent(ea, a))
+    ok(lib.aclrtMemsetAsync(buf, 32, 1, 32, b))
+    ok(lib.aclrtRecordEvent(eb, b))
+    ok(lib.aclrtSynchronizeDevice())
+    assert (query(ea), query(eb)) == (COMPLETE, COMPLETE)
+    ok(lib.aa_sim_inject_fault(b, 1, 507015))
+    ok(lib.aclrtMemsetAsync(buf, 32, 1, 32, b))
+    assert lib.aclrtSynchronizeDevice() == 507015

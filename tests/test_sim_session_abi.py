@@ -586,3 +586,46 @@ def test_floor_run_reports_failures(env: Env, programs: dict[str, Any]) -> None:
     sp = ffi.new("aclrtStream*")
     assert lib.aclrtCreateStream(sp) == 0
     env.stream = sp[0]
+
+
+# --------------------------------------------------------------------------------------------
+# When the mode is recorded (§2.11)
+
+
+def const_add_program() -> Any:
+    """y = x + c with a float32[N] initializer c (placed in device memory at load)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [N])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [N])
+    c = helper.make_tensor("c", TensorProto.FLOAT, [N], np.ones(N, np.float32).tolist())
+    g = helper.make_graph([helper.make_node("Add", ["x", "c"], ["y"])], "cadd", [x], [y], [c])
+    return lower_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), ffi, lib)
+
+
+def test_mode_recorded_even_when_the_run_fails(env: Env, programs: dict[str, Any]) -> None:
+    gid = env.add(programs["add"])
+    out = ffi.new("aa_tensor[2]")
+    # Two slots for a one-output graph: the run fails after the (auto-)load ...
+    st = lib.aa_session_run_graph_with_stream_async(env.session, gid, env.stream, env.dev_inputs(), 1, out, 2)
+    assert st == FAILED
+    # ... and the mode is recorded anyway.
+    st, _, _ = env.run_sync(gid)
+    assert st == UNSUPPORTED
+
+
+def test_failed_auto_load_records_no_mode(env: Env) -> None:
+    gid = env.add(const_add_program())
+    free_, total = ffi.new("size_t*"), ffi.new("size_t*")
+    assert lib.aclrtGetMemInfo(1, free_, total) == 0
+    out = ffi.new("aa_tensor[1]")
+    out[0].addr = env.malloc(64)
+    out[0].size = 64
+    try:
+        assert lib.aa_sim_set_memory_capacity(0, int(total[0]) - int(free_[0])) == 0
+        assert env.run_stream(gid, out) == FAILED  # the constants do not fit: load fails
+        assert "constants" in ge_msg()
+    finally:
+        assert lib.aa_sim_set_memory_capacity(0, int(total[0])) == 0
+    st, hout, n = env.run_sync(gid)  # no mode was recorded: RunGraph is allowed
+    ok(st)
+    np.testing.assert_array_equal(env.read(hout[0].addr, 1), env.x + 1)
+    release_all(hout, n)
