@@ -302,3 +302,66 @@ def test_float16_conversions_match_numpy() -> None:
     nan = np.isnan(want)
     assert np.array_equal(np.isnan(got), nan)
     np.testing.assert_array_equal(got[~nan].view(np.uint16), want[~nan].view(np.uint16))
+
+
+def _rand_slice_case(rng: np.random.Generator) -> tuple[onnx.ModelProto, np.ndarray]:
+    rank = int(rng.integers(1, 5))
+    shape = [int(d) for d in rng.integers(1, 6, rank)]
+    k = int(rng.integers(1, rank + 1))
+    axes = rng.permutation(rank)[:k] - (rank if rng.random() < 0.5 else 0)
+    starts = rng.integers(-8, 8, k)
+    ends = rng.integers(-8, 8, k)
+    steps = rng.choice([-3, -2, -1, 1, 2, 3], k)
+    inits = [
+        onnx.numpy_helper.from_array(np.asarray(v, np.int64), n)
+        for v, n in ((starts, "s"), (ends, "e"), (axes, "a"), (steps, "t"))
+    ]
+    model = _model(
+        [helper.make_node("Slice", ["x", "s", "e", "a", "t"], ["y"])],
+        [_vi("x", TensorProto.FLOAT, shape)],
+        [_vi("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return model, rng.standard_normal(shape).astype(np.float32)
+
+
+def _rand_reduce_case(rng: np.random.Generator) -> tuple[onnx.ModelProto, np.ndarray]:
+    rank = int(rng.integers(1, 5))
+    shape = [int(d) for d in rng.integers(1, 5, rank)]
+    op = str(rng.choice(["ReduceMean", "ReduceSum", "ReduceMax"]))
+    axes = np.sort(rng.permutation(rank)[: int(rng.integers(0, rank + 1))]).astype(np.int64)
+    keep = int(rng.integers(0, 2))
+    model = _model(
+        [helper.make_node(op, ["x", "a"], ["y"], keepdims=keep)],
+        [_vi("x", TensorProto.FLOAT, shape)],
+        [_vi("y", TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(axes, "a")],
+        opset=18,
+    )
+    return model, rng.standard_normal(shape).astype(np.float32)
+
+
+def _rand_broadcast_case(rng: np.random.Generator) -> tuple[onnx.ModelProto, np.ndarray]:
+    rank = int(rng.integers(1, 5))
+    shape = [int(d) for d in rng.integers(1, 5, rank)]
+    other = [d if rng.random() < 0.6 else 1 for d in shape][int(rng.integers(0, rank)) :]
+    op = str(rng.choice(["Add", "Sub", "Mul", "Div"]))
+    const = onnx.numpy_helper.from_array((rng.random(other) + 0.5).astype(np.float32), "c")
+    transposed = list(rng.permutation(rank))
+    nodes = [
+        helper.make_node(op, ["c", "x"] if rng.random() < 0.5 else ["x", "c"], ["t"]),
+        helper.make_node("Transpose", ["t"], ["y"], perm=transposed),
+    ]
+    model = _model(nodes, [_vi("x", TensorProto.FLOAT, shape)], [_vi("y", TensorProto.FLOAT, None)], [const])
+    return model, rng.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("make", [_rand_slice_case, _rand_reduce_case, _rand_broadcast_case])
+def test_random_cases_match_reference(make: object) -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        model, x = make(rng)  # type: ignore[operator]
+        (want,) = ReferenceEvaluator(model).run(None, {"x": x})
+        (got,) = _simrun.run_model(model, [x])
+        assert got.shape == want.shape, onnx.helper.printable_graph(model.graph)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
