@@ -730,6 +730,49 @@ def test_the_python_stack_runs_unchanged_over_the_shim(cann: Cann) -> None:
     assert proc.returncode == 0 and "FULL STACK OK" in proc.stdout, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
+def test_setup_py_builds_the_cann_module(cann: Cann, tmp_path: Path) -> None:
+    """The install path itself: setup.py -> build.py -> make_cann_ffi (paths relative to the
+    project root) with ASCEND_HOME_PATH set builds _cann next to _sim, and the result runs the
+    public stack. Built into tmp_path; the source tree is not touched."""
+    env = {**os.environ, "ASCEND_HOME_PATH": str(cann.root)}
+    env.pop("ASCEND_TOOLKIT_HOME", None)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "setup.py",
+            "-q",
+            "build_ext",
+            "--build-lib",
+            str(tmp_path / "lib"),
+            "--build-temp",
+            str(tmp_path / "tmp"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    built = sorted((tmp_path / "lib" / "ascend_async" / "_native").glob("_cann*.so"))
+    assert len(built) == 1, build.stdout + build.stderr
+    run = subprocess.run(
+        [sys.executable, "-c", FULL_STACK, str(cann.root), str(STANDINS)],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "ASCEND_ASYNC_BACKEND": "cann",
+            "ASCEND_ASYNC_CANN_MODULE": str(built[0]),
+        },
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0 and "FULL STACK OK" in run.stdout, run.stdout + run.stderr
+
+
 # ---- mode exclusivity, unknown graphs, errors ----
 
 
