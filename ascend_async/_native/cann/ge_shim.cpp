@@ -65,17 +65,25 @@ constexpr aa_status kParamInvalid = static_cast<aa_status>(AA_GE_PARAM_INVALID);
 
 thread_local std::string t_error;
 
-void note_error(const std::string &message) noexcept {
+/* Appends "ascend_async ge_shim: <what>[: <detail>]". Never throws (usable in catch blocks and
+ * noexcept paths); out of memory drops the text, the status still tells. */
+void note_error(const char *what, const char *detail = nullptr) noexcept {
   try {
     if (!t_error.empty() && t_error.back() != '\n') {
       t_error += '\n';
     }
     t_error += "ascend_async ge_shim: ";
-    t_error += message;
+    t_error += what;
+    if (detail != nullptr) {
+      t_error += ": ";
+      t_error += detail;
+    }
   } catch (...) {
-    /* out of memory while recording an error: drop the text, the status still says it */
   }
 }
+
+/* For messages built by the caller (inside guarded(), where building them may throw). */
+void note_error(const std::string &message) noexcept { note_error(message.c_str()); }
 
 /* Moves GE's pending error text (GEGetErrorMsgV3 returns and clears it) behind ours. */
 void pull_ge_error() {
@@ -95,11 +103,11 @@ aa_status guarded(const char *what, Fn &&fn) noexcept {
   try {
     return fn();
   } catch (const std::bad_alloc &) {
-    note_error(std::string(what) + ": out of host memory");
+    note_error(what, "out of host memory");
   } catch (const std::exception &e) {
-    note_error(std::string(what) + ": " + e.what());
+    note_error(what, e.what());
   } catch (...) {
-    note_error(std::string(what) + ": unknown C++ exception");
+    note_error(what, "unknown C++ exception");
   }
   return kFailed;
 }
