@@ -118,6 +118,7 @@ class Session:
         if streams < 1:
             raise ValueError("a session needs at least one stream")
         self._closed = False
+        self._torn_down = threading.Event()  # set once close() has freed everything
         self._handle: Any = None
         self._device: Device = acquire_device(device_id)
         try:
@@ -186,20 +187,26 @@ class Session:
     def close(self) -> None:
         """Wait for the runs in flight, then free the session's graphs and streams.
 
-        Idempotent. Later calls raise :class:`SessionClosedError`.
+        Idempotent: a call while another close is under way waits for it to finish. Later
+        calls of other methods raise :class:`SessionClosedError`.
         """
         with self._lock:
-            if self._closed:
-                return
+            first = not self._closed
             self._closed = True
-            while self._pending:
+            while first and self._pending:
                 self._idle.wait()
-        self._teardown()
+        if not first:
+            self._torn_down.wait()
+            return
+        try:
+            self._teardown()
+        finally:
+            self._torn_down.set()
 
     async def aclose(self) -> None:
         """:meth:`close` on a worker thread, so the event loop keeps serving the runs it waits
         for. Idempotent."""
-        if self._closed:
+        if self._torn_down.is_set():
             await anyio.lowlevel.checkpoint()
             return
         await anyio.to_thread.run_sync(self.close)
