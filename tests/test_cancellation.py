@@ -170,3 +170,36 @@ async def test_aclose_with_runs_in_flight() -> None:
             await s.aclose()
     assert s.is_closed
     assert sorted(float(r[0, 0]) for r in results) == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+async def test_concurrent_aclose_waits_for_the_first() -> None:
+    """A second aclose (or close) while the first is still waiting for runs returns only once
+    the session is really closed: its streams and GE session are gone."""
+    s = ascend_async.Session()
+    g = s.add_graph(add_model())
+    await s.load(g)
+    lane = s.streams[0]
+    seen: list[dict[str, int]] = []
+
+    async def second() -> None:
+        await s.aclose()
+        seen.append(sim_stats())
+
+    _sim.lib.aa_sim_stream_hold(lane.handle)
+    early: list[dict[str, int]] = []
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            try:
+                tg.start_soon(functools.partial(s.run, g, {"x": X, "y": X}, stream=0))
+                await _wait_for(lambda: s.statistics().in_flight == 1, "submitted")
+                tg.start_soon(s.aclose)
+                await _wait_for(lambda: s.is_closed, "closing")
+                tg.start_soon(second)
+                await anyio.wait_all_tasks_blocked()
+                early = list(seen)
+            finally:
+                # (inside the task group: the first aclose cannot finish while the stream is held)
+                _sim.lib.aa_sim_stream_release(lane.handle)
+    assert not early, "the second aclose returned while a run was still in flight"
+    assert len(seen) == 1
+    assert seen[0]["sessions"] == 0 and seen[0]["streams"] == 0
