@@ -203,3 +203,35 @@ async def test_concurrent_aclose_waits_for_the_first() -> None:
     assert not early, "the second aclose returned while a run was still in flight"
     assert len(seen) == 1
     assert seen[0]["sessions"] == 0 and seen[0]["streams"] == 0
+
+
+async def test_close_while_the_first_run_is_loading() -> None:
+    """The first run on a stream compiles/loads on a worker thread; closing the session
+    meanwhile makes that run fail with SessionClosedError, and nothing leaks."""
+    timing = _sim.ffi.new("aa_sim_timing*")
+    timing.load_us = 200_000
+    _sim.lib.aa_sim_set_timing(timing)
+    s = ascend_async.Session()
+    outcome: list[BaseException | dict[str, np.ndarray]] = []
+    try:
+        g = s.add_graph(add_model())
+
+        async def one() -> None:
+            try:
+                outcome.append(await s.run(g, {"x": X, "y": X}))
+            except ascend_async.AscendError as exc:
+                outcome.append(exc)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one)
+                await anyio.wait_all_tasks_blocked()  # the run waits for its LoadGraph
+                await s.aclose()
+    finally:
+        timing.load_us = 0
+        _sim.lib.aa_sim_set_timing(timing)
+        await s.aclose()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], ascend_async.SessionClosedError)
+    st = sim_stats()
+    assert st["sessions"] == 0 and st["graphs"] == 0 and st["streams"] == 0

@@ -96,7 +96,10 @@ async def test_runs_queued_behind_a_fault_fail_other_stream_unaffected(nth: int)
         assert s.streams[0] is not bad and s.streams[1] is good
         st = s.statistics()
         assert st.failed == 4 and st.completed == 4 and st.in_flight == 0
-        # the replacement stream works, and so does an automatic pick
+        # the retired stream is refused; the replacement works, and so does an automatic pick
+        with pytest.raises(ValueError):
+            await s.run(g, {"x": X, "y": X}, stream=bad)
+        s.streams[0].synchronize()
         np.testing.assert_array_equal(await _outcome(s, g, 5.0, 0), X + 5)
         np.testing.assert_array_equal((await s.run(g, {"x": X, "y": X}))["z"], 2 * X)
         st = s.statistics()
