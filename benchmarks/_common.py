@@ -1,0 +1,378 @@
+"""Shared pieces of the benchmark suite: the tiny graph, raw-ffi helpers (the naive loop poller
+and the C floor), hand-off baselines, the watcher's thread CPU and the results table.
+
+Everything here runs on the simulated device unless ASCEND_ASYNC_BACKEND says otherwise; the
+numbers are host-side costs of the library around a near-zero-cost graph.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import anyio.lowlevel
+
+import ascend_async as aa
+from ascend_async._watcher import Watcher, current_bridge
+from ascend_async.bench._runner import _loop_post, thread_cpu_s
+
+X = np.arange(4, dtype=np.float32).reshape(1, 4)
+LOOPS = ("asyncio", "uvloop", "trio")
+
+
+def tiny_model() -> onnx.ModelProto:
+    """y = relu(x), x: float32[1, 4]: the device work is next to nothing, so the library's
+    own costs dominate."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "tiny", [x], [y])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def run_on(loop: str, fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    if loop == "trio":
+        return anyio.run(fn, backend="trio")
+    if loop == "uvloop":
+        import uvloop
+
+        return anyio.run(fn, backend="asyncio", backend_options={"loop_factory": uvloop.new_event_loop})
+    return anyio.run(fn, backend="asyncio")
+
+
+def have_loop(loop: str) -> bool:
+    try:
+        __import__({"asyncio": "asyncio", "uvloop": "uvloop", "trio": "trio"}[loop])
+    except ImportError:
+        return False
+    return True
+
+
+@contextmanager
+def session(
+    strategy: str = "poll", streams: int = 2, max_in_flight: int = 1000, **tuning: int
+) -> Iterator[aa.Session]:
+    """A fresh session whose watcher uses ``strategy`` (the watcher starts with its first run;
+    it stops when the device's last session closes, so strategies never mix)."""
+    aa.configure_watcher(0, strategy, **tuning)
+    s = aa.Session(0, streams=streams, max_in_flight=max_in_flight)
+    try:
+        yield s
+    finally:
+        s.close()
+        aa.configure_watcher(0, "poll")
+
+
+def watcher_tid() -> int | None:
+    for t in threading.enumerate():
+        if t.name == "ascend-async-watcher-0":
+            return t.native_id
+    return None
+
+
+def wakeups() -> int:
+    """LoopBridge.wakeups of the running loop (internal counter)."""
+    return int(current_bridge(512).wakeups)
+
+
+# -- the hand-off baseline: a bare thread waking the loop -----------------------------------------
+
+
+class HandOff:
+    """A plain thread that, when asked, stamps time.monotonic_ns() and wakes the loop with its
+    thread-safe entry (call_soon_threadsafe / run_sync_soon). Nothing else."""
+
+    def __init__(self) -> None:
+        self.q: queue.SimpleQueue[tuple[Callable[..., object], anyio.Event, list[int]] | None] = (
+            queue.SimpleQueue()
+        )
+        self.t = threading.Thread(target=self._main, daemon=True, name="bench-handoff")
+        self.t.start()
+
+    def _main(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            post, ev, box = item
+            box.append(time.monotonic_ns())
+            post(ev.set)
+
+    async def once(self) -> tuple[int, int]:
+        """Returns (round trip ns from the loop, thread-post-to-resume ns)."""
+        ev = anyio.Event()
+        box: list[int] = []
+        t0 = time.perf_counter_ns()
+        self.q.put((_loop_post(), ev, box))
+        await ev.wait()
+        now = time.monotonic_ns()
+        return time.perf_counter_ns() - t0, now - box[0]
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.t.join()
+
+
+# -- device completion timestamps through an internal hook -----------------------------------------
+
+_jobs_var: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("bench_jobs", default=None)
+_stamps: dict[int, int] = {}
+_orig_add = Watcher.add
+
+
+def _hooked_add(self: Watcher, job: Any, stream: Any, event: Any) -> None:
+    box = _jobs_var.get()
+    if box is not None:
+        box.append(job)
+        finisher = job.finisher
+        lib, ffi = self._lib, self._ffi
+
+        def stamped(j: Any) -> None:
+            ts = ffi.new("uint64_t*")
+            if lib.aclrtEventGetTimestamp(event, ts) == 0:  # before the event goes back to the pool
+                _stamps[j.token] = int(ts[0])
+            finisher(j)
+
+        job.finisher = stamped
+    _orig_add(self, job, stream, event)
+
+
+@contextmanager
+def completion_stamps() -> Iterator[None]:
+    """Patch Watcher.add (benchmark only) so runs made under ``track()`` record the device's
+    completion timestamp of their event (aclrtEventGetTimestamp; CLOCK_MONOTONIC ns in the sim)."""
+    Watcher.add = _hooked_add  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Watcher.add = _orig_add  # type: ignore[method-assign]
+        _stamps.clear()
+
+
+async def tracked_run(s: aa.Session, g: aa.Graph) -> tuple[int, int] | None:
+    """One ``await s.run`` -> (resume - device completion ns, resume - watcher noticed ns)."""
+    box: list[Any] = []
+    token = _jobs_var.set(box)
+    try:
+        await s.run(g, {"x": X})
+    finally:
+        _jobs_var.reset(token)
+    now = time.monotonic_ns()
+    if not box:
+        return None
+    job = box[0]
+    ts = _stamps.pop(job.token, None)
+    if ts is None:
+        return None
+    return now - ts, now - int(job.noticed_ns)
+
+
+# -- raw pieces: naive loop polling and the C floor -----------------------------------------------
+
+
+class Raw:
+    """The tiny graph loaded on one stream of ``s``, driven with raw AscendCL/GE calls (reaches
+    into Session internals: benchmark-only)."""
+
+    def __init__(self, s: aa.Session, g: aa.Graph, lane: int = 0) -> None:
+        self.s = s
+        dev = s._device
+        self.dev = dev
+        self.ffi, self.lib = dev.backend.ffi, dev.backend.lib
+        state = s._state(g)
+        s._bind_mode(state, "stream")
+        self.stream = s._streams[lane]
+        self.gid = s._ensure_loaded(state, self.stream)
+        dev.ensure_current()
+        self.din = dev.alloc(dev.device_pool, X.nbytes, "bench input")
+        h = dev.alloc(dev.host_pool, X.nbytes, "bench staging")
+        self.ffi.memmove(h, X, X.nbytes)
+        self.lib.aclrtMemcpy(self.din, X.nbytes, h, X.nbytes, 1)
+        self.lib.aa_pool_free(dev.host_pool, h)
+        self.tin = self._tensor(self.din)
+        # The sim has 1023 hardware events per device: cap runs on the device like the
+        # library's own limiter does (more callers just wait here).
+        self.limit = anyio.Semaphore(512)
+
+    def _tensor(self, addr: Any) -> Any:
+        t = self.ffi.new("aa_tensor[]", 1)
+        t[0].addr = addr
+        t[0].size = X.nbytes
+        t[0].dtype = 0  # DT_FLOAT
+        t[0].format = 2
+        t[0].placement = 0
+        t[0].ndim = 2
+        t[0].dims[0], t[0].dims[1] = 1, 4
+        return t
+
+    async def naive_run(self) -> None:
+        """Submit the run and its event, then poll aclrtQueryEventStatus from the loop with
+        ``await sleep(0)`` between polls (no watcher thread)."""
+        async with self.limit:
+            await self._naive_run()
+
+    async def _naive_run(self) -> None:
+        dev, lib, ffi = self.dev, self.lib, self.ffi
+        dev.ensure_current()
+        dout = dev.alloc(dev.device_pool, X.nbytes, "bench output")
+        tout = self._tensor(dout)
+        rc = lib.aa_session_run_graph_with_stream_async(
+            self.s._handle, self.gid, self.stream.handle, self.tin, 1, tout, 1
+        )
+        if rc:
+            raise RuntimeError(f"RunGraphWithStreamAsync: {rc}")
+        ev = dev.take_event()
+        lib.aclrtRecordEvent(ev, self.stream.handle)
+        st = ffi.new("aclrtEventRecordedStatus*")
+        while True:
+            lib.aclrtQueryEventStatus(ev, st)
+            if st[0] == lib.ACL_EVENT_RECORDED_STATUS_COMPLETE:
+                break
+            await anyio.lowlevel.checkpoint()
+        dev.give_event(ev)
+        lib.aa_pool_free(dev.device_pool, dout)
+
+    def floor(self, n: int, window: int) -> float | None:
+        """The C floor (aa_floor_run): runs/s with ``window`` in flight, no Python in the loop."""
+        if not hasattr(self.lib, "aa_floor_run"):
+            return None
+        self.dev.ensure_current()
+        dout = self.dev.alloc(self.dev.device_pool, X.nbytes, "bench output")
+        tout = self._tensor(dout)
+        el = self.ffi.new("uint64_t*")
+        rc = self.lib.aa_floor_run(
+            self.s._handle, self.gid, self.stream.handle, self.tin, 1, tout, 1, n, window, el
+        )
+        self.lib.aa_pool_free(self.dev.device_pool, dout)
+        if rc:
+            raise RuntimeError(f"aa_floor_run: {rc}")
+        return n / (int(el[0]) / 1e9)
+
+    def close(self) -> None:
+        self.lib.aclrtSynchronizeStream(self.stream.handle)
+        self.lib.aa_pool_free(self.dev.device_pool, self.din)
+
+
+# -- closed loops ---------------------------------------------------------------------------------
+
+
+async def closed_loop(
+    submit: Callable[[], Coroutine[Any, Any, Any]], conc: int, duration: float, warmup: int = 20
+) -> dict[str, float]:
+    """``conc`` tasks each awaiting ``submit`` back to back for ``duration`` s (after warm-up).
+    Returns runs/s, process CPU s, watcher CPU s, loop wake-ups, lag p99/max (ms)."""
+    done = [0]
+    stop = [False]
+    measuring = [False]
+    lag: list[int] = []
+    marks: dict[str, float] = {}
+
+    async def worker() -> None:
+        while not stop[0]:
+            await submit()
+            done[0] += 1
+
+    async def lag_task() -> None:
+        while not stop[0]:
+            t = time.perf_counter_ns()
+            await anyio.sleep(0.001)
+            if measuring[0]:
+                lag.append(max(0, time.perf_counter_ns() - t - 1_000_000))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(conc):
+            tg.start_soon(worker)
+        tg.start_soon(lag_task)
+        while done[0] < warmup and done[0] < conc * 2:  # noqa: ASYNC110 - polling a counter
+            await anyio.sleep(0.005)
+        tid = watcher_tid()
+        marks["w0"] = thread_cpu_s(tid) or 0.0
+        marks["c0"] = time.process_time()
+        try:
+            marks["k0"] = wakeups()
+        except Exception:
+            marks["k0"] = 0
+        n0, t0 = done[0], time.perf_counter()
+        measuring[0] = True
+        await anyio.sleep(duration)
+        n1, t1 = done[0], time.perf_counter()
+        measuring[0] = False
+        c1 = time.process_time()
+        w1 = thread_cpu_s(tid) or 0.0
+        try:
+            k1 = wakeups()
+        except Exception:
+            k1 = 0
+        stop[0] = True
+    runs = n1 - n0
+    lag_ms = np.asarray(lag, dtype=np.float64) / 1e6 if lag else np.zeros(1)
+    return {
+        "runs": runs,
+        "rate": runs / (t1 - t0),
+        "cpu_s": c1 - marks["c0"],
+        "watcher_s": w1 - marks["w0"],
+        "wakeups": k1 - marks["k0"],
+        "lag_p99": float(np.percentile(lag_ms, 99)),
+        "lag_max": float(lag_ms.max()),
+    }
+
+
+# -- the table ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    section: str
+    metric: str
+    value: str
+    target: str = ""
+    verdict: str = ""  # "met", "MISSED", "" (no target)
+
+
+def verdict(ok: bool | None) -> str:
+    return "" if ok is None else ("met" if ok else "MISSED")
+
+
+def print_rows(rows: list[Row], file: Any = None) -> str:
+    cols = ("section", "metric", "measured", "[target]", "")
+    data = [(r.section, r.metric, r.value, f"[{r.target}]" if r.target else "", r.verdict) for r in rows]
+    widths = (
+        [max(len(c), *(len(d[i]) for d in data)) for i, c in enumerate(cols)]
+        if data
+        else [len(c) for c in cols]
+    )
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(d, widths, strict=True)) for d in data]
+    text = "\n".join(lines)
+    print(text, file=file or sys.stdout, flush=True)
+    return text
+
+
+def environment_line() -> str:
+    info = aa.backend_info()
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return (
+        f"backend {info['backend']} ({info['reason']}); {cpu} x{os.cpu_count()}; "
+        f"python {sys.version.split()[0]}; numpy {np.__version__}; ascend_async {aa.__version__}"
+    )
