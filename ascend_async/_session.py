@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -141,6 +142,7 @@ class Session:
             self._next_id = 1
             self._graphs: dict[int, _GraphState] = {}
             self._pending = 0
+            self._busy = 0  # threads inside a _working() section
             self._completed = 0
             self._failed = 0
             self._cancelled = 0
@@ -193,7 +195,7 @@ class Session:
         with self._lock:
             first = not self._closed
             self._closed = True
-            while first and self._pending:
+            while first and (self._pending or self._busy):
                 self._idle.wait()
         if not first:
             self._torn_down.wait()
@@ -233,6 +235,21 @@ class Session:
         if self._closed:
             raise SessionClosedError("the session is closed")
 
+    @contextmanager
+    def _working(self) -> Iterator[None]:
+        """A section that uses the GE session/device: raises SessionClosedError if closed, and
+        close() waits for it to end before tearing anything down."""
+        with self._lock:
+            self._check_open()
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.notify_all()
+
     def _device_for_tensors(self) -> Device:
         self._check_open()
         return self._device
@@ -253,7 +270,8 @@ class Session:
             if id(graph) in self._graphs:
                 return graph
         state = _GraphState(graph)
-        self._add_replica(state, self._streams[0])
+        with self._working():
+            self._add_replica(state, self._streams[0])
         with self._lock:
             self._graphs[id(graph)] = state
         return graph
@@ -269,9 +287,10 @@ class Session:
             state = self._graphs.pop(id(graph), None)
         if state is None:
             raise GraphError(f"{graph.name}: not added to this session")
-        self._device.ensure_current()
-        for gid in state.ids.values():
-            self._device.backend.check_ge(self._lib.aa_session_remove_graph(self._handle, gid), "RemoveGraph")
+        with self._working():
+            self._device.ensure_current()
+            for gid in state.ids.values():
+                self._device.backend.check_ge(self._lib.aa_session_remove_graph(self._handle, gid), "RemoveGraph")
 
     async def load(self, graph: Graph) -> None:
         """Compile and load the graph on every stream now (on a worker thread), so the first
@@ -307,7 +326,7 @@ class Session:
 
     def _ensure_loaded(self, state: _GraphState, stream: Stream) -> int:
         """On a worker thread: the graph's replica on ``stream``, compiled and loaded."""
-        with state.lock:
+        with self._working(), state.lock:
             gid = state.ids.get(stream)
             if gid is None:
                 gid = self._add_replica(state, stream)
@@ -402,7 +421,10 @@ class Session:
 
     def _submit(self, state: _GraphState, lane: Stream, values: list[Any], to_device: bool, bridge: Any) -> Job:
         """Enqueue copies, the run and its event on ``lane`` (no waiting); hand it to the watcher."""
-        self._check_open()
+        with self._working():
+            return self._submit_now(state, lane, values, to_device, bridge)
+
+    def _submit_now(self, state: _GraphState, lane: Stream, values: list[Any], to_device: bool, bridge: Any) -> Job:
         dev = self._device
         b = dev.backend
         ffi, lib = self._ffi, self._lib
@@ -639,6 +661,10 @@ class Session:
         state = self._state(graph)
         values = graph.bind(inputs)
         self._bind_mode(state, "sync")
+        with self._working():
+            return self._run_sync(state, graph, values)
+
+    def _run_sync(self, state: _GraphState, graph: Graph, values: list[Any]) -> dict[str, np.ndarray]:
         gid = self._primary_id(state)
         ffi, lib = self._ffi, self._lib
         n_out = len(graph.outputs)
@@ -672,6 +698,16 @@ class Session:
         state = self._state(graph)
         values = graph.bind(inputs)
         self._bind_mode(state, "callback")
+        with self._working():
+            self._run_with_callback(state, graph, values, callback)
+
+    def _run_with_callback(
+        self,
+        state: _GraphState,
+        graph: Graph,
+        values: list[Any],
+        callback: Callable[[dict[str, np.ndarray] | None, BaseException | None], object],
+    ) -> None:
         gid = self._primary_id(state)
         dev = self._device
         ffi, lib = self._ffi, self._lib
