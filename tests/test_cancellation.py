@@ -235,3 +235,53 @@ async def test_close_while_the_first_run_is_loading() -> None:
     assert isinstance(outcome[0], ascend_async.SessionClosedError)
     st = sim_stats()
     assert st["sessions"] == 0 and st["graphs"] == 0 and st["streams"] == 0
+
+
+async def test_cancel_while_waiting_for_an_in_flight_slot() -> None:
+    """With max_in_flight reached, a run waits for a slot before submitting; cancelling it
+    there submits nothing and counts nothing as cancelled."""
+    async with ascend_async.Session(max_in_flight=1) as s:
+        g = s.add_graph(add_model())
+        await s.load(g)
+        lane = s.streams[0]
+        _sim.lib.aa_sim_stream_hold(lane.handle)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(s.run, g, {"x": X, "y": X}, stream=0))
+                await _wait_for(lambda: s.statistics().in_flight == 1, "first submitted")
+                submitted = sim_stats()["tasks_submitted"]
+                with anyio.CancelScope() as scope:
+                    tg.start_soon(_cancel_after_blocked, scope)
+                    await s.run(g, {"x": X, "y": X}, stream=0)
+                assert scope.cancelled_caught
+                assert sim_stats()["tasks_submitted"] == submitted
+                assert s.statistics().in_flight == 1
+                _sim.lib.aa_sim_stream_release(lane.handle)
+        finally:
+            _sim.lib.aa_sim_stream_release(lane.handle)
+        st = s.statistics()
+        assert st.completed == 1 and st.cancelled == 0 and st.in_flight == 0
+
+
+async def _cancel_after_blocked(scope: anyio.CancelScope) -> None:
+    await anyio.wait_all_tasks_blocked()
+    scope.cancel()
+
+
+async def test_cancelled_device_outputs_are_released() -> None:
+    async with ascend_async.Session() as s:
+        g = s.add_graph(add_model())
+        await s.load(g)
+        lane = s.streams[0]
+        _sim.lib.aa_sim_stream_hold(lane.handle)
+        try:
+            with anyio.move_on_after(0.02) as scope:
+                await s.run(g, {"x": X, "y": X}, stream=0, outputs="device")
+            assert scope.cancelled_caught
+        finally:
+            _sim.lib.aa_sim_stream_release(lane.handle)
+        out = await s.run(g, {"x": X, "y": X}, stream=0)
+        np.testing.assert_array_equal(out["z"], 2 * X)
+        assert sim_stats()["ge_outputs"] == 0
+        st = s.statistics()
+        assert st.cancelled == 1 and st.device_pool["live_blocks"] == 0
