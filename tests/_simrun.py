@@ -47,9 +47,7 @@ def _check(status: int, api: str) -> None:
     if status != 0:
         buf = ffi.new("char[]", 1024)
         lib.aa_ge_get_error_msg(buf, 1024)
-        raise RunError(
-            f"{api} failed with status {status}: {ffi.string(buf).decode(errors='replace')}"
-        )
+        raise RunError(f"{api} failed with status {status}: {ffi.string(buf).decode(errors='replace')}")
 
 
 def _init() -> None:
@@ -70,9 +68,7 @@ def lower(model: onnx.ModelProto) -> Any:
     return lower_model(model, ffi, lib)
 
 
-def run_program_sync(
-    program: Any, inputs: list[np.ndarray], max_outputs: int = 16
-) -> list[np.ndarray]:
+def run_program_sync(program: Any, inputs: list[np.ndarray], max_outputs: int = 16) -> list[np.ndarray]:
     """Runs ``program`` once in a fresh session (AddGraph, RunGraph, RemoveGraph)."""
     _init()
     out_session = ffi.new("aa_session **")
@@ -80,17 +76,13 @@ def run_program_sync(
     session = out_session[0]
     graph_id = next(_graph_ids)
     try:
-        _check(
-            lib.aa_sim_session_add_program(session, graph_id, program, ffi.NULL, 0), "add_program"
-        )
+        _check(lib.aa_sim_session_add_program(session, graph_id, program, ffi.NULL, 0), "add_program")
         return _run(session, graph_id, inputs, max_outputs)
     finally:
         _check(lib.aa_session_destroy(session), "aa_session_destroy")
 
 
-def _run(
-    session: Any, graph_id: int, inputs: list[np.ndarray], max_outputs: int
-) -> list[np.ndarray]:
+def _run(session: Any, graph_id: int, inputs: list[np.ndarray], max_outputs: int) -> list[np.ndarray]:
     try:
         arrays = [np.ascontiguousarray(a) if np.ndim(a) else np.array(a) for a in inputs]
         tin = ffi.new("aa_tensor[]", max(1, len(arrays)))
