@@ -257,6 +257,12 @@ async def test_closed_session() -> None:
     with pytest.raises(ascend_async.SessionClosedError):
         s.statistics()
     with pytest.raises(ascend_async.SessionClosedError):
+        await s.load(g)
+    with pytest.raises(ascend_async.SessionClosedError):
+        s.remove_graph(g)
+    with pytest.raises(ascend_async.SessionClosedError):
+        s.run_with_callback(g, {"x": x, "y": x}, lambda out, err: None)
+    with pytest.raises(ascend_async.SessionClosedError):
         s.run_sync(g, {"x": x, "y": x})
     with pytest.raises(ascend_async.SessionClosedError):
         ascend_async.DeviceTensor.from_numpy(s, x)
