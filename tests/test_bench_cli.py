@@ -141,3 +141,41 @@ def test_doctor(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "backend: sim" in out and "CANN module built" in out and "devices visible" in out
+
+
+def test_bench_device_fault_keeps_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ascend_async as aa
+
+    real = aa.Session.run
+    calls = [0]
+
+    async def flaky(self: aa.Session, *args: object, **kw: object) -> object:
+        calls[0] += 1
+        if calls[0] > 40:
+            raise aa.DeviceError(507011, "RunGraphWithStreamAsync", "injected fault")
+        return await real(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(aa.Session, "run", flaky)
+    j = tmp_path / "r.json"
+    rc = main(
+        [
+            "bench",
+            "--demo",
+            "--quiet",
+            "--count",
+            "20",
+            "--warmup",
+            "2",
+            "--concurrency",
+            "1,2",
+            "--json",
+            str(j),
+        ]
+    )
+    assert rc != 0
+    assert "injected fault" in capsys.readouterr().err
+    doc = json.loads(j.read_text())
+    assert doc["results"][0]["runs"] >= 20 and doc["results"][0]["error"] is None
+    assert "injected fault" in doc["results"][1]["error"] and "injected fault" in doc["error"]
