@@ -179,3 +179,10 @@ def test_bench_device_fault_keeps_results(
     doc = json.loads(j.read_text())
     assert doc["results"][0]["runs"] >= 20 and doc["results"][0]["error"] is None
     assert "injected fault" in doc["results"][1]["error"] and "injected fault" in doc["error"]
+
+
+def test_bench_default_sweep_sync(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--demo", "--quiet", "--count", "10", "--warmup", "1", "--mode", "sync"]) == 0
+    assert main(["bench", "--demo", "--quiet", "--count", "10", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "c=64" in out

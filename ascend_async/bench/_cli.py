@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--concurrency",
         type=_int_list,
-        default=[1, 4, 16, 64],
+        default=None,
         help="closed loop: runs kept in flight, a list to sweep (default 1,4,16,64)",
     )
     load.add_argument(
@@ -171,6 +171,9 @@ def _bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.count and args.duration:
         print("error: --duration and --count exclude each other", file=sys.stderr)
         return 2
+    explicit_conc = args.concurrency is not None
+    if args.concurrency is None:
+        args.concurrency = [1, 4, 16, 64]
     try:
         shapes = parse_shapes(args.shape)
     except BenchError as exc:
@@ -197,7 +200,7 @@ def _bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
-    if args.mode == "sync" and args.concurrency != [1] and args.rate is None:
+    if args.mode == "sync" and explicit_conc and args.concurrency != [1] and args.rate is None:
         print("note: --mode sync runs one at a time; the concurrency sweep is ignored", file=sys.stderr)
     env = environment(argv)
     for line in header_lines(env, args.device):
