@@ -676,3 +676,30 @@ def test_synchronize_device_waits_for_all_streams_and_reports_faults(res: Res) -
     ok(lib.aa_sim_inject_fault(b, 1, 507015))
     ok(lib.aclrtMemsetAsync(buf, 32, 1, 32, b))
     assert lib.aclrtSynchronizeDevice() == 507015
+
+
+def test_unsubscribe_drops_queued_callbacks(res: Res) -> None:
+    """Callbacks queued for a stream and not yet processed never reach a later subscription of
+    the same thread id (their user data may be gone: the watcher's report mode relies on it)."""
+    s, s2 = res.stream(), res.stream()
+    calls: list[int] = []
+
+    @ffi.callback("void(void*)")
+    def cb(user: Any) -> None:
+        calls.append(int(ffi.cast("intptr_t", user)))
+
+    me = threading.get_ident()
+    ok(lib.aclrtSubscribeReport(me, s))
+    ok(lib.aclrtLaunchCallback(cb, ffi.cast("void*", 1), 0, s))
+    ok(lib.aclrtSynchronizeStream(s))  # queued for this thread, not processed
+    ok(lib.aclrtUnSubscribeReport(me, s))
+    ok(lib.aclrtSubscribeReport(me, s2))
+    try:
+        assert lib.aclrtProcessReport(20) == 507012
+        assert calls == []
+        ok(lib.aclrtLaunchCallback(cb, ffi.cast("void*", 2), 0, s2))
+        ok(lib.aclrtSynchronizeStream(s2))
+        ok(lib.aclrtProcessReport(1000))
+        assert calls == [2]
+    finally:
+        ok(lib.aclrtUnSubscribeReport(me, s2))

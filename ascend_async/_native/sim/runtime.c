@@ -161,6 +161,7 @@ typedef struct report_item {
     aclrtCallback fn;
     void *data;
     int *done_flag; /* BLOCK callbacks: set when processed */
+    const void *stream; /* the stream that launched it (dropped when that stream unsubscribes) */
 } report_item;
 
 typedef struct report_queue {
@@ -341,6 +342,7 @@ static sim_context *context_new(sim_device *d, int is_explicit) {
 }
 
 static void stream_free(sim_stream *s);
+static void report_drop_locked(sim_device *d, const sim_stream *s);
 
 static void context_free(sim_context *c) {
     sim_device *d = c->dev;
@@ -531,6 +533,7 @@ static void stream_free(sim_stream *s) {
         }
     if (d->rr == s) d->rr = NULL;
     if (s->subscribed) {
+        report_drop_locked(d, s);
         for (report_queue *q = d->reports; q; q = q->next)
             if (q->thread_id == s->sub_thread) q->n_streams--;
     }
@@ -757,13 +760,14 @@ static sim_stream *pick_locked(sim_device *d) {
     return NULL;
 }
 
-static void report_push_locked(sim_device *d, sim_task *t, int *done_flag) {
+static void report_push_locked(sim_device *d, sim_task *t, const sim_stream *s, int *done_flag) {
     for (report_queue *q = d->reports; q; q = q->next) {
         if (q->thread_id != t->cb_thread) continue;
         report_item *it = calloc(1, sizeof *it);
         it->fn = t->cb_fn;
         it->data = t->cb_data;
         it->done_flag = done_flag;
+        it->stream = s;
         if (q->tail)
             q->tail->next = it;
         else
@@ -820,7 +824,7 @@ static void *device_thread(void *arg) {
         int cb_done = 0;
         pthread_mutex_lock(&d->lock);
         if (!skip && t->kind == TASK_CALLBACK && !code) {
-            report_push_locked(d, t, t->cb_block ? &cb_done : NULL);
+            report_push_locked(d, t, s, t->cb_block ? &cb_done : NULL);
             /* A blocking callback holds the stream until the report thread ran it. */
             while (t->cb_block && !cb_done) pthread_cond_wait(&d->done_cv, &d->lock);
         }
@@ -1413,6 +1417,29 @@ aclError aa_sim_set_memory_capacity(int32_t device_id, uint64_t bytes) {
 /* ------------------------------------------------------------------------------------------ */
 /* Host callbacks: subscribe / launch / process                                                */
 
+/* Drops the callbacks `s` queued for its report thread and not yet taken by aclrtProcessReport:
+ * once a stream is unsubscribed (or destroyed) they must not reach a later thread that happens
+ * to reuse the id (their user data may be gone by then). Caller holds the device lock. */
+static void report_drop_locked(sim_device *d, const sim_stream *s) {
+    for (report_queue *q = d->reports; q; q = q->next) {
+        if (q->thread_id != s->sub_thread) continue;
+        report_item **pp = &q->head;
+        q->tail = NULL;
+        while (*pp) {
+            report_item *it = *pp;
+            if (it->stream == s) {
+                *pp = it->next;
+                if (it->done_flag) *it->done_flag = 1;
+                free(it);
+            } else {
+                q->tail = it;
+                pp = &it->next;
+            }
+        }
+    }
+    pthread_cond_broadcast(&d->done_cv);
+}
+
 aclError aclrtSubscribeReport(uint64_t threadId, aclrtStream stream) {
     sim_stream *s;
     aclError rc = resolve_stream(stream, "aclrtSubscribeReport", &s);
@@ -1448,6 +1475,7 @@ aclError aclrtUnSubscribeReport(uint64_t threadId, aclrtStream stream) {
         pthread_mutex_unlock(&d->lock);
         FAIL(ACL_ERROR_STREAM_NOT_SUBSCRIBE, "aclrtUnSubscribeReport: stream is not subscribed by that thread");
     }
+    report_drop_locked(d, s);
     s->subscribed = 0;
     for (report_queue *q = d->reports; q; q = q->next)
         if (q->thread_id == threadId) q->n_streams--;
