@@ -20,7 +20,6 @@ from ._watcher import Job, current_bridge
 
 __all__ = ["Session", "SessionStatistics", "Stream"]
 
-_H2D, _D2H = 1, 2
 _MODE_API = {"stream": "RunGraphWithStreamAsync", "sync": "RunGraph", "callback": "RunGraphAsync"}
 
 _ge_lock = threading.Lock()
@@ -39,6 +38,10 @@ class SessionStatistics:
     device_pool: Mapping[str, int]
     host_pool: Mapping[str, int]
     watcher: Mapping[str, int]
+
+
+def _noop(job: Job) -> None:
+    """A placeholder finisher."""
 
 
 class Stream:
@@ -426,149 +429,119 @@ class Session:
 
     def _submit_now(self, state: _GraphState, lane: Stream, values: list[Any], to_device: bool, bridge: Any) -> Job:
         dev = self._device
-        b = dev.backend
         ffi, lib = self._ffi, self._lib
         dev.ensure_current()
         watcher = dev.get_watcher()
         specs_out = state.graph.outputs
         n_in, n_out = len(values), len(specs_out)
-        tin = ffi.new("aa_tensor[]", max(n_in, 1))
-        tout = ffi.new("aa_tensor[]", max(n_out, 1))
-        host_blocks: list[Any] = []
-        dev_blocks: list[Any] = []
-        outs_host: list[tuple[Any, tuple[int, ...], np.dtype[Any], int]] = []
-        stream = lane.handle
-        enqueued = False
-        ge_filled = False
-        try:
-            with lane.lock:
-                if lane.fault:
-                    raise DeviceError(lane.fault, "RunGraphWithStreamAsync", "the stream faulted; retry the run")
-                gid = state.ids[lane]
-                for i, v in enumerate(values):
-                    t = tin[i]
-                    if isinstance(v, DeviceTensor):
-                        v.ge_fill(t)
-                        continue
-                    nbytes = v.nbytes
-                    size = max(nbytes, 1)
-                    h = dev.alloc(dev.host_pool, size, "staging input")
-                    host_blocks.append(h)
-                    d = dev.alloc(dev.device_pool, size, "input")
-                    dev_blocks.append(d)
-                    if nbytes:
-                        ffi.memmove(h, v, nbytes)
-                        b.check(lib.aclrtMemcpyAsync(d, size, h, nbytes, _H2D, stream), "aclrtMemcpyAsync")
-                        enqueued = True
-                    t.addr = d
-                    t.size = size
-                    t.dtype = NUMPY_TO_GE[v.dtype]
-                    t.format = 2
-                    t.placement = 0
-                    t.ndim = v.ndim
-                    for k, dim in enumerate(v.shape):
-                        t.dims[k] = dim
-                status = lib.aa_session_run_graph_with_stream_async(self._handle, gid, stream, tin, n_in, tout, n_out)
-                if status:
-                    raise b.ge_error(status, "RunGraphWithStreamAsync")
-                enqueued = ge_filled = True
-                if not to_device:
-                    for j in range(n_out):
-                        t = tout[j]
-                        shape = tuple(int(t.dims[k]) for k in range(t.ndim))
-                        dtype = GE_TO_NUMPY[t.dtype]
-                        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-                        h = dev.alloc(dev.host_pool, max(nbytes, 1), "staging output")
-                        host_blocks.append(h)
-                        outs_host.append((h, shape, dtype, nbytes))
-                        if nbytes:
-                            b.check(lib.aclrtMemcpyAsync(h, nbytes, t.addr, nbytes, _D2H, stream), "aclrtMemcpyAsync")
-                event = dev.take_event()
-                rc = lib.aclrtRecordEvent(event, stream)
-                if rc:
-                    dev.give_event(event)
-                    b.check(rc, "aclrtRecordEvent")
-                job = Job(bridge, lambda job: None)
-                job.token = watcher.new_token()
-                job.lane = lane
-                job.finisher = self._finisher(lane, values, tout, n_out, specs_out, host_blocks, dev_blocks, outs_host, event, to_device)
-                with self._lock:
-                    self._pending += 1
-                lane.in_flight += 1
-                try:
-                    watcher.add(job, stream, event)
-                except BaseException:
-                    with self._lock:
-                        self._pending -= 1
-                    lane.in_flight -= 1
-                    raise
+        # One aa_run describes the whole submission; aa_run_submit does it in one C call.
+        run = ffi.new("aa_run*")
+        ins = ffi.new("aa_run_io[]", max(n_in, 1))
+        outs = ffi.new("aa_run_io[]", max(n_out, 1))
+        staged = []  # numpy buffers: copied into page-locked blocks during the call
+        for i, v in enumerate(values):
+            io = ins[i]
+            if isinstance(v, DeviceTensor):
+                v.ge_fill(io.tensor)
+                continue
+            buf = ffi.from_buffer(v)
+            staged.append(buf)
+            io.host = buf
+            io.nbytes = v.nbytes
+            t = io.tensor
+            t.dtype = NUMPY_TO_GE[v.dtype]
+            t.ndim = v.ndim
+            t.dims[0 : v.ndim] = v.shape
+        event = dev.take_event()
+        job = Job(bridge, _noop)
+        job.token = token = watcher.new_token()
+        job.lane = lane
+        run.session = self._handle
+        run.stream = lane.handle
+        run.device_pool = dev.device_pool
+        run.host_pool = dev.host_pool
+        run.watch = watcher.handle
+        run.event = event
+        run.token = token
+        run.outputs_to_host = not to_device
+        run.n_inputs = n_in
+        run.n_outputs = n_out
+        run.inputs = ins
+        run.outputs = outs
+        job.finisher, job.after = self._finisher(lane, values, (run, ins, outs), specs_out, event, to_device)
+        job.run = run
+        with lane.lock:
+            if lane.fault:
+                dev.give_event(event)
+                raise DeviceError(lane.fault, "RunGraphWithStreamAsync", "the stream faulted; retry the run")
+            run.graph_id = state.ids[lane]
+            with self._lock:
+                self._pending += 1
+            lane.in_flight += 1
+            watcher.expect(job)  # before the C call: the watcher may answer at once
+            if lib.aa_run_submit(run) == 0:
                 return job
-        except BaseException:
-            if enqueued:
+            # Nothing reached the watcher; undo, then give back what the call took.
+            watcher.jobs.pop(token, None)
+            with self._lock:
+                self._pending -= 1
+            lane.in_flight -= 1
+            if run.enqueued:
                 # Rare error path: work already queued still reads these buffers. Wait for the
                 # stream before giving them back (a faulted stream returns at once).
-                lib.aclrtSynchronizeStream(stream)
+                lib.aclrtSynchronizeStream(lane.handle)
                 lib.aclGetRecentErrMsg()
-            for h in host_blocks:
-                lib.aa_pool_free(dev.host_pool, h)
-            for d in dev_blocks:
-                lib.aa_pool_free(dev.device_pool, d)
-            if ge_filled:
-                for j in range(n_out):
-                    lib.aa_tensor_release(tout + j)
-            raise
+            api = ffi.string(run.failed_api).decode()
+            error = (
+                dev.backend.ge_error(run.ge_status, api) if run.ge_status else dev.backend.acl_error(run.acl_error, api)
+            )
+            lib.aa_run_release(run)
+            dev.give_event(event)
+            raise error
 
     def _finisher(
         self,
         lane: Stream,
         values: list[Any],
-        tout: Any,
-        n_out: int,
+        run_parts: tuple[Any, Any, Any],
         specs_out: Sequence[Any],
-        host_blocks: list[Any],
-        dev_blocks: list[Any],
-        outs_host: list[tuple[Any, tuple[int, ...], np.dtype[Any], int]],
         event: Any,
         to_device: bool,
-    ) -> Callable[[Job], None]:
+    ) -> tuple[Callable[[Job], None], Callable[[Job], None]]:
         dev = self._device
-        ffi, lib = self._ffi, self._lib
+        ffi = self._ffi
+        outs = run_parts[2]
 
         def finish(job: Job) -> None:
             # On the watcher thread, once the run's event completed (or its stream faulted).
-            taken = False
-            try:
-                if not job.code and not job.abandoned:
-                    if to_device:
-                        result: dict[str, Any] = {}
-                        for j, spec in enumerate(specs_out):
-                            t = ffi.new("aa_tensor*")
-                            t[0] = tout[j]
-                            shape = tuple(int(t.dims[k]) for k in range(t.ndim))
-                            result[spec.name] = DeviceTensor(dev, t.addr, shape, GE_TO_NUMPY[t.dtype], ge_tensor=t)
-                        taken = True
-                        job.result = result
-                    else:
-                        arrays: dict[str, np.ndarray] = {}
-                        for spec, (h, shape, dtype, nbytes) in zip(specs_out, outs_host):
-                            arr = np.empty(shape, dtype)
-                            if nbytes:
-                                ffi.memmove(arr, h, nbytes)
-                            arrays[spec.name] = arr
-                        job.result = arrays
-            finally:
-                for h in host_blocks:
-                    lib.aa_pool_free(dev.host_pool, h)
-                for d in dev_blocks:
-                    lib.aa_pool_free(dev.device_pool, d)
-                if not taken:
-                    for j in range(n_out):
-                        lib.aa_tensor_release(tout + j)
-                dev.give_event(event)
-                values.clear()  # DeviceTensor inputs stay referenced until here
-                self._retire(job, lane)
+            # The watcher then releases `run` in C and calls `after`.
+            if job.code or job.abandoned:
+                return
+            result: dict[str, Any] = {}
+            for j, spec in enumerate(specs_out):
+                io = outs[j]
+                src = io.tensor
+                shape = tuple(src.dims[0 : src.ndim])
+                dtype = GE_TO_NUMPY[src.dtype]
+                if to_device:
+                    t = ffi.new("aa_tensor*")
+                    t[0] = src
+                    src.owner = ffi.NULL  # the DeviceTensor owns the GE block now
+                    result[spec.name] = DeviceTensor(dev, t.addr, shape, dtype, ge_tensor=t)
+                else:
+                    arr = np.empty(shape, dtype)
+                    if io.nbytes:
+                        ffi.memmove(arr, io.host_block, io.nbytes)
+                    result[spec.name] = arr
+            job.result = result
 
-        return finish
+        def after(job: Job, _keep: tuple[Any, Any, Any] = run_parts) -> None:
+            # The aa_run and its io arrays lived until the watcher released them in C.
+            dev.give_event(event)
+            values.clear()  # DeviceTensor inputs stay referenced until here
+            self._retire(job, lane)
+
+        return finish, after
 
     def _retire(self, job: Job, lane: Stream) -> None:
         """Account for a finished job; replace a faulted stream once it has drained.

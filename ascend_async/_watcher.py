@@ -40,14 +40,23 @@ _BATCH = 512
 
 class LoopBridge:
     """One event loop's non-blocking, thread-safe entry, and the in-flight limit of each
-    session (owner) that runs on this loop."""
+    session (owner) that runs on this loop.
 
-    __slots__ = ("__weakref__", "limiters", "post", "wakeups")
+    Wake-ups coalesce: while a posted drain has not run yet on the loop ("armed"), further
+    completions only join its queue, so a busy loop is woken once per burst rather than once
+    per batch. The queue and the flag are shared by the watcher thread (``deliver``) and the
+    loop thread (``_drain``) under ``_lock``.
+    """
+
+    __slots__ = ("__weakref__", "_armed", "_lock", "_queue", "limiters", "post", "wakeups")
 
     def __init__(self, post: Callable[..., object]) -> None:
         self.post = post
         self.limiters: weakref.WeakKeyDictionary[Any, anyio.Semaphore] = weakref.WeakKeyDictionary()
         self.wakeups = 0
+        self._lock = threading.Lock()
+        self._queue: list[Job] = []
+        self._armed = False
 
     def limiter_for(self, owner: Any, limit: int) -> anyio.Semaphore:
         """``owner``'s in-flight limit on this loop (only this loop's thread calls this)."""
@@ -57,18 +66,33 @@ class LoopBridge:
         return limiter
 
     def deliver(self, jobs: list[Job]) -> None:
-        """Called on the watcher thread: wake every job of this loop with one post."""
+        """Called on the watcher thread: queue the jobs; post one drain unless one is pending."""
+        with self._lock:
+            self._queue.extend(jobs)
+            if self._armed:
+                return
+            self._armed = True
         self.wakeups += 1
         try:
-            self.post(_resolve_batch, jobs)
+            self.post(self._drain)
         except RuntimeError:  # asyncio: the loop is closed; trio: RunFinishedError
-            pass
+            with self._lock:
+                self._queue.clear()
+                self._armed = False
+
+    def _drain(self) -> None:
+        # Runs on the loop thread.
+        with self._lock:
+            jobs, self._queue = self._queue, []
+            self._armed = False
+        _resolve_batch(jobs)
 
 
 def _resolve_batch(jobs: list[Job]) -> None:
     # Runs on the loop thread.
     for job in jobs:
-        job.done.set()
+        if job.done is not None:
+            job.done.set()
         if job.limiter is not None:
             job.limiter.release()
 
@@ -106,12 +130,14 @@ def current_bridge(limit: int | None = None) -> LoopBridge:
 class Job:
     """One submitted run as the watcher sees it.
 
-    ``finish`` runs on the watcher thread; ``done`` is set on the loop thread. ``release``
-    gives back everything the device touched; it runs exactly once, on the watcher thread.
+    On the watcher thread, in this order and exactly once: ``finisher`` (read the outputs),
+    the C release of ``run`` (batched: everything the device touched goes back to the pools),
+    then ``after`` (bookkeeping). ``done`` is then set on the loop thread.
     """
 
     __slots__ = (
         "abandoned",
+        "after",
         "bridge",
         "callback",
         "code",
@@ -122,6 +148,7 @@ class Job:
         "limiter",
         "noticed_ns",
         "result",
+        "run",
         "token",
     )
 
@@ -138,6 +165,8 @@ class Job:
         self.lane: Any = None
         self.limiter: anyio.Semaphore | None = None  # released on the loop thread when done
         self.callback: Callable[[Job], None] | None = None
+        self.run: Any = None  # an aa_run* released in C after the finisher
+        self.after: Callable[[Job], None] | None = None
 
 
 class Watcher:
@@ -222,7 +251,7 @@ class Watcher:
 
     def _dispatch(self, n: int, tokens: Any, codes: Any, noticed: Any) -> None:
         detail: str | None = None
-        batches: dict[LoopBridge, list[Job]] = {}
+        jobs: list[Job] = []
         for i in range(n):
             job = self.jobs.pop(tokens[i], None)
             if job is None:
@@ -232,13 +261,23 @@ class Watcher:
             if job.code and detail is None:
                 detail = self.device.backend.acl_message()
             self._finish(job, detail or "")
+            jobs.append(job)
+        # One GIL-free C call gives back every finished run's buffers and GE outputs.
+        runs = [job.run for job in jobs if job.run is not None]
+        if runs:
+            self._lib.aa_run_release_many(runs, len(runs))
+        batches: dict[LoopBridge, list[Job]] = {}
+        for job in jobs:
+            job.run = None
+            if job.after is not None:
+                _call_quietly(job.after, job)
             self.completions += 1
             if job.callback is not None:
                 _call_quietly(job.callback, job)
             if job.bridge is not None:
                 batches.setdefault(job.bridge, []).append(job)
-        for bridge, jobs in batches.items():
-            bridge.deliver(jobs)
+        for bridge, js in batches.items():
+            bridge.deliver(js)
 
     def _finish(self, job: Job, detail: str) -> None:
         try:
@@ -254,6 +293,11 @@ class Watcher:
         batches: dict[LoopBridge, list[Job]] = {}
         for job in jobs:
             job.error = error
+            # Its buffers may still be in use on the device: they are not released (the device's
+            # pools free them at shutdown), but the session stops counting the run as pending.
+            job.run = None
+            if job.after is not None:
+                _call_quietly(job.after, job)
             if job.bridge is not None:
                 batches.setdefault(job.bridge, []).append(job)
         for bridge, js in batches.items():

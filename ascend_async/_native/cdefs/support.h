@@ -151,3 +151,5 @@ typedef struct aa_run {
 int aa_run_submit(aa_run *run);
 /* Gives back staging/device blocks and GE-allocated outputs whose owner is still set. */
 void aa_run_release(aa_run *run);
+/* Releases a batch of finished runs in one call (the watcher's, without the GIL). */
+void aa_run_release_many(aa_run *const *runs, size_t n);

@@ -105,3 +105,8 @@ void aa_run_release(aa_run *run) {
         aa_tensor_release(&io->tensor);
     }
 }
+
+void aa_run_release_many(aa_run *const *runs, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (runs[i]) aa_run_release(runs[i]);
+}
