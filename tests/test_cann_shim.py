@@ -728,6 +728,7 @@ def test_the_python_stack_runs_unchanged_over_the_shim(cann: Cann) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_setup_py_builds_the_cann_module(cann: Cann, tmp_path: Path) -> None:
     """The install path itself: setup.py -> build.py -> make_cann_ffi (paths relative to the
     project root) with ASCEND_HOME_PATH set builds _cann next to _sim, and the result runs the
