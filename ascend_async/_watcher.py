@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Job", "LoopBridge", "Watcher", "current_bridge"]
 
-_BATCH = 512
+_BATCH = 64  # completions per GIL hold: bounds how long the watcher can keep a loop waiting
+#: Most tasks one drain wakes on a loop (see LoopBridge._drain).
+DRAIN_CHUNK = 16
 
 
 class LoopBridge:
@@ -48,10 +50,11 @@ class LoopBridge:
     loop thread (``_drain``) under ``_lock``.
     """
 
-    __slots__ = ("__weakref__", "_armed", "_lock", "_queue", "limiters", "post", "wakeups")
+    __slots__ = ("__weakref__", "_armed", "_local_post", "_lock", "_queue", "limiters", "post", "wakeups")
 
-    def __init__(self, post: Callable[..., object]) -> None:
-        self.post = post
+    def __init__(self, post: Callable[..., object], local_post: Callable[..., object] | None = None) -> None:
+        self.post = post  # thread-safe entry (call_soon_threadsafe / run_sync_soon)
+        self._local_post = local_post or post  # from the loop thread itself (call_soon)
         self.limiters: weakref.WeakKeyDictionary[Any, anyio.Semaphore] = weakref.WeakKeyDictionary()
         self.wakeups = 0
         self._lock = threading.Lock()
@@ -81,10 +84,16 @@ class LoopBridge:
                 self._armed = False
 
     def _drain(self) -> None:
-        # Runs on the loop thread.
+        # Runs on the loop thread. Wakes at most DRAIN_CHUNK tasks per loop iteration, so a
+        # burst of completions cannot starve the loop's timers: the rest go in the next drain.
         with self._lock:
-            jobs, self._queue = self._queue, []
-            self._armed = False
+            jobs = self._queue[:DRAIN_CHUNK]
+            del self._queue[:DRAIN_CHUNK]
+            more = bool(self._queue)
+            if not more:
+                self._armed = False
+        if more:
+            self._local_post(self._drain)
         _resolve_batch(jobs)
 
 
@@ -109,21 +118,22 @@ def current_bridge(limit: int | None = None) -> LoopBridge:
     import asyncio
 
     key: Any
-    post: Callable[..., object]
     try:
         key = asyncio.get_running_loop()
-        post = key.call_soon_threadsafe
     except RuntimeError:  # not asyncio: trio
         import trio
 
         key = trio.lowlevel.current_trio_token()
-        post = key.run_sync_soon
     bridge = _bridges.get(key)
     if bridge is None:
         with _bridges_lock:
             bridge = _bridges.get(key)
             if bridge is None:
-                bridge = _bridges[key] = LoopBridge(post)
+                if isinstance(key, asyncio.AbstractEventLoop):
+                    bridge = LoopBridge(key.call_soon_threadsafe, key.call_soon)
+                else:
+                    bridge = LoopBridge(key.run_sync_soon)
+                _bridges[key] = bridge
     return bridge
 
 
