@@ -106,9 +106,7 @@ def _per_language_flags() -> None:
             cls._compile = _wrap_compile(cls._compile)
 
 
-def make_cann_ffi(
-    shared_cdefs: str, native_dir: Path, *, absolute_paths: bool = False
-) -> FFI | None:
+def make_cann_ffi(shared_cdefs: str, native_dir: Path, *, absolute_paths: bool = False) -> FFI | None:
     """The FFI for ``ascend_async._native._cann``, or None (with one line said) without CANN.
 
     :param shared_cdefs: the cdef text shared with the sim module (acl_rt.h, ge_session.h,
@@ -130,8 +128,7 @@ def make_cann_ffi(
     library_dirs = runtime_dirs + _existing(root, _LINK_ONLY_LIB_DIRS)
     if not include_dirs or not library_dirs:
         print(  # noqa: T201
-            f"ascend_async: {root} has no include/ or lib64/ (is it a CANN install?): "
-            "building the sim backend only"
+            f"ascend_async: {root} has no include/ or lib64/ (is it a CANN install?): building the sim backend only"
         )
         return None
 

@@ -54,10 +54,7 @@ def _run(cmd: Sequence[str]) -> None:
 
 
 def _run_all(cmds: Sequence[Sequence[str]]) -> None:
-    procs = [
-        (cmd, subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-        for cmd in cmds
-    ]
+    procs = [(cmd, subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)) for cmd in cmds]
     errors = []
     for cmd, proc in procs:
         out, _ = proc.communicate()
@@ -102,10 +99,7 @@ def build(root: Path) -> Path:
     sim_objects = [obj / f"sim_{s.stem}.o" for s in sim_sources]
     cpp_sources = ["graph", "ge_runner_v2", "onnx_parser"]
     _run_all(
-        [
-            [CC, *C_FLAGS, *rename, "-c", str(s), "-o", str(o)]
-            for s, o in zip(sim_sources, sim_objects, strict=True)
-        ]
+        [[CC, *C_FLAGS, *rename, "-c", str(s), "-o", str(o)] for s, o in zip(sim_sources, sim_objects, strict=True)]
         + [
             [CXX, *CXX_FLAGS, *CXX_INCLUDES, "-c", str(SRC / f"{n}.cpp"), "-o", str(obj / f"{n}.o")]
             for n in cpp_sources
@@ -185,10 +179,7 @@ def open_standins(root: Path) -> StandinSide:
 
     cdefs = NATIVE / "cdefs"
     ffi = FFI()
-    ffi.cdef(
-        "\n".join((cdefs / n).read_text() for n in ("acl_rt.h", "ge_session.h", "sim.h"))
-        + STANDIN_CDEF
-    )
+    ffi.cdef("\n".join((cdefs / n).read_text() for n in ("acl_rt.h", "ge_session.h", "sim.h")) + STANDIN_CDEF)
     lib64 = root / "lib64"
     sim = ffi.dlopen(str(lib64 / "libacl_rt.so"))
     parser = ffi.dlopen(str(lib64 / "libfmk_onnx_parser.so"))

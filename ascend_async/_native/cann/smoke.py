@@ -138,9 +138,7 @@ def run(
         expect(read(outs[0]), "caller outputs")
         ge_outs = ffi.new("aa_tensor[1]")
         ge(
-            lib.aa_session_run_graph_with_stream_async(
-                session, GRAPH_ID, stream, ins, 2, ge_outs, 1
-            ),
+            lib.aa_session_run_graph_with_stream_async(session, GRAPH_ID, stream, ins, 2, ge_outs, 1),
             "RunGraphWithStreamAsync (GE-allocated outputs)",
         )
         acl(lib.aclrtSynchronizeStream(stream), "aclrtSynchronizeStream")
