@@ -132,13 +132,15 @@ class HandOff:
 
 _jobs_var: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("bench_jobs", default=None)
 _stamps: dict[int, int] = {}
-_orig_add = Watcher.add
+_orig_expect = Watcher.expect
 
 
-def _hooked_add(self: Watcher, job: Any, stream: Any, event: Any) -> None:
+def _hooked_expect(self: Watcher, job: Any) -> None:
     box = _jobs_var.get()
-    if box is not None:
+    run = getattr(job, "run", None)
+    if box is not None and run is not None:
         box.append(job)
+        event = run.event  # the aa_run's event: recorded by aa_run_submit, pooled again in job.after
         finisher = job.finisher
         lib, ffi = self._lib, self._ffi
 
@@ -149,18 +151,21 @@ def _hooked_add(self: Watcher, job: Any, stream: Any, event: Any) -> None:
             finisher(j)
 
         job.finisher = stamped
-    _orig_add(self, job, stream, event)
+    _orig_expect(self, job)
 
 
 @contextmanager
 def completion_stamps() -> Iterator[None]:
-    """Patch Watcher.add (benchmark only) so runs made under ``track()`` record the device's
-    completion timestamp of their event (aclrtEventGetTimestamp; CLOCK_MONOTONIC ns in the sim)."""
-    Watcher.add = _hooked_add  # type: ignore[method-assign]
+    """Patch Watcher.expect (benchmark only) so runs made under ``tracked_run`` record the
+    device's completion timestamp of their event (aclrtEventGetTimestamp; CLOCK_MONOTONIC ns in
+    the sim). Session.run registers each job with ``expect`` just before ``aa_run_submit``; the
+    wrapped finisher reads the stamp on the watcher thread before ``job.after`` returns the
+    event to the device's pool."""
+    Watcher.expect = _hooked_expect  # type: ignore[method-assign]
     try:
         yield
     finally:
-        Watcher.add = _orig_add  # type: ignore[method-assign]
+        Watcher.expect = _orig_expect  # type: ignore[method-assign]
         _stamps.clear()
 
 
@@ -251,6 +256,11 @@ class Raw:
         """The C floor (aa_floor_run): runs/s with ``window`` in flight, no Python in the loop."""
         if not hasattr(self.lib, "aa_floor_run"):
             return None
+        return n / (self.floor_ns(n, window) / 1e9)
+
+    def floor_ns(self, n: int, window: int) -> int:
+        """aa_floor_run on this lane: ``n`` runs with ``window`` in flight; elapsed ns (the cffi
+        call releases the GIL, so lanes on different threads run side by side)."""
         self.dev.ensure_current()
         dout = self.dev.alloc(self.dev.device_pool, X.nbytes, "bench output")
         tout = self._tensor(dout)
@@ -261,11 +271,56 @@ class Raw:
         self.lib.aa_pool_free(self.dev.device_pool, dout)
         if rc:
             raise RuntimeError(f"aa_floor_run: {rc}")
-        return n / (int(el[0]) / 1e9)
+        return int(el[0])
 
     def close(self) -> None:
         self.lib.aclrtSynchronizeStream(self.stream.handle)
         self.lib.aa_pool_free(self.dev.device_pool, self.din)
+
+
+def floor_lanes(lanes: list[Raw], n: int, total_window: int) -> float | None:
+    """The C floor over several streams at once: one thread per lane, each ``aa_floor_run``
+    with ``total_window / len(lanes)`` in flight; total runs / the slowest lane's time."""
+    if not lanes or not hasattr(lanes[0].lib, "aa_floor_run"):
+        return None
+    window = max(1, total_window // len(lanes))
+    el: list[int] = [0] * len(lanes)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(lanes))
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait()
+            el[i] = lanes[i].floor_ns(n, window)
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(i,), name=f"bench-floor-{i}") for i in range(len(lanes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return n * len(lanes) / (max(el) / 1e9)
+
+
+@contextmanager
+def sim_graph_time(min_graph_us: int) -> Iterator[bool]:
+    """Make every graph run occupy a sim device worker for at least ``min_graph_us`` (the sim's
+    timing model, ``aa_sim_set_timing``), like real compute would; zeros again afterwards.
+    Yields False (and changes nothing) when the backend is not the sim."""
+    if aa.backend_info()["backend"] != "sim":
+        yield False
+        return
+    from ascend_async._native import _sim  # type: ignore[attr-defined]
+
+    _sim.lib.aa_sim_set_timing(_sim.ffi.new("aa_sim_timing*", {"min_graph_us": min_graph_us}))
+    try:
+        yield True
+    finally:
+        _sim.lib.aa_sim_set_timing(_sim.ffi.new("aa_sim_timing*"))
 
 
 # -- closed loops ---------------------------------------------------------------------------------

@@ -1,6 +1,11 @@
 """(3) Throughput vs concurrency 1..1024: the polling watcher, the report strategy,
 to_thread(run_sync), naive polling on the loop (await sleep(0) between
-aclrtQueryEventStatus) and the C floor (aa_floor_run, no Python in the loop)."""
+aclrtQueryEventStatus) and the C floor (aa_floor_run, no Python in the loop).
+
+(3b) The same comparison with realistic device time: the sim's timing model makes every graph
+run occupy a device worker for ``min_graph_us`` (200 and 1000 us), and the C floor runs on the
+same 2 streams as the sessions (one thread per stream). That is where the floor is a ceiling a
+host-side async layer can reach, and where the thread pool blocks for the whole device time."""
 
 from __future__ import annotations
 
@@ -8,16 +13,16 @@ import sys
 from typing import Any
 
 import anyio
-from _common import Raw, Row, X, closed_loop, run_on, session, tiny_model, verdict
+from _common import Raw, Row, X, closed_loop, floor_lanes, run_on, session, sim_graph_time, tiny_model, verdict
 
 import ascend_async as aa
 
 LEVELS = (1, 4, 16, 64, 256, 1024)
 
 
-def _library(strategy: str, levels: tuple[int, ...], dur: float) -> dict[int, float]:
+def _library(strategy: str, levels: tuple[int, ...], dur: float, streams: int = 2) -> dict[int, float]:
     out: dict[int, float] = {}
-    with session(strategy, max_in_flight=1000) as s:
+    with session(strategy, streams=streams, max_in_flight=1000) as s:
         g = s.add_graph(aa.Graph(tiny_model()))
 
         async def main() -> None:
@@ -29,9 +34,9 @@ def _library(strategy: str, levels: tuple[int, ...], dur: float) -> dict[int, fl
     return out
 
 
-def _thread(levels: tuple[int, ...], dur: float) -> dict[int, float]:
+def _thread(levels: tuple[int, ...], dur: float, streams: int = 2) -> dict[int, float]:
     out: dict[int, float] = {}
-    with session() as s:
+    with session(streams=streams) as s:
         g = s.add_graph(aa.Graph(tiny_model()))
 
         async def main() -> None:
@@ -117,7 +122,103 @@ def run(quick: bool = False) -> tuple[list[Row], dict[str, dict[int, Any]]]:
     return rows, series
 
 
-if __name__ == "__main__":
+DEVICE_US: tuple[int, ...] = (200, 1000)
+DEVICE_LEVELS = (4, 16, 64, 256)
+STREAMS = 2
+
+
+def _floor_streams(levels: tuple[int, ...], min_graph_us: int, dur: float) -> dict[int, float | None]:
+    out: dict[int, float | None] = {}
+    with session(streams=STREAMS, max_in_flight=1000) as s:
+        g = s.add_graph(aa.Graph(tiny_model()))
+        lanes = [Raw(s, g, lane) for lane in range(STREAMS)]
+        try:
+            for c in levels:
+                # Enough runs per stream for ~dur seconds of device time, and 4 windows at least.
+                n = max(4 * max(1, c // STREAMS), int(dur * 1e6 / min_graph_us))
+                out[c] = floor_lanes(lanes, n, c)
+        finally:
+            for lane in lanes:
+                lane.close()
+    return out
+
+
+def run_device_time(quick: bool = False) -> tuple[list[Row], dict[str, dict[int, Any]]]:
+    """(3b) Throughput with each graph run lasting ``min_graph_us`` on a sim device worker."""
+    dur = 0.3 if quick else 0.6
+    levels = DEVICE_LEVELS
+    rows: list[Row] = []
+    all_series: dict[str, dict[int, Any]] = {}
+    for us in DEVICE_US:
+        with sim_graph_time(us) as ok:
+            if not ok:
+                return [Row("3b device time", "skipped", "needs the sim backend (aa_sim_set_timing)")], {}
+            series: dict[str, dict[int, Any]] = {
+                "poll watcher": _library("poll", levels, dur, STREAMS),
+                "report watcher": _library("report", levels, dur, STREAMS),
+                "to_thread(run_sync)": _thread(levels, dur, STREAMS),
+                f"C floor ({STREAMS} streams)": _floor_streams(levels, us, dur),
+            }
+        ideal = STREAMS * 1e6 / us
+        for name, vals in series.items():
+            cells = "  ".join(f"{c}:{'-' if v is None else f'{v:,.0f}'}" for c, v in vals.items())
+            rows.append(Row("3b dev time", f"{us} us/run: {name} (runs/s by conc.)", cells))
+            all_series[f"{us}us {name}"] = vals
+        t64 = series["to_thread(run_sync)"][64]
+        f64 = series[f"C floor ({STREAMS} streams)"][64]
+        for name in ("poll watcher", "report watcher"):
+            v = series[name][64]
+            if f64:
+                rows.append(
+                    Row(
+                        "3b dev time",
+                        f"{us} us/run: {name} / C floor at c=64",
+                        f"{v / f64:.1%} ({v:,.0f} vs {f64:,.0f}; device bound {ideal:,.0f})",
+                        ">= 80%",
+                        verdict(v / f64 >= 0.8),
+                    )
+                )
+            rows.append(
+                Row(
+                    "3b dev time",
+                    f"{us} us/run: {name} / to_thread at c=64",
+                    f"{v / t64:.2f}x ({v:,.0f} vs {t64:,.0f})",
+                    ">= 3x",
+                    verdict(v / t64 >= 3),
+                )
+            )
+    return rows, all_series
+
+
+def main(argv: list[str] | None = None) -> int:
+    global STREAMS, DEVICE_US
+    import argparse
+
+    p = argparse.ArgumentParser(description="(3) throughput and (3b) throughput with device time")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--device-time-only", action="store_true", help="only (3b)")
+    p.add_argument("--streams", type=int, default=STREAMS, help="(3b) streams per session and for the floor")
+    p.add_argument("--sim-workers", type=int, default=0, help="sim device workers (aa_sim_configure; default 2)")
+    p.add_argument("--device-us", default=",".join(map(str, DEVICE_US)), help="(3b) comma list of min_graph_us")
+    args = p.parse_args(argv)
+    STREAMS = args.streams
+    DEVICE_US = tuple(int(u) for u in args.device_us.split(",") if u)
+    if args.sim_workers:
+        # Only before the runtime starts (aclInit): nothing above has touched the device yet.
+        from ascend_async._native import _sim  # type: ignore[attr-defined]
+
+        cfg = _sim.ffi.new("aa_sim_config*")
+        _sim.lib.aa_sim_get_config(cfg)
+        cfg.workers = args.sim_workers
+        if _sim.lib.aa_sim_configure(cfg):
+            raise SystemExit("aa_sim_configure refused (the sim runtime is already initialised)")
     from _common import print_rows
 
-    print_rows(run("--quick" in sys.argv)[0])
+    if not args.device_time_only:
+        print_rows(run(args.quick)[0])
+    print_rows(run_device_time(args.quick)[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

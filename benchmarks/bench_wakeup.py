@@ -63,7 +63,7 @@ def run(quick: bool = False) -> list[Row]:
                     f"{loop}: device done -> task resumes p50",
                     f"{p50:.1f} us = {p50 / h50:.2f}x hand-off ({h50:.1f} us)",
                     "<= 1.25x",
-                    verdict(p50 / h50 <= 1.25),
+                    verdict(bool(p50 / h50 <= 1.25)),
                 )
             )
             rows.append(
@@ -72,7 +72,7 @@ def run(quick: bool = False) -> list[Row]:
                     f"{loop}: device done -> task resumes p99",
                     f"{p99:.1f} us = {p99 / h99:.2f}x hand-off ({h99:.1f} us)",
                     "<= 3x",
-                    verdict(p99 / h99 <= 3),
+                    verdict(bool(p99 / h99 <= 3)),
                 )
             )
             rows.append(

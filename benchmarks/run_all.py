@@ -17,7 +17,7 @@ import bench_throughput
 import bench_wakeup
 from _common import Row, environment_line, print_rows
 
-SECTIONS = ("overhead", "wakeup", "throughput", "lag", "scaling", "floor")
+SECTIONS = ("overhead", "wakeup", "throughput", "devtime", "lag", "scaling", "floor")
 
 
 def _floor_script(quick: bool) -> list[Row]:
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         ("overhead", lambda: bench_overhead.run(args.quick)),
         ("wakeup", lambda: bench_wakeup.run(args.quick)),
         ("throughput", lambda: _throughput(args.quick, extra)),
+        ("devtime", lambda: _device_time(args.quick, extra)),
         ("lag", lambda: bench_lag.run(args.quick)),
         ("scaling", lambda: bench_scaling.run(args.quick)),
         ("floor", lambda: _floor_script(args.quick)),
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                     "quick": args.quick,
                     "rows": [asdict(r) for r in rows],
                     "throughput": extra.get("series"),
+                    "throughput_device_time": extra.get("device_time"),
                 },
                 f,
                 indent=2,
@@ -96,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
 def _throughput(quick: bool, extra: dict[str, Any]) -> list[Row]:
     rows, series = bench_throughput.run(quick)
     extra["series"] = {k: {str(c): v for c, v in vals.items()} for k, vals in series.items()}
+    return rows
+
+
+def _device_time(quick: bool, extra: dict[str, Any]) -> list[Row]:
+    rows, series = bench_throughput.run_device_time(quick)
+    extra["device_time"] = {k: {str(c): v for c, v in vals.items()} for k, vals in series.items()}
     return rows
 
 
