@@ -8,7 +8,7 @@ from pathlib import Path
 from setuptools import setup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "ascend_async" / "_native"))
-from build import ffi_cann  # noqa: E402
+from build import ffi_cann
 
 modules = ["ascend_async/_native/build.py:ffi_sim"]
 if ffi_cann is not None:

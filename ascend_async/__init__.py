@@ -53,6 +53,8 @@ __all__ = (
     "configure_watcher",
 )
 
-for _name in __all__:
-    getattr(globals()[_name], "__module__", None) and setattr(globals()[_name], "__module__", "ascend_async")
-del _name
+for _name in __all__:  # present the public names as ascend_async.X (repr, docs, pickling)
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("ascend_async."):
+        _obj.__module__ = "ascend_async"
+del _name, _obj

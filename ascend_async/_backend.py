@@ -46,13 +46,13 @@ class Backend:
     def acl_message(self) -> str:
         """The calling thread's recent AscendCL error text (read and cleared)."""
         p = self.lib.aclGetRecentErrMsg()
-        return "" if p == self.ffi.NULL else self.ffi.string(p).decode(errors="replace")
+        return "" if p == self.ffi.NULL else str(self.ffi.string(p).decode(errors="replace"))
 
     def ge_message(self) -> str:
         """The calling thread's GE error text (GEGetErrorMsgV3: read and cleared)."""
         buf = self.ffi.new("char[2048]")
         self.lib.aa_ge_get_error_msg(buf, 2048)
-        return self.ffi.string(buf).decode(errors="replace")
+        return str(self.ffi.string(buf).decode(errors="replace"))
 
     def check(self, rc: int, api: str) -> None:
         """Raise the typed error for a non-zero aclError ``rc`` returned by ``api``."""
@@ -137,9 +137,7 @@ def _choose() -> Backend:
             )
         return backend
     if want != "auto":
-        raise BackendUnavailableError(
-            f"ASCEND_ASYNC_BACKEND={want!r} is not a backend: use auto, sim or cann"
-        )
+        raise BackendUnavailableError(f"ASCEND_ASYNC_BACKEND={want!r} is not a backend: use auto, sim or cann")
     try:
         backend = _load_cann("auto: the CANN module is built and a device is visible")
     except BackendUnavailableError:
@@ -171,4 +169,3 @@ def backend_info() -> dict[str, object]:
             "max_events": cfg.max_events,
         }
     return info
-

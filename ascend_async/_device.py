@@ -79,7 +79,10 @@ class Device:
         for name, pool in (("device", self.device_pool), ("host", self.host_pool)):
             st = ffi.new("aa_pool_stats*")
             lib.aa_pool_get_stats(pool, st)
-            out[name] = {k: int(getattr(st, k)) for k in ("live_blocks", "live_bytes", "cached_blocks", "cached_bytes", "hits", "misses")}
+            out[name] = {
+                k: int(getattr(st, k))
+                for k in ("live_blocks", "live_bytes", "cached_blocks", "cached_bytes", "hits", "misses")
+            }
         return out
 
     # -- events ------------------------------------------------------------------------------

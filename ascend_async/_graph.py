@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Graph", "TensorSpec"]
 
-Dim = Union[int, str, None]
+Dim = int | str | None
 GraphSource = Union[str, "os.PathLike[str]", bytes, "onnx.ModelProto"]
 
 #: ge::DataType value <-> numpy dtype (graph/types.h numbering).
@@ -112,9 +112,7 @@ class Graph:
         self.model: onnx.ModelProto = model
         self.model_bytes: bytes = data
         self.name: str = name or model.graph.name or "graph"
-        self.inputs: tuple[TensorSpec, ...] = tuple(
-            _spec(vi) for vi in model.graph.input if vi.name not in init_names
-        )
+        self.inputs: tuple[TensorSpec, ...] = tuple(_spec(vi) for vi in model.graph.input if vi.name not in init_names)
         self.outputs: tuple[TensorSpec, ...] = tuple(_spec(vi) for vi in model.graph.output)
         self._input_names = tuple(s.name for s in self.inputs)
         self._program: Any = None  # the sim's lowered program, made once
@@ -145,22 +143,25 @@ class Graph:
             unknown = [k for k in inputs if k not in self._input_names]
             if unknown:
                 raise InputError(
-                    f"{self.name}: unknown input {unknown[0]!r}; the graph takes "
-                    + ", ".join(map(str, specs))
+                    f"{self.name}: unknown input {unknown[0]!r}; the graph takes " + ", ".join(map(str, specs))
                 )
             missing = [n for n in self._input_names if n not in inputs]
             if missing:
-                raise InputError(f"{self.name}: missing input {missing[0]!r} ({specs[self._input_names.index(missing[0])]})")
+                raise InputError(
+                    f"{self.name}: missing input {missing[0]!r} ({specs[self._input_names.index(missing[0])]})"
+                )
             values = [inputs[n] for n in self._input_names]
         elif isinstance(inputs, Sequence) and not isinstance(inputs, (str, bytes)):
             if len(inputs) != len(specs):
                 raise InputError(f"{self.name}: takes {len(specs)} inputs, got {len(inputs)}")
             values = list(inputs)
         else:
-            raise InputError(f"{self.name}: inputs must be a mapping by name or a sequence, not {type(inputs).__name__}")
+            raise InputError(
+                f"{self.name}: inputs must be a mapping by name or a sequence, not {type(inputs).__name__}"
+            )
 
         symbols: dict[str, tuple[int, str]] = {}
-        for spec, v in zip(specs, values):
+        for spec, v in zip(specs, values, strict=True):
             if isinstance(v, DeviceTensor):
                 v.check_open()
                 dtype, shape = v.dtype, v.shape
@@ -183,7 +184,7 @@ class Graph:
                     f"{self.name}: input {spec.name!r} has shape {tuple(shape)}, the graph expects rank "
                     f"{len(spec.shape)} {spec}"
                 )
-            for axis, (want, got) in enumerate(zip(spec.shape, shape)):
+            for axis, (want, got) in enumerate(zip(spec.shape, shape, strict=True)):
                 if isinstance(want, int) and want != got:
                     raise InputError(
                         f"{self.name}: input {spec.name!r} has shape {tuple(shape)}, dim {axis} must be {want} ({spec})"

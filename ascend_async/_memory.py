@@ -30,7 +30,9 @@ class DeviceTensor:
 
     __slots__ = ("__weakref__", "_addr", "_closed", "_device", "_ge", "_lock", "dtype", "shape")
 
-    def __init__(self, device: Device, addr: Any, shape: tuple[int, ...], dtype: np.dtype[Any], ge_tensor: Any = None) -> None:
+    def __init__(
+        self, device: Device, addr: Any, shape: tuple[int, ...], dtype: np.dtype[Any], ge_tensor: Any = None
+    ) -> None:
         # Use from_numpy or session.run(outputs="device"); this constructor is internal.
         self._device = device
         self._addr = addr
@@ -97,7 +99,9 @@ class DeviceTensor:
             b = self._device.backend
             self._device.ensure_current()
             b.check(
-                b.lib.aclrtMemcpy(b.ffi.from_buffer(out), out.nbytes, self._addr, out.nbytes, _ACL_MEMCPY_DEVICE_TO_HOST),
+                b.lib.aclrtMemcpy(
+                    b.ffi.from_buffer(out), out.nbytes, self._addr, out.nbytes, _ACL_MEMCPY_DEVICE_TO_HOST
+                ),
                 "aclrtMemcpy",
             )
         return out

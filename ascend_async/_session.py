@@ -336,7 +336,9 @@ class Session:
             if stream not in state.loaded:
                 self._device.ensure_current()
                 b = self._device.backend
-                b.check_ge(self._lib.aa_session_load_graph(self._handle, gid, b.ffi.NULL, 0, stream.handle), "LoadGraph")
+                b.check_ge(
+                    self._lib.aa_session_load_graph(self._handle, gid, b.ffi.NULL, 0, stream.handle), "LoadGraph"
+                )
                 state.loaded.add(stream)
             return gid
 
@@ -715,7 +717,11 @@ class Session:
 
         job = Job(None, finish)
         job.token = slot.token = watcher.new_token()
-        job.callback = lambda j: callback(j.result, j.error)
+
+        def deliver(j: Job) -> None:
+            callback(j.result, j.error)
+
+        job.callback = deliver
         with self._lock:
             self._check_open()
             self._pending += 1
@@ -775,4 +781,3 @@ def _ge_initialize(backend: Any) -> None:
         backend.check_ge(backend.lib.aa_ge_initialize(arr, 1), "GEInitializeV2")
         del keep
         _ge_ready = True
-

@@ -196,9 +196,7 @@ class Watcher:
         self._tokens = itertools.count(1)
         self.broken: BaseException | None = None
         self.completions = 0
-        self._thread = threading.Thread(
-            target=self._main, name=f"ascend-async-watcher-{device.id}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._main, name=f"ascend-async-watcher-{device.id}", daemon=True)
         self._thread.start()
 
     # -- submitting side (any thread) ---------------------------------------------------------
@@ -228,7 +226,10 @@ class Watcher:
     def stats(self) -> dict[str, int]:
         st = self._ffi.new("aa_watch_stats*")
         self._lib.aa_watch_get_stats(self.handle, st)
-        return {k: int(getattr(st, k)) for k in ("added", "completed", "failed", "polls", "probes", "batches", "sleeps", "pending")}
+        return {
+            k: int(getattr(st, k))
+            for k in ("added", "completed", "failed", "polls", "probes", "batches", "sleeps", "pending")
+        }
 
     def close(self) -> None:
         """Stop the thread (pending jobs fail) and free the C watch."""

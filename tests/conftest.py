@@ -38,7 +38,16 @@ def sim_stats() -> dict[str, int]:
     return {k: int(getattr(st, k)) for k in dir(st)}
 
 
-LEAK_KEYS = ("device_allocations", "host_allocations", "contexts", "streams", "events", "sessions", "graphs", "ge_outputs")
+LEAK_KEYS = (
+    "device_allocations",
+    "host_allocations",
+    "contexts",
+    "streams",
+    "events",
+    "sessions",
+    "graphs",
+    "ge_outputs",
+)
 
 
 @pytest.fixture(autouse=True)
