@@ -368,14 +368,18 @@ aclError aclrtSetDevice(int32_t deviceId) {
     sim_device *d = device_get(deviceId);
     if (!d) FAIL(ACL_ERROR_RT_INVALID_DEVICEID, "aclrtSetDevice: no device %d", (int)deviceId);
     pthread_mutex_lock(&d->lock);
-    if (!d->default_ctx) {
+    while (!d->default_ctx) {
+        /* context_new takes the device lock itself; a racing thread may win meanwhile. */
         pthread_mutex_unlock(&d->lock);
         sim_context *c = context_new(d, 0);
         pthread_mutex_lock(&d->lock);
-        if (!d->default_ctx)
+        if (!d->default_ctx) {
             d->default_ctx = c;
-        else
+        } else {
+            pthread_mutex_unlock(&d->lock);
             context_free(c);
+            pthread_mutex_lock(&d->lock);
+        }
     }
     d->set_refs++;
     tls_ctx = d->default_ctx;
