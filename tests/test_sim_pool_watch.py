@@ -252,6 +252,22 @@ def test_watch_reports_a_faulted_stream(ctx: Any, strategy: int) -> None:
         ss.close()
 
 
+def test_report_watch_completes_a_run_whose_own_callback_failed(ctx: Any) -> None:
+    """Report mode: the event completed, then the callback task behind it faulted (so it never
+    calls back). The probe must report the run as done (code 0), not lost, and not hang."""
+    ss = Streams(1)
+    (s,) = ss.streams
+    watch = make_watch(ctx, REPORT)
+    try:
+        # From here: task 1 is record()'s memset, 2 the record, 3 the callback aa_watch_add launches.
+        ok(lib.aa_sim_inject_fault(s, 3, 507015))
+        ok(lib.aa_watch_add(watch, s, ss.record(s), 7))
+        assert drain(watch, 1) == {7: 0}
+    finally:
+        lib.aa_watch_destroy(watch)
+        ss.close()
+
+
 def test_watch_fail_stream_returns_pending_tokens(ctx: Any) -> None:
     ss = Streams(1)
     (s,) = ss.streams

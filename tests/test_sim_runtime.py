@@ -703,3 +703,44 @@ def test_unsubscribe_drops_queued_callbacks(res: Res) -> None:
         assert calls == [2]
     finally:
         ok(lib.aclrtUnSubscribeReport(me, s2))
+
+
+def test_event_sync_after_its_faulted_stream_was_destroyed() -> None:
+    """An event recorded behind a fault keeps reporting the fault after the stream is gone
+    (the event keeps the stream's state alive) instead of waiting forever."""
+    assert lib.aclInit(ffi.NULL) in (0, 100002)
+    assert lib.aclrtSetDevice(0) == 0
+    try:
+        s = ffi.new("aclrtStream*")
+        e = ffi.new("aclrtEvent*")
+        assert lib.aclrtCreateStream(s) == 0
+        assert lib.aclrtCreateEvent(e) == 0
+        assert lib.aa_sim_inject_fault(s[0], 1, 507015) == 0
+        assert lib.aclrtMemsetAsync(_dev_block(), 64, 0, 64, s[0]) in (0, 107000)
+        assert lib.aclrtRecordEvent(e[0], s[0]) == 0
+        assert lib.aclrtSynchronizeStream(s[0]) == 507015
+        assert lib.aclrtDestroyStream(s[0]) == 0
+        assert lib.aclrtSynchronizeEventWithTimeout(e[0], 1000) == 507015
+        status = ffi.new("aclrtEventRecordedStatus*")
+        assert lib.aclrtQueryEventStatus(e[0], status) == 0
+        assert status[0] == lib.ACL_EVENT_RECORDED_STATUS_NOT_READY
+        assert lib.aclrtDestroyEvent(e[0]) == 0
+    finally:
+        _free_dev_block()
+        lib.aclGetRecentErrMsg()
+        assert lib.aclrtResetDevice(0) == 0
+
+
+_blocks: list[Any] = []
+
+
+def _dev_block() -> Any:
+    p = ffi.new("void**")
+    assert lib.aclrtMalloc(p, 64, 0) == 0
+    _blocks.append(p[0])
+    return p[0]
+
+
+def _free_dev_block() -> None:
+    while _blocks:
+        assert lib.aclrtFree(_blocks.pop()) == 0

@@ -206,15 +206,24 @@ aclError aa_watch_add(aa_watch *w, aclrtStream stream, aclrtEvent event, uint64_
     return ACL_SUCCESS;
 }
 
-/* Moves every entry of `ws` to done with `code`. */
+/* Moves every entry of `ws` to done with `code`. In report mode an entry whose event already
+ * completed succeeded (its callback is merely late, or was itself the failed task): it is done
+ * with code 0. Report-mode entries stay allocated as orphans: a late callback may still come. */
 static void fail_entries_locked(aa_watch *w, wstream *ws, int32_t code, uint64_t now) {
+    int report = w->cfg.strategy == AA_WATCH_REPORT;
     while (ws->head) {
         wentry *e = ws->head;
         ws->head = e->next;
-        push_done_locked(w, e->token, code, now);
+        int32_t c = code;
+        if (report) {
+            aclrtEventRecordedStatus status = ACL_EVENT_RECORDED_STATUS_NOT_READY;
+            if (aclrtQueryEventStatus(e->event, &status) == ACL_SUCCESS &&
+                status == ACL_EVENT_RECORDED_STATUS_COMPLETE)
+                c = 0;
+        }
+        push_done_locked(w, e->token, c, now);
         w->st.pending--;
-        if (w->cfg.strategy == AA_WATCH_REPORT) {
-            /* Its callback may still be queued on the report thread: keep the entry. */
+        if (report) {
             e->orphan = 1;
             e->next = w->orphans;
             w->orphans = e;

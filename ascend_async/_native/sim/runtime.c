@@ -140,6 +140,7 @@ struct sim_stream {
     int subscribed;
     uint64_t sub_thread;
     sim_inject *injects;
+    int refs; /* 1 for the handle + 1 per event whose latest record is on this stream */
 };
 
 struct sim_event {
@@ -465,6 +466,7 @@ static sim_stream *stream_new(sim_device *d, sim_context *ctx, int internal) {
     s->dev = d;
     s->ctx = ctx;
     s->internal = internal;
+    s->refs = 1;
     pthread_mutex_lock(&d->lock);
     s->next = d->streams;
     d->streams = s;
@@ -523,8 +525,19 @@ aclError sim_stream_create_internal(int32_t device_id, aclrtStream *out) {
 static void event_unref_locked(sim_event *e);
 
 /* Waits for the stream's work to drain (releasing a held gate), then frees it. */
+static void stream_unref_locked(sim_stream *s) {
+    if (--s->refs > 0) return;
+    while (s->injects) {
+        sim_inject *n = s->injects->next;
+        free(s->injects);
+        s->injects = n;
+    }
+    free(s);
+}
+
 static void stream_free(sim_stream *s) {
     sim_device *d = s->dev;
+    int s_internal = s->internal;
     pthread_mutex_lock(&d->lock);
     s->destroying = 1;
     s->held = 0;
@@ -541,15 +554,10 @@ static void stream_free(sim_stream *s) {
         for (report_queue *q = d->reports; q; q = q->next)
             if (q->thread_id == s->sub_thread) q->n_streams--;
     }
+    s->magic = 0; /* the handle is dead; events recorded on it may still read its fault */
+    stream_unref_locked(s);
     pthread_mutex_unlock(&d->lock);
-    while (s->injects) {
-        sim_inject *n = s->injects->next;
-        free(s->injects);
-        s->injects = n;
-    }
-    if (!s->internal) SIM_STAT_ADD(streams, -1);
-    s->magic = 0;
-    free(s);
+    if (!s_internal) SIM_STAT_ADD(streams, -1);
 }
 
 aclError aclrtDestroyStream(aclrtStream stream) {
@@ -930,6 +938,7 @@ aclError aclrtCreateEvent(aclrtEvent *event) { return aclrtCreateEventWithFlag(e
 
 static void event_unref_locked(sim_event *e) {
     if (--e->refs > 0) return;
+    if (e->stream) stream_unref_locked(e->stream);
     if (e->hw) {
         e->dev->hw_events--;
         pthread_cond_broadcast(&e->dev->done_cv);
@@ -978,7 +987,11 @@ aclError aclrtRecordEvent(aclrtEvent event, aclrtStream stream) {
     t->event = e;
     t->gen = ++e->record_gen;
     e->refs++;
-    e->stream = s;
+    if (e->stream != s) { /* the event keeps the stream of its latest record alive */
+        if (e->stream) stream_unref_locked(e->stream);
+        s->refs++;
+        e->stream = s;
+    }
     enqueue_locked(s, t);
     e->seq = t->seq;
     pthread_mutex_unlock(&d->lock);
