@@ -368,6 +368,8 @@ class Session:
                         best = s
                 return best
             if isinstance(stream, int):
+                if not 0 <= stream < len(self._streams):
+                    raise ValueError(f"stream={stream}: this session has streams 0..{len(self._streams) - 1}")
                 return self._streams[stream]
             if stream not in self._streams:
                 raise ValueError(f"{stream!r} is not a live stream of this session")

@@ -331,3 +331,16 @@ async def test_max_in_flight_is_per_session() -> None:
             for h in held:
                 _sim.lib.aa_sim_stream_release(h)
         assert a.statistics().completed == 4 and b.statistics().completed == 7
+
+
+async def test_an_unknown_stream_index_is_refused_before_submitting() -> None:
+    async with ascend_async.Session(streams=2) as s:
+        g = s.add_graph(add_model())
+        x = np.ones((2, 4), np.float32)
+        before = sim_stats()["tasks_submitted"]
+        for bad in (2, -1):
+            with pytest.raises(ValueError, match=r"streams 0\.\.1"):
+                await s.run(g, {"x": x, "y": x}, stream=bad)
+        assert sim_stats()["tasks_submitted"] == before
+        out = await s.run(g, {"x": x, "y": x}, stream=1)
+        np.testing.assert_array_equal(out["z"], x + x)

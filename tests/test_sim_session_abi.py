@@ -629,3 +629,12 @@ def test_failed_auto_load_records_no_mode(env: Env) -> None:
     ok(st)
     np.testing.assert_array_equal(env.read(hout[0].addr, 1), env.x + 1)
     release_all(hout, n)
+
+
+def test_error_text_size_query_keeps_the_text(env: Env) -> None:
+    assert lib.aa_session_remove_graph(env.session, 4242) == FAILED
+    n = lib.aa_ge_get_error_msg(ffi.NULL, 0)
+    assert n > 0
+    assert lib.aa_ge_get_error_msg(ffi.NULL, 0) == n  # still there
+    assert "does not exist" in ge_msg()
+    assert lib.aa_ge_get_error_msg(ffi.NULL, 0) == 0  # read and cleared

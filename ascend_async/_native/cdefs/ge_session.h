@@ -81,10 +81,13 @@ typedef void (*aa_run_callback)(void *user_data, aa_status status, aa_tensor *ou
 /* --- global (GEInitializeV2 / GEFinalizeV2 / GEGetErrorMsgV3) --- */
 aa_status aa_ge_initialize(const aa_option *options, size_t n_options);
 aa_status aa_ge_finalize(void);
-/* Copies and clears this thread's GE error text; returns its full length. */
+/* Copies and clears this thread's GE error text; returns its full length. A NULL buffer (or
+ * buf_len 0) only asks for the length and keeps the text. */
 size_t aa_ge_get_error_msg(char *buf, size_t buf_len);
 
 /* --- sessions --- */
+/* Like GeSession's constructor, this sets the session's device on the calling thread, which
+ * switches that thread's current context to the device's default context (not restored). */
 aa_status aa_session_create(const aa_option *options, size_t n_options, aa_session **out);
 aa_status aa_session_destroy(aa_session *session);
 
@@ -104,7 +107,8 @@ aa_status aa_session_run_graph(aa_session *session, uint32_t graph_id, const aa_
                                size_t n_inputs, aa_tensor *outputs, size_t *n_outputs);
 
 /* RunGraphAsync: returns after submission; `callback` receives the outcome. Inputs must stay
- * alive until the callback has run. */
+ * alive until the callback has run. On a mode conflict the callback runs before this returns
+ * (UNSUPPORTED, no outputs). */
 aa_status aa_session_run_graph_async(aa_session *session, uint32_t graph_id,
                                      const aa_tensor *inputs, size_t n_inputs,
                                      aa_run_callback callback, void *user_data);
@@ -113,7 +117,8 @@ aa_status aa_session_run_graph_async(aa_session *session, uint32_t graph_id,
  * caller memory (addr and size set) is used as is; empty slots are allocated by the external
  * allocator registered for `stream`, else by the graph's built-in allocator, and filled in
  * (shape, dtype, placement, owner) before this returns. Data is valid once the stream reaches
- * the run. */
+ * the run. When only some slots are empty, describe their shape and dtype too: real GE may
+ * not fill them in for mixed slots. */
 aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t graph_id,
                                                  aclrtStream stream, const aa_tensor *inputs,
                                                  size_t n_inputs, aa_tensor *outputs,

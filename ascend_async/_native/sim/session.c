@@ -46,11 +46,10 @@ static void ge_error(const char *fmt, ...) {
 
 size_t aa_ge_get_error_msg(char *buf, size_t buf_len) {
     size_t n = strlen(tls_ge_err);
-    if (buf && buf_len) {
-        size_t c = n < buf_len - 1 ? n : buf_len - 1;
-        memcpy(buf, tls_ge_err, c);
-        buf[c] = 0;
-    }
+    if (!buf || !buf_len) return n; /* a size query keeps the text */
+    size_t c = n < buf_len - 1 ? n : buf_len - 1;
+    memcpy(buf, tls_ge_err, c);
+    buf[c] = 0;
     tls_ge_err[0] = 0;
     return n;
 }
