@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+import bench_kernels
 import bench_lag
 import bench_overhead
 import bench_scaling
@@ -17,7 +18,7 @@ import bench_throughput
 import bench_wakeup
 from _common import Row, environment_line, print_rows
 
-SECTIONS = ("overhead", "wakeup", "throughput", "devtime", "lag", "scaling", "floor")
+SECTIONS = ("overhead", "wakeup", "throughput", "devtime", "lag", "scaling", "floor", "kernels")
 
 
 def _floor_script(quick: bool) -> list[Row]:
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         ("lag", lambda: bench_lag.run(args.quick)),
         ("scaling", lambda: bench_scaling.run(args.quick)),
         ("floor", lambda: _floor_script(args.quick)),
+        ("kernels", lambda: [Row("kernels", what, value) for what, value in bench_kernels.run(args.quick)]),
     ]
     for name, fn in steps:
         if name not in only:
