@@ -5,22 +5,7 @@
 #include <string.h>
 
 #include "../ascend_async.h"
-
-static size_t dtype_bytes(int32_t dt) {
-    switch (dt) {
-        case AA_DT_FLOAT: case AA_DT_INT32: case AA_DT_UINT32: return 4;
-        case AA_DT_FLOAT16: case AA_DT_INT16: case AA_DT_UINT16: case AA_DT_BF16: return 2;
-        case AA_DT_INT8: case AA_DT_UINT8: case AA_DT_BOOL: return 1;
-        case AA_DT_INT64: case AA_DT_UINT64: case AA_DT_DOUBLE: return 8;
-        default: return 0;
-    }
-}
-
-static size_t nbytes_of(const aa_tensor *t) {
-    size_t n = dtype_bytes(t->dtype);
-    for (uint32_t i = 0; i < t->ndim; i++) n *= (size_t)t->dims[i];
-    return n;
-}
+#include "tensor.h"
 
 #define FAIL_ACL(api, rc)          \
     do {                           \
@@ -74,7 +59,7 @@ int aa_run_submit(aa_run *run) {
     run->enqueued = 1;
     for (size_t i = 0; i < run->n_outputs; i++) {
         aa_run_io *io = &run->outputs[i];
-        io->nbytes = nbytes_of(&io->tensor);
+        io->nbytes = aa_tensor_nbytes(&io->tensor);
         if (!run->outputs_to_host) continue;
         io->host_block = aa_pool_alloc(run->host_pool, io->nbytes ? io->nbytes : 1, &rc);
         if (!io->host_block) FAIL_ACL("aclrtMallocHost", rc);

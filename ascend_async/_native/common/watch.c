@@ -234,6 +234,21 @@ static void fail_entries_locked(aa_watch *w, wstream *ws, int32_t code, uint64_t
     ws->tail = NULL;
 }
 
+/* Probes `ws` for a fault (called with `mu`, drops it around the runtime call): a faulted
+ * stream's events never complete, so its pending entries fail with the stream's error.
+ * Returns 1 if it failed them. */
+static int probe_locked(aa_watch *w, wstream *ws, uint64_t *now) {
+    aclrtStream s = ws->stream;
+    pthread_mutex_unlock(&w->mu);
+    aclError prc = aclrtSynchronizeStreamWithTimeout(s, 0);
+    pthread_mutex_lock(&w->mu);
+    w->st.probes++;
+    if (prc == ACL_SUCCESS || prc == ACL_ERROR_RT_STREAM_SYNC_TIMEOUT) return 0;
+    if (!*now) *now = aa_monotonic_ns();
+    fail_entries_locked(w, ws, prc, *now);
+    return 1;
+}
+
 /* One polling pass over the busy streams; returns how many completed. Called without `mu`. */
 static int poll_pass(aa_watch *w, int probe) {
     int progressed = 0;
@@ -241,20 +256,11 @@ static int poll_pass(aa_watch *w, int probe) {
     int report = w->cfg.strategy == AA_WATCH_REPORT; /* callbacks pop entries: probe only */
     pthread_mutex_lock(&w->mu);
     for (wstream *ws = w->streams; ws; ws = ws->next) {
-        while (ws->head && report && probe) {
-            aclrtStream s = ws->stream;
-            pthread_mutex_unlock(&w->mu);
-            aclError prc = aclrtSynchronizeStreamWithTimeout(s, 0);
-            pthread_mutex_lock(&w->mu);
-            w->st.probes++;
-            if (prc != ACL_SUCCESS && prc != ACL_ERROR_RT_STREAM_SYNC_TIMEOUT) {
-                if (!now) now = aa_monotonic_ns();
-                fail_entries_locked(w, ws, prc, now);
-                progressed++;
-            }
-            break;
+        if (report) {
+            if (ws->head && probe) progressed += probe_locked(w, ws, &now);
+            continue;
         }
-        while (ws->head && !report) {
+        while (ws->head) {
             wentry *e = ws->head;
             aclrtEvent ev = e->event;
             pthread_mutex_unlock(&w->mu);
@@ -277,19 +283,8 @@ static int poll_pass(aa_watch *w, int probe) {
                 if (!now) now = aa_monotonic_ns();
                 fail_entries_locked(w, ws, rc, now);
                 progressed++;
-                break;
-            }
-            if (probe) {
-                aclrtStream s = ws->stream;
-                pthread_mutex_unlock(&w->mu);
-                aclError prc = aclrtSynchronizeStreamWithTimeout(s, 0);
-                pthread_mutex_lock(&w->mu);
-                w->st.probes++;
-                if (prc != ACL_SUCCESS && prc != ACL_ERROR_RT_STREAM_SYNC_TIMEOUT) {
-                    if (!now) now = aa_monotonic_ns();
-                    fail_entries_locked(w, ws, prc, now);
-                    progressed++;
-                }
+            } else if (probe) {
+                progressed += probe_locked(w, ws, &now);
             }
             break;
         }

@@ -699,11 +699,7 @@ static void enqueue_locked(sim_stream *s, sim_task *t) {
     }
 }
 
-aclError sim_enqueue(aclrtStream stream, int flags, sim_exec_fn exec, sim_cleanup_fn cleanup,
-                     void *payload) {
-    sim_stream *s;
-    aclError rc = resolve_stream(stream, "sim_enqueue", &s);
-    if (rc) return rc;
+static uint64_t enqueue_exec(sim_stream *s, int flags, sim_exec_fn exec, sim_cleanup_fn cleanup, void *payload) {
     sim_task *t = task_new(TASK_EXEC);
     t->flags = flags;
     t->exec = exec;
@@ -711,7 +707,17 @@ aclError sim_enqueue(aclrtStream stream, int flags, sim_exec_fn exec, sim_cleanu
     t->payload = payload;
     pthread_mutex_lock(&s->dev->lock);
     enqueue_locked(s, t);
+    uint64_t seq = t->seq;
     pthread_mutex_unlock(&s->dev->lock);
+    return seq;
+}
+
+aclError sim_enqueue(aclrtStream stream, int flags, sim_exec_fn exec, sim_cleanup_fn cleanup,
+                     void *payload) {
+    sim_stream *s;
+    aclError rc = resolve_stream(stream, "sim_enqueue", &s);
+    if (rc) return rc;
+    enqueue_exec(s, flags, exec, cleanup, payload);
     return ACL_SUCCESS;
 }
 
@@ -720,15 +726,8 @@ aclError sim_enqueue_internal(aclrtStream stream, int flags, sim_exec_fn exec, s
                               void *payload, uint64_t *seq) {
     sim_stream *s = as_stream(stream);
     if (!s) FAIL(ACL_ERROR_RT_INVALID_HANDLE, "sim_enqueue_internal: invalid stream handle");
-    sim_task *t = task_new(TASK_EXEC);
-    t->flags = flags;
-    t->exec = exec;
-    t->cleanup = cleanup;
-    t->payload = payload;
-    pthread_mutex_lock(&s->dev->lock);
-    enqueue_locked(s, t);
-    if (seq) *seq = t->seq;
-    pthread_mutex_unlock(&s->dev->lock);
+    uint64_t n = enqueue_exec(s, flags, exec, cleanup, payload);
+    if (seq) *seq = n;
     return ACL_SUCCESS;
 }
 

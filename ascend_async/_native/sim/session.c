@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/tensor.h"
 #include "program.h"
 #include "runtime.h"
 
@@ -377,22 +378,6 @@ static int mode_allows(graph_node *g, int mode, const char *api) {
 /* ------------------------------------------------------------------------------------------ */
 /* Tensors                                                                                     */
 
-static size_t dtype_size(int32_t dt) {
-    switch (dt) {
-        case AA_DT_FLOAT: case AA_DT_INT32: case AA_DT_UINT32: return 4;
-        case AA_DT_FLOAT16: case AA_DT_INT16: case AA_DT_UINT16: case AA_DT_BF16: return 2;
-        case AA_DT_INT8: case AA_DT_UINT8: case AA_DT_BOOL: return 1;
-        case AA_DT_INT64: case AA_DT_UINT64: case AA_DT_DOUBLE: return 8;
-        default: return 0;
-    }
-}
-
-static size_t tensor_nbytes(const aa_tensor *t) {
-    size_t n = dtype_size(t->dtype);
-    for (uint32_t i = 0; i < t->ndim; i++) n *= (size_t)t->dims[i];
-    return n;
-}
-
 /* Checks input memory; `device_only` for RunGraphWithStreamAsync. Returns 0 or -1. */
 static int check_inputs(const graph_node *g, const aa_tensor *in, size_t n, int device_only, const char *api) {
     size_t want = sim_program_n_inputs(g->program);
@@ -406,7 +391,7 @@ static int check_inputs(const graph_node *g, const aa_tensor *in, size_t n, int 
             ge_error("%s: input %zu has %u dims (max %d)", api, i, t->ndim, AA_MAX_DIMS);
             return -1;
         }
-        size_t nbytes = tensor_nbytes(t);
+        size_t nbytes = aa_tensor_nbytes(t);
         if (!nbytes) continue;
         if (!t->addr || t->size < nbytes) {
             ge_error("%s: input %zu: %zu bytes needed, tensor has %zu at %p", api, i, nbytes, t->size, t->addr);
@@ -606,7 +591,7 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
     }
     for (size_t i = 0; i < n_out; i++) {
         aa_tensor *t = &outputs[i];
-        size_t nbytes = tensor_nbytes(&inferred[i]);
+        size_t nbytes = aa_tensor_nbytes(&inferred[i]);
         if (t->addr && t->size) { /* caller memory, used as is */
             int r = sim_check_device_range(t->addr, nbytes, err, sizeof err);
             if (t->size < nbytes || r != 1) {
@@ -647,7 +632,7 @@ done:
 /* Allocates host output blocks for inferred shapes. */
 static void alloc_host_outputs(aa_tensor *out, const aa_tensor *inferred, size_t n) {
     for (size_t i = 0; i < n; i++) {
-        size_t nbytes = tensor_nbytes(&inferred[i]);
+        size_t nbytes = aa_tensor_nbytes(&inferred[i]);
         size_t size = nbytes ? nbytes : 1;
         void *p = NULL;
         if (posix_memalign(&p, 64, size)) p = NULL;
