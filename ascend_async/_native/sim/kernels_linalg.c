@@ -1,53 +1,325 @@
 /* Linear algebra kernels: MatMul (numpy semantics: 1-D promotion, broadcast batch dims) and
- * Gemm (transA/transB, alpha, beta, C broadcast to [M, N]). Both sit on one float32 GEMM,
- * blocked over K and N so a panel of B stays in cache, with a 4-row register micro-kernel the
- * compiler vectorises. fp16 tensors are widened by the program (SIM_F16_VIA_F32).
+ * Gemm (transA/transB, alpha, beta, C broadcast to [M, N]). Both sit on one float32 GEMM in the
+ * Goto/BLIS style: B is packed into KC x 16 column panels, A into 6 x KC row panels, and a 6x16
+ * register-blocked micro-kernel (k innermost over the packed panels) accumulates each tile.
+ * The micro-kernel is plain C with GCC vector types; on x86-64 an AVX2+FMA build of it (256-bit
+ * vectors) is picked at run time (__builtin_cpu_supports), otherwise a baseline build (128-bit
+ * vectors, SSE2/NEON) runs, so the default build still runs on any x86-64/aarch64.
+ * Large products are split in two halves run on a helper pthread (joined before returning; no
+ * global state, so the kernel stays re-entrant across streams). fp16 tensors are widened by the
+ * program (SIM_F16_VIA_F32).
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels.h"
 
-#define KB 128
-#define NB 512
+#define MR 6
+#define NR 16
+#define KC 256
+#define MC 96   /* multiple of MR */
+#define NC 2048 /* multiple of NR */
+#define SMALL_WORK ((int64_t)1 << 17) /* M*N*K below which packing does not pay */
+#define PAR_MIN_WORK ((int64_t)1 << 26) /* M*N*K above which two threads share the product */
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Packs A[mc, kc] (row stride lda) into ceil(mc/MR) panels laid out [k][MR], zero-padded. */
+static void pack_a(int64_t mc, int64_t kc, const float *A, int64_t lda, float *Ap) {
+    for (int64_t i0 = 0; i0 < mc; i0 += MR) {
+        int64_t mr = min64(MR, mc - i0);
+        float *dst = Ap + i0 * kc;
+        if (mr == MR) {
+            const float *a0 = A + i0 * lda;
+            for (int64_t k = 0; k < kc; k++)
+                for (int r = 0; r < MR; r++) dst[k * MR + r] = a0[r * lda + k];
+        } else {
+            for (int64_t k = 0; k < kc; k++)
+                for (int r = 0; r < MR; r++) dst[k * MR + r] = r < mr ? A[(i0 + r) * lda + k] : 0.0f;
+        }
+    }
+}
+
+/* Packs B[kc, nc] (row stride ldb) into ceil(nc/NR) panels laid out [k][NR], zero-padded. */
+static void pack_b(int64_t kc, int64_t nc, const float *B, int64_t ldb, float *Bp) {
+    for (int64_t j0 = 0; j0 < nc; j0 += NR) {
+        int64_t nr = min64(NR, nc - j0);
+        float *dst = Bp + j0 * kc;
+        for (int64_t k = 0; k < kc; k++) {
+            const float *b = B + k * ldb + j0;
+            float *d = dst + k * NR;
+            if (nr == NR) memcpy(d, b, sizeof(float) * NR);
+            else {
+                for (int64_t j = 0; j < nr; j++) d[j] = b[j];
+                for (int64_t j = nr; j < NR; j++) d[j] = 0.0f;
+            }
+        }
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+typedef float v8f __attribute__((vector_size(32)));
+
+/* C[mc, nc] += packed A block * packed B block (256-bit vectors; inlined into the AVX2 build). */
+static inline __attribute__((always_inline)) void macro_body(int64_t mc, int64_t nc, int64_t kc, const float *Ap,
+                                                             const float *Bp, float *C, int64_t ldc) {
+    for (int64_t jr = 0; jr < nc; jr += NR) {
+        int64_t nr = min64(NR, nc - jr);
+        const float *bp = Bp + jr * kc;
+        for (int64_t ir = 0; ir < mc; ir += MR) {
+            int64_t mr = min64(MR, mc - ir);
+            const float *ap = Ap + ir * kc;
+            v8f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
+            v8f c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
+            for (int64_t k = 0; k < kc; k++) {
+                v8f b0, b1;
+                memcpy(&b0, bp + k * NR, sizeof b0);
+                memcpy(&b1, bp + k * NR + 8, sizeof b1);
+                const float *a = ap + k * MR;
+                v8f x;
+                x = (v8f){0} + a[0], c00 += x * b0, c01 += x * b1;
+                x = (v8f){0} + a[1], c10 += x * b0, c11 += x * b1;
+                x = (v8f){0} + a[2], c20 += x * b0, c21 += x * b1;
+                x = (v8f){0} + a[3], c30 += x * b0, c31 += x * b1;
+                x = (v8f){0} + a[4], c40 += x * b0, c41 += x * b1;
+                x = (v8f){0} + a[5], c50 += x * b0, c51 += x * b1;
+            }
+            float *cp = C + ir * ldc + jr;
+            if (mr == MR && nr == NR) {
+#define AA_ACC_ROW(r, x0, x1)                                                                      \
+    do {                                                                                           \
+        v8f t0, t1;                                                                                \
+        memcpy(&t0, cp + (r) * ldc, sizeof t0);                                                    \
+        memcpy(&t1, cp + (r) * ldc + 8, sizeof t1);                                                \
+        t0 += x0, t1 += x1;                                                                        \
+        memcpy(cp + (r) * ldc, &t0, sizeof t0);                                                    \
+        memcpy(cp + (r) * ldc + 8, &t1, sizeof t1);                                                \
+    } while (0)
+                AA_ACC_ROW(0, c00, c01);
+                AA_ACC_ROW(1, c10, c11);
+                AA_ACC_ROW(2, c20, c21);
+                AA_ACC_ROW(3, c30, c31);
+                AA_ACC_ROW(4, c40, c41);
+                AA_ACC_ROW(5, c50, c51);
+#undef AA_ACC_ROW
+            } else {
+                float t[MR][NR];
+                memcpy(t[0], &c00, 32), memcpy(t[0] + 8, &c01, 32);
+                memcpy(t[1], &c10, 32), memcpy(t[1] + 8, &c11, 32);
+                memcpy(t[2], &c20, 32), memcpy(t[2] + 8, &c21, 32);
+                memcpy(t[3], &c30, 32), memcpy(t[3] + 8, &c31, 32);
+                memcpy(t[4], &c40, 32), memcpy(t[4] + 8, &c41, 32);
+                memcpy(t[5], &c50, 32), memcpy(t[5] + 8, &c51, 32);
+                for (int64_t r = 0; r < mr; r++)
+                    for (int64_t j = 0; j < nr; j++) cp[r * ldc + j] += t[r][j];
+            }
+        }
+    }
+}
+
+#endif
+
+typedef void (*macro_fn)(int64_t, int64_t, int64_t, const float *, const float *, float *, int64_t);
+
+typedef float v4f __attribute__((vector_size(16)));
+
+/* Baseline build (SSE2 on x86-64, NEON on aarch64): the same packed panels, but each 6x16 tile is
+ * done as two 6x8 halves of 128-bit vectors so the 12 accumulators fit in 16 registers. */
+static void macro_default(int64_t mc, int64_t nc, int64_t kc, const float *Ap, const float *Bp, float *C,
+                          int64_t ldc) {
+    for (int64_t jr = 0; jr < nc; jr += NR) {
+        int64_t nr = min64(NR, nc - jr);
+        for (int64_t ir = 0; ir < mc; ir += MR) {
+            int64_t mr = min64(MR, mc - ir);
+            const float *ap = Ap + ir * kc;
+            for (int64_t h = 0; h < NR && h < nr; h += 8) {
+                const float *bp = Bp + jr * kc + h;
+                v4f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0};
+                v4f c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
+                for (int64_t k = 0; k < kc; k++) {
+                    v4f b0, b1;
+                    memcpy(&b0, bp + k * NR, sizeof b0);
+                    memcpy(&b1, bp + k * NR + 4, sizeof b1);
+                    const float *a = ap + k * MR;
+                    v4f x;
+                    x = (v4f){0} + a[0], c00 += x * b0, c01 += x * b1;
+                    x = (v4f){0} + a[1], c10 += x * b0, c11 += x * b1;
+                    x = (v4f){0} + a[2], c20 += x * b0, c21 += x * b1;
+                    x = (v4f){0} + a[3], c30 += x * b0, c31 += x * b1;
+                    x = (v4f){0} + a[4], c40 += x * b0, c41 += x * b1;
+                    x = (v4f){0} + a[5], c50 += x * b0, c51 += x * b1;
+                }
+                float t[MR][8];
+                memcpy(t[0], &c00, 16), memcpy(t[0] + 4, &c01, 16);
+                memcpy(t[1], &c10, 16), memcpy(t[1] + 4, &c11, 16);
+                memcpy(t[2], &c20, 16), memcpy(t[2] + 4, &c21, 16);
+                memcpy(t[3], &c30, 16), memcpy(t[3] + 4, &c31, 16);
+                memcpy(t[4], &c40, 16), memcpy(t[4] + 4, &c41, 16);
+                memcpy(t[5], &c50, 16), memcpy(t[5] + 4, &c51, 16);
+                int64_t w = min64(8, nr - h);
+                float *cp = C + ir * ldc + jr + h;
+                for (int64_t r = 0; r < mr; r++)
+                    for (int64_t j = 0; j < w; j++) cp[r * ldc + j] += t[r][j];
+            }
+        }
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2,fma"))) static void macro_avx2(int64_t mc, int64_t nc, int64_t kc, const float *Ap,
+                                                           const float *Bp, float *C, int64_t ldc) {
+    macro_body(mc, nc, kc, Ap, Bp, C, ldc);
+}
+#endif
+
+static macro_fn pick_macro(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return macro_avx2;
+#endif
+    return macro_default;
+}
+
+/* Single-threaded packed GEMM; -1 when the packing buffers cannot be allocated. */
+static int sgemm_serial(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                        float *C, int64_t ldc) {
+    if (M <= 0 || N <= 0 || K <= 0) return 0;
+    macro_fn macro = pick_macro();
+    int64_t kcmax = min64(K, KC);
+    int64_t ncmax = (min64(N, NC) + NR - 1) / NR * NR;
+    int64_t mcmax = (min64(M, MC) + MR - 1) / MR * MR;
+    size_t bbytes = (size_t)(kcmax * ncmax) * sizeof(float), abytes = (size_t)(kcmax * mcmax) * sizeof(float);
+    bbytes = (bbytes + 63) / 64 * 64;
+    abytes = (abytes + 63) / 64 * 64;
+    float *Bp = aligned_alloc(64, bbytes + abytes);
+    if (!Bp) return -1;
+    float *Ap = Bp + bbytes / sizeof(float);
+    for (int64_t jc = 0; jc < N; jc += NC) {
+        int64_t nc = min64(NC, N - jc);
+        for (int64_t pc = 0; pc < K; pc += KC) {
+            int64_t kc = min64(KC, K - pc);
+            pack_b(kc, nc, B + pc * ldb + jc, ldb, Bp);
+            for (int64_t ic = 0; ic < M; ic += MC) {
+                int64_t mc = min64(MC, M - ic);
+                pack_a(mc, kc, A + ic * lda + pc, lda, Ap);
+                macro(mc, nc, kc, Ap, Bp, C + ic * ldc + jc, ldc);
+            }
+        }
+    }
+    free(Bp);
+    return 0;
+}
+
+/* Unpacked 4-row kernel for small products (no buffers, so it is also the fallback when the
+ * packing buffers cannot be allocated): C[M,N] += A*B, j innermost for the vectoriser. */
+static inline __attribute__((always_inline)) void direct_body(int64_t M, int64_t N, int64_t K, const float *A,
+                                                              int64_t lda, const float *B, int64_t ldb, float *C,
+                                                              int64_t ldc) {
+    int64_t i = 0;
+    for (; i + 4 <= M; i += 4) {
+        float *restrict c0 = C + i * ldc;
+        float *restrict c1 = c0 + ldc;
+        float *restrict c2 = c1 + ldc;
+        float *restrict c3 = c2 + ldc;
+        const float *a0 = A + i * lda;
+        for (int64_t k = 0; k < K; k++) {
+            const float *restrict b = B + k * ldb;
+            float x0 = a0[k], x1 = a0[lda + k], x2 = a0[2 * lda + k], x3 = a0[3 * lda + k];
+            for (int64_t j = 0; j < N; j++) {
+                float bj = b[j];
+                c0[j] += x0 * bj;
+                c1[j] += x1 * bj;
+                c2[j] += x2 * bj;
+                c3[j] += x3 * bj;
+            }
+        }
+    }
+    for (; i < M; i++) {
+        float *restrict c0 = C + i * ldc;
+        const float *a0 = A + i * lda;
+        for (int64_t k = 0; k < K; k++) {
+            const float *restrict b = B + k * ldb;
+            float x0 = a0[k];
+            for (int64_t j = 0; j < N; j++) c0[j] += x0 * b[j];
+        }
+    }
+}
+
+static void direct_default(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                           float *C, int64_t ldc) {
+    direct_body(M, N, K, A, lda, B, ldb, C, ldc);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2,fma"))) static void direct_avx2(int64_t M, int64_t N, int64_t K, const float *A,
+                                                            int64_t lda, const float *B, int64_t ldb, float *C,
+                                                            int64_t ldc) {
+    direct_body(M, N, K, A, lda, B, ldb, C, ldc);
+}
+#endif
+
+static void sgemm_direct(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                         float *C, int64_t ldc) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        direct_avx2(M, N, K, A, lda, B, ldb, C, ldc);
+        return;
+    }
+#endif
+    direct_default(M, N, K, A, lda, B, ldb, C, ldc);
+}
+
+typedef struct gemm_job {
+    int64_t M, N, K, lda, ldb, ldc;
+    const float *A, *B;
+    float *C;
+} gemm_job;
+
+static void gemm_job_run(const gemm_job *j) {
+    if (j->M * j->N * j->K < SMALL_WORK || sgemm_serial(j->M, j->N, j->K, j->A, j->lda, j->B, j->ldb, j->C, j->ldc))
+        sgemm_direct(j->M, j->N, j->K, j->A, j->lda, j->B, j->ldb, j->C, j->ldc);
+}
+
+static void *gemm_job_thread(void *arg) {
+    gemm_job_run(arg);
+    return NULL;
+}
 
 /* C[M,N] (row stride ldc) += A[M,K] (lda) * B[K,N] (ldb); C must be initialised. */
 void sim_sgemm_acc(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
                       int64_t ldb, float *C, int64_t ldc) {
-    for (int64_t k0 = 0; k0 < K; k0 += KB) {
-        int64_t kn = K - k0 < KB ? K - k0 : KB;
-        for (int64_t j0 = 0; j0 < N; j0 += NB) {
-            int64_t jn = N - j0 < NB ? N - j0 : NB;
-            int64_t i = 0;
-            for (; i + 4 <= M; i += 4) {
-                float *restrict c0 = C + i * ldc + j0;
-                float *restrict c1 = c0 + ldc;
-                float *restrict c2 = c1 + ldc;
-                float *restrict c3 = c2 + ldc;
-                const float *a0 = A + i * lda + k0;
-                for (int64_t k = 0; k < kn; k++) {
-                    const float *restrict b = B + (k0 + k) * ldb + j0;
-                    float x0 = a0[k], x1 = a0[lda + k], x2 = a0[2 * lda + k], x3 = a0[3 * lda + k];
-                    for (int64_t j = 0; j < jn; j++) {
-                        float bj = b[j];
-                        c0[j] += x0 * bj;
-                        c1[j] += x1 * bj;
-                        c2[j] += x2 * bj;
-                        c3[j] += x3 * bj;
-                    }
-                }
-            }
-            for (; i < M; i++) {
-                float *restrict c0 = C + i * ldc + j0;
-                const float *a0 = A + i * lda + k0;
-                for (int64_t k = 0; k < kn; k++) {
-                    const float *restrict b = B + (k0 + k) * ldb + j0;
-                    float x0 = a0[k];
-                    for (int64_t j = 0; j < jn; j++) c0[j] += x0 * b[j];
-                }
-            }
+    if (M <= 0 || N <= 0 || K <= 0) return;
+    gemm_job jobs[2] = {{M, N, K, lda, ldb, ldc, A, B, C}, {M, N, K, lda, ldb, ldc, A, B, C}};
+    int split = 0;
+    if (M * N * K >= PAR_MIN_WORK) {
+        if (N >= M && N >= 2 * NR) {
+            int64_t n0 = (N / 2 + NR - 1) / NR * NR;
+            jobs[0].N = n0;
+            jobs[1].N = N - n0;
+            jobs[1].B = B + n0;
+            jobs[1].C = C + n0;
+            split = 1;
+        } else if (M >= 2 * MR) {
+            int64_t m0 = (M / 2 + MR - 1) / MR * MR;
+            jobs[0].M = m0;
+            jobs[1].M = M - m0;
+            jobs[1].A = A + m0 * lda;
+            jobs[1].C = C + m0 * ldc;
+            split = 1;
         }
     }
+    pthread_t th;
+    if (split && pthread_create(&th, NULL, gemm_job_thread, &jobs[1]) == 0) {
+        gemm_job_run(&jobs[0]);
+        pthread_join(th, NULL);
+        return;
+    }
+    if (split) { /* no helper thread: run both halves here */
+        gemm_job_run(&jobs[0]);
+        gemm_job_run(&jobs[1]);
+        return;
+    }
+    gemm_job_run(&jobs[0]);
 }
 
 /* ------------------------------------------------------------------ MatMul */
