@@ -21,6 +21,7 @@ from ._errors import InputError as InputError
 from ._errors import ModeConflictError as ModeConflictError
 from ._errors import SessionClosedError as SessionClosedError
 from ._errors import WatcherError as WatcherError
+from ._event import Event as Event
 from ._graph import Graph as Graph
 from ._graph import TensorSpec as TensorSpec
 from ._memory import DeviceTensor as DeviceTensor
@@ -38,6 +39,7 @@ __all__ = (
     "DeviceError",
     "DeviceMemoryError",
     "DeviceTensor",
+    "Event",
     "GeError",
     "Graph",
     "GraphError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,11 +15,12 @@ import numpy as np
 
 from ._device import Device, acquire_device, release_device
 from ._errors import DeviceError, GraphError, ModeConflictError, SessionClosedError
+from ._event import Event
 from ._graph import GE_TO_NUMPY, NUMPY_TO_GE, Graph, GraphSource
 from ._memory import DeviceTensor
 from ._watcher import Job, current_bridge
 
-__all__ = ["Session", "SessionStatistics", "Stream"]
+__all__ = ["Event", "Session", "SessionStatistics", "Stream"]
 
 _MODE_API = {"stream": "RunGraphWithStreamAsync", "sync": "RunGraph", "callback": "RunGraphAsync"}
 
@@ -69,6 +71,13 @@ class Stream:
 
     def __repr__(self) -> str:
         return f"<Stream {self.index} of {self._session!r}{' faulted' if self.fault else ''}>"
+
+    def record(self) -> Event:
+        """Record an event behind everything submitted to this stream so far."""
+        self._session._check_open()
+        ev = Event(self._session._device, self.handle)
+        self._session._events.add(ev)
+        return ev
 
     def synchronize(self) -> None:
         """Block the calling thread until the stream's work is done (raises DeviceError)."""
@@ -150,6 +159,7 @@ class Session:
             self._failed = 0
             self._cancelled = 0
             self._streams: list[Stream] = []
+            self._events: weakref.WeakSet[Event] = weakref.WeakSet()  # closed at teardown
             for i in range(streams):
                 self._streams.append(Stream(self, i))
         except BaseException:
@@ -222,6 +232,8 @@ class Session:
             return
         lib = dev.backend.lib
         dev.ensure_current()
+        for ev in list(getattr(self, "_events", ())):
+            ev.close()
         if self._handle is not None:
             for st in getattr(self, "_graphs", {}).values():
                 for gid in st.ids.values():

@@ -1,0 +1,86 @@
+"""Public Event objects: record, query, synchronize, elapsed time, and awaiting one."""
+
+from __future__ import annotations
+
+import functools
+
+import anyio
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import ascend_async
+from ascend_async._native import _sim
+
+pytestmark = pytest.mark.anyio
+
+
+def relu_model() -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "relu", [x], [y])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+async def test_record_query_wait_and_elapsed() -> None:
+    async with ascend_async.Session(streams=1) as s:
+        g = s.add_graph(relu_model())
+        stream = s.streams[0]
+        x = np.array([[-1, 2, -3, 4]], np.float32)
+        await s.run(g, {"x": x})  # loaded: the timed part below is the run itself
+        start = stream.record()
+        _sim.lib.aa_sim_stream_hold(stream.handle)
+        _sim.lib.aa_sim_inject_delay(stream.handle, 1, 20_000)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(s.run, g, {"x": x}, stream=0))
+            await anyio.wait_all_tasks_blocked()
+            end = stream.record()
+            assert not end.query()  # the stream is held: nothing ran yet
+            _sim.lib.aa_sim_stream_release(stream.handle)
+            await end.wait()
+        assert end.query() and start.query()
+        end.synchronize(timeout=1)
+        assert start.elapsed_ms(end) >= 19.0  # the 20 ms injected delay lies between them
+        start.close()
+        start.close()  # idempotent
+        assert start.is_closed
+        with pytest.raises(ascend_async.SessionClosedError):
+            start.query()
+
+
+async def test_wait_on_an_event_behind_a_fault_raises_device_error() -> None:
+    async with ascend_async.Session(streams=1) as s:
+        g = s.add_graph(relu_model())
+        stream = s.streams[0]
+        x = np.ones((1, 4), np.float32)
+        await s.run(g, {"x": x})
+        _sim.lib.aa_sim_inject_fault(stream.handle, 1, 507015)
+        with pytest.raises(ascend_async.DeviceError) as info:
+            await s.run(g, {"x": x}, stream=0)
+        assert info.value.code == 507015
+
+
+async def test_synchronize_times_out_on_a_held_stream() -> None:
+    async with ascend_async.Session(streams=1) as s:
+        stream = s.streams[0]
+        _sim.lib.aa_sim_stream_hold(stream.handle)
+        ev = stream.record()
+        try:
+            with pytest.raises(ascend_async.AclError) as info:
+                ev.synchronize(timeout=0.01)
+            assert info.value.code == 507047
+            with anyio.move_on_after(0.05) as scope:
+                await ev.wait()  # cancelled while pending: the event is untouched
+            assert scope.cancelled_caught
+        finally:
+            _sim.lib.aa_sim_stream_release(stream.handle)
+        await ev.wait()
+        assert ev.query()
+
+
+async def test_events_left_open_are_closed_with_the_session() -> None:
+    async with ascend_async.Session(streams=1) as s:
+        ev = s.streams[0].record()
+        await ev.wait()
+    assert ev.is_closed  # the autouse leak check also sees no live sim events
