@@ -168,8 +168,11 @@ class Session:
         self._rr = 0
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._streams)} streams"
-        return f"<Session device={self._device.id} backend={self._device.backend.name} {state}>"
+        dev = self._device
+        if dev is None:
+            return "<Session closed>"
+        state = "closing" if self._closed else f"{len(self._streams)} streams"
+        return f"<Session device={dev.id} backend={dev.backend.name} {state}>"
 
     # -- lifecycle ---------------------------------------------------------------------------
 

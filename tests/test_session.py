@@ -344,3 +344,10 @@ async def test_an_unknown_stream_index_is_refused_before_submitting() -> None:
         assert sim_stats()["tasks_submitted"] == before
         out = await s.run(g, {"x": x, "y": x}, stream=1)
         np.testing.assert_array_equal(out["z"], x + x)
+
+
+def test_repr_before_and_after_close() -> None:
+    s = ascend_async.Session()
+    assert "device=0 backend=sim 2 streams" in repr(s)
+    s.close()
+    assert repr(s) == "<Session closed>"
