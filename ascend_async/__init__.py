@@ -25,6 +25,7 @@ from ._event import Event as Event
 from ._graph import Graph as Graph
 from ._graph import TensorSpec as TensorSpec
 from ._memory import DeviceTensor as DeviceTensor
+from ._session import RunProfile as RunProfile
 from ._session import Session as Session
 from ._session import SessionStatistics as SessionStatistics
 from ._session import Stream as Stream
@@ -45,6 +46,7 @@ __all__ = (
     "GraphError",
     "InputError",
     "ModeConflictError",
+    "RunProfile",
     "Session",
     "SessionClosedError",
     "SessionStatistics",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,7 +22,7 @@ from ._graph import GE_TO_NUMPY, NUMPY_TO_GE, Graph, GraphSource
 from ._memory import DeviceTensor
 from ._watcher import Job, current_bridge
 
-__all__ = ["Event", "Session", "SessionStatistics", "Stream"]
+__all__ = ["Event", "RunProfile", "Session", "SessionStatistics", "Stream"]
 
 _MODE_API = {"stream": "RunGraphWithStreamAsync", "sync": "RunGraph", "callback": "RunGraphAsync"}
 
@@ -40,6 +42,68 @@ class SessionStatistics:
     device_pool: Mapping[str, int]
     host_pool: Mapping[str, int]
     watcher: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class RunProfile:
+    """Where one run's time went (:meth:`Session.run_profiled`), in milliseconds.
+
+    ``h2d_ms``, ``compute_ms`` and ``d2h_ms`` come from device events recorded between the
+    stages on the run's stream. ``submit_ms`` is the host's submit call; ``queued_ms`` the wait
+    from the end of submit until the device started the run (None where device and host clocks
+    differ, as on CANN); ``end_to_end_ms`` from entering ``run_profiled`` to its result.
+    """
+
+    h2d_ms: float
+    compute_ms: float
+    d2h_ms: float
+    submit_ms: float
+    queued_ms: float | None
+    end_to_end_ms: float
+
+
+class _StageEvents:
+    """Three timing events around one run's stages; owned by its job, destroyed after it."""
+
+    def __init__(self, dev: Device) -> None:
+        b = dev.backend
+        self._dev = dev
+        self.handles: list[Any] = []
+        for _ in range(3):
+            ev = b.ffi.new("aclrtEvent*")
+            rc = b.lib.aclrtCreateEventWithFlag(ev, 1 | 8)  # SYNC | TIME_LINE
+            if rc:
+                self.close()
+                b.check(rc, "aclrtCreateEventWithFlag")
+            self.handles.append(ev[0])
+        self.submitted_ns = 0
+
+    def attach(self, run: Any) -> None:
+        for i, h in enumerate(self.handles):
+            run.stage_events[i] = h
+        self.submitted_ns = time.monotonic_ns()
+
+    def read(self, end: Any) -> tuple[float, float, float, float | None]:
+        """(h2d, compute, d2h, queued) in ms, once `end` completed (on the watcher thread)."""
+        b = self._dev.backend
+        ms = b.ffi.new("float*")
+        marks = [*self.handles, end]
+        spans = []
+        for a, z in itertools.pairwise(marks):
+            b.check(b.lib.aclrtEventElapsedTime(ms, a, z), "aclrtEventElapsedTime")
+            spans.append(float(ms[0]))
+        queued = None
+        if b.is_sim:  # the sim's event clock is CLOCK_MONOTONIC, as time.monotonic_ns()
+            ts = b.ffi.new("uint64_t*")
+            b.check(b.lib.aclrtEventGetTimestamp(self.handles[0], ts), "aclrtEventGetTimestamp")
+            queued = max(0.0, (int(ts[0]) - self.submitted_ns) / 1e6)
+        return spans[0], spans[1], spans[2], queued
+
+    def close(self) -> None:
+        lib = self._dev.backend.lib
+        for h in self.handles:
+            lib.aclrtDestroyEvent(h)
+        self.handles = []
 
 
 def _noop(job: Job) -> None:
@@ -411,6 +475,34 @@ class Session:
 
         :raises DeviceError: the run failed on the device (the stream is replaced).
         """
+        result, _ = await self._run(graph, inputs, stream, outputs, profile=False)
+        return result
+
+    async def run_profiled(
+        self,
+        graph: Graph,
+        inputs: Mapping[str, Any] | Sequence[Any],
+        *,
+        stream: Stream | int | None = None,
+        outputs: Literal["numpy", "device"] = "numpy",
+    ) -> tuple[dict[str, Any], RunProfile]:
+        """:meth:`run`, plus where its time went: H2D, compute and D2H from device events
+        recorded between the stages, and the host's share. Costs three extra events per run;
+        meant for sampling (the benchmark runner profiles one run in sixteen)."""
+        result, profile = await self._run(graph, inputs, stream, outputs, profile=True)
+        assert profile is not None
+        return result, profile
+
+    async def _run(
+        self,
+        graph: Graph,
+        inputs: Mapping[str, Any] | Sequence[Any],
+        stream: Stream | int | None,
+        outputs: str,
+        *,
+        profile: bool,
+    ) -> tuple[dict[str, Any], RunProfile | None]:
+        t_entry = time.perf_counter_ns()
         if outputs not in ("numpy", "device"):
             raise ValueError(f"outputs must be 'numpy' or 'device', not {outputs!r}")
         state = self._state(graph)
@@ -424,7 +516,9 @@ class Session:
             lane = self._pick_stream(stream)
             if lane not in state.loaded:  # the first run on this stream: compile/load off-loop
                 await anyio.to_thread.run_sync(self._ensure_loaded, state, lane)
-            job = self._submit(state, lane, values, outputs == "device", bridge)
+            t_submit = time.perf_counter_ns()
+            job = self._submit(state, lane, values, outputs == "device", bridge, profile)
+            submit_ns = time.perf_counter_ns() - t_submit
         except BaseException:
             limiter.release()
             raise
@@ -439,14 +533,28 @@ class Session:
         if job.error is not None:
             raise job.error
         result: dict[str, Any] = job.result
-        return result
+        if not profile:
+            return result, None
+        h2d, compute, d2h, queued = job.stages
+        return result, RunProfile(
+            h2d_ms=h2d,
+            compute_ms=compute,
+            d2h_ms=d2h,
+            submit_ms=submit_ns / 1e6,
+            queued_ms=queued,
+            end_to_end_ms=(time.perf_counter_ns() - t_entry) / 1e6,
+        )
 
-    def _submit(self, state: _GraphState, lane: Stream, values: list[Any], to_device: bool, bridge: Any) -> Job:
+    def _submit(
+        self, state: _GraphState, lane: Stream, values: list[Any], to_device: bool, bridge: Any, profile: bool = False
+    ) -> Job:
         """Enqueue copies, the run and its event on ``lane`` (no waiting); hand it to the watcher."""
         with self._working():
-            return self._submit_now(state, lane, values, to_device, bridge)
+            return self._submit_now(state, lane, values, to_device, bridge, profile)
 
-    def _submit_now(self, state: _GraphState, lane: Stream, values: list[Any], to_device: bool, bridge: Any) -> Job:
+    def _submit_now(
+        self, state: _GraphState, lane: Stream, values: list[Any], to_device: bool, bridge: Any, profile: bool = False
+    ) -> Job:
         dev = self._device
         ffi, lib = self._ffi, self._lib
         dev.ensure_current()
@@ -472,6 +580,7 @@ class Session:
             t.ndim = v.ndim
             t.dims[0 : v.ndim] = v.shape
         event = dev.take_event()
+        stage_events = _StageEvents(dev) if profile else None
         job = Job(bridge, _noop)
         job.token = token = watcher.new_token()
         job.lane = lane
@@ -487,7 +596,11 @@ class Session:
         run.n_outputs = n_out
         run.inputs = ins
         run.outputs = outs
-        job.finisher, job.after = self._finisher(lane, values, (run, ins, outs), specs_out, event, to_device)
+        if stage_events is not None:
+            stage_events.attach(run)
+        job.finisher, job.after = self._finisher(
+            lane, values, (run, ins, outs), specs_out, event, to_device, stage_events
+        )
         job.run = run
         with lane.lock:
             if lane.fault:
@@ -516,6 +629,8 @@ class Session:
             )
             lib.aa_run_release(run)
             dev.give_event(event)
+            if stage_events is not None:
+                stage_events.close()
             raise error
 
     def _finisher(
@@ -526,6 +641,7 @@ class Session:
         specs_out: Sequence[Any],
         event: Any,
         to_device: bool,
+        stage_events: _StageEvents | None = None,
     ) -> tuple[Callable[[Job], None], Callable[[Job], None]]:
         dev = self._device
         ffi = self._ffi
@@ -553,10 +669,14 @@ class Session:
                         ffi.memmove(arr, io.host_block, io.nbytes)
                     result[spec.name] = arr
             job.result = result
+            if stage_events is not None:
+                job.stages = stage_events.read(event)
 
         def after(job: Job, _keep: tuple[Any, Any, Any] = run_parts) -> None:
             # The aa_run and its io arrays lived until the watcher released them in C.
             dev.give_event(event)
+            if stage_events is not None:
+                stage_events.close()
             values.clear()  # DeviceTensor inputs stay referenced until here
             self._retire(job, lane)
 

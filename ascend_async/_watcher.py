@@ -159,6 +159,7 @@ class Job:
         "noticed_ns",
         "result",
         "run",
+        "stages",
         "token",
     )
 
@@ -176,6 +177,7 @@ class Job:
         self.limiter: anyio.Semaphore | None = None  # released on the loop thread when done
         self.callback: Callable[[Job], None] | None = None
         self.run: Any = None  # an aa_run* released in C after the finisher
+        self.stages: Any = None  # (h2d, compute, d2h, queued) ms when profiled
         self.after: Callable[[Job], None] | None = None
 
 

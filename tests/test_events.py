@@ -84,3 +84,23 @@ async def test_events_left_open_are_closed_with_the_session() -> None:
         ev = s.streams[0].record()
         await ev.wait()
     assert ev.is_closed  # the autouse leak check also sees no live sim events
+
+
+async def test_run_profiled_splits_the_run_into_device_stages() -> None:
+    async with ascend_async.Session(streams=1) as s:
+        g = s.add_graph(relu_model())
+        x = np.array([[-1, 2, -3, 4]], np.float32)
+        await s.run(g, {"x": x})
+        stream = s.streams[0]
+        # From here: task 1 is the start marker, 2 the H2D copy, 3 the after-H2D marker, 4 the
+        # graph run. Delay the copy and the graph differently; each shows up in its own stage.
+        _sim.lib.aa_sim_inject_delay(stream.handle, 2, 15_000)
+        _sim.lib.aa_sim_inject_delay(stream.handle, 4, 30_000)
+        out, prof = await s.run_profiled(g, {"x": x}, stream=0)
+        np.testing.assert_array_equal(out["y"], np.maximum(x, 0))
+        assert 14.0 <= prof.h2d_ms < 30.0
+        assert 29.0 <= prof.compute_ms
+        assert 0.0 <= prof.d2h_ms < 15.0
+        assert prof.queued_ms is not None and prof.queued_ms >= 0.0
+        assert prof.submit_ms > 0.0
+        assert prof.end_to_end_ms >= prof.h2d_ms + prof.compute_ms + prof.d2h_ms

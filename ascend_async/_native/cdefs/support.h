@@ -141,6 +141,9 @@ typedef struct aa_run {
     size_t n_outputs;
     aa_run_io *inputs;
     aa_run_io *outputs;
+    /* Optional stage markers (NULL = none), recorded before the H2D copies, after them, and
+     * after the graph run; with `event` (after the D2H copies) they time each stage. */
+    aclrtEvent stage_events[3];
     /* results */
     const char *failed_api;
     int32_t acl_error;

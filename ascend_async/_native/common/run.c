@@ -20,6 +20,11 @@ int aa_run_submit(aa_run *run) {
     run->ge_status = 0;
     run->enqueued = 0;
     aclError rc = 0;
+    if (run->stage_events[0]) {
+        rc = aclrtRecordEvent(run->stage_events[0], run->stream);
+        if (rc) FAIL_ACL("aclrtRecordEvent", rc);
+        run->enqueued = 1;
+    }
     for (size_t i = 0; i < run->n_inputs; i++) {
         aa_run_io *io = &run->inputs[i];
         if (!io->host) continue; /* a device tensor, described by the caller */
@@ -40,6 +45,11 @@ int aa_run_submit(aa_run *run) {
         io->tensor.placement = AA_PLACEMENT_DEVICE_HBM;
         io->tensor.owner = NULL;
     }
+    if (run->stage_events[1]) {
+        rc = aclrtRecordEvent(run->stage_events[1], run->stream);
+        if (rc) FAIL_ACL("aclrtRecordEvent", rc);
+        run->enqueued = 1;
+    }
     /* GE takes arrays of tensors: gather them (inputs are few; the stack is fine). */
     aa_tensor in_stack[16], out_stack[16];
     aa_tensor *tin = run->n_inputs <= 16 ? in_stack : malloc(run->n_inputs * sizeof(aa_tensor));
@@ -57,6 +67,10 @@ int aa_run_submit(aa_run *run) {
         return -1;
     }
     run->enqueued = 1;
+    if (run->stage_events[2]) {
+        rc = aclrtRecordEvent(run->stage_events[2], run->stream);
+        if (rc) FAIL_ACL("aclrtRecordEvent", rc);
+    }
     for (size_t i = 0; i < run->n_outputs; i++) {
         aa_run_io *io = &run->outputs[i];
         io->nbytes = aa_tensor_nbytes(&io->tensor);
