@@ -43,8 +43,13 @@ def test_bench_demo_json_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     for r in doc["results"]:
         assert r["runs"] >= 30 and r["throughput"] > 0
         assert r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] <= r["latency_ms"]["max"]
+        # One run in 16 is profiled: device stages from events, and the compute-only rate.
+        stages = r["stages_ms"]
+        assert set(stages) >= {"h2d", "compute", "d2h", "submit", "queued"}
+        assert stages["compute"] > 0 and r["compute_only_throughput"] > 0
     rows = list(csv.DictReader(c.read_text().splitlines()))
     assert len(rows) == 2 and rows[0]["backend"] == "sim" and float(rows[1]["throughput"]) > 0
+    assert float(rows[0]["compute_ms_p50"]) > 0
 
 
 @pytest.mark.parametrize(("mode", "loop"), [("thread", "trio"), ("callback", "asyncio"), ("sync", "asyncio")])

@@ -68,12 +68,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive(float),
         help="open loop: runs per second (latency from the intended send time)",
     )
-    load.add_argument(
-        "--poisson", action="store_true", help="open loop: Poisson arrivals instead of constant gaps"
-    )
-    load.add_argument(
-        "--warmup", type=int, default=20, help="runs per level before measuring (excluded; default 20)"
-    )
+    load.add_argument("--poisson", action="store_true", help="open loop: Poisson arrivals instead of constant gaps")
+    load.add_argument("--warmup", type=int, default=20, help="runs per level before measuring (excluded; default 20)")
     load.add_argument("--duration", type=_positive(float), help="seconds measured per level (default 2)")
     load.add_argument("--count", type=_positive(int), help="runs measured per level (instead of --duration)")
     load.add_argument(
@@ -82,9 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         help="measure until the last three windows' throughput agree within --tolerance",
     )
     load.add_argument("--tolerance", type=_positive(float), default=0.10, help="for --stable (default 0.10)")
-    load.add_argument(
-        "--window", type=_positive(float), default=1.0, help="--stable window seconds (default 1)"
-    )
+    load.add_argument("--window", type=_positive(float), default=1.0, help="--stable window seconds (default 1)")
     load.add_argument(
         "--max-windows", type=_positive(int), default=10, help="--stable gives up after this many windows"
     )
@@ -133,8 +127,7 @@ def _doctor() -> int:
         print(f"CANN install: {home} ({'exists' if os.path.isdir(home) else 'MISSING on disk'})")
     else:
         print(
-            "CANN install: not found (ASCEND_HOME_PATH / ASCEND_TOOLKIT_HOME unset; "
-            "source set_env.sh of the toolkit)"
+            "CANN install: not found (ASCEND_HOME_PATH / ASCEND_TOOLKIT_HOME unset; source set_env.sh of the toolkit)"
         )
     built = importlib.util.find_spec("ascend_async._native._cann") is not None
     print(f"CANN module built: {'yes' if built else 'no'}  (ascend_async._native._cann)")
@@ -244,8 +237,13 @@ def _bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
                     f"warning: rate {r.value:g}: {r.late_sends} sends were > 1 ms late "
                     "(the load generator fell behind; latency still counts from the intended time)"
                 )
+        if any(r.stages_ms for r in results):
+            print(
+                "h2d/compute/d2h: p50 of the device stages of one run in 16 (device events between the stages); "
+                "compute-only/s = streams / mean compute time"
+            )
         if env.get("backend") == "sim":
-            print("(simulated device: end-to-end host numbers; device stage breakdown not reported)")
+            print("(simulated device: the stages are the sim's host threads, not NPU timings)")
     if error:
         print(f"error: {error}", file=sys.stderr)
         rc = 1

@@ -85,6 +85,8 @@ def format_table(results: Sequence[LevelResult]) -> str:
         "lag max ms",
         "watcher us/run",
         "wake/run",
+        "h2d/compute/d2h ms",
+        "compute-only/s",
         "cpu s",
     ]
     rows: list[list[str]] = []
@@ -109,6 +111,8 @@ def format_table(results: Sequence[LevelResult]) -> str:
                 _f(r.loop_lag_ms.get("max")),
                 _f(r.watcher_cpu_us_per_run, "{:.1f}"),
                 _f(r.loop_wakeups_per_run, "{:.3f}"),
+                "/".join(_f(r.stages_ms.get(k)) for k in ("h2d", "compute", "d2h")) if r.stages_ms else "-",
+                _f(r.compute_only_throughput, "{:,.0f}"),
                 f"{r.process_cpu_s:.2f}",
             ]
         )
@@ -146,6 +150,12 @@ _CSV = [
     "lag_max_ms",
     "watcher_cpu_us_per_run",
     "loop_wakeups_per_run",
+    "h2d_ms_p50",
+    "compute_ms_p50",
+    "d2h_ms_p50",
+    "submit_ms_p50",
+    "queued_ms_p50",
+    "compute_only_throughput",
     "process_cpu_s",
     "stable",
     "error",
@@ -178,6 +188,12 @@ def write_csv(path: str, env: dict[str, Any], facts: dict[str, Any], results: Se
                     r.loop_lag_ms.get("max"),
                     r.watcher_cpu_us_per_run,
                     r.loop_wakeups_per_run,
+                    r.stages_ms.get("h2d"),
+                    r.stages_ms.get("compute"),
+                    r.stages_ms.get("d2h"),
+                    r.stages_ms.get("submit"),
+                    r.stages_ms.get("queued"),
+                    r.compute_only_throughput,
                     f"{r.process_cpu_s:.3f}",
                     r.stable,
                     r.error or "",

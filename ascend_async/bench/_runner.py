@@ -77,6 +77,8 @@ class LevelResult:
     stable: bool | None = None
     windows: list[float] = field(default_factory=list)
     late_sends: int = 0
+    stages_ms: dict[str, float] = field(default_factory=dict)  # p50 per stage, sampled runs
+    compute_only_throughput: float | None = None
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -103,18 +105,14 @@ def parse_shapes(specs: list[str]) -> dict[str, list[int]]:
     return out
 
 
-def make_inputs(
-    graph: Any, shapes: dict[str, list[int]], seed: int = 0
-) -> tuple[dict[str, np.ndarray], list[str]]:
+def make_inputs(graph: Any, shapes: dict[str, list[int]], seed: int = 0) -> tuple[dict[str, np.ndarray], list[str]]:
     """Random inputs from the graph's signature; symbolic dims come from ``shapes`` (or 1,
     noted in the returned list)."""
     rng = np.random.default_rng(seed)
     names = {s.name for s in graph.inputs}
     unknown = sorted(set(shapes) - names)
     if unknown:
-        raise BenchError(
-            f"--shape names {', '.join(unknown)} but the model's inputs are {', '.join(sorted(names))}"
-        )
+        raise BenchError(f"--shape names {', '.join(unknown)} but the model's inputs are {', '.join(sorted(names))}")
     notes: list[str] = []
     arrays: dict[str, np.ndarray] = {}
     for spec in graph.inputs:
@@ -129,15 +127,11 @@ def make_inputs(
                     )
                 for g, d in zip(given, declared, strict=False):
                     if isinstance(d, int) and d != g:
-                        raise BenchError(
-                            f"--shape {spec.name}:{','.join(map(str, given))} does not match {spec}"
-                        )
+                        raise BenchError(f"--shape {spec.name}:{','.join(map(str, given))} does not match {spec}")
             shape = tuple(given)
         else:
             if declared is None:
-                raise BenchError(
-                    f"input {spec} has no declared rank: give it with --shape {spec.name}:D0,D1,..."
-                )
+                raise BenchError(f"input {spec} has no declared rank: give it with --shape {spec.name}:D0,D1,...")
             dims = []
             for d in declared:
                 if isinstance(d, int):
@@ -222,13 +216,42 @@ def _loop_post() -> Callable[..., object]:
         return trio.lowlevel.current_trio_token().run_sync_soon  # type: ignore[no-any-return]
 
 
+#: In async mode one run in this many is profiled (device events between its stages).
+PROFILE_EVERY = 16
+
+
+def summarize_stages(profiles: list[Any], streams: int) -> tuple[dict[str, float], float | None]:
+    """p50 of each stage over the sampled runs, and the compute-only throughput they imply
+    (``streams`` graphs computing at once, each taking the mean compute time)."""
+    if not profiles:
+        return {}, None
+    stages: dict[str, float] = {}
+    for key in ("h2d_ms", "compute_ms", "d2h_ms", "submit_ms", "queued_ms"):
+        vals = [getattr(p, key) for p in profiles if getattr(p, key) is not None]
+        if vals:
+            stages[key.removesuffix("_ms")] = float(np.median(vals))
+    mean_compute = float(np.mean([p.compute_ms for p in profiles]))
+    return stages, (streams * 1000.0 / mean_compute if mean_compute > 0 else None)
+
+
 def _make_submit(
-    session: Any, graph: Any, inputs: dict[str, np.ndarray], mode: str, limit: int
+    session: Any,
+    graph: Any,
+    inputs: dict[str, np.ndarray],
+    mode: str,
+    limit: int,
+    profiles: list[Any] | None = None,
 ) -> Callable[[], Awaitable[Any]]:
     if mode == "async":
+        calls = [0]
 
         async def run_async() -> Any:
-            return await session.run(graph, inputs)
+            calls[0] += 1
+            if profiles is None or calls[0] % PROFILE_EVERY:
+                return await session.run(graph, inputs)
+            out, prof = await session.run_profiled(graph, inputs)
+            profiles.append(prof)
+            return out
 
         return run_async
     if mode == "thread":
@@ -444,9 +467,7 @@ async def _drive(
 # -- the session ---------------------------------------------------------------------------------
 
 
-def _sync_level(
-    cfg: BenchConfig, session: Any, graph: Any, inputs: dict[str, np.ndarray], res: LevelResult
-) -> None:
+def _sync_level(cfg: BenchConfig, session: Any, graph: Any, inputs: dict[str, np.ndarray], res: LevelResult) -> None:
     """Plain ``run_sync`` loop on this thread (concurrency 1 by construction)."""
     rec = _Recorder()
     for _ in range(cfg.warmup):
@@ -553,8 +574,9 @@ def run_benchmark(
             for value in levels:
                 load = "rate" if cfg.rate is not None else "concurrency"
                 res = LevelResult(load, value)
+                profiles: list[Any] = []
                 submit = _make_submit(
-                    session, graph, inputs, cfg.mode, int(value) if load == "concurrency" else 1024
+                    session, graph, inputs, cfg.mode, int(value) if load == "concurrency" else 1024, profiles
                 )
                 w0 = bridge_wakeups()
                 if load == "rate":
@@ -564,6 +586,7 @@ def run_benchmark(
                 w1 = bridge_wakeups()
                 if cfg.mode == "async" and w0 is not None and w1 is not None and rec.done:
                     res.loop_wakeups_per_run = (w1 - w0) / rec.done
+                res.stages_ms, res.compute_only_throughput = summarize_stages(profiles, cfg.streams)
                 results.append(res)
                 if on_level:
                     on_level(res)
