@@ -37,7 +37,7 @@ __all__ = ["Job", "LoopBridge", "Watcher", "current_bridge"]
 
 _BATCH = 64  # completions per GIL hold: bounds how long the watcher can keep a loop waiting
 #: Most tasks one drain wakes on a loop (see LoopBridge._drain).
-DRAIN_CHUNK = 16
+DRAIN_CHUNK = 4
 
 
 class LoopBridge:
