@@ -87,11 +87,7 @@ class Event:
         watcher = self._device.get_watcher()
         job = Job(current_bridge(), _noop)
         job.token = watcher.new_token()
-        watcher.expect(job)
-        rc = self._device.backend.lib.aa_watch_add(watcher.handle, self._stream, h, job.token)
-        if rc:
-            watcher.jobs.pop(job.token, None)
-            self._device.backend.check(rc, "aa_watch_add")
+        watcher.add(job, self._stream, h)
         assert job.done is not None
         await job.done.wait()
         if job.error is not None:

@@ -15,6 +15,7 @@ import onnx
 from onnx import numpy_helper
 
 from ._errors import GraphError
+from ._graph import NUMPY_TO_GE
 
 __all__ = ["MIN_OPSET", "lower_model", "max_opset", "onnx_to_ge_dtype"]
 
@@ -98,25 +99,9 @@ class _Builder:
         return vid
 
 
-_NP_TO_GE = {
-    np.dtype(np.float32): 0,
-    np.dtype(np.float16): 1,
-    np.dtype(np.int8): 2,
-    np.dtype(np.int32): 3,
-    np.dtype(np.uint8): 4,
-    np.dtype(np.int16): 6,
-    np.dtype(np.uint16): 7,
-    np.dtype(np.uint32): 8,
-    np.dtype(np.int64): 9,
-    np.dtype(np.uint64): 10,
-    np.dtype(np.float64): 11,
-    np.dtype(np.bool_): 12,
-}
-
-
 def _numpy_to_ge(dtype: np.dtype[Any], what: str) -> int:
     try:
-        return _NP_TO_GE[np.dtype(dtype)]
+        return NUMPY_TO_GE[np.dtype(dtype)]
     except KeyError:
         raise GraphError(f"{what}: dtype {dtype} is not supported") from None
 

@@ -110,11 +110,8 @@ _bridges: weakref.WeakKeyDictionary[Any, LoopBridge] = weakref.WeakKeyDictionary
 _bridges_lock = threading.Lock()
 
 
-def current_bridge(limit: int | None = None) -> LoopBridge:
-    """The bridge of the running event loop (asyncio, uvloop or trio), made on first use.
-
-    ``limit`` is ignored (kept for callers of the old signature): in-flight limits belong to
-    sessions, see :meth:`LoopBridge.limiter_for`."""
+def current_bridge() -> LoopBridge:
+    """The bridge of the running event loop (asyncio, uvloop or trio), made on first use."""
     import asyncio
 
     key: Any
@@ -217,7 +214,8 @@ class Watcher:
             raise self.device.backend.acl_error(rc, "aclrtLaunchCallback/aa_watch_add")
 
     def expect(self, job: Job) -> None:
-        """Register a job that completes through a callback slot (RunGraphAsync)."""
+        """Register a job whose event (aa_run_submit) or callback slot (RunGraphAsync) reaches
+        the C watch by another path; call it before that path can complete."""
         if self.broken is not None:
             raise WatcherError("the completion watcher has failed") from self.broken
         self.jobs[job.token] = job

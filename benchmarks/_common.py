@@ -87,7 +87,7 @@ def watcher_tid() -> int | None:
 
 def wakeups() -> int:
     """LoopBridge.wakeups of the running loop (internal counter)."""
-    return int(current_bridge(512).wakeups)
+    return int(current_bridge().wakeups)
 
 
 # -- the hand-off baseline: a bare thread waking the loop -----------------------------------------

@@ -13,27 +13,13 @@ import numpy as np
 import onnx
 
 from ascend_async._errors import GraphError
+from ascend_async._graph import GE_TO_NUMPY, NUMPY_TO_GE
 from ascend_async._lower import lower_model
 from ascend_async._native import _sim
 
 ffi = _sim.ffi
 lib = _sim.lib
 
-_NP_TO_GE = {
-    np.dtype(np.float32): 0,
-    np.dtype(np.float16): 1,
-    np.dtype(np.int8): 2,
-    np.dtype(np.int32): 3,
-    np.dtype(np.uint8): 4,
-    np.dtype(np.int16): 6,
-    np.dtype(np.uint16): 7,
-    np.dtype(np.uint32): 8,
-    np.dtype(np.int64): 9,
-    np.dtype(np.uint64): 10,
-    np.dtype(np.float64): 11,
-    np.dtype(np.bool_): 12,
-}
-_GE_TO_NP = {v: k for k, v in _NP_TO_GE.items()}
 _ACL_ERROR_REPEAT_INITIALIZE = 100002
 _graph_ids = itertools.count(1)
 _state: dict[str, Any] = {}
@@ -87,11 +73,11 @@ def _run(session: Any, graph_id: int, inputs: list[np.ndarray], max_outputs: int
         arrays = [np.ascontiguousarray(a) if np.ndim(a) else np.array(a) for a in inputs]
         tin = ffi.new("aa_tensor[]", max(1, len(arrays)))
         for t, a in zip(tin, arrays, strict=False):
-            if a.dtype not in _NP_TO_GE:
+            if a.dtype not in NUMPY_TO_GE:
                 raise GraphError(f"input dtype {a.dtype} is not supported")
             t.addr = ffi.from_buffer(a) if a.nbytes else ffi.NULL
             t.size = a.nbytes
-            t.dtype = _NP_TO_GE[a.dtype]
+            t.dtype = NUMPY_TO_GE[a.dtype]
             t.format = 2  # AA_FORMAT_ND
             t.placement = 1  # AA_PLACEMENT_HOST
             t.ndim = a.ndim
@@ -108,7 +94,7 @@ def _run(session: Any, graph_id: int, inputs: list[np.ndarray], max_outputs: int
             for i in range(n_out[0]):
                 t = tout[i]
                 shape = tuple(t.dims[d] for d in range(t.ndim))
-                dtype = _GE_TO_NP[t.dtype]
+                dtype = GE_TO_NUMPY[t.dtype]
                 nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
                 raw = bytes(ffi.buffer(t.addr, nbytes)) if nbytes else b""
                 out = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()

@@ -607,7 +607,7 @@ def _bridge_wakeups() -> int | None:
     try:
         from ascend_async._watcher import current_bridge
 
-        return int(current_bridge(512).wakeups)
+        return int(current_bridge().wakeups)
     except Exception:
         return None
 
