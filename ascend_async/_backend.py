@@ -84,7 +84,10 @@ _cached: Backend | None = None
 
 
 def _load_sim(reason: str) -> Backend:
+    from ._engine import open_engine
+
     mod = importlib.import_module("ascend_async._native._sim")
+    open_engine(mod.ffi, mod.lib)
     return Backend("sim", mod.ffi, mod.lib, reason)
 
 
@@ -167,5 +170,6 @@ def backend_info() -> dict[str, object]:
             "workers": cfg.workers,
             "memory_bytes": cfg.memory_bytes,
             "max_events": cfg.max_events,
+            "engine_threads": cfg.engine_threads,
         }
     return info

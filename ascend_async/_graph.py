@@ -77,6 +77,57 @@ def _load_model(source: GraphSource) -> tuple[onnx.ModelProto, bytes]:
     return model, data
 
 
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def _cpu_kernels() -> dict[tuple[str, str], list[tuple[int, int]]]:
+    """onnxruntime's CPU kernels: (domain, op) -> the op versions each one covers."""
+    from onnxruntime.capi import _pybind_state
+
+    kernels: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for k in _pybind_state.get_all_opkernel_def():
+        if k.provider == "CPUExecutionProvider":
+            kernels.setdefault((k.domain, k.op_name), []).append(tuple(k.version_range))
+    return kernels
+
+
+def unsupported_nodes(model: onnx.ModelProto) -> list[str]:
+    """Every node, subgraphs included, whose op onnxruntime's CPU provider cannot run at the
+    model's opset: no kernel, and no ONNX function body to expand it into. Unnamed nodes are
+    named by their index and op."""
+    import onnx
+
+    kernels = _cpu_kernels()
+    opsets = {("" if i.domain in _DEFAULT_DOMAINS else i.domain): int(i.version) for i in model.opset_import}
+    local = {(f.domain, f.name) for f in model.functions}
+    found: list[str] = []
+
+    def supported(node: onnx.NodeProto) -> bool:
+        domain = "" if node.domain in _DEFAULT_DOMAINS else node.domain
+        if (node.domain, node.op_type) in local:
+            return True
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opsets.get(domain, 1), domain)
+        except Exception:  # onnx.defs.SchemaError: an op onnx does not know
+            schema = None
+        since = schema.since_version if schema is not None else opsets.get(domain, 1)
+        if any(lo <= since <= hi for lo, hi in kernels.get((domain, node.op_type), ())):
+            return True
+        return schema is not None and (schema.has_function or schema.has_context_dependent_function)
+
+    def walk(graph: onnx.GraphProto, where: str) -> None:
+        for index, node in enumerate(graph.node):
+            if not supported(node):
+                label = f"'{node.name}'" if node.name else f"#{index}"
+                found.append(f"{node.op_type} (node {label}{where})")
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                    walk(sub, f" in a subgraph of {node.op_type} node {node.name or f'#{index}'}")
+
+    walk(model.graph, "")
+    return found
+
+
 def _spec(vi: Any) -> TensorSpec:
     from onnx import helper
 
@@ -109,26 +160,34 @@ class Graph:
     def __init__(self, source: GraphSource, *, name: str | None = None) -> None:
         model, data = _load_model(source)
         init_names = {t.name for t in model.graph.initializer}
-        self.model: onnx.ModelProto = model
+        #: The serialized model: what AddGraph parses (the weights are kept once, here).
         self.model_bytes: bytes = data
         self.name: str = name or model.graph.name or "graph"
         self.inputs: tuple[TensorSpec, ...] = tuple(_spec(vi) for vi in model.graph.input if vi.name not in init_names)
         self.outputs: tuple[TensorSpec, ...] = tuple(_spec(vi) for vi in model.graph.output)
         self._input_names = tuple(s.name for s in self.inputs)
-        self._program: Any = None  # the sim's lowered program, made once
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The model, parsed anew from :attr:`model_bytes` (a Graph keeps only the bytes)."""
+        import onnx
+
+        return onnx.load_model_from_string(self.model_bytes)
 
     def __repr__(self) -> str:
         ins = ", ".join(map(str, self.inputs))
         outs = ", ".join(map(str, self.outputs))
         return f"<Graph {self.name!r} ({ins}) -> ({outs})>"
 
-    def lowered(self, ffi: Any, lib: Any) -> Any:
-        """The sim program for this model (lowered once; raises GraphError if unsupported)."""
-        if self._program is None:
-            from ._lower import lower_model
+    def explain_refusal(self, detail: str) -> str:
+        """The backend's reason for refusing this model, with every node whose op has no kernel.
 
-            self._program = lower_model(self.model, ffi, lib)
-        return self._program
+        onnxruntime (the sim's engine) stops at the first op it cannot place; this names them all.
+        """
+        missing = unsupported_nodes(self.model)
+        if not missing:
+            return detail
+        return f"{len(missing)} node(s) use an op the backend does not implement: {'; '.join(missing)}. ({detail})"
 
     def bind(self, inputs: Mapping[str, Any] | Sequence[Any]) -> list[np.ndarray | DeviceTensor]:
         """Check inputs against the signature; return them in signature order.

@@ -394,15 +394,11 @@ class Session:
             self._next_id += 1
         b = self._device.backend
         self._device.ensure_current()
-        if b.is_sim:
-            program = state.graph.lowered(b.ffi, b.lib)
-            status = self._lib.aa_sim_session_add_program(self._handle, gid, program, b.ffi.NULL, 0)
-        else:
-            data = state.graph.model_bytes
-            status = self._lib.aa_session_add_graph_onnx(self._handle, gid, data, len(data), b.ffi.NULL, 0)
+        data = state.graph.model_bytes
+        status = self._lib.aa_session_add_graph_onnx(self._handle, gid, data, len(data), b.ffi.NULL, 0)
         if status:
             err = b.ge_error(status, "AddGraph")
-            raise GraphError(f"{state.graph.name}: {err}") from err
+            raise GraphError(f"{state.graph.name}: {state.graph.explain_refusal(str(err))}") from err
         state.ids[stream] = gid
         return gid
 
@@ -565,6 +561,7 @@ class Session:
         run = ffi.new("aa_run*")
         ins = ffi.new("aa_run_io[]", max(n_in, 1))
         outs = ffi.new("aa_run_io[]", max(n_out, 1))
+        slots = ffi.new("aa_tensor[]", max(n_out, 1))  # GE's output slots: alive as long as the run
         staged = []  # numpy buffers: copied into page-locked blocks during the call
         for i, v in enumerate(values):
             io = ins[i]
@@ -596,10 +593,11 @@ class Session:
         run.n_outputs = n_out
         run.inputs = ins
         run.outputs = outs
+        run.slots = slots
         if stage_events is not None:
             stage_events.attach(run)
         job.finisher, job.after = self._finisher(
-            lane, values, (run, ins, outs), specs_out, event, to_device, stage_events
+            lane, values, (run, ins, outs, slots), specs_out, event, to_device, stage_events
         )
         job.run = run
         with lane.lock:
@@ -637,7 +635,7 @@ class Session:
         self,
         lane: Stream,
         values: list[Any],
-        run_parts: tuple[Any, Any, Any],
+        run_parts: tuple[Any, Any, Any, Any],
         specs_out: Sequence[Any],
         event: Any,
         to_device: bool,
@@ -651,6 +649,11 @@ class Session:
             # On the watcher thread, once the run's event completed (or its stream faulted).
             # The watcher then releases `run` in C and calls `after`.
             if job.code or job.abandoned:
+                return
+            run = run_parts[0]
+            if run.dynamic and dev.backend.lib.aa_run_collect(run):
+                # A dynamic graph's outputs are known only now; reading them failed.
+                job.error = dev.backend.acl_error(run.acl_error, ffi.string(run.failed_api).decode())
                 return
             result: dict[str, Any] = {}
             for j, spec in enumerate(specs_out):
@@ -672,7 +675,7 @@ class Session:
             if stage_events is not None:
                 job.stages = stage_events.read(event)
 
-        def after(job: Job, _keep: tuple[Any, Any, Any] = run_parts) -> None:
+        def after(job: Job, _keep: tuple[Any, Any, Any, Any] = run_parts) -> None:
             # The aa_run and its io arrays lived until the watcher released them in C.
             dev.give_event(event)
             if stage_events is not None:

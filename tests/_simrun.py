@@ -1,7 +1,7 @@
-"""Test helper: run a lowered program synchronously through the sim module's public C ABI.
+"""Test helper: run an ONNX model synchronously through the sim module's public C ABI.
 
-Only ``aclInit`` / ``aa_ge_initialize`` / ``aa_session_*`` / ``aa_sim_session_add_program`` are
-used (RunGraph with host tensors), so the tests exercise the same path GE's RunGraph takes.
+Only ``aclInit`` / ``aa_ge_initialize`` / ``aa_session_*`` are used (AddGraph from ONNX bytes,
+then RunGraph with host tensors), so the tests exercise the same path GE's RunGraph takes.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ascend_async._engine import open_engine
 from ascend_async._errors import GraphError
 from ascend_async._graph import GE_TO_NUMPY, NUMPY_TO_GE
-from ascend_async._lower import lower_model
 from ascend_async._native import _sim
 
 ffi = _sim.ffi
@@ -37,6 +37,7 @@ def _check(status: int, api: str) -> None:
 
 
 def _init() -> None:
+    open_engine(ffi, lib)
     if not _state.get("initialized"):
         rc = lib.aclInit(ffi.NULL)
         if rc not in (0, _ACL_ERROR_REPEAT_INITIALIZE):
@@ -45,24 +46,18 @@ def _init() -> None:
         _state["initialized"] = True
 
 
-def close() -> None:
-    """Kept for callers that tidy up; every run already uses its own session."""
+def run_bytes_sync(model: bytes, inputs: list[np.ndarray], max_outputs: int = 16) -> list[np.ndarray]:
+    """Runs the serialized model once in a fresh session (AddGraph, RunGraph, RemoveGraph).
 
-
-def lower(model: onnx.ModelProto) -> Any:
-    """The finalized program of ``model`` (GraphError when refused)."""
-    return lower_model(model, ffi, lib)
-
-
-def run_program_sync(program: Any, inputs: list[np.ndarray], max_outputs: int = 16) -> list[np.ndarray]:
-    """Runs ``program`` once in a fresh session (AddGraph, RunGraph, RemoveGraph)."""
+    :raises RunError: naming the GE call that failed, with GE's text.
+    """
     _init()
     out_session = ffi.new("aa_session **")
     _check(lib.aa_session_create(ffi.NULL, 0, out_session), "aa_session_create")
     session = out_session[0]
     graph_id = next(_graph_ids)
     try:
-        _check(lib.aa_sim_session_add_program(session, graph_id, program, ffi.NULL, 0), "add_program")
+        _check(lib.aa_session_add_graph_onnx(session, graph_id, model, len(model), ffi.NULL, 0), "AddGraph")
         return _run(session, graph_id, inputs, max_outputs)
     finally:
         _check(lib.aa_session_destroy(session), "aa_session_destroy")
@@ -108,5 +103,5 @@ def _run(session: Any, graph_id: int, inputs: list[np.ndarray], max_outputs: int
 
 
 def run_model(model: onnx.ModelProto, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    """Lowers and runs ``model`` once."""
-    return run_program_sync(lower(model), inputs)
+    """Runs ``model`` once through RunGraph."""
+    return run_bytes_sync(model.SerializeToString(), inputs)

@@ -43,7 +43,7 @@ def make_sim_ffi() -> FFI:
         include_dirs=[str(HERE.relative_to(HERE.parent.parent))],
         extra_compile_args=C_FLAGS,
         extra_link_args=["-pthread"],
-        libraries=["m"],
+        libraries=["m", "dl"],
     )
     return ffi
 

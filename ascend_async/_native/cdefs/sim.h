@@ -1,4 +1,4 @@
-/* Sim-only entry points: configuration, the lowered graph program, fault injection, gates,
+/* Sim-only entry points: configuration, the graph engine, fault injection, gates,
  * the timing model and statistics. Only the sim module declares these; everything the product
  * does after AddGraph goes through acl_rt.h and ge_session.h, shared with CANN.
  * Plain declarations only (cffi cdef input).
@@ -10,6 +10,7 @@ typedef struct aa_sim_config {
     uint32_t workers;           /* device worker threads per device, default 2 */
     uint64_t memory_bytes;      /* device memory capacity per device, default 4 GiB */
     uint32_t max_events;        /* hardware events per device, default 1023 */
+    uint32_t engine_threads;    /* onnxruntime intra-op threads per graph run, default 1 */
 } aa_sim_config;
 
 int aa_sim_configure(const aa_sim_config *config);
@@ -46,7 +47,7 @@ typedef struct aa_sim_stats {
     int64_t events;               /* live events */
     int64_t sessions;             /* live GE sessions */
     int64_t graphs;               /* live graphs (added, not removed) */
-    int64_t programs;             /* live lowered programs */
+    int64_t models;               /* live compiled models (shared by graph ids with equal bytes) */
     int64_t ge_outputs;           /* live GE-allocated output blocks (device and host) */
     int64_t tasks_submitted;      /* cumulative */
     int64_t tasks_completed;      /* cumulative */
@@ -56,44 +57,9 @@ typedef struct aa_sim_stats {
 
 void aa_sim_get_stats(aa_sim_stats *stats);
 
-/* --- the lowered graph program (ONNX lowered on the Python side) ---
- * Build it with the calls below, then aa_sim_program_finalize, which checks every node's op,
- * attributes and dtypes and refuses anything the kernels do not support with a message naming
- * the op type and node. A program is reference counted: sessions that add it keep a reference.
- * Value ids and node ids are small non-negative integers returned by the add calls; a negative
- * return is an error (see aa_sim_program_error).
+/* --- the graph engine ---
+ * The sim computes graphs with onnxruntime's C API, loaded from the `onnxruntime` wheel's
+ * libonnxruntime.so. Call once before adding graphs (later calls are no-ops). Returns 0, or -1
+ * with a message in err. AddGraph (aa_session_add_graph_onnx) fails until it succeeded.
  */
-typedef struct aa_sim_program aa_sim_program;
-
-aa_sim_program *aa_sim_program_new(void);
-void aa_sim_program_release(aa_sim_program *program);
-const char *aa_sim_program_error(const aa_sim_program *program);
-
-/* dims: -1 = unknown (symbolic) extent; ndim < 0 = unknown rank. */
-int32_t aa_sim_program_add_value(aa_sim_program *program, const char *name, int32_t dtype,
-                                 int32_t ndim, const int64_t *dims);
-int aa_sim_program_set_initializer(aa_sim_program *program, int32_t value, const void *data,
-                                   size_t nbytes);
-int aa_sim_program_add_input(aa_sim_program *program, int32_t value);
-int aa_sim_program_add_output(aa_sim_program *program, int32_t value);
-/* inputs: value ids, -1 for an omitted optional input. */
-int32_t aa_sim_program_add_node(aa_sim_program *program, const char *op_type, const char *name,
-                                int32_t opset, uint32_t n_inputs, const int32_t *inputs,
-                                uint32_t n_outputs, const int32_t *outputs);
-int aa_sim_program_attr_int(aa_sim_program *program, int32_t node, const char *name, int64_t v);
-int aa_sim_program_attr_float(aa_sim_program *program, int32_t node, const char *name, double v);
-int aa_sim_program_attr_ints(aa_sim_program *program, int32_t node, const char *name,
-                             const int64_t *v, size_t n);
-int aa_sim_program_attr_floats(aa_sim_program *program, int32_t node, const char *name,
-                               const float *v, size_t n);
-int aa_sim_program_attr_string(aa_sim_program *program, int32_t node, const char *name,
-                               const char *v);
-int aa_sim_program_attr_tensor(aa_sim_program *program, int32_t node, const char *name,
-                               int32_t dtype, uint32_t ndim, const int64_t *dims,
-                               const void *data, size_t nbytes);
-int aa_sim_program_finalize(aa_sim_program *program);
-
-/* AddGraph with a lowered program (the sim's stand-in for ONNX parsing). */
-aa_status aa_sim_session_add_program(aa_session *session, uint32_t graph_id,
-                                     aa_sim_program *program, const aa_option *options,
-                                     size_t n_options);
+int aa_sim_engine_open(const char *library_path, char *err, size_t err_len);

@@ -114,8 +114,8 @@ int64_t aa_floor_run(aa_session *session, uint32_t graph_id, aclrtStream stream,
  * external allocator), copy outputs D2H into page-locked blocks (unless they stay on the
  * device), record `event` and hand it to `watch` under `token`. Every call returns at once.
  *
- * On success the watcher owns the run: once its token comes back, read the outputs and call
- * aa_run_release. On failure, `failed_api` names the call, `acl_error`/`ge_status` say why;
+ * On success the watcher owns the run: once its token comes back, call aa_run_collect if
+ * `dynamic` is set, read the outputs and call aa_run_release. On failure, `failed_api` names the call, `acl_error`/`ge_status` say why;
  * if `enqueued` is set, work already on the stream still reads the buffers: synchronize the
  * stream before aa_run_release.
  */
@@ -141,6 +141,9 @@ typedef struct aa_run {
     size_t n_outputs;
     aa_run_io *inputs;
     aa_run_io *outputs;
+    /* n_outputs GE output slots, owned by the caller and kept alive as long as the run: GE
+     * fills a dynamic-shape graph's slots only when the stream reaches the run. */
+    aa_tensor *slots;
     /* Optional stage markers (NULL = none), recorded before the H2D copies, after them, and
      * after the graph run; with `event` (after the D2H copies) they time each stage. */
     aclrtEvent stage_events[3];
@@ -149,9 +152,15 @@ typedef struct aa_run {
     int32_t acl_error;
     aa_status ge_status;
     int32_t enqueued;
+    int32_t dynamic;    /* the graph's output shapes depend on values: no D2H copies were
+                           enqueued; the outputs are known once the run's event completed */
 } aa_run;
 
 int aa_run_submit(aa_run *run);
+/* After a dynamic run's event completed: take the outputs GE placed in `slots` and, when they
+ * go to the host, copy them into page-locked blocks (synchronously). Returns 0 or an aclError
+ * (failed_api names the call). The calling thread's context must own the stream. */
+int aa_run_collect(aa_run *run);
 /* Gives back staging/device blocks and GE-allocated outputs whose owner is still set. */
 void aa_run_release(aa_run *run);
 /* Releases a batch of finished runs in one call (the watcher's, without the GIL). */

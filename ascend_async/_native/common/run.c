@@ -19,6 +19,7 @@ int aa_run_submit(aa_run *run) {
     run->acl_error = 0;
     run->ge_status = 0;
     run->enqueued = 0;
+    run->dynamic = 0;
     aclError rc = 0;
     if (run->stage_events[0]) {
         rc = aclrtRecordEvent(run->stage_events[0], run->stream);
@@ -50,29 +51,38 @@ int aa_run_submit(aa_run *run) {
         if (rc) FAIL_ACL("aclrtRecordEvent", rc);
         run->enqueued = 1;
     }
-    /* GE takes arrays of tensors: gather them (inputs are few; the stack is fine). */
-    aa_tensor in_stack[16], out_stack[16];
+    /* GE takes arrays of tensors: gather the inputs (few; the stack is fine). The output slots
+     * are the caller's, since GE may fill them after this call returns. */
+    if (!run->slots && run->n_outputs) {
+        run->failed_api = "aa_run_submit";
+        run->acl_error = ACL_ERROR_INVALID_PARAM;
+        return -1;
+    }
+    aa_tensor in_stack[16];
     aa_tensor *tin = run->n_inputs <= 16 ? in_stack : malloc(run->n_inputs * sizeof(aa_tensor));
-    aa_tensor *tout = run->n_outputs <= 16 ? out_stack : malloc(run->n_outputs * sizeof(aa_tensor));
     for (size_t i = 0; i < run->n_inputs; i++) tin[i] = run->inputs[i].tensor;
-    memset(tout, 0, (run->n_outputs ? run->n_outputs : 1) * sizeof(aa_tensor));
+    if (run->n_outputs) memset(run->slots, 0, run->n_outputs * sizeof(aa_tensor));
     aa_status st = aa_session_run_graph_with_stream_async(run->session, run->graph_id, run->stream, tin,
-                                                          run->n_inputs, tout, run->n_outputs);
-    for (size_t i = 0; i < run->n_outputs; i++) run->outputs[i].tensor = tout[i];
+                                                          run->n_inputs, run->slots, run->n_outputs);
     if (tin != in_stack) free(tin);
-    if (tout != out_stack) free(tout);
     if (st) {
         run->failed_api = "RunGraphWithStreamAsync";
         run->ge_status = st;
         return -1;
     }
     run->enqueued = 1;
+    /* Slots left empty belong to a graph whose shapes depend on values: GE fills them when the
+     * stream reaches the run, so their copies wait for aa_run_collect. */
+    for (size_t i = 0; i < run->n_outputs; i++)
+        if (!run->slots[i].addr) run->dynamic = 1;
     if (run->stage_events[2]) {
         rc = aclrtRecordEvent(run->stage_events[2], run->stream);
         if (rc) FAIL_ACL("aclrtRecordEvent", rc);
     }
-    for (size_t i = 0; i < run->n_outputs; i++) {
+    for (size_t i = 0; i < run->n_outputs && !run->dynamic; i++) {
         aa_run_io *io = &run->outputs[i];
+        io->tensor = run->slots[i];
+        run->slots[i].owner = NULL; /* the io descriptor holds GE's block from here on */
         io->nbytes = aa_tensor_nbytes(&io->tensor);
         if (!run->outputs_to_host) continue;
         io->host_block = aa_pool_alloc(run->host_pool, io->nbytes ? io->nbytes : 1, &rc);
@@ -90,6 +100,26 @@ int aa_run_submit(aa_run *run) {
     return 0;
 }
 
+int aa_run_collect(aa_run *run) {
+    aclError rc = 0;
+    for (size_t i = 0; i < run->n_outputs && run->dynamic; i++) {
+        aa_run_io *io = &run->outputs[i];
+        if (run->slots[i].owner || run->slots[i].addr) {
+            io->tensor = run->slots[i];
+            run->slots[i].owner = NULL;
+        }
+        io->nbytes = aa_tensor_nbytes(&io->tensor);
+        if (!run->outputs_to_host || io->host_block) continue;
+        io->host_block = aa_pool_alloc(run->host_pool, io->nbytes ? io->nbytes : 1, &rc);
+        if (!io->host_block) FAIL_ACL("aclrtMallocHost", rc);
+        if (io->nbytes) {
+            rc = aclrtMemcpy(io->host_block, io->nbytes, io->tensor.addr, io->nbytes, ACL_MEMCPY_DEVICE_TO_HOST);
+            if (rc) FAIL_ACL("aclrtMemcpy", rc);
+        }
+    }
+    return 0;
+}
+
 void aa_run_release(aa_run *run) {
     for (size_t i = 0; i < run->n_inputs; i++) {
         aa_run_io *io = &run->inputs[i];
@@ -102,6 +132,7 @@ void aa_run_release(aa_run *run) {
         if (io->host_block) aa_pool_free(run->host_pool, io->host_block);
         io->host_block = NULL;
         aa_tensor_release(&io->tensor);
+        if (run->slots) aa_tensor_release(&run->slots[i]); /* placed by GE, never collected */
     }
 }
 

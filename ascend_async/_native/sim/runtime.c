@@ -136,7 +136,7 @@ struct sim_stream {
     int destroying;
     int32_t fault;        /* sticky error, 0 = healthy */
     uint64_t fault_seq;
-    char fault_msg[256];
+    char fault_msg[1024];
     int subscribed;
     uint64_t sub_thread;
     sim_inject *injects;
@@ -204,7 +204,7 @@ static struct {
     aa_sim_timing timing;
     sim_device *devs;
 } g_rt = {.lock = PTHREAD_MUTEX_INITIALIZER,
-          .cfg = {1, 2, 4ull << 30, 1023}};
+          .cfg = {1, 2, 4ull << 30, 1023, 1}};
 
 static __thread sim_context *tls_ctx;
 
@@ -221,6 +221,7 @@ int aa_sim_configure(const aa_sim_config *config) {
     if (!g_rt.cfg.workers) g_rt.cfg.workers = 2;
     if (!g_rt.cfg.memory_bytes) g_rt.cfg.memory_bytes = 4ull << 30;
     if (!g_rt.cfg.max_events) g_rt.cfg.max_events = 1023;
+    if (!g_rt.cfg.engine_threads) g_rt.cfg.engine_threads = 1;
     pthread_mutex_unlock(&g_rt.lock);
     return 0;
 }
@@ -253,7 +254,7 @@ void aa_sim_get_stats(aa_sim_stats *stats) {
     stats->events = __atomic_load_n(&g_sim_stats.events, __ATOMIC_RELAXED);
     stats->sessions = __atomic_load_n(&g_sim_stats.sessions, __ATOMIC_RELAXED);
     stats->graphs = __atomic_load_n(&g_sim_stats.graphs, __ATOMIC_RELAXED);
-    stats->programs = __atomic_load_n(&g_sim_stats.programs, __ATOMIC_RELAXED);
+    stats->models = __atomic_load_n(&g_sim_stats.models, __ATOMIC_RELAXED);
     stats->ge_outputs = __atomic_load_n(&g_sim_stats.ge_outputs, __ATOMIC_RELAXED);
     stats->tasks_submitted = __atomic_load_n(&g_sim_stats.tasks_submitted, __ATOMIC_RELAXED);
     stats->tasks_completed = __atomic_load_n(&g_sim_stats.tasks_completed, __ATOMIC_RELAXED);
@@ -792,7 +793,7 @@ static void report_push_locked(sim_device *d, sim_task *t, const sim_stream *s, 
 
 static void *device_thread(void *arg) {
     sim_device *d = arg;
-    char err[256];
+    char err[1024];
     pthread_mutex_lock(&d->lock);
     for (;;) {
         sim_stream *s = pick_locked(d);
@@ -822,7 +823,11 @@ static void *device_thread(void *arg) {
                 snprintf(err, sizeof err, "injected fault %d on task %llu", (int)code,
                          (unsigned long long)t->seq);
             } else if (t->kind == TASK_EXEC) {
+                /* A task body may allocate device memory (a dynamic graph's outputs come from
+                 * the stream's external allocator): it runs in its stream's context. */
+                tls_ctx = s->ctx;
                 code = t->exec ? t->exec(t->payload, err, sizeof err) : 0;
+                tls_ctx = NULL;
                 executed = 1;
                 if (t->flags & SIM_TASK_GRAPH) {
                     SIM_STAT_ADD(graph_runs, 1);

@@ -20,7 +20,7 @@
 #include <string.h>
 
 #include "../common/tensor.h"
-#include "program.h"
+#include "engine.h"
 #include "runtime.h"
 
 #define GE_OK AA_GE_SUCCESS
@@ -76,14 +76,20 @@ typedef struct ge_block {
     struct ge_block *prev, *next;
 } ge_block;
 
+/* A graph id's state. Lifetime: the session's table holds one reference, every lookup and
+ * every run in flight holds one more (atomics), so RemoveGraph can never free a graph that a
+ * submitting thread or a device thread still uses. */
 struct graph_node {
     uint32_t id;
-    aa_sim_program *program;
+    int refs;     /* atomic */
+    int inflight; /* atomic: runs submitted and not yet finished on the device */
+    sim_model *model;
     int compiled;
     int loaded;
+    int removed; /* under run_mu: RemoveGraph took it out of the table */
     int mode;
     int32_t device;
-    void *const_mem; /* initializers, charged to device memory at load */
+    void *const_mem; /* the model's weights, charged to device memory at load */
     pthread_mutex_t run_mu;
     ge_block *builtin; /* live built-in output blocks */
     graph_node *next;
@@ -129,6 +135,10 @@ static const char *find_option(const aa_option *o, size_t n, const char *key) {
 }
 
 static int options_valid(const aa_option *o, size_t n, const char *api) {
+    if (n && !o) {
+        ge_error("%s: %zu options passed without an array", api, n);
+        return 0;
+    }
     for (size_t i = 0; i < n; i++)
         if (!o[i].key || !o[i].key[0] || !o[i].value) {
             ge_error("%s: option %zu has an empty key or no value", api, i);
@@ -188,7 +198,8 @@ aa_status aa_session_create(const aa_option *options, size_t n_options, aa_sessi
     return GE_OK;
 }
 
-static void graph_free(graph_node *g);
+static void graph_put(graph_node *g);
+static void graph_drop_builtin(graph_node *g);
 
 aa_status aa_session_destroy(aa_session *session) {
     aa_session *s = as_session(session);
@@ -202,7 +213,8 @@ aa_status aa_session_destroy(aa_session *session) {
     pthread_mutex_unlock(&s->mu);
     while (g) {
         graph_node *n = g->next;
-        graph_free(g);
+        graph_drop_builtin(g);
+        graph_put(g);
         g = n;
     }
     s->magic = 0;
@@ -216,15 +228,19 @@ aa_status aa_session_destroy(aa_session *session) {
 /* ------------------------------------------------------------------------------------------ */
 /* Graphs                                                                                      */
 
-static graph_node *find_graph(aa_session *s, uint32_t id) {
-    pthread_mutex_lock(&s->mu);
-    graph_node *g = s->graphs;
-    while (g && g->id != id) g = g->next;
-    pthread_mutex_unlock(&s->mu);
-    return g;
+static void graph_get(graph_node *g) { __atomic_add_fetch(&g->refs, 1, __ATOMIC_RELAXED); }
+
+static void graph_put(graph_node *g) {
+    if (__atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL)) return;
+    if (g->const_mem) sim_device_free(g->const_mem);
+    sim_model_release(g->model);
+    pthread_mutex_destroy(&g->run_mu);
+    free(g);
+    SIM_STAT_ADD(graphs, -1);
 }
 
-/* Common prologue: session valid, GE initialized, graph present. */
+/* Common prologue: session valid, GE initialized, graph present. Returns the graph with a
+ * reference the caller gives back with graph_put. */
 static graph_node *lookup(aa_session *session, uint32_t graph_id, const char *api) {
     aa_session *s = as_session(session);
     if (!s) {
@@ -232,50 +248,65 @@ static graph_node *lookup(aa_session *session, uint32_t graph_id, const char *ap
         return NULL;
     }
     if (!ge_ready(api)) return NULL;
-    graph_node *g = find_graph(s, graph_id);
+    pthread_mutex_lock(&s->mu);
+    graph_node *g = s->graphs;
+    while (g && g->id != graph_id) g = g->next;
+    if (g) graph_get(g);
+    pthread_mutex_unlock(&s->mu);
     if (!g) ge_error("E10062: %s: graph does not exist (graph_id=%u)", api, graph_id);
     return g;
 }
 
-aa_status aa_sim_session_add_program(aa_session *session, uint32_t graph_id, aa_sim_program *program,
-                                     const aa_option *options, size_t n_options) {
-    aa_session *s = as_session(session);
-    if (!s || !ge_ready("AddGraph") || !options_valid(options, n_options, "AddGraph")) return GE_FAILED;
-    if (!program || !sim_program_is_finalized(program)) {
-        ge_error("AddGraph: graph %u: the program is not finalized", graph_id);
-        return GE_FAILED;
-    }
+static int has_graph(aa_session *s, uint32_t graph_id) {
     pthread_mutex_lock(&s->mu);
-    for (graph_node *g = s->graphs; g; g = g->next)
-        if (g->id == graph_id) { /* GE keeps the first graph added under an id */
-            pthread_mutex_unlock(&s->mu);
-            return GE_OK;
-        }
-    graph_node *g = calloc(1, sizeof *g);
-    g->id = graph_id;
-    g->program = program;
-    sim_program_retain(program);
-    g->mode = MODE_NONE;
-    g->device = s->device;
-    pthread_mutex_init(&g->run_mu, NULL);
-    g->next = s->graphs;
-    s->graphs = g;
+    graph_node *g = s->graphs;
+    while (g && g->id != graph_id) g = g->next;
     pthread_mutex_unlock(&s->mu);
-    SIM_STAT_ADD(graphs, 1);
-    return GE_OK;
+    return g != NULL;
 }
 
 aa_status aa_session_add_graph_onnx(aa_session *session, uint32_t graph_id, const void *model, size_t model_size,
                                     const aa_option *options, size_t n_options) {
-    (void)session;
-    (void)model;
-    (void)model_size;
-    (void)options;
-    (void)n_options;
-    ge_error("AddGraph: graph %u: the sim backend takes a lowered program (aa_sim_session_add_program), "
-             "not ONNX bytes",
-             graph_id);
-    return GE_FAILED;
+    static const char api[] = "AddGraph";
+    aa_session *s = as_session(session);
+    if (!s) {
+        ge_error("%s: invalid session handle", api);
+        return GE_FAILED;
+    }
+    if (!ge_ready(api) || !options_valid(options, n_options, api)) return GE_FAILED;
+    if (!model || !model_size) {
+        ge_error("%s: graph %u: the ONNX model is empty", api, graph_id);
+        return GE_FAILED;
+    }
+    if (has_graph(s, graph_id)) return GE_OK; /* GE keeps the first graph added under an id */
+    aa_sim_config cfg;
+    aa_sim_get_config(&cfg);
+    char err[2048];
+    int not_implemented = 0;
+    /* The parse: onnxruntime reads, checks and compiles the model here (outside any lock). */
+    sim_model *m = sim_model_get(model, model_size, cfg.engine_threads, &not_implemented, err, sizeof err);
+    if (!m) {
+        ge_error("%s: graph %u: %s%s", api, graph_id, not_implemented ? "E10062: unsupported operator: " : "", err);
+        return not_implemented ? GE_UNSUPPORTED : GE_FAILED;
+    }
+    graph_node *g = calloc(1, sizeof *g);
+    g->id = graph_id;
+    g->refs = 1;
+    g->model = m;
+    g->mode = MODE_NONE;
+    g->device = s->device;
+    pthread_mutex_init(&g->run_mu, NULL);
+    pthread_mutex_lock(&s->mu);
+    graph_node *dup = s->graphs;
+    while (dup && dup->id != graph_id) dup = dup->next;
+    if (!dup) {
+        g->next = s->graphs;
+        s->graphs = g;
+    }
+    pthread_mutex_unlock(&s->mu);
+    SIM_STAT_ADD(graphs, 1);
+    if (dup) graph_put(g); /* another thread added this id meanwhile: the first one stays */
+    return GE_OK;
 }
 
 static void block_unlink_locked(ge_block *b) {
@@ -285,10 +316,11 @@ static void block_unlink_locked(ge_block *b) {
     b->prev = b->next = NULL;
 }
 
-static void graph_free(graph_node *g) {
-    /* Built-in output blocks must be released before the graph goes (GE: undefined if not).
-     * Here their memory is freed now and their records turn into harmless zombies. */
+/* Built-in output blocks live as long as their graph: RemoveGraph frees their memory, and
+ * releasing them afterwards (undefined in GE) only frees their records. */
+static void graph_drop_builtin(graph_node *g) {
     pthread_mutex_lock(&g->run_mu);
+    g->removed = 1;
     while (g->builtin) {
         ge_block *b = g->builtin;
         block_unlink_locked(b);
@@ -298,27 +330,39 @@ static void graph_free(graph_node *g) {
         SIM_STAT_ADD(ge_outputs, -1);
     }
     pthread_mutex_unlock(&g->run_mu);
-    if (g->const_mem) sim_device_free(g->const_mem);
-    aa_sim_program_release(g->program);
-    pthread_mutex_destroy(&g->run_mu);
-    free(g);
-    SIM_STAT_ADD(graphs, -1);
 }
 
 aa_status aa_session_remove_graph(aa_session *session, uint32_t graph_id) {
-    if (!lookup(session, graph_id, "RemoveGraph")) return GE_FAILED;
+    static const char api[] = "RemoveGraph";
+    graph_node *g = lookup(session, graph_id, api);
+    if (!g) return GE_FAILED;
     aa_session *s = session;
+    /* A graph with runs still on the device is refused: its memory is in use. GE leaves this
+     * undefined; callers synchronize the streams first. The check and the mark share run_mu
+     * with the run gate, so a run either counts as in flight here or is refused there. */
+    pthread_mutex_lock(&g->run_mu);
+    int gone = g->removed;
+    int busy = __atomic_load_n(&g->inflight, __ATOMIC_ACQUIRE);
+    if (!gone && !busy) g->removed = 1;
+    pthread_mutex_unlock(&g->run_mu);
+    if (gone || busy) {
+        if (gone) ge_error("E10062: %s: graph does not exist (graph_id=%u)", api, graph_id);
+        else
+            ge_error("%s: graph %u still has %d run(s) on the device; synchronize their streams first", api,
+                     graph_id, busy);
+        graph_put(g);
+        return GE_FAILED;
+    }
     pthread_mutex_lock(&s->mu);
-    graph_node *g = NULL;
     for (graph_node **pp = &s->graphs; *pp; pp = &(*pp)->next)
-        if ((*pp)->id == graph_id) {
-            g = *pp;
+        if (*pp == g) {
             *pp = g->next;
             break;
         }
     pthread_mutex_unlock(&s->mu);
-    if (!g) return GE_FAILED;
-    graph_free(g);
+    graph_drop_builtin(g);
+    graph_put(g); /* the table's reference */
+    graph_put(g); /* ours */
     return GE_OK;
 }
 
@@ -334,6 +378,7 @@ aa_status aa_session_compile_graph(aa_session *session, uint32_t graph_id) {
     pthread_mutex_lock(&g->run_mu);
     compile_locked(g);
     pthread_mutex_unlock(&g->run_mu);
+    graph_put(g);
     return GE_OK;
 }
 
@@ -344,10 +389,10 @@ static aa_status load_locked(graph_node *g, const char *api) {
         return GE_FAILED;
     }
     compile_locked(g);
-    size_t bytes = sim_program_initializer_bytes(g->program);
+    size_t bytes = sim_model_bytes(g->model);
     if (bytes && sim_device_alloc(g->device, bytes, &g->const_mem) != ACL_SUCCESS) {
         const char *m = aclGetRecentErrMsg();
-        ge_error("%s: graph %u: cannot place %zu bytes of constants: %s", api, g->id, bytes, m ? m : "");
+        ge_error("%s: graph %u: cannot place %zu bytes of weights: %s", api, g->id, bytes, m ? m : "");
         return GE_FAILED;
     }
     sim_sleep_us(sim_timing().load_us);
@@ -359,10 +404,14 @@ aa_status aa_session_load_graph(aa_session *session, uint32_t graph_id, const aa
                                 aclrtStream stream) {
     (void)stream; /* the sim's load submits no device work */
     graph_node *g = lookup(session, graph_id, "LoadGraph");
-    if (!g || !options_valid(options, n_options, "LoadGraph")) return GE_FAILED;
-    pthread_mutex_lock(&g->run_mu);
-    aa_status st = load_locked(g, "LoadGraph");
-    pthread_mutex_unlock(&g->run_mu);
+    if (!g) return GE_FAILED;
+    aa_status st = GE_FAILED;
+    if (options_valid(options, n_options, "LoadGraph")) {
+        pthread_mutex_lock(&g->run_mu);
+        st = load_locked(g, "LoadGraph");
+        pthread_mutex_unlock(&g->run_mu);
+    }
+    graph_put(g);
     return st;
 }
 
@@ -375,14 +424,40 @@ static int mode_allows(graph_node *g, int mode, const char *api) {
     return 0;
 }
 
+/* The run prologue under run_mu: the graph is still in its session, the mode allows `mode`,
+ * and it is loaded (auto-load; no mode is recorded when loading fails). An open gate counts
+ * the run as in flight until run_done (job_free does it for runs that reached a stream). */
+static int run_gate_locked(graph_node *g, int mode, const char *api, aa_status *refusal) {
+    *refusal = GE_FAILED;
+    if (g->removed) {
+        ge_error("E10062: %s: graph does not exist (graph_id=%u)", api, g->id);
+        return 0;
+    }
+    if (!mode_allows(g, mode, api)) {
+        *refusal = mode == MODE_STREAM_ASYNC ? GE_FAILED : GE_UNSUPPORTED;
+        return 0;
+    }
+    if (!g->loaded && load_locked(g, api) != GE_OK) return 0;
+    __atomic_add_fetch(&g->inflight, 1, __ATOMIC_ACQ_REL);
+    return 1;
+}
+
+static void run_done(graph_node *g) { __atomic_sub_fetch(&g->inflight, 1, __ATOMIC_ACQ_REL); }
+
 /* ------------------------------------------------------------------------------------------ */
 /* Tensors                                                                                     */
 
-/* Checks input memory; `device_only` for RunGraphWithStreamAsync. Returns 0 or -1. */
-static int check_inputs(const graph_node *g, const aa_tensor *in, size_t n, int device_only, const char *api) {
-    size_t want = sim_program_n_inputs(g->program);
+/* Checks input memory and shapes; `device_only` for RunGraphWithStreamAsync. Describes the
+ * outputs (see sim_model_resolve). Returns 0 (static), 1 (dynamic) or -1. */
+static int check_inputs(const graph_node *g, const aa_tensor *in, size_t n, int device_only, aa_tensor *described,
+                        const char *api) {
+    size_t want = sim_model_n_inputs(g->model);
     if (n != want) {
         ge_error("%s: graph %u takes %zu inputs, got %zu", api, g->id, want, n);
+        return -1;
+    }
+    if (n && !in) {
+        ge_error("%s: graph %u: no input array", api, g->id);
         return -1;
     }
     for (size_t i = 0; i < n; i++) {
@@ -391,7 +466,12 @@ static int check_inputs(const graph_node *g, const aa_tensor *in, size_t n, int 
             ge_error("%s: input %zu has %u dims (max %d)", api, i, t->ndim, AA_MAX_DIMS);
             return -1;
         }
-        size_t nbytes = aa_tensor_nbytes(t);
+        int ok;
+        size_t nbytes = sim_shape_nbytes(t->dtype, t->ndim, t->dims, &ok);
+        if (!ok) {
+            ge_error("%s: input %zu: a negative dim or an element count that overflows", api, i);
+            return -1;
+        }
         if (!nbytes) continue;
         if (!t->addr || t->size < nbytes) {
             ge_error("%s: input %zu: %zu bytes needed, tensor has %zu at %p", api, i, nbytes, t->size, t->addr);
@@ -413,7 +493,11 @@ static int check_inputs(const graph_node *g, const aa_tensor *in, size_t n, int 
             return -1;
         }
     }
-    return 0;
+    char err[512];
+    size_t n_out = sim_model_n_outputs(g->model);
+    int rc = sim_model_resolve(g->model, in, n, described, n_out, err, sizeof err);
+    if (rc < 0) ge_error("%s: graph %u: %s", api, g->id, err);
+    return rc;
 }
 
 static ge_block *block_new(int kind, void *addr, size_t size) {
@@ -444,8 +528,13 @@ void aa_tensor_release(aa_tensor *tensor) {
         case BLOCK_BUILTIN: {
             graph_node *g = b->graph;
             pthread_mutex_lock(&g->run_mu);
-            block_unlink_locked(b);
+            int zombie = b->zombie; /* RemoveGraph may have freed it meanwhile */
+            if (!zombie) block_unlink_locked(b);
             pthread_mutex_unlock(&g->run_mu);
+            if (zombie) {
+                free(b);
+                return;
+            }
             sim_device_free(b->addr);
             break;
         }
@@ -469,8 +558,15 @@ static int lookup_allocator(const void *stream, aa_allocator *out) {
     return found;
 }
 
-/* Fills an empty output slot for RunGraphWithStreamAsync; the caller holds run_mu. */
-static int alloc_output_locked(graph_node *g, aclrtStream stream, aa_tensor *t, size_t nbytes, const char *api) {
+/* A device block for an output of `nbytes`: from the stream's external allocator, else the
+ * graph's built-in allocator. Fills addr/size/owner/placement of `t`. Returns 0 or an
+ * aclError with a message in err. Runs on the submitting thread, or on a device thread for the
+ * outputs of a dynamic graph. */
+static int alloc_output(graph_node *g, aclrtStream stream, aa_tensor *t, size_t nbytes, char *err, size_t err_len) {
+    if (nbytes > SIZE_MAX - 64) {
+        snprintf(err, err_len, "an output of %zu bytes cannot be allocated", nbytes);
+        return ACL_ERROR_RT_MEMORY_ALLOCATION;
+    }
     size_t size = block_size_for(nbytes);
     aa_allocator a;
     ge_block *b;
@@ -478,8 +574,8 @@ static int alloc_output_locked(graph_node *g, aclrtStream stream, aa_tensor *t, 
         void *addr = NULL;
         void *blk = a.alloc(a.ctx, size, &addr);
         if (!blk || !addr) {
-            ge_error("%s: the external allocator of the stream could not provide %zu bytes", api, size);
-            return -1;
+            snprintf(err, err_len, "the external allocator of the stream could not provide %zu bytes", size);
+            return ACL_ERROR_RT_MEMORY_ALLOCATION;
         }
         b = block_new(BLOCK_EXTERNAL, addr, size);
         b->alloc = a;
@@ -488,14 +584,16 @@ static int alloc_output_locked(graph_node *g, aclrtStream stream, aa_tensor *t, 
         void *addr = NULL;
         if (sim_device_alloc(g->device, size, &addr) != ACL_SUCCESS) {
             const char *m = aclGetRecentErrMsg();
-            ge_error("%s: cannot allocate a %zu-byte output: %s", api, size, m ? m : "");
-            return -1;
+            snprintf(err, err_len, "cannot allocate a %zu-byte output: %s", size, m ? m : "");
+            return ACL_ERROR_RT_MEMORY_ALLOCATION;
         }
         b = block_new(BLOCK_BUILTIN, addr, size);
         b->graph = g;
+        pthread_mutex_lock(&g->run_mu);
         b->next = g->builtin;
         if (g->builtin) g->builtin->prev = b;
         g->builtin = b;
+        pthread_mutex_unlock(&g->run_mu);
     }
     t->addr = b->addr;
     t->size = size;
@@ -512,22 +610,31 @@ static void release_outputs(aa_tensor *out, size_t n, const int *mine) {
 /* ------------------------------------------------------------------------------------------ */
 /* Execution payloads                                                                          */
 
+/* One run's payload: a device thread executes it. It holds a reference to the graph (and so
+ * to its model) and counts as in flight until its cleanup. `in` and `out` are copies of the
+ * caller's descriptors; `slots` is the caller's own output array, written on the device thread
+ * for a dynamic graph (GE fills such outputs when the stream reaches the run). */
 typedef struct run_job {
-    aa_sim_program *program;
+    graph_node *graph;
+    aclrtStream stream;
     size_t n_in, n_out;
     aa_tensor *in;
     aa_tensor *out;
+    aa_tensor *slots;
+    int dynamic;
+    int placement; /* AA_PLACEMENT_HOST: outputs go to host blocks (RunGraph, RunGraphAsync) */
     /* RunGraphAsync */
     aa_run_callback cb;
     void *user;
+    /* RunGraph */
     int code;
-    char msg[256];
+    char msg[512];
 } run_job;
 
-static run_job *job_new(aa_sim_program *p, const aa_tensor *in, size_t n_in, const aa_tensor *out, size_t n_out) {
+static run_job *job_new(graph_node *g, const aa_tensor *in, size_t n_in, const aa_tensor *out, size_t n_out) {
     run_job *j = calloc(1, sizeof *j);
-    j->program = p;
-    sim_program_retain(p);
+    graph_get(g); /* the run's in-flight count was taken by its gate */
+    j->graph = g;
     j->n_in = n_in;
     j->n_out = n_out;
     j->in = calloc(n_in ? n_in : 1, sizeof(aa_tensor));
@@ -538,16 +645,61 @@ static run_job *job_new(aa_sim_program *p, const aa_tensor *in, size_t n_in, con
 }
 
 static void job_free(run_job *j) {
-    aa_sim_program_release(j->program);
+    run_done(j->graph);
+    graph_put(j->graph);
     free(j->in);
     free(j->out);
     free(j);
 }
 
-static int job_exec(void *payload, char *err, size_t err_len) {
+/* Places one output of a run whose outputs onnxruntime allocated (device thread). */
+static int place_output(void *ctx, size_t i, const aa_tensor *desc, const void *data, size_t nbytes, char *err,
+                        size_t err_len) {
+    run_job *j = ctx;
+    aa_tensor *t = &j->out[i];
+    if (j->placement == AA_PLACEMENT_HOST) {
+        void *p = NULL;
+        if (posix_memalign(&p, 64, nbytes ? nbytes : 1)) {
+            snprintf(err, err_len, "output %zu: cannot allocate %zu bytes of host memory", i, nbytes);
+            return ACL_ERROR_BAD_ALLOC;
+        }
+        t->addr = p;
+        t->size = nbytes;
+        t->placement = AA_PLACEMENT_HOST;
+        t->owner = block_new(BLOCK_HOST, p, nbytes);
+    } else if (t->addr && t->size && !t->owner) { /* the caller's memory */
+        if (t->size < nbytes) {
+            snprintf(err, err_len, "output %zu needs %zu bytes; the caller's buffer has %zu", i, nbytes, t->size);
+            return ACL_ERROR_RT_PARAM_INVALID;
+        }
+    } else {
+        int rc = alloc_output(j->graph, j->stream, t, nbytes, err, err_len);
+        if (rc) return rc;
+    }
+    if (nbytes) memcpy(t->addr, data, nbytes);
+    t->dtype = desc->dtype;
+    t->format = AA_FORMAT_ND;
+    t->ndim = desc->ndim;
+    memcpy(t->dims, desc->dims, sizeof t->dims);
+    return 0;
+}
+
+/* Runs the job's graph. A dynamic run's outputs are placed after the run; a failed one gives
+ * back what it placed. */
+static int job_run(run_job *j, char *err, size_t err_len) {
+    int rc = sim_model_run(j->graph->model, j->in, j->n_in, j->out, j->n_out, j->dynamic ? place_output : NULL, j,
+                           err, err_len);
+    if (rc && j->dynamic)
+        for (size_t i = 0; i < j->n_out; i++)
+            if (j->out[i].owner) aa_tensor_release(&j->out[i]);
+    return rc;
+}
+
+static int stream_exec(void *payload, char *err, size_t err_len) {
     run_job *j = payload;
-    int rc = sim_program_execute(j->program, j->in, j->n_in, j->out, j->n_out, err, err_len);
-    return rc ? rc : 0;
+    int rc = job_run(j, err, err_len);
+    if (!rc && j->dynamic) memcpy(j->slots, j->out, j->n_out * sizeof(aa_tensor)); /* GE fills the slots now */
+    return rc;
 }
 
 static void job_cleanup(void *payload, int executed) {
@@ -564,86 +716,85 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
     static const char api[] = "RunGraphWithStreamAsync";
     graph_node *g = lookup(session, graph_id, api);
     if (!g) return GE_FAILED;
-    pthread_mutex_lock(&g->run_mu);
-    if (!mode_allows(g, MODE_STREAM_ASYNC, api)) {
-        pthread_mutex_unlock(&g->run_mu);
-        return GE_FAILED;
-    }
-    if (!g->loaded && load_locked(g, api) != GE_OK) { /* auto-load; no mode on failure */
-        pthread_mutex_unlock(&g->run_mu);
-        return GE_FAILED;
-    }
-    g->mode = MODE_STREAM_ASYNC; /* recorded whether or not the run itself succeeds */
-
     aa_status st = GE_FAILED;
-    size_t n_out = sim_program_n_outputs(g->program);
-    int *mine = calloc(n_out ? n_out : 1, sizeof(int));
-    aa_tensor *inferred = calloc(n_out ? n_out : 1, sizeof(aa_tensor));
-    char err[512];
-    if (check_inputs(g, inputs, n_inputs, 1, api)) goto done;
-    if (n_outputs != n_out || !outputs) {
-        ge_error("%s: graph %u has %zu outputs, %zu output slots were passed", api, graph_id, n_out, n_outputs);
-        goto done;
+    pthread_mutex_lock(&g->run_mu);
+    int open = run_gate_locked(g, MODE_STREAM_ASYNC, api, &st);
+    if (open) g->mode = MODE_STREAM_ASYNC; /* recorded whether or not the run itself succeeds */
+    pthread_mutex_unlock(&g->run_mu);
+    if (!open) {
+        graph_put(g);
+        return st;
     }
-    if (sim_program_infer(g->program, inputs, n_inputs, inferred, n_out, err, sizeof err)) {
-        ge_error("%s: graph %u: %s", api, graph_id, err);
+    /* Host-side submission of one graph is serialized, as GE's per-graph run mutex does; the
+     * block allocations below take run_mu themselves. */
+    size_t n_out = sim_model_n_outputs(g->model);
+    int *mine = calloc(n_out ? n_out : 1, sizeof(int));
+    aa_tensor *described = calloc(n_out ? n_out : 1, sizeof(aa_tensor));
+    char err[512];
+    int dynamic = check_inputs(g, inputs, n_inputs, 1, described, api);
+    if (dynamic < 0) goto done;
+    if (n_outputs != n_out || (n_out && !outputs)) {
+        ge_error("%s: graph %u has %zu outputs, %zu output slots were passed", api, graph_id, n_out, n_outputs);
         goto done;
     }
     for (size_t i = 0; i < n_out; i++) {
         aa_tensor *t = &outputs[i];
-        size_t nbytes = aa_tensor_nbytes(&inferred[i]);
-        if (t->addr && t->size) { /* caller memory, used as is */
+        int caller = t->addr && t->size;
+        if (dynamic) { /* shapes follow from values: the slots are filled when the run ends */
+            if (!caller) t->owner = NULL, t->addr = NULL, t->size = 0;
+            t->dtype = described[i].dtype;
+            t->format = AA_FORMAT_ND;
+            continue;
+        }
+        int ok;
+        size_t nbytes = sim_shape_nbytes(described[i].dtype, described[i].ndim, described[i].dims, &ok);
+        if (caller) { /* caller memory, used as is */
             int r = sim_check_device_range(t->addr, nbytes, err, sizeof err);
             if (t->size < nbytes || r != 1) {
                 ge_error("%s: output %zu: %s", api, i,
-                         t->size < nbytes ? "the caller's buffer is smaller than the output" : r ? err : "address is not device memory");
+                         t->size < nbytes ? "the caller's buffer is smaller than the output"
+                         : r              ? err
+                                          : "address is not device memory");
                 goto done;
             }
         } else {
             t->owner = NULL;
-            if (alloc_output_locked(g, stream, t, nbytes, api)) goto done;
+            if (alloc_output(g, stream, t, nbytes, err, sizeof err)) {
+                ge_error("%s: output %zu: %s", api, i, err);
+                goto done;
+            }
             mine[i] = 1;
         }
-        t->dtype = inferred[i].dtype;
+        t->dtype = described[i].dtype;
         t->format = AA_FORMAT_ND;
-        t->ndim = inferred[i].ndim;
-        memcpy(t->dims, inferred[i].dims, sizeof t->dims);
+        t->ndim = described[i].ndim;
+        memcpy(t->dims, described[i].dims, sizeof t->dims);
     }
-    run_job *j = job_new(g->program, inputs, n_inputs, outputs, n_out);
-    aclError rc = sim_enqueue(stream, SIM_TASK_GRAPH, job_exec, job_cleanup, j);
+    run_job *j = job_new(g, inputs, n_inputs, outputs, n_out);
+    j->stream = stream;
+    j->dynamic = dynamic;
+    j->slots = outputs;
+    aclError rc = sim_enqueue(stream, SIM_TASK_GRAPH, stream_exec, job_cleanup, j);
     if (rc) {
         const char *m = aclGetRecentErrMsg();
         ge_error("%s: cannot launch on the stream: aclError %d %s", api, rc, m ? m : "");
-        job_free(j);
-        goto done;
+        job_free(j); /* ends the run's in-flight count */
+    } else {
+        st = GE_OK;
     }
-    st = GE_OK;
+    goto submitted;
 done:
-    if (st != GE_OK) release_outputs(outputs, n_outputs < n_out ? n_outputs : n_out, mine);
-    pthread_mutex_unlock(&g->run_mu);
+    run_done(g);
+submitted:
+    if (st != GE_OK && outputs) release_outputs(outputs, n_outputs < n_out ? n_outputs : n_out, mine);
     free(mine);
-    free(inferred);
+    free(described);
+    graph_put(g);
     return st;
 }
 
 /* ------------------------------------------------------------------------------------------ */
 /* RunGraph and RunGraphAsync: GE's own streams, host outputs                                  */
-
-/* Allocates host output blocks for inferred shapes. */
-static void alloc_host_outputs(aa_tensor *out, const aa_tensor *inferred, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        size_t nbytes = aa_tensor_nbytes(&inferred[i]);
-        size_t size = nbytes ? nbytes : 1;
-        void *p = NULL;
-        if (posix_memalign(&p, 64, size)) p = NULL;
-        out[i] = inferred[i];
-        out[i].addr = p;
-        out[i].size = nbytes;
-        out[i].format = AA_FORMAT_ND;
-        out[i].placement = AA_PLACEMENT_HOST;
-        out[i].owner = block_new(BLOCK_HOST, p, nbytes);
-    }
-}
 
 /* GE's own streams never fault: a failed execution is reported through the job, so one bad
  * run does not poison the session. */
@@ -651,27 +802,29 @@ static int sync_exec(void *payload, char *err, size_t err_len) {
     run_job *j = payload;
     (void)err;
     (void)err_len;
-    j->code = sim_program_execute(j->program, j->in, j->n_in, j->out, j->n_out, j->msg, sizeof j->msg);
+    j->code = job_run(j, j->msg, sizeof j->msg);
     return 0;
 }
 
 aa_status aa_session_run_graph(aa_session *session, uint32_t graph_id, const aa_tensor *inputs, size_t n_inputs,
                                aa_tensor *outputs, size_t *n_outputs) {
     static const char api[] = "RunGraph";
-    graph_node *g = lookup(session, graph_id, api);
-    if (!g || !n_outputs) return GE_FAILED;
-    aa_session *s = session;
-    pthread_mutex_lock(&g->run_mu);
-    if (!mode_allows(g, MODE_RUN_GRAPH, api)) {
-        pthread_mutex_unlock(&g->run_mu);
-        return GE_UNSUPPORTED;
-    }
-    if (!g->loaded && load_locked(g, api) != GE_OK) {
-        pthread_mutex_unlock(&g->run_mu);
+    if (!n_outputs) {
+        ge_error("%s: n_outputs is NULL", api);
         return GE_FAILED;
     }
-    g->mode = MODE_RUN_GRAPH;
+    graph_node *g = lookup(session, graph_id, api);
+    if (!g) return GE_FAILED;
+    aa_session *s = session;
+    aa_status st = GE_FAILED;
+    pthread_mutex_lock(&g->run_mu);
+    int open = run_gate_locked(g, MODE_RUN_GRAPH, api, &st);
+    if (open) g->mode = MODE_RUN_GRAPH;
     pthread_mutex_unlock(&g->run_mu);
+    if (!open) {
+        graph_put(g);
+        return st;
+    }
 
     /* GE's inner session runs one RunGraph at a time and refuses a concurrent one. */
     pthread_mutex_lock(&s->mu);
@@ -680,66 +833,56 @@ aa_status aa_session_run_graph(aa_session *session, uint32_t graph_id, const aa_
     pthread_mutex_unlock(&s->mu);
     if (busy) {
         ge_error("%s: graph %u: the session is already running a graph (GE_SESS_ALREADY_RUNNING)", api, graph_id);
+        run_done(g);
+        graph_put(g);
         return GE_FAILED;
     }
-    aa_status st = GE_FAILED;
-    size_t n_out = sim_program_n_outputs(g->program);
-    aa_tensor *inferred = calloc(n_out ? n_out : 1, sizeof(aa_tensor));
-    char err[512];
-    if (check_inputs(g, inputs, n_inputs, 0, api)) goto out;
-    if (*n_outputs < n_out) {
+    size_t n_out = sim_model_n_outputs(g->model);
+    aa_tensor *described = calloc(n_out ? n_out : 1, sizeof(aa_tensor));
+    if (check_inputs(g, inputs, n_inputs, 0, described, api) < 0) goto refused;
+    if (*n_outputs < n_out || (n_out && !outputs)) {
         ge_error("%s: graph %u has %zu outputs, room for %zu was passed", api, graph_id, n_out, *n_outputs);
-        goto out;
+        goto refused;
     }
-    if (sim_program_infer(g->program, inputs, n_inputs, inferred, n_out, err, sizeof err)) {
-        ge_error("%s: graph %u: %s", api, graph_id, err);
-        goto out;
-    }
-    alloc_host_outputs(outputs, inferred, n_out);
-    run_job *j = job_new(g->program, inputs, n_inputs, outputs, n_out);
+    run_job *j = job_new(g, inputs, n_inputs, NULL, n_out);
+    j->dynamic = 1; /* host outputs: placed from onnxruntime's results */
+    j->placement = AA_PLACEMENT_HOST;
     uint64_t seq = 0;
     /* The model's own stream: a device thread runs it while this thread waits, as GE blocks. */
     sim_enqueue_internal(s->sync_stream, SIM_TASK_GRAPH, sync_exec, NULL, j, &seq);
     sim_wait_retired(s->sync_stream, seq);
     int code = j->code;
-    if (code) ge_error("%s: graph %u: execution failed with aclError %d: %s", api, graph_id, code, j->msg);
-    job_free(j);
     if (code) {
-        for (size_t i = 0; i < n_out; i++) aa_tensor_release(&outputs[i]);
+        ge_error("%s: graph %u: execution failed with aclError %d: %s", api, graph_id, code, j->msg);
         /* RunGraph passes codes <= 9,999,999 through and turns larger ones into FAILED. */
         st = code <= 9999999 ? (aa_status)code : GE_FAILED;
-        goto out;
+    } else {
+        memcpy(outputs, j->out, n_out * sizeof(aa_tensor));
+        *n_outputs = n_out;
+        st = GE_OK;
     }
-    *n_outputs = n_out;
-    st = GE_OK;
+    job_free(j);
+    goto out;
+refused:
+    run_done(g);
 out:
-    free(inferred);
+    free(described);
     pthread_mutex_lock(&s->mu);
     s->running_sync = 0;
     pthread_mutex_unlock(&s->mu);
+    graph_put(g);
     return st;
 }
 
 /* RunGraphAsync: outputs are allocated and the callback invoked on the device thread (GE's). */
 static int async_exec(void *payload, char *err, size_t err_len) {
     run_job *j = payload;
-    aa_tensor *inferred = calloc(j->n_out ? j->n_out : 1, sizeof(aa_tensor));
-    aa_tensor *out = calloc(j->n_out ? j->n_out : 1, sizeof(aa_tensor));
-    char msg[256] = "";
-    int code = sim_program_infer(j->program, j->in, j->n_in, inferred, j->n_out, msg, sizeof msg);
-    if (!code) {
-        alloc_host_outputs(out, inferred, j->n_out);
-        code = sim_program_execute(j->program, j->in, j->n_in, out, j->n_out, msg, sizeof msg);
-    }
+    int code = job_run(j, err, err_len);
     if (code) {
-        for (size_t i = 0; i < j->n_out; i++) aa_tensor_release(&out[i]);
-        snprintf(err, err_len, "%s", msg);
         j->cb(j->user, GE_FAILED, NULL, 0);
     } else {
-        j->cb(j->user, GE_OK, out, j->n_out); /* ownership of the outputs passes to the callee */
+        j->cb(j->user, GE_OK, j->out, j->n_out); /* ownership of the outputs passes to the callee */
     }
-    free(out);
-    free(inferred);
     return 0;
 }
 
@@ -753,23 +896,32 @@ aa_status aa_session_run_graph_async(aa_session *session, uint32_t graph_id, con
     graph_node *g = lookup(session, graph_id, api);
     if (!g) return GE_FAILED;
     aa_session *s = session;
-    pthread_mutex_lock(&g->run_mu);
-    if (!mode_allows(g, MODE_RUN_GRAPH_ASYNC, api)) {
-        pthread_mutex_unlock(&g->run_mu);
-        callback(user_data, GE_UNSUPPORTED, NULL, 0); /* synchronously, as GE does */
-        return GE_UNSUPPORTED;
-    }
     aa_status st = GE_FAILED;
-    if (!g->loaded && load_locked(g, api) != GE_OK) goto out;
-    if (check_inputs(g, inputs, n_inputs, 0, api)) goto out;
-    run_job *j = job_new(g->program, inputs, n_inputs, NULL, sim_program_n_outputs(g->program));
-    j->cb = callback;
-    j->user = user_data;
-    sim_enqueue_internal(s->async_stream, SIM_TASK_GRAPH, async_exec, job_cleanup, j, NULL);
-    g->mode = MODE_RUN_GRAPH_ASYNC; /* recorded right after submission */
-    st = GE_OK;
-out:
+    size_t n_out = sim_model_n_outputs(g->model);
+    aa_tensor *described = calloc(n_out ? n_out : 1, sizeof(aa_tensor));
+    pthread_mutex_lock(&g->run_mu);
+    int open = run_gate_locked(g, MODE_RUN_GRAPH_ASYNC, api, &st);
+    if (!open && st == GE_UNSUPPORTED) { /* a mode conflict: the callback runs at once, as in GE */
+        pthread_mutex_unlock(&g->run_mu);
+        callback(user_data, GE_UNSUPPORTED, NULL, 0);
+        goto out;
+    }
+    if (open && check_inputs(g, inputs, n_inputs, 0, described, api) < 0) {
+        run_done(g);
+    } else if (open) {
+        run_job *j = job_new(g, inputs, n_inputs, NULL, n_out);
+        j->cb = callback;
+        j->user = user_data;
+        j->dynamic = 1;
+        j->placement = AA_PLACEMENT_HOST;
+        sim_enqueue_internal(s->async_stream, SIM_TASK_GRAPH, async_exec, job_cleanup, j, NULL);
+        g->mode = MODE_RUN_GRAPH_ASYNC; /* recorded right after submission */
+        st = GE_OK;
+    }
     pthread_mutex_unlock(&g->run_mu);
+out:
+    free(described);
+    graph_put(g);
     return st;
 }
 
