@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from ascend_async._lower import lower_model
+from ascend_async._engine import open_engine
 from ascend_async._native import _sim
 
 ffi = _sim.ffi
@@ -39,27 +39,32 @@ def ok(rc: int) -> None:
     assert rc == 0, f"status {rc}: {ge_msg()}"
 
 
-def add_program() -> Any:
-    """y = x + x (float32[N])."""
+def _bytes(graph: Any) -> bytes:
+    return bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+
+
+def add_program() -> bytes:
+    """y = x + x (float32[N]), serialized."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [N])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [N])
     g = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "add", [x], [y])
-    return lower_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), ffi, lib)
+    return _bytes(g)
 
 
-def identity_program() -> Any:
+def identity_program() -> bytes:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [N])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [N])
     g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id", [x], [y])
-    return lower_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), ffi, lib)
+    return _bytes(g)
 
 
 @pytest.fixture(scope="module")
-def programs() -> dict[str, Any]:
+def programs() -> dict[str, bytes]:
     return {"add": add_program(), "identity": identity_program()}
 
 
 def _init() -> None:
+    open_engine(ffi, lib)
     assert lib.aclInit(ffi.NULL) in (0, 100002)
     ok(lib.aa_ge_initialize(ffi.NULL, 0))
 
@@ -87,9 +92,9 @@ class Env:
         self.mem.append(p[0])
         return p[0]
 
-    def add(self, program: Any, gid: int | None = None) -> int:
+    def add(self, model: bytes, gid: int | None = None) -> int:
         gid = next(_ids) if gid is None else gid
-        ok(lib.aa_sim_session_add_program(self.session, gid, program, ffi.NULL, 0))
+        ok(lib.aa_session_add_graph_onnx(self.session, gid, model, len(model), ffi.NULL, 0))
         self.graphs.add(gid)
         return gid
 
@@ -165,9 +170,10 @@ def stats() -> Any:
 # Graph bookkeeping
 
 
-def test_add_graph_existing_id_keeps_the_first(env: Env, programs: dict[str, Any]) -> None:
+def test_add_graph_existing_id_keeps_the_first(env: Env, programs: dict[str, bytes]) -> None:
     gid = env.add(programs["add"])
-    ok(lib.aa_sim_session_add_program(env.session, gid, programs["identity"], ffi.NULL, 0))
+    ident = programs["identity"]
+    ok(lib.aa_session_add_graph_onnx(env.session, gid, ident, len(ident), ffi.NULL, 0))
     st, out, n = env.run_sync(gid)
     ok(st)
     try:
@@ -190,7 +196,7 @@ def test_unknown_graph_id_fails_with_text(env: Env) -> None:
     assert st == FAILED
 
 
-def test_load_graph_twice_fails(env: Env, programs: dict[str, Any]) -> None:
+def test_load_graph_twice_fails(env: Env, programs: dict[str, bytes]) -> None:
     gid = env.add(programs["add"])
     ok(lib.aa_session_compile_graph(env.session, gid))
     ok(lib.aa_session_load_graph(env.session, gid, ffi.NULL, 0, env.stream))
@@ -198,7 +204,7 @@ def test_load_graph_twice_fails(env: Env, programs: dict[str, Any]) -> None:
     assert "has been loaded" in ge_msg()
 
 
-def test_auto_load_on_first_stream_run(env: Env, programs: dict[str, Any]) -> None:
+def test_auto_load_on_first_stream_run(env: Env, programs: dict[str, bytes]) -> None:
     gid = env.add(programs["add"])
     out = ffi.new("aa_tensor[1]")
     out[0].addr = env.malloc(64)
@@ -210,7 +216,7 @@ def test_auto_load_on_first_stream_run(env: Env, programs: dict[str, Any]) -> No
     assert lib.aa_session_load_graph(env.session, gid, ffi.NULL, 0, env.stream) == FAILED
 
 
-def test_stream_run_returns_before_the_device_runs(env: Env, programs: dict[str, Any]) -> None:
+def test_stream_run_returns_before_the_device_runs(env: Env, programs: dict[str, bytes]) -> None:
     gid = env.add(programs["add"])
     out = ffi.new("aa_tensor[1]")
     out[0].addr = env.malloc(64)
@@ -230,7 +236,7 @@ def test_stream_run_returns_before_the_device_runs(env: Env, programs: dict[str,
 # Run modes
 
 
-def test_run_graph_after_stream_async_is_unsupported(env: Env, programs: dict[str, Any]) -> None:
+def test_run_graph_after_stream_async_is_unsupported(env: Env, programs: dict[str, bytes]) -> None:
     gid = env.add(programs["add"])
     out = ffi.new("aa_tensor[1]")
     ok(env.run_stream(gid, out))
@@ -246,7 +252,7 @@ def test_run_graph_after_stream_async_is_unsupported(env: Env, programs: dict[st
     lib.aa_tensor_release(out)
 
 
-def test_stream_async_after_run_graph_is_failed(env: Env, programs: dict[str, Any]) -> None:
+def test_stream_async_after_run_graph_is_failed(env: Env, programs: dict[str, bytes]) -> None:
     gid = env.add(programs["add"])
     st, out, n = env.run_sync(gid)
     ok(st)
@@ -258,7 +264,7 @@ def test_stream_async_after_run_graph_is_failed(env: Env, programs: dict[str, An
 
 
 @pytest.mark.parametrize("first", ["run_graph", "stream"])
-def test_run_graph_async_after_another_mode(env: Env, programs: dict[str, Any], first: str) -> None:
+def test_run_graph_async_after_another_mode(env: Env, programs: dict[str, bytes], first: str) -> None:
     gid = env.add(programs["add"])
     if first == "run_graph":
         st, out, n = env.run_sync(gid)
@@ -289,7 +295,7 @@ def test_run_graph_async_after_another_mode(env: Env, programs: dict[str, Any], 
         lib.aa_watch_destroy(watch)
 
 
-def test_run_graph_async_delivers_host_outputs(env: Env, programs: dict[str, Any]) -> None:
+def test_run_graph_async_delivers_host_outputs(env: Env, programs: dict[str, bytes]) -> None:
     gid = env.add(programs["add"])
     watch = lib.aa_watch_create(ffi.NULL, ffi.NULL)
     try:
@@ -312,7 +318,7 @@ def test_run_graph_async_delivers_host_outputs(env: Env, programs: dict[str, Any
         lib.aa_watch_destroy(watch)
 
 
-def test_remove_graph_resets_the_mode(env: Env, programs: dict[str, Any]) -> None:
+def test_remove_graph_resets_the_mode(env: Env, programs: dict[str, bytes]) -> None:
     gid = env.add(programs["add"])
     out = ffi.new("aa_tensor[1]")
     ok(env.run_stream(gid, out))
@@ -326,7 +332,7 @@ def test_remove_graph_resets_the_mode(env: Env, programs: dict[str, Any]) -> Non
     release_all(hout, n)
 
 
-def test_modes_are_per_graph(env: Env, programs: dict[str, Any]) -> None:
+def test_modes_are_per_graph(env: Env, programs: dict[str, bytes]) -> None:
     g1, g2 = env.add(programs["add"]), env.add(programs["add"])
     out = ffi.new("aa_tensor[1]")
     ok(env.run_stream(g1, out))
@@ -341,7 +347,7 @@ def test_modes_are_per_graph(env: Env, programs: dict[str, Any]) -> None:
 # Output allocation rules
 
 
-def test_caller_outputs_are_used_as_is(env: Env, programs: dict[str, Any]) -> None:
+def test_caller_outputs_are_used_as_is(env: Env, programs: dict[str, bytes]) -> None:
     gid = env.add(programs["add"])
     out = ffi.new("aa_tensor[1]")
     buf = env.malloc(40)
@@ -357,7 +363,7 @@ def test_caller_outputs_are_used_as_is(env: Env, programs: dict[str, Any]) -> No
     np.testing.assert_array_equal(env.read(buf), env.x * 2)
 
 
-def test_caller_output_too_small_or_not_device_fails(env: Env, programs: dict[str, Any]) -> None:
+def test_caller_output_too_small_or_not_device_fails(env: Env, programs: dict[str, bytes]) -> None:
     gid = env.add(programs["add"])
     out = ffi.new("aa_tensor[1]")
     out[0].addr = env.malloc(16)
@@ -370,7 +376,7 @@ def test_caller_output_too_small_or_not_device_fails(env: Env, programs: dict[st
     assert "not device memory" in ge_msg()
 
 
-def test_builtin_allocator_outputs(env: Env, programs: dict[str, Any]) -> None:
+def test_builtin_allocator_outputs(env: Env, programs: dict[str, bytes]) -> None:
     gid = env.add(programs["add"])
     out = ffi.new("aa_tensor[1]")
     before = stats().ge_outputs
@@ -390,7 +396,7 @@ def test_builtin_allocator_outputs(env: Env, programs: dict[str, Any]) -> None:
     lib.aa_tensor_release(out)  # a second release is a no-op
 
 
-def test_external_allocator_outputs(env: Env, programs: dict[str, Any]) -> None:
+def test_external_allocator_outputs(env: Env, programs: dict[str, bytes]) -> None:
     gid = env.add(programs["add"])
     pool = lib.aa_pool_create(0, 1 << 20)
     alloc = ffi.new("aa_allocator*")
@@ -437,7 +443,7 @@ def test_register_allocator_null_args_fail(env: Env) -> None:
     assert lib.aa_session_register_external_allocator(env.session, env.stream, ffi.NULL) == FAILED
 
 
-def test_run_graph_outputs_are_host_memory(env: Env, programs: dict[str, Any]) -> None:
+def test_run_graph_outputs_are_host_memory(env: Env, programs: dict[str, bytes]) -> None:
     gid = env.add(programs["add"])
     before = stats().ge_outputs
     st, out, n = env.run_sync(gid)
@@ -451,7 +457,7 @@ def test_run_graph_outputs_are_host_memory(env: Env, programs: dict[str, Any]) -
     assert stats().ge_outputs == before
 
 
-def test_concurrent_run_graph_in_one_session_fails_one(env: Env, programs: dict[str, Any]) -> None:
+def test_concurrent_run_graph_in_one_session_fails_one(env: Env, programs: dict[str, bytes]) -> None:
     gid = env.add(programs["add"])
     barrier = threading.Barrier(2)
     results: list[int] = []
@@ -481,7 +487,7 @@ def test_concurrent_run_graph_in_one_session_fails_one(env: Env, programs: dict[
 
 def test_session_switches_thread_context_to_device_default() -> None:
     _init()
-    box: dict[str, Any] = {}
+    box: dict[str, bytes] = {}
 
     def worker() -> None:
         cur = ffi.new("aclrtContext*")
@@ -522,7 +528,7 @@ def test_session_switches_thread_context_to_device_default() -> None:
 # GE global state
 
 
-def test_ge_initialize_idempotent_and_finalize(programs: dict[str, Any]) -> None:
+def test_ge_initialize_idempotent_and_finalize(programs: dict[str, bytes]) -> None:
     _init()
     ok(lib.aa_ge_initialize(ffi.NULL, 0))  # again: SUCCESS
     bad = ffi.new("aa_option[1]", [{"key": ffi.NULL, "value": ffi.NULL}])
@@ -538,7 +544,8 @@ def test_ge_initialize_idempotent_and_finalize(programs: dict[str, Any]) -> None
             out = ffi.new("aa_tensor[1]")
             assert e.run_stream(gid, out) == FAILED
             assert lib.aa_session_load_graph(e.session, gid, ffi.NULL, 0, e.stream) == FAILED
-            assert lib.aa_sim_session_add_program(e.session, gid + 1, programs["add"], ffi.NULL, 0) == FAILED
+            model = programs["add"]
+            assert lib.aa_session_add_graph_onnx(e.session, gid + 1, model, len(model), ffi.NULL, 0) == FAILED
             p = ffi.new("aa_session**")
             assert lib.aa_session_create(ffi.NULL, 0, p) == FAILED
             assert p[0] == ffi.NULL
@@ -557,7 +564,7 @@ def test_ge_initialize_idempotent_and_finalize(programs: dict[str, Any]) -> None
 
 
 @pytest.mark.parametrize("window", [1, 8])
-def test_floor_run(env: Env, programs: dict[str, Any], window: int) -> None:
+def test_floor_run(env: Env, programs: dict[str, bytes], window: int) -> None:
     gid = env.add(programs["add"])
     out = ffi.new("aa_tensor[1]")
     out[0].addr = env.malloc(64)
@@ -572,7 +579,7 @@ def test_floor_run(env: Env, programs: dict[str, Any], window: int) -> None:
     np.testing.assert_array_equal(env.read(out[0].addr), env.x * 2)
 
 
-def test_floor_run_reports_failures(env: Env, programs: dict[str, Any]) -> None:
+def test_floor_run_reports_failures(env: Env, programs: dict[str, bytes]) -> None:
     gid = env.add(programs["add"])
     out = ffi.new("aa_tensor[1]")
     out[0].addr = env.malloc(64)
@@ -592,16 +599,16 @@ def test_floor_run_reports_failures(env: Env, programs: dict[str, Any]) -> None:
 # When the mode is recorded (§2.11)
 
 
-def const_add_program() -> Any:
+def const_add_program() -> bytes:
     """y = x + c with a float32[N] initializer c (placed in device memory at load)."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [N])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [N])
     c = helper.make_tensor("c", TensorProto.FLOAT, [N], np.ones(N, np.float32).tolist())
     g = helper.make_graph([helper.make_node("Add", ["x", "c"], ["y"])], "cadd", [x], [y], [c])
-    return lower_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), ffi, lib)
+    return _bytes(g)
 
 
-def test_mode_recorded_even_when_the_run_fails(env: Env, programs: dict[str, Any]) -> None:
+def test_mode_recorded_even_when_the_run_fails(env: Env, programs: dict[str, bytes]) -> None:
     gid = env.add(programs["add"])
     out = ffi.new("aa_tensor[2]")
     # Two slots for a one-output graph: the run fails after the (auto-)load ...
@@ -622,7 +629,7 @@ def test_failed_auto_load_records_no_mode(env: Env) -> None:
     try:
         assert lib.aa_sim_set_memory_capacity(0, int(total[0]) - int(free_[0])) == 0
         assert env.run_stream(gid, out) == FAILED  # the constants do not fit: load fails
-        assert "constants" in ge_msg()
+        assert "weights" in ge_msg()
     finally:
         assert lib.aa_sim_set_memory_capacity(0, int(total[0])) == 0
     st, hout, n = env.run_sync(gid)  # no mode was recorded: RunGraph is allowed
@@ -638,3 +645,112 @@ def test_error_text_size_query_keeps_the_text(env: Env) -> None:
     assert lib.aa_ge_get_error_msg(ffi.NULL, 0) == n  # still there
     assert "does not exist" in ge_msg()
     assert lib.aa_ge_get_error_msg(ffi.NULL, 0) == 0  # read and cleared
+
+
+# --------------------------------------------------------------------------------------------
+# AddGraph from ONNX bytes, and graph lifetime
+
+
+def test_add_graph_refuses_bytes_that_are_not_a_model(env: Env) -> None:
+    junk = b"\x08\x07not a model at all" * 10
+    assert lib.aa_session_add_graph_onnx(env.session, 777, junk, len(junk), ffi.NULL, 0) == FAILED
+    assert "onnxruntime" in ge_msg()
+    assert lib.aa_session_add_graph_onnx(env.session, 777, junk, 0, ffi.NULL, 0) == FAILED
+    assert "empty" in ge_msg()
+    assert lib.aa_session_remove_graph(env.session, 777) == FAILED  # nothing was added
+
+
+def test_add_graph_unknown_op_is_unsupported(env: Env) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [N])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [N])
+    model = _bytes(helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"])], "bad", [x], [y]))
+    st = lib.aa_session_add_graph_onnx(env.session, 778, model, len(model), ffi.NULL, 0)
+    assert st in (FAILED, UNSUPPORTED)
+    assert "NoSuchOp" in ge_msg()
+
+
+def test_graph_ids_with_equal_bytes_share_one_model(env: Env, programs: dict[str, bytes]) -> None:
+    before = stats().models
+    g1 = env.add(programs["add"])
+    g2 = env.add(programs["add"])
+    assert stats().models == before + 1
+    env.remove(g1)
+    assert stats().models == before + 1  # g2 still uses it
+    env.remove(g2)
+    assert stats().models == before
+
+
+def test_remove_graph_with_runs_in_flight_is_refused(env: Env, programs: dict[str, bytes]) -> None:
+    gid = env.add(programs["add"])
+    out = ffi.new("aa_tensor[1]")
+    assert lib.aa_sim_stream_hold(env.stream) == 0
+    try:
+        ok(env.run_stream(gid, out))
+        assert lib.aa_session_remove_graph(env.session, gid) == FAILED
+        assert "1 run(s) on the device" in ge_msg()
+    finally:
+        assert lib.aa_sim_stream_release(env.stream) == 0
+    assert lib.aclrtSynchronizeStream(env.stream) == 0
+    np.testing.assert_array_equal(env.read(out[0].addr), env.x * 2)
+    lib.aa_tensor_release(ffi.addressof(out, 0))
+    env.remove(gid)  # drained: allowed now
+    assert lib.aa_session_remove_graph(env.session, gid) == FAILED  # and only once
+
+
+def test_remove_graph_races_runs_without_freeing_memory_in_use(env: Env, programs: dict[str, bytes]) -> None:
+    """Submitters and a remover race on one graph id: every submit either runs to a right
+    answer or is refused with "does not exist"; removal never frees a graph a run uses.
+    Outputs come from an external allocator, so they outlive the graph (built-in blocks die
+    with it, as in GE)."""
+    pool = lib.aa_pool_create(0, 1 << 20)
+    alloc = ffi.new("aa_allocator*")
+    lib.aa_pool_allocator(pool, alloc)
+    ok(lib.aa_session_register_external_allocator(env.session, env.stream, alloc))
+    try:
+        _race_remove(env, programs["add"])
+    finally:
+        assert lib.aclrtSynchronizeStream(env.stream) == 0
+        ok(lib.aa_session_unregister_external_allocator(env.session, env.stream))
+        assert lib.aa_pool_destroy(pool) == 0
+
+
+def _race_remove(env: Env, model: bytes) -> None:
+    rounds, submitters = 30, 3
+    ctx = ffi.new("aclrtContext*")
+    assert lib.aclrtGetCurrentContext(ctx) == 0
+    errors: list[str] = []
+    done: list[Any] = []
+
+    def submit(gid: int, start: threading.Barrier) -> None:
+        assert lib.aclrtSetCurrentContext(ctx[0]) == 0
+        start.wait()
+        for _ in range(4):
+            out = ffi.new("aa_tensor[1]")
+            st = lib.aa_session_run_graph_with_stream_async(env.session, gid, env.stream, env.dev_inputs(), 1, out, 1)
+            if st == SUCCESS:
+                done.append(out)
+            elif "does not exist" not in (msg := ge_msg()):
+                errors.append(msg)
+
+    for r in range(rounds):
+        gid = 5000 + r
+        ok(lib.aa_session_add_graph_onnx(env.session, gid, model, len(model), ffi.NULL, 0))
+        start = threading.Barrier(submitters + 1)
+        threads = [threading.Thread(target=submit, args=(gid, start)) for _ in range(submitters)]
+        for t in threads:
+            t.start()
+        start.wait()
+        while lib.aa_session_remove_graph(env.session, gid) != SUCCESS:
+            msg = ge_msg()
+            if "on the device" not in msg:
+                errors.append(msg)
+                break
+            lib.aclrtSynchronizeStream(env.stream)
+        for t in threads:
+            t.join()
+        assert lib.aclrtSynchronizeStream(env.stream) == 0
+        for out in done:
+            np.testing.assert_array_equal(env.read(out[0].addr), env.x * 2)
+            lib.aa_tensor_release(ffi.addressof(out, 0))
+        done.clear()
+    assert not errors
