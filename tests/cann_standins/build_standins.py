@@ -117,6 +117,7 @@ def build(root: Path) -> Path:
             "-o",
             str(lib / "libacl_rt.so"),
             "-lm",
+            "-ldl",
         ]
     )
     for name, deps in (
@@ -143,9 +144,6 @@ def build(root: Path) -> Path:
 
 # The stand-in side's own entry points (src/standin.h), after the shared and sim cdefs.
 STANDIN_CDEF = """
-typedef aa_sim_program *(*ge_standin_lowering_fn)(const void *model, size_t size, char *err,
-                                                  size_t err_len);
-void ge_standin_set_onnx_lowering(ge_standin_lowering_fn fn);
 int64_t ge_standin_live_outputs(void);
 int64_t ge_standin_live_blocks(void);
 """
@@ -153,8 +151,8 @@ int64_t ge_standin_live_blocks(void);
 
 @dataclass
 class StandinSide:
-    """The stand-in libraries opened in ABI mode: the sim's extras (stats, program builder) in
-    libacl_rt.so, the lowering hook in libfmk_onnx_parser.so, counters in libge_runner_v2.so."""
+    """The stand-in libraries opened in ABI mode: the sim's extras (stats, the graph engine) in
+    libacl_rt.so, counters in libge_runner_v2.so."""
 
     ffi: Any
     sim: Any
@@ -163,19 +161,18 @@ class StandinSide:
     keep: list[Any] = field(default_factory=list)
 
     def uninstall(self) -> None:
-        self.parser.ge_standin_set_onnx_lowering(self.ffi.NULL)
+        """Nothing to undo: kept for callers that tidy up."""
 
 
 def open_standins(root: Path) -> StandinSide:
-    """Opens the stand-ins built under ``root`` and installs the ONNX lowering hook: the
-    stand-in aclgrphParseONNXFromMem then lowers model bytes with ``ascend_async._lower``.
+    """Opens the stand-ins built under ``root`` and opens the graph engine (onnxruntime) in
+    their simulator, whose AddGraph parses the ONNX bytes the stand-in parser kept.
 
     Call it in the process that uses the shim module (the libraries are the same objects the
     module loaded: the dynamic loader matches them by file)."""
-    import onnx
     from cffi import FFI  # type: ignore[import-untyped]
 
-    from ascend_async._lower import lower_model
+    from ascend_async._engine import library_path
 
     cdefs = NATIVE / "cdefs"
     ffi = FFI()
@@ -185,20 +182,10 @@ def open_standins(root: Path) -> StandinSide:
     parser = ffi.dlopen(str(lib64 / "libfmk_onnx_parser.so"))
     runner = ffi.dlopen(str(lib64 / "libge_runner_v2.so"))
 
-    def lower(model: Any, size: int, err: Any, err_len: int) -> Any:
-        try:
-            proto = onnx.load_from_string(bytes(ffi.buffer(model, size)))
-            program = lower_model(proto, ffi, sim)
-            ffi.gc(program, None)  # the one reference passes to the stand-in parser
-            return program
-        except Exception as e:
-            text = str(e).encode()[: err_len - 1] + b"\0"
-            ffi.memmove(err, text, len(text))
-            return ffi.NULL
-
-    hook = ffi.callback("ge_standin_lowering_fn", lower)
-    parser.ge_standin_set_onnx_lowering(hook)
-    return StandinSide(ffi, sim, parser, runner, keep=[hook])
+    err = ffi.new("char[1024]")
+    if sim.aa_sim_engine_open(library_path().encode(), err, 1024):
+        raise BuildError(f"the stand-in simulator cannot open onnxruntime: {ffi.string(err).decode()}")
+    return StandinSide(ffi, sim, parser, runner)
 
 
 if __name__ == "__main__":

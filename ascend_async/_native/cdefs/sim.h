@@ -63,3 +63,6 @@ void aa_sim_get_stats(aa_sim_stats *stats);
  * with a message in err. AddGraph (aa_session_add_graph_onnx) fails until it succeeded.
  */
 int aa_sim_engine_open(const char *library_path, char *err, size_t err_len);
+/* The output count of a graph added to `session` (what GE's compiled-graph summary reports),
+ * or -1 if the session has no such graph. */
+int64_t aa_sim_session_graph_outputs(aa_session *session, uint32_t graph_id);

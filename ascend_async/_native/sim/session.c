@@ -309,6 +309,14 @@ aa_status aa_session_add_graph_onnx(aa_session *session, uint32_t graph_id, cons
     return GE_OK;
 }
 
+int64_t aa_sim_session_graph_outputs(aa_session *session, uint32_t graph_id) {
+    graph_node *g = lookup(session, graph_id, "GetCompiledGraphSummary");
+    if (!g) return -1;
+    int64_t n = (int64_t)sim_model_n_outputs(g->model);
+    graph_put(g);
+    return n;
+}
+
 static void block_unlink_locked(ge_block *b) {
     if (b->prev) b->prev->next = b->next;
     else if (b->graph && b->graph->builtin == b) b->graph->builtin = b->next;

@@ -20,7 +20,6 @@
 
 #include "standin.h" /* first: renames the sim's session functions before any sim header */
 #include "ge/ge_api_v2.h"
-#include "sim/program.h" /* sim_program_n_outputs */
 
 namespace {
 
@@ -226,16 +225,18 @@ Status GeSession::AddGraph(uint32_t graph_id, const Graph &graph, const std::map
   if (impl_->sim == nullptr) {
     return FAILED;
   }
-  aa_sim_program *program = GraphUtilsEx::Program(graph);
-  if (program == nullptr) {
+  const std::string *model = GraphUtilsEx::Model(graph);
+  if (model == nullptr) {
     ge_standin_note_error("stand-in AddGraph: the graph has no body");
     return FAILED;
   }
   const OptionArray opts(options);
-  const Status status = aa_sim_session_add_program(impl_->sim, graph_id, program, opts.data(), opts.size());
+  const Status status = standin_sim_aa_session_add_graph_onnx(impl_->sim, graph_id, model->data(), model->size(),
+                                                              opts.data(), opts.size());
   if (status == SUCCESS) {
+    const int64_t n = aa_sim_session_graph_outputs(impl_->sim, graph_id);
     std::lock_guard<std::mutex> lock(impl_->mu);
-    impl_->n_outputs.emplace(graph_id, sim_program_n_outputs(program)); /* first add wins, as in GE */
+    impl_->n_outputs.emplace(graph_id, static_cast<size_t>(n)); /* first add wins, as in GE */
   }
   return status;
 }

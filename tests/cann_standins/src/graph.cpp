@@ -16,18 +16,12 @@ bool AscendString::operator==(const AscendString &d) const { return std::strcmp(
 
 Graph::Graph(const char_t *name) { (void)name; }
 
-GraphImpl::~GraphImpl() {
-  if (program_ != nullptr) {
-    aa_sim_program_release(program_);
-  }
+const std::string *GraphUtilsEx::Model(const Graph &graph) {
+  return graph.impl_ != nullptr ? &graph.impl_->model() : nullptr;
 }
 
-aa_sim_program *GraphUtilsEx::Program(const Graph &graph) {
-  return graph.impl_ != nullptr ? graph.impl_->program() : nullptr;
-}
-
-void GraphUtilsEx::SetProgram(Graph &graph, aa_sim_program *program) {
-  graph.impl_ = std::make_shared<GraphImpl>(program);
+void GraphUtilsEx::SetModel(Graph &graph, const char *data, size_t size) {
+  graph.impl_ = std::make_shared<GraphImpl>(std::string(data, size));
 }
 }  // namespace ge
 

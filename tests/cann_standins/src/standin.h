@@ -1,5 +1,5 @@
-/* What the stand-in GE libraries share (not part of any CANN header): the Graph body (a lowered
- * sim program), the ONNX lowering hook the tests install, a thread-local error text behind
+/* What the stand-in GE libraries share (not part of any CANN header): the Graph body (the ONNX
+ * bytes the parser was given; the sim's AddGraph parses them), a thread-local error text behind
  * GEGetErrorMsgV3, and leak counters. */
 #ifndef AA_STANDIN_H
 #define AA_STANDIN_H
@@ -15,30 +15,22 @@
 namespace ge {
 class GraphImpl {
  public:
-  explicit GraphImpl(aa_sim_program *program) : program_(program) {}
-  ~GraphImpl();
-  GraphImpl(const GraphImpl &) = delete;
-  GraphImpl &operator=(const GraphImpl &) = delete;
-  aa_sim_program *program() const { return program_; }
+  explicit GraphImpl(std::string model) : model_(std::move(model)) {}
+  const std::string &model() const { return model_; }
 
  private:
-  aa_sim_program *program_; /* one reference, released by the destructor */
+  std::string model_; /* the serialized ONNX model */
 };
 
 class GraphUtilsEx {
  public:
-  static aa_sim_program *Program(const Graph &graph);
-  /* Takes over one reference to `program`. */
-  static void SetProgram(Graph &graph, aa_sim_program *program);
+  /* The graph's ONNX bytes, or nullptr for a graph without a body. */
+  static const std::string *Model(const Graph &graph);
+  static void SetModel(Graph &graph, const char *data, size_t size);
 };
 }  // namespace ge
 
 extern "C" {
-/* Lowers raw ONNX bytes into a finalized sim program (one reference handed over), or returns
- * NULL with a message in err. */
-typedef aa_sim_program *(*ge_standin_lowering_fn)(const void *model, size_t size, char *err, size_t err_len);
-void ge_standin_set_onnx_lowering(ge_standin_lowering_fn fn);
-
 /* Live GE-owned output tensors handed out by the stand-in GeSession (their TensorData manager
  * has not been told kFreeTensor yet). */
 int64_t ge_standin_live_outputs(void);
