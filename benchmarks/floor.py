@@ -21,7 +21,7 @@ from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ascend_async._lower import lower_model
+from ascend_async._engine import open_engine
 from ascend_async._native import _sim
 
 ffi = _sim.ffi
@@ -38,12 +38,12 @@ def check(rc: int, what: str) -> None:
         raise RuntimeError(f"{what} failed with {rc}: {ffi.string(buf).decode()} {acl}".strip())
 
 
-def tiny_program(kind: str) -> Any:
+def tiny_program(kind: str) -> bytes:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(SHAPE))
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(SHAPE))
     node = helper.make_node("Add", ["x", "x"], ["y"]) if kind == "add" else helper.make_node("Identity", ["x"], ["y"])
     g = helper.make_graph([node], "floor", [x], [y])
-    return lower_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), ffi, lib)
+    return bytes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
 
 
 def device_tensor(addr: Any, nbytes: int) -> Any:
@@ -62,10 +62,10 @@ def device_tensor(addr: Any, nbytes: int) -> Any:
 class Lane:
     """One stream with its graph replica and buffers; used from one thread."""
 
-    def __init__(self, session: Any, graph_id: int, program: Any) -> None:
+    def __init__(self, session: Any, graph_id: int, model: bytes) -> None:
         self.session = session
         self.graph_id = graph_id
-        check(lib.aa_sim_session_add_program(session, graph_id, program, ffi.NULL, 0), "AddGraph")
+        check(lib.aa_session_add_graph_onnx(session, graph_id, model, len(model), ffi.NULL, 0), "AddGraph")
         p = ffi.new("aclrtStream*")
         check(lib.aclrtCreateStream(p), "aclrtCreateStream")
         self.stream = p[0]
@@ -94,7 +94,7 @@ class Lane:
         check(lib.aa_session_remove_graph(self.session, self.graph_id), "RemoveGraph")
 
 
-def measure(session: Any, ctx: Any, program: Any, streams: int, window: int, runs: int) -> dict[str, float]:
+def measure(session: Any, ctx: Any, program: bytes, streams: int, window: int, runs: int) -> dict[str, float]:
     lanes = [Lane(session, 1000 + i, program) for i in range(streams)]
     for lane in lanes:
         lane.run(min(64, runs), window)  # warm-up: auto-load, first allocations
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     streams = [int(s) for s in args.streams.split(",") if s]
     windows = [int(w) for w in args.window.split(",") if w]
 
+    open_engine(ffi, lib)
     rc = lib.aclInit(ffi.NULL)
     if rc not in (0, 100002):
         check(rc, "aclInit")

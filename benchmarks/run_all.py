@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-import bench_kernels
+import bench_engine
 import bench_lag
 import bench_overhead
 import bench_scaling
@@ -18,7 +18,7 @@ import bench_throughput
 import bench_wakeup
 from _common import Row, environment_line, print_rows
 
-SECTIONS = ("overhead", "wakeup", "throughput", "devtime", "lag", "scaling", "floor", "kernels")
+SECTIONS = ("overhead", "wakeup", "throughput", "devtime", "lag", "scaling", "floor", "engine")
 
 
 def _floor_script(quick: bool) -> list[Row]:
@@ -34,6 +34,14 @@ def _floor_script(quick: bool) -> list[Row]:
     except BaseException as exc:  # it may SystemExit on a refused call
         return [Row("floor.py", f"benchmarks/floor.py {' '.join(argv)}", f"failed: {exc!r}")]
     return [Row("floor.py", f"benchmarks/floor.py {' '.join(argv)}", f"rc={rc} (its table is printed above)")]
+
+
+def _engine(quick: bool) -> list[Row]:
+    """The sim's engine against onnxruntime itself (benchmarks/bench_engine.py)."""
+    return [
+        Row("engine", f"{name}: onnxruntime / run_sync / await run ms", f"{o:.3f} / {s:.3f} / {a:.3f} ({s / o:.2f}x)")
+        for name, o, s, a in bench_engine.compare(10 if quick else 50)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         ("lag", lambda: bench_lag.run(args.quick)),
         ("scaling", lambda: bench_scaling.run(args.quick)),
         ("floor", lambda: _floor_script(args.quick)),
-        ("kernels", lambda: [Row("kernels", what, value) for what, value in bench_kernels.run(args.quick)]),
+        ("engine", lambda: _engine(args.quick)),
     ]
     for name, fn in steps:
         if name not in only:
