@@ -638,6 +638,18 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
                                " output slots were passed (the run was submitted; its stream was "
                                "synchronized, aclError " + std::to_string(rc) + ", and the outputs freed)");
     }
+    /* A dynamic-shape graph's outputs are sized and placed when the run executes (GE updates
+     * them after submission): wait for the stream before reading them, as MindSpore's GE
+     * executor does. Static graphs come back described at once and are not waited for. */
+    const bool pending =
+        std::any_of(outs.begin(), outs.end(), [](gert::Tensor &t) { return t.GetAddr() == nullptr; });
+    if (pending) {
+      const int rc = aclrtSynchronizeStream(stream);
+      if (rc != 0) {
+        return fail(kFailed, "RunGraphWithStreamAsync: graph " + std::to_string(graph_id) +
+                                 ": waiting for a dynamic-shape run's outputs failed, aclError " + std::to_string(rc));
+      }
+    }
     std::vector<aa_tensor> converted(outputs, outputs + n_outputs);
     if (!from_gert_vector(outs, converted.data(), false, "RunGraphWithStreamAsync", stream)) {
       return kFailed;
