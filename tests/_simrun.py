@@ -105,3 +105,99 @@ def _run(session: Any, graph_id: int, inputs: list[np.ndarray], max_outputs: int
 def run_model(model: onnx.ModelProto, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """Runs ``model`` once through RunGraph."""
     return run_bytes_sync(model.SerializeToString(), inputs)
+
+
+# --------------------------------------------------------------------------------------------
+# Conformance helpers: AddGraph refusals told apart from run failures; bfloat16 tensors.
+
+
+class AddGraphError(RunError):
+    """AddGraph refused the model; the message carries GE's text."""
+
+
+_GE_BF16 = 27  # ge::DT_BF16
+
+
+def _ge_dtype(dtype: np.dtype[Any]) -> int:
+    if dtype in NUMPY_TO_GE:
+        return NUMPY_TO_GE[dtype]
+    if dtype.name == "bfloat16":
+        return _GE_BF16
+    raise GraphError(f"dtype {dtype} has no ge::DataType")
+
+
+def _np_dtype(ge: int) -> np.dtype[Any]:
+    if ge in GE_TO_NUMPY:
+        return GE_TO_NUMPY[ge]
+    if ge == _GE_BF16:
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    raise RunError(f"ge::DataType {ge} has no numpy dtype")
+
+
+def add_graph_status(model: bytes) -> str | None:
+    """AddGraph alone in a fresh session: None if it is accepted, else GE's text."""
+    _init()
+    out_session = ffi.new("aa_session **")
+    _check(lib.aa_session_create(ffi.NULL, 0, out_session), "aa_session_create")
+    session = out_session[0]
+    graph_id = next(_graph_ids)
+    try:
+        try:
+            _check(lib.aa_session_add_graph_onnx(session, graph_id, model, len(model), ffi.NULL, 0), "AddGraph")
+        except RunError as exc:
+            return str(exc)
+        _check(lib.aa_session_remove_graph(session, graph_id), "aa_session_remove_graph")
+        return None
+    finally:
+        _check(lib.aa_session_destroy(session), "aa_session_destroy")
+
+
+def run_case(model: bytes, inputs: list[np.ndarray], max_outputs: int = 32) -> list[np.ndarray]:
+    """As :func:`run_bytes_sync` (AddGraph, RunGraph, RemoveGraph in a fresh session), but an
+    AddGraph refusal raises :class:`AddGraphError`, and bfloat16 tensors (``ml_dtypes``) cross
+    as ge::DT_BF16."""
+    _init()
+    out_session = ffi.new("aa_session **")
+    _check(lib.aa_session_create(ffi.NULL, 0, out_session), "aa_session_create")
+    session = out_session[0]
+    graph_id = next(_graph_ids)
+    try:
+        status = lib.aa_session_add_graph_onnx(session, graph_id, model, len(model), ffi.NULL, 0)
+        if status != 0:
+            buf = ffi.new("char[]", 2048)
+            lib.aa_ge_get_error_msg(buf, 2048)
+            raise AddGraphError(f"AddGraph failed with status {status}: {ffi.string(buf).decode(errors='replace')}")
+        try:
+            arrays = [np.ascontiguousarray(a) if np.ndim(a) else np.array(a) for a in inputs]
+            tin = ffi.new("aa_tensor[]", max(1, len(arrays)))
+            for t, a in zip(tin, arrays, strict=False):
+                t.addr = ffi.from_buffer(a) if a.nbytes else ffi.NULL
+                t.size = a.nbytes
+                t.dtype = _ge_dtype(a.dtype)
+                t.format = 2  # AA_FORMAT_ND
+                t.placement = 1  # AA_PLACEMENT_HOST
+                t.ndim = a.ndim
+                for d, n in enumerate(a.shape):
+                    t.dims[d] = n
+            tout = ffi.new("aa_tensor[]", max_outputs)
+            n_out = ffi.new("size_t *", max_outputs)
+            _check(lib.aa_session_run_graph(session, graph_id, tin, len(arrays), tout, n_out), "aa_session_run_graph")
+            results: list[np.ndarray] = []
+            try:
+                for i in range(n_out[0]):
+                    t = tout[i]
+                    shape = tuple(t.dims[d] for d in range(t.ndim))
+                    dtype = _np_dtype(t.dtype)
+                    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                    raw = bytes(ffi.buffer(t.addr, nbytes)) if nbytes else b""
+                    results.append(np.frombuffer(raw, dtype=dtype).reshape(shape).copy())
+            finally:
+                for i in range(n_out[0]):
+                    lib.aa_tensor_release(ffi.addressof(tout, i))
+            return results
+        finally:
+            _check(lib.aa_session_remove_graph(session, graph_id), "aa_session_remove_graph")
+    finally:
+        _check(lib.aa_session_destroy(session), "aa_session_destroy")

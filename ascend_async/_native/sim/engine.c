@@ -134,15 +134,22 @@ int sim_engine_is_open(void) {
 /* Shapes and dtypes                                                                           */
 
 size_t sim_shape_nbytes(int32_t dtype, uint32_t ndim, const int64_t *dims, int *ok) {
-    size_t n = aa_dtype_size(dtype);
     *ok = 1;
+    int empty = 0;
     for (uint32_t i = 0; i < ndim; i++) {
-        if (dims[i] < 0 || __builtin_mul_overflow(n, (size_t)dims[i], &n)) {
+        if (dims[i] < 0) {
             *ok = 0;
             return 0;
         }
+        empty |= dims[i] == 0;
     }
-    /* Element counts with a zero dim are empty whatever the other dims say. */
+    if (empty) return 0; /* no elements, whatever the other dims say */
+    size_t n = aa_dtype_size(dtype);
+    for (uint32_t i = 0; i < ndim; i++)
+        if (__builtin_mul_overflow(n, (size_t)dims[i], &n)) {
+            *ok = 0;
+            return 0;
+        }
     return n;
 }
 
