@@ -102,7 +102,7 @@ int sim_engine_open(const char *path, char *err, size_t err_len) {
     g_eng.api = (void *const *)api;
     OrtEnv *env = NULL;
     OrtMemoryInfo *cpu = NULL;
-    if (take(ORT(CreateEnv)(ORT_LOG_ERROR, "ascend_async_sim", &env), "CreateEnv", err, err_len) ||
+    if (take(ORT(CreateEnv)(ORT_LOG_FATAL, "ascend_async_sim", &env), "CreateEnv", err, err_len) ||
         take(ORT(CreateCpuMemoryInfo)(ORT_ALLOC_DEVICE, ORT_MEM_DEFAULT, &cpu), "CreateCpuMemoryInfo", err,
              err_len)) {
         if (env) ORT_AS(ort_Release_fn, ReleaseEnv)(env);
@@ -281,7 +281,7 @@ static sim_model *model_create(const void *bytes, size_t size, uint32_t threads,
         set_int = ORT_AS(ort_SetOptionInt_fn, SetSessionGraphOptimizationLevel);
         if (!code) code = take(set_int(so, ORT_OPT_ALL), "optimisation level", err, len);
         set_int = ORT_AS(ort_SetOptionInt_fn, SetSessionLogSeverityLevel);
-        if (!code) code = take(set_int(so, ORT_LOG_ERROR), "log level", err, len);
+        if (!code) code = take(set_int(so, ORT_LOG_FATAL), "log level", err, len);
         if (!code) code = take(ORT(AddSessionConfigEntry)(so, "session.intra_op.allow_spinning", "0"), "spin", err, len);
         if (!code) code = take(ORT(AddSessionConfigEntry)(so, "session.inter_op.allow_spinning", "0"), "spin", err, len);
     }

@@ -49,7 +49,7 @@ enum {
 };
 
 enum { ORT_ONNX_TYPE_TENSOR = 1 };                    /* ONNXType */
-enum { ORT_LOG_ERROR = 3 };                           /* OrtLoggingLevel */
+enum { ORT_LOG_FATAL = 4 };                           /* OrtLoggingLevel: errors come back as statuses */
 enum { ORT_OPT_ALL = 99 };                            /* GraphOptimizationLevel: ORT_ENABLE_ALL */
 enum { ORT_EXEC_SEQUENTIAL = 0 };                     /* ExecutionMode */
 enum { ORT_ALLOC_DEVICE = 0, ORT_MEM_DEFAULT = 0 };   /* OrtAllocatorType, OrtMemType */
