@@ -1435,6 +1435,15 @@ aclError aa_sim_set_memory_capacity(int32_t device_id, uint64_t bytes) {
     return ACL_SUCCESS;
 }
 
+uint64_t sim_device_capacity(int32_t device_id) {
+    sim_device *d = device_get(device_id);
+    if (!d) return 0;
+    pthread_mutex_lock(&d->lock);
+    uint64_t cap = d->capacity;
+    pthread_mutex_unlock(&d->lock);
+    return cap;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Host callbacks: subscribe / launch / process                                                */
 

@@ -49,6 +49,8 @@ int32_t sim_stream_device(aclrtStream stream);
 /* Device memory without a context (charged to `device_id`), for GE's own blocks. */
 aclError sim_device_alloc(int32_t device_id, size_t size, void **out);
 aclError sim_device_free(void *ptr);
+/* The device's memory capacity in bytes (0 for an unknown device). */
+uint64_t sim_device_capacity(int32_t device_id);
 
 /* Is [ptr, ptr+n) inside one live device allocation? 1 yes, 0 not device memory,
  * -1 device memory but out of bounds (message in err). */

@@ -505,6 +505,19 @@ static int check_inputs(const graph_node *g, const aa_tensor *in, size_t n, int 
     size_t n_out = sim_model_n_outputs(g->model);
     int rc = sim_model_resolve(g->model, in, n, described, n_out, err, sizeof err);
     if (rc < 0) ge_error("%s: graph %u: %s", api, g->id, err);
+    /* An output known to be larger than the device's memory cannot be computed: refuse it
+     * here rather than let the run fail (or the host run out of memory) on the device. */
+    uint64_t capacity = sim_device_capacity(g->device);
+    for (size_t o = 0; rc >= 0 && o < n_out; o++) {
+        int ok, known = described[o].ndim > 0;
+        for (uint32_t d = 0; d < described[o].ndim; d++) known &= described[o].dims[d] >= 0;
+        size_t nbytes = known ? sim_shape_nbytes(described[o].dtype, described[o].ndim, described[o].dims, &ok) : 0;
+        if (nbytes > capacity) {
+            ge_error("%s: graph %u: output %zu needs %zu bytes, more than the device's memory (%llu bytes)", api,
+                     g->id, o, nbytes, (unsigned long long)capacity);
+            rc = -1;
+        }
+    }
     return rc;
 }
 
