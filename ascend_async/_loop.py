@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,7 @@ class LoopBridge:
 
     __slots__ = (
         "__weakref__",
+        "_admit",
         "_buf",
         "_channels",
         "_local_post",
@@ -64,6 +66,7 @@ class LoopBridge:
         self.budget = SUBMIT_BUDGET
         self.dead = False
         self._buf: Any = None
+        self._admit: deque[anyio.Event] = deque()  # submissions waiting for the next iteration
 
     def limiter_for(self, owner: Any, limit: int) -> anyio.Semaphore:
         """``owner``'s in-flight limit on this loop (only this loop's thread calls this)."""
@@ -83,12 +86,27 @@ class LoopBridge:
 
     # -- the loop thread ------------------------------------------------------------------------
 
+    def take_budget(self) -> bool:
+        """Take one submission from this iteration's budget, if any is left and nobody waits."""
+        if self.budget > 0 and not self._admit:
+            self.budget -= 1
+            return True
+        return False
+
     async def admit(self) -> None:
-        """Take one submission from this iteration's budget (a checkpoint only when it is spent)."""
-        while self.budget <= 0:
-            self.schedule()
-            await anyio.lowlevel.checkpoint()
-        self.budget -= 1
+        """Take one submission from this iteration's budget. When it is spent, wait (in FIFO
+        order, parked, not polling) for a drain of a later iteration to hand out its budget."""
+        if self.take_budget():
+            return
+        ticket = anyio.Event()
+        self._admit.append(ticket)
+        self.schedule()
+        try:
+            await ticket.wait()
+        except BaseException:
+            if not ticket.is_set():
+                self._admit.remove(ticket)
+            raise
 
     def schedule(self) -> None:
         if not self.scheduled:
@@ -111,6 +129,12 @@ class LoopBridge:
 
     def _collect(self) -> None:
         self.budget = SUBMIT_BUDGET
+        waiting = self._admit
+        while waiting and self.budget > 0:
+            self.budget -= 1
+            waiting.popleft().set()
+        if waiting:
+            self.schedule()
         got = 0
         for watcher, ch in list(self._channels.items()):
             if ch:

@@ -422,9 +422,13 @@ class Session:
         self._bind_mode(state, "stream")
         bridge = current_bridge()
         limiter = bridge.limiter_for(self, self._max_in_flight)
-        await limiter.acquire()
+        try:  # the run's schedule point is its wait below: no extra loop round trip here
+            limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            await limiter.acquire()
         try:
-            await bridge.admit()  # this loop iteration's submission budget
+            if not bridge.take_budget():
+                await bridge.admit()  # this loop iteration's submissions are spent: wait for the next
             lane = self._pool.pick(stream)
             replica = state.replicas.get(lane)
             if replica is None:  # the first run on this stream: compile/load off-loop
@@ -432,16 +436,16 @@ class Session:
                 replica = state.replicas[lane]
             run = Run(replica, self._pool, self._account, bridge, outputs == "device")
             t_submit = time.perf_counter_ns()
-            with self._working():
+            with self._lock:  # counted as pending: close() waits for it from here
+                self._check_open()
+                self._pending += 1
+            try:
                 watcher = self._device.get_watcher()
                 self._device.ensure_current()
-                with self._lock:
-                    self._pending += 1
-                try:
-                    run.submit(values, watcher, profile)
-                except BaseException:
-                    self._account(0, False, counted=False)
-                    raise
+                run.submit(values, watcher, profile)
+            except BaseException:
+                self._account(0, False, counted=False)
+                raise
             submit_ns = time.perf_counter_ns() - t_submit
         except BaseException:
             limiter.release()
