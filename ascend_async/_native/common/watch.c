@@ -82,6 +82,7 @@ struct aa_watch {
     channel ch[MAX_CHANNELS];
     uint64_t wake_mask;   /* channels whose wake-up aa_watch_wait has yet to return */
     int polling;          /* poll passes in progress (dead streams are freed only at 0) */
+    int armed_n;          /* armed channels: loops that poll for themselves */
     int closed;
     int kicked;
     int sleeping;
@@ -488,6 +489,29 @@ int aa_watch_wait(aa_watch *w, uint64_t *tokens, int32_t *codes, uint64_t *notic
             backoff = w->cfg.min_sleep_us;
             continue;
         }
+        if (w->armed_n > 0) {
+            /* A loop collects for itself (aa_watch_harvest polls): leave the polling to it and
+             * look again only when a wake-up or a fault probe could be due, so this thread does
+             * not take a core from the loop. */
+            uint64_t nap = (uint64_t)w->cfg.wake_after_us * 500u; /* half the wake-up bound */
+            if (channel_due < nap) nap = channel_due;
+            struct timespec ts;
+            abs_deadline(&ts, nap);
+            w->sleeping = 1;
+            w->st.sleeps++;
+            pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+            w->sleeping = 0;
+            if (w->armed_n > 0 && !w->wake_mask && !w->done.n) {
+                pthread_mutex_unlock(&w->mu);
+                uint64_t t = aa_monotonic_ns();
+                int probe = t - last_probe >= (uint64_t)w->cfg.fault_probe_us * 1000u;
+                if (probe) last_probe = t;
+                poll_pass(w, probe); /* completions of loops that are not collecting */
+                pthread_mutex_lock(&w->mu);
+            }
+            last_progress = aa_monotonic_ns();
+            continue;
+        }
         pthread_mutex_unlock(&w->mu);
         int probe = now - last_probe >= (uint64_t)w->cfg.fault_probe_us * 1000u;
         if (probe) last_probe = now;
@@ -546,6 +570,8 @@ void aa_watch_channel_close(aa_watch *w, int c) {
         for (size_t i = 0; i < ch->q.n; i++) dq_push(&w->done, ch->q.v[i]);
         ch->q.n = 0;
         ch->open = 0;
+        w->armed_n -= ch->armed;
+        ch->armed = 0;
         w->wake_mask &= ~(1ull << c);
         pthread_cond_broadcast(&w->cv);
     }
@@ -566,7 +592,12 @@ int aa_watch_harvest(aa_watch *w, int c, uint64_t *tokens, int32_t *codes, uint6
     int n = ch->open ? dq_pop(&ch->q, tokens, codes, noticed_ns, max) : 0;
     ch->wake_pending = 0;
     w->wake_mask &= ~(1ull << c);
-    if (armed >= 0) ch->armed = armed && (n > 0 || ch->q.n > 0);
+    if (armed >= 0) {
+        int now_armed = armed && (n > 0 || ch->q.n > 0);
+        w->armed_n += now_armed - ch->armed;
+        if (ch->armed && !now_armed && w->sleeping) pthread_cond_signal(&w->cv); /* poll again */
+        ch->armed = now_armed;
+    }
     if (n) w->st.harvested += (uint64_t)n;
     if (ch->q.n && !ch->armed) request_wake_locked(w, c, aa_monotonic_ns());
     pthread_mutex_unlock(&w->mu);
