@@ -11,6 +11,7 @@ from ._backend import backend_info as backend_info
 from ._device import configure_watcher as configure_watcher
 from ._errors import AclError as AclError
 from ._errors import AscendError as AscendError
+from ._errors import AscendTimeoutError as AscendTimeoutError
 from ._errors import AscendWarning as AscendWarning
 from ._errors import BackendUnavailableError as BackendUnavailableError
 from ._errors import DeviceError as DeviceError
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 __all__ = (
     "AclError",
     "AscendError",
+    "AscendTimeoutError",
     "AscendWarning",
     "BackendUnavailableError",
     "DeviceError",

@@ -14,20 +14,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import (
-    MEMORY_CODES,
-    AclError,
-    BackendUnavailableError,
-    DeviceError,
-    DeviceMemoryError,
-    GeError,
-    ModeConflictError,
-)
+from ._errors import AclError, AscendError, BackendUnavailableError
+from ._errors import acl_error as _acl_error
+from ._errors import ge_error as _ge_error
 
 __all__ = ["Backend", "backend_info", "get_backend"]
-
-#: Codes that mean device work failed (as opposed to a bad call).
-_DEVICE_FAULT_MIN = 500000
 
 
 @dataclass(frozen=True)
@@ -60,23 +51,18 @@ class Backend:
             raise self.acl_error(rc, api)
 
     def acl_error(self, rc: int, api: str, detail: str | None = None) -> AclError:
-        detail = self.acl_message() if detail is None else detail
-        if rc in MEMORY_CODES:
-            return DeviceMemoryError(rc, api, detail)
-        if rc >= _DEVICE_FAULT_MIN:
-            return DeviceError(rc, api, detail)
-        return AclError(rc, api, detail)
+        """The table's error for ``rc`` (_errors.CODES), with the runtime's recent error text."""
+        return _acl_error(rc, api, self.acl_message() if detail is None else detail)
 
     def check_ge(self, status: int, api: str) -> None:
         """Raise for a non-success GE status, with GE's error text."""
         if status:
             raise self.ge_error(status, api)
 
-    def ge_error(self, status: int, api: str) -> GeError:
-        detail = self.ge_message()
-        if "mutually exclusive" in detail:
-            return ModeConflictError(status, api, detail)
-        return GeError(status, api, detail)
+    def ge_error(self, status: int, api: str, *, bound_mode: str | None = None, mode: str | None = None) -> AscendError:
+        """The table's error for GE ``status`` (_errors.CODES), with GE's error text; classified
+        by code and by the run modes the caller knows, never by that text."""
+        return _ge_error(status, api, self.ge_message(), bound_mode=bound_mode, mode=mode)
 
 
 _lock = threading.Lock()

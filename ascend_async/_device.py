@@ -14,7 +14,7 @@ import weakref
 from typing import Any
 
 from ._backend import Backend, get_backend
-from ._errors import DeviceMemoryError
+from ._errors import acl_error
 from ._watcher import Watcher
 
 __all__ = ["Device", "acquire_device", "release_device"]
@@ -69,8 +69,7 @@ class Device:
         err = self.backend.ffi.new("aclError*")
         p = self.backend.lib.aa_pool_alloc(pool, nbytes, err)
         if p == self.backend.ffi.NULL:
-            code = int(err[0])
-            raise DeviceMemoryError(code, "aclrtMalloc", f"{what}: {nbytes} bytes: {self.backend.acl_message()}")
+            raise acl_error(int(err[0]), "aclrtMalloc", f"{what}: {nbytes} bytes: {self.backend.acl_message()}")
         return p
 
     def pool_stats(self) -> dict[str, dict[str, int]]:
@@ -115,7 +114,8 @@ class Device:
                     strategy, config = _watch_configs.get(self.id, ("poll", {}))
                     lib = self.backend.lib
                     code = lib.AA_WATCH_REPORT if strategy == "report" else lib.AA_WATCH_POLL
-                    self.watcher = Watcher(self, code, config)
+                    self.ensure_current()
+                    self.watcher = Watcher(self.backend, self.context, self.id, code, config)
                 w = self.watcher
         return w
 
@@ -151,9 +151,8 @@ def acquire_device(device_id: int) -> Device:
             count = backend.ffi.new("uint32_t*")
             backend.check(backend.lib.aclrtGetDeviceCount(count), "aclrtGetDeviceCount")
             if not 0 <= device_id < count[0]:
-                from ._errors import AclError
-
-                raise AclError(107001, "aclrtSetDevice", f"no device {device_id}: {count[0]} visible")
+                code = backend.lib.ACL_ERROR_RT_INVALID_DEVICEID
+                raise acl_error(code, "aclrtSetDevice", f"no device {device_id}: {count[0]} visible")
             dev = _devices[device_id] = Device(backend, device_id)
         dev.refs += 1
         return dev
@@ -175,7 +174,7 @@ _watch_configs: dict[int, tuple[str, dict[str, int]]] = {}
 def configure_watcher(device_id: int = 0, strategy: str = "poll", **config: int) -> None:
     """Choose the completion strategy ("poll" or "report") and its tuning for a device.
 
-    Tuning keys: spin_us, min_sleep_us, max_sleep_us, fault_probe_us. Applies to watchers
+    Tuning keys: spin_us, min_sleep_us, max_sleep_us, fault_probe_us, wake_after_us, takeover_us. Applies to watchers
     started afterwards (a device's watcher starts with its first run).
     """
     if strategy not in ("poll", "report"):

@@ -5,21 +5,39 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import anyio.lowlevel
 
-from ._errors import SessionClosedError
-from ._watcher import Job, current_bridge
+from ._errors import SessionClosedError, device_fault
+from ._loop import LoopBridge, current_bridge
 
 if TYPE_CHECKING:
     from ._device import Device
 
 __all__ = ["Event"]
 
-_COMPLETE = 1  # ACL_EVENT_RECORDED_STATUS_COMPLETE (NOT_READY is 0: the inverse of stream status)
 
+class _Wait:
+    """One ``await event.wait()``: completes on its loop (or via the watcher thread)."""
 
-def _noop(job: Job) -> None:
-    """Nothing to read back: the event is the whole result."""
+    __slots__ = ("bridge", "done", "error")
+
+    def __init__(self, bridge: LoopBridge) -> None:
+        self.bridge = bridge
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+    def complete(self, code: int, noticed_ns: int, on_loop: bool) -> None:
+        if code:
+            self.error = device_fault(code, "device stream", "device task failed")
+        if on_loop:
+            self.done.set()
+        else:
+            self.bridge.call(self.done.set)
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.bridge.call(self.done.set)
 
 
 class Event:
@@ -42,7 +60,8 @@ class Event:
         self._stream = stream_handle
         device.ensure_current()
         ev = b.ffi.new("aclrtEvent*")
-        b.check(b.lib.aclrtCreateEventWithFlag(ev, 1 | 8), "aclrtCreateEventWithFlag")  # SYNC | TIME_LINE
+        flags = b.lib.ACL_EVENT_SYNC | b.lib.ACL_EVENT_TIME_LINE
+        b.check(b.lib.aclrtCreateEventWithFlag(ev, flags), "aclrtCreateEventWithFlag")
         self._handle: Any = ev[0]
         self._lock = threading.Lock()
         rc = b.lib.aclrtRecordEvent(self._handle, stream_handle)
@@ -63,12 +82,13 @@ class Event:
         b = self._device.backend
         status = b.ffi.new("aclrtEventRecordedStatus*")
         b.check(b.lib.aclrtQueryEventStatus(h, status), "aclrtQueryEventStatus")
-        return int(status[0]) == _COMPLETE
+        return bool(int(status[0]) == b.lib.ACL_EVENT_RECORDED_STATUS_COMPLETE)
 
     def synchronize(self, timeout: float | None = None) -> None:
         """Block the calling thread until the event completes.
 
-        :raises AclError: 507047 when ``timeout`` (seconds) passes first.
+        :raises AscendTimeoutError: ``timeout`` (seconds) passed first (507047); the event is
+            untouched and may still complete.
         :raises DeviceError: the stream faulted before the event.
         """
         h = self._live()
@@ -85,13 +105,12 @@ class Event:
         await anyio.lowlevel.checkpoint_if_cancelled()
         h = self._live()
         watcher = self._device.get_watcher()
-        job = Job(current_bridge(), _noop)
-        job.token = watcher.new_token()
-        watcher.add(job, self._stream, h)
-        assert job.done is not None
-        await job.done.wait()
-        if job.error is not None:
-            raise job.error
+        bridge = current_bridge()
+        wait = _Wait(bridge)
+        watcher.add(watcher.token(bridge.channel(watcher)), wait, self._stream, h)
+        await wait.done.wait()
+        if wait.error is not None:
+            raise wait.error
 
     def elapsed_ms(self, end: Event) -> float:
         """Milliseconds from this event to ``end`` (both completed, recorded on one stream)."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
 from ._errors import GraphError, InputError
 
 if TYPE_CHECKING:
@@ -16,27 +17,11 @@ if TYPE_CHECKING:
 
     from ._memory import DeviceTensor
 
-__all__ = ["Graph", "TensorSpec"]
+__all__ = ["GE_TO_NUMPY", "NUMPY_TO_GE", "Graph", "TensorSpec"]
 
 Dim = int | str | None
 GraphSource = Union[str, "os.PathLike[str]", bytes, "onnx.ModelProto"]
 
-#: ge::DataType value <-> numpy dtype (graph/types.h numbering).
-GE_TO_NUMPY: dict[int, np.dtype[Any]] = {
-    0: np.dtype(np.float32),
-    1: np.dtype(np.float16),
-    2: np.dtype(np.int8),
-    3: np.dtype(np.int32),
-    4: np.dtype(np.uint8),
-    6: np.dtype(np.int16),
-    7: np.dtype(np.uint16),
-    8: np.dtype(np.uint32),
-    9: np.dtype(np.int64),
-    10: np.dtype(np.uint64),
-    11: np.dtype(np.float64),
-    12: np.dtype(np.bool_),
-}
-NUMPY_TO_GE: dict[np.dtype[Any], int] = {v: k for k, v in GE_TO_NUMPY.items()}
 
 
 @dataclass(frozen=True)

@@ -7,16 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._dtypes import NUMPY_TO_GE
 from ._errors import SessionClosedError
-from ._graph import GE_TO_NUMPY, NUMPY_TO_GE
 
 if TYPE_CHECKING:
     from ._device import Device
 
 __all__ = ["DeviceTensor"]
-
-_ACL_MEMCPY_HOST_TO_DEVICE = 1
-_ACL_MEMCPY_DEVICE_TO_HOST = 2
 
 
 class DeviceTensor:
@@ -56,7 +53,8 @@ class DeviceTensor:
         device.ensure_current()
         addr = device.alloc(device.device_pool, nbytes, "DeviceTensor.from_numpy")
         if array.nbytes:
-            rc = b.lib.aclrtMemcpy(addr, nbytes, b.ffi.from_buffer(array), array.nbytes, _ACL_MEMCPY_HOST_TO_DEVICE)
+            h2d = b.lib.ACL_MEMCPY_HOST_TO_DEVICE
+            rc = b.lib.aclrtMemcpy(addr, nbytes, b.ffi.from_buffer(array), array.nbytes, h2d)
             if rc:
                 b.lib.aa_pool_free(device.device_pool, addr)
                 b.check(rc, "aclrtMemcpy")
@@ -85,8 +83,9 @@ class DeviceTensor:
         t.addr = self._addr
         t.size = max(self.nbytes, 1)
         t.dtype = NUMPY_TO_GE[self.dtype]
-        t.format = 2
-        t.placement = 0
+        lib = self._device.backend.lib
+        t.format = lib.AA_FORMAT_ND
+        t.placement = lib.AA_PLACEMENT_DEVICE_HBM
         t.ndim = len(self.shape)
         for i, d in enumerate(self.shape):
             t.dims[i] = d
@@ -100,7 +99,7 @@ class DeviceTensor:
             self._device.ensure_current()
             b.check(
                 b.lib.aclrtMemcpy(
-                    b.ffi.from_buffer(out), out.nbytes, self._addr, out.nbytes, _ACL_MEMCPY_DEVICE_TO_HOST
+                    b.ffi.from_buffer(out), out.nbytes, self._addr, out.nbytes, b.lib.ACL_MEMCPY_DEVICE_TO_HOST
                 ),
                 "aclrtMemcpy",
             )
@@ -132,7 +131,3 @@ class DeviceTensor:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"device {self._device.id}"
         return f"<DeviceTensor {self.dtype}{list(self.shape)} on {state}>"
-
-
-def ge_dtype_to_numpy(code: int) -> np.dtype[Any]:
-    return GE_TO_NUMPY[code]

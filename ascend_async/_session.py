@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 import weakref
@@ -16,11 +15,14 @@ import anyio.lowlevel
 import numpy as np
 
 from ._device import Device, acquire_device, release_device
-from ._errors import DeviceError, GraphError, ModeConflictError, SessionClosedError
+from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
+from ._errors import GraphError, SessionClosedError, ge_error
 from ._event import Event
-from ._graph import GE_TO_NUMPY, NUMPY_TO_GE, Graph, GraphSource
+from ._graph import Graph, GraphSource
+from ._loop import current_bridge
 from ._memory import DeviceTensor
-from ._watcher import Job, current_bridge
+from ._streams import Stream, StreamPool
+from ._submit import CallbackRun, Replica, Run
 
 __all__ = ["Event", "RunProfile", "Session", "SessionStatistics", "Stream"]
 
@@ -62,104 +64,6 @@ class RunProfile:
     end_to_end_ms: float
 
 
-class _StageEvents:
-    """Three timing events around one run's stages; owned by its job, destroyed after it."""
-
-    def __init__(self, dev: Device) -> None:
-        b = dev.backend
-        self._dev = dev
-        self.handles: list[Any] = []
-        for _ in range(3):
-            ev = b.ffi.new("aclrtEvent*")
-            rc = b.lib.aclrtCreateEventWithFlag(ev, 1 | 8)  # SYNC | TIME_LINE
-            if rc:
-                self.close()
-                b.check(rc, "aclrtCreateEventWithFlag")
-            self.handles.append(ev[0])
-        self.submitted_ns = 0
-
-    def attach(self, run: Any) -> None:
-        for i, h in enumerate(self.handles):
-            run.stage_events[i] = h
-        self.submitted_ns = time.monotonic_ns()
-
-    def read(self, end: Any) -> tuple[float, float, float, float | None]:
-        """(h2d, compute, d2h, queued) in ms, once `end` completed (on the watcher thread)."""
-        b = self._dev.backend
-        ms = b.ffi.new("float*")
-        marks = [*self.handles, end]
-        spans = []
-        for a, z in itertools.pairwise(marks):
-            b.check(b.lib.aclrtEventElapsedTime(ms, a, z), "aclrtEventElapsedTime")
-            spans.append(float(ms[0]))
-        queued = None
-        if b.is_sim:  # the sim's event clock is CLOCK_MONOTONIC, as time.monotonic_ns()
-            ts = b.ffi.new("uint64_t*")
-            b.check(b.lib.aclrtEventGetTimestamp(self.handles[0], ts), "aclrtEventGetTimestamp")
-            queued = max(0.0, (int(ts[0]) - self.submitted_ns) / 1e6)
-        return spans[0], spans[1], spans[2], queued
-
-    def close(self) -> None:
-        lib = self._dev.backend.lib
-        for h in self.handles:
-            lib.aclrtDestroyEvent(h)
-        self.handles = []
-
-
-def _noop(job: Job) -> None:
-    """A placeholder finisher."""
-
-
-class Stream:
-    """One of a session's device streams (a lane graphs are loaded on). Runs on one stream
-    complete in submission order."""
-
-    def __init__(self, session: Session, index: int) -> None:
-        dev = session._device
-        b = dev.backend
-        self._session = session
-        self.index = index
-        dev.ensure_current()
-        s = b.ffi.new("aclrtStream*")
-        b.check(b.lib.aclrtCreateStream(s), "aclrtCreateStream")
-        self.handle: Any = s[0]
-        # GE's external allocator registry is keyed by stream: our caching pool serves it.
-        st = b.lib.aa_session_register_external_allocator(session._handle, self.handle, dev.allocator)
-        if st:
-            b.lib.aclrtDestroyStream(self.handle)
-            b.check_ge(st, "RegisterExternalAllocator")
-        self.lock = threading.Lock()
-        self.in_flight = 0
-        self.fault = 0
-        self.retired = False
-
-    def __repr__(self) -> str:
-        return f"<Stream {self.index} of {self._session!r}{' faulted' if self.fault else ''}>"
-
-    def record(self) -> Event:
-        """Record an event behind everything submitted to this stream so far."""
-        self._session._check_open()
-        ev = Event(self._session._device, self.handle)
-        self._session._events.add(ev)
-        return ev
-
-    def synchronize(self) -> None:
-        """Block the calling thread until the stream's work is done (raises DeviceError)."""
-        dev = self._session._device
-        dev.ensure_current()
-        dev.backend.check(dev.backend.lib.aclrtSynchronizeStream(self.handle), "aclrtSynchronizeStream")
-
-    def _destroy(self) -> None:
-        dev = self._session._device
-        lib = dev.backend.lib
-        dev.ensure_current()
-        lib.aa_session_unregister_external_allocator(self._session._handle, self.handle)
-        if dev.watcher is not None:
-            dev.watcher.fail_stream(self.handle, self.fault or 507000)
-        lib.aclrtDestroyStream(self.handle)
-        lib.aclGetRecentErrMsg()
-
-
 class _GraphState:
     """A graph inside one session: its replicas (one GE graph id per stream) and its mode."""
 
@@ -167,6 +71,7 @@ class _GraphState:
         self.graph = graph
         self.ids: dict[Stream | None, int] = {}
         self.loaded: set[Stream] = set()
+        self.replicas: dict[Stream, Replica] = {}  # loaded replicas, with their run descriptors
         self.mode: str | None = None
         self.lock = threading.Lock()
 
@@ -222,20 +127,17 @@ class Session:
             self._completed = 0
             self._failed = 0
             self._cancelled = 0
-            self._streams: list[Stream] = []
             self._events: weakref.WeakSet[Event] = weakref.WeakSet()  # closed at teardown
-            for i in range(streams):
-                self._streams.append(Stream(self, i))
+            self._pool = StreamPool(self._make_stream, streams, self._forget_stream)
         except BaseException:
             self._teardown()
             raise
-        self._rr = 0
 
     def __repr__(self) -> str:
         dev = self._device
         if dev is None:
             return "<Session closed>"
-        state = "closing" if self._closed else f"{len(self._streams)} streams"
+        state = "closing" if self._closed else f"{len(self._pool.streams)} streams"
         return f"<Session device={dev.id} backend={dev.backend.name} {state}>"
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -263,8 +165,25 @@ class Session:
 
     @property
     def streams(self) -> tuple[Stream, ...]:
+        """The session's live streams, by index (a faulted stream is replaced here at the
+        latest)."""
+        self._check_open()
+        return self._pool.snapshot()
+
+    def _make_stream(self, index: int) -> Stream:
+        return Stream(self._device, self._handle, index, self)
+
+    def _forget_stream(self, stream: Stream) -> None:
+        """A replaced stream drained: remove its graph replicas (it is destroyed next)."""
         with self._lock:
-            return tuple(self._streams)
+            states = list(self._graphs.values())
+        for state in states:
+            with state.lock:
+                gid = state.ids.pop(stream, None)
+                state.loaded.discard(stream)
+                state.replicas.pop(stream, None)
+            if gid is not None:
+                self._lib.aa_session_remove_graph(self._handle, gid)
 
     def close(self) -> None:
         """Wait for the runs in flight, then free the session's graphs and streams.
@@ -305,8 +224,9 @@ class Session:
             for st in getattr(self, "_graphs", {}).values():
                 for gid in st.ids.values():
                     lib.aa_session_remove_graph(self._handle, gid)
-            for s in getattr(self, "_streams", []):
-                s._destroy()
+            pool = getattr(self, "_pool", None)
+            if pool is not None:
+                pool.close()
             lib.aa_session_destroy(self._handle)
             dev.backend.ge_message()
             self._handle = None
@@ -353,7 +273,7 @@ class Session:
                 return graph
         state = _GraphState(graph)
         with self._working():
-            self._add_replica(state, self._streams[0])
+            self._add_replica(state, self._pool.streams[0])
         with self._lock:
             self._graphs[id(graph)] = state
         return graph
@@ -415,6 +335,10 @@ class Session:
                     self._lib.aa_session_load_graph(self._handle, gid, b.ffi.NULL, 0, stream.handle), "LoadGraph"
                 )
                 state.loaded.add(stream)
+                names = [spec.name for spec in state.graph.outputs]
+                state.replicas[stream] = Replica(
+                    self._device, self._handle, gid, stream, names, len(state.graph.inputs)
+                )
             return gid
 
     def _bind_mode(self, state: _GraphState, mode: str) -> None:
@@ -422,33 +346,20 @@ class Session:
             if state.mode is None:
                 state.mode = mode
             elif state.mode != mode:
-                raise ModeConflictError(
-                    0xFFFFFFFF,
-                    _MODE_API[mode],
+                api = _MODE_API[mode]
+                # GE's answer to a conflict: UNSUPPORTED from RunGraph/RunGraphAsync, FAILED from
+                # RunGraphWithStreamAsync (refused here, before GE is asked).
+                status = self._lib.AA_GE_FAILED if mode == "stream" else self._lib.AA_GE_UNSUPPORTED
+                raise ge_error(
+                    status,
+                    api,
                     f"graph {state.graph.name!r} is already bound to {_MODE_API[state.mode]}; GE's run modes "
                     "are exclusive per graph until it is removed (session.remove_graph)",
+                    bound_mode=state.mode,
+                    mode=mode,
                 )
 
     # -- async runs (RunGraphWithStreamAsync) -------------------------------------------------
-
-    def _pick_stream(self, stream: Stream | int | None) -> Stream:
-        with self._lock:
-            if stream is None:
-                # The least loaded stream; ties rotate.
-                n = len(self._streams)
-                self._rr = (self._rr + 1) % n
-                best = self._streams[self._rr]
-                for s in self._streams:
-                    if s.in_flight < best.in_flight:
-                        best = s
-                return best
-            if isinstance(stream, int):
-                if not 0 <= stream < len(self._streams):
-                    raise ValueError(f"stream={stream}: this session has streams 0..{len(self._streams) - 1}")
-                return self._streams[stream]
-            if stream not in self._streams:
-                raise ValueError(f"{stream!r} is not a live stream of this session")
-            return stream
 
     async def run(
         self,
@@ -507,32 +418,49 @@ class Session:
         self._bind_mode(state, "stream")
         bridge = current_bridge()
         limiter = bridge.limiter_for(self, self._max_in_flight)
-        await limiter.acquire()
+        try:  # the run's schedule point is its wait below: no extra loop round trip here
+            limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            await limiter.acquire()
         try:
-            lane = self._pick_stream(stream)
-            if lane not in state.loaded:  # the first run on this stream: compile/load off-loop
+            if not bridge.take_budget():
+                await bridge.admit()  # this loop iteration's submissions are spent: wait for the next
+            lane = self._pool.pick(stream)
+            replica = state.replicas.get(lane)
+            if replica is None:  # the first run on this stream: compile/load off-loop
                 await anyio.to_thread.run_sync(self._ensure_loaded, state, lane)
+                replica = state.replicas[lane]
+            run = Run(replica, self._pool, self._account, bridge, outputs == "device")
             t_submit = time.perf_counter_ns()
-            job = self._submit(state, lane, values, outputs == "device", bridge, profile)
+            with self._lock:  # counted as pending: close() waits for it from here
+                self._check_open()
+                self._pending += 1
+            try:
+                watcher = self._device.get_watcher()
+                self._device.ensure_current()
+                run.submit(values, watcher, profile)
+            except BaseException:
+                self._account(0, False, counted=False)
+                raise
             submit_ns = time.perf_counter_ns() - t_submit
         except BaseException:
             limiter.release()
             raise
-        job.limiter = limiter
-        done = job.done
-        assert done is not None
+        run.limiter = limiter
+        bridge.collect_after_submit(watcher)
         try:
-            await done.wait()
+            await run.done.wait()
         except BaseException:
-            job.abandoned = True
+            run.abandoned = True
             raise
-        if job.error is not None:
-            raise job.error
-        result: dict[str, Any] = job.result
+        if run.error is not None:
+            raise run.error
+        assert run.result is not None
         if not profile:
-            return result, None
-        h2d, compute, d2h, queued = job.stages
-        return result, RunProfile(
+            return run.result, None
+        assert run.timing is not None
+        h2d, compute, d2h, queued = run.timing
+        return run.result, RunProfile(
             h2d_ms=h2d,
             compute_ms=compute,
             d2h_ms=d2h,
@@ -541,192 +469,19 @@ class Session:
             end_to_end_ms=(time.perf_counter_ns() - t_entry) / 1e6,
         )
 
-    def _submit(
-        self, state: _GraphState, lane: Stream, values: list[Any], to_device: bool, bridge: Any, profile: bool = False
-    ) -> Job:
-        """Enqueue copies, the run and its event on ``lane`` (no waiting); hand it to the watcher."""
-        with self._working():
-            return self._submit_now(state, lane, values, to_device, bridge, profile)
-
-    def _submit_now(
-        self, state: _GraphState, lane: Stream, values: list[Any], to_device: bool, bridge: Any, profile: bool = False
-    ) -> Job:
-        dev = self._device
-        ffi, lib = self._ffi, self._lib
-        dev.ensure_current()
-        watcher = dev.get_watcher()
-        specs_out = state.graph.outputs
-        n_in, n_out = len(values), len(specs_out)
-        # One aa_run describes the whole submission; aa_run_submit does it in one C call.
-        run = ffi.new("aa_run*")
-        ins = ffi.new("aa_run_io[]", max(n_in, 1))
-        outs = ffi.new("aa_run_io[]", max(n_out, 1))
-        slots = ffi.new("aa_tensor[]", max(n_out, 1))  # GE's output slots: alive as long as the run
-        staged = []  # numpy buffers: copied into page-locked blocks during the call
-        for i, v in enumerate(values):
-            io = ins[i]
-            if isinstance(v, DeviceTensor):
-                v.ge_fill(io.tensor)
-                continue
-            buf = ffi.from_buffer(v)
-            staged.append(buf)
-            io.host = buf
-            io.nbytes = v.nbytes
-            t = io.tensor
-            t.dtype = NUMPY_TO_GE[v.dtype]
-            t.ndim = v.ndim
-            t.dims[0 : v.ndim] = v.shape
-        event = dev.take_event()
-        stage_events = _StageEvents(dev) if profile else None
-        job = Job(bridge, _noop)
-        job.token = token = watcher.new_token()
-        job.lane = lane
-        run.session = self._handle
-        run.stream = lane.handle
-        run.device_pool = dev.device_pool
-        run.host_pool = dev.host_pool
-        run.watch = watcher.handle
-        run.event = event
-        run.token = token
-        run.outputs_to_host = not to_device
-        run.n_inputs = n_in
-        run.n_outputs = n_out
-        run.inputs = ins
-        run.outputs = outs
-        run.slots = slots
-        if stage_events is not None:
-            stage_events.attach(run)
-        job.finisher, job.after = self._finisher(
-            lane, values, (run, ins, outs, slots), specs_out, event, to_device, stage_events
-        )
-        job.run = run
-        with lane.lock:
-            if lane.fault:
-                dev.give_event(event)
-                raise DeviceError(lane.fault, "RunGraphWithStreamAsync", "the stream faulted; retry the run")
-            run.graph_id = state.ids[lane]
-            with self._lock:
-                self._pending += 1
-            lane.in_flight += 1
-            watcher.expect(job)  # before the C call: the watcher may answer at once
-            if lib.aa_run_submit(run) == 0:
-                return job
-            # Nothing reached the watcher; undo, then give back what the call took.
-            watcher.jobs.pop(token, None)
-            with self._lock:
-                self._pending -= 1
-            lane.in_flight -= 1
-            if run.enqueued:
-                # Rare error path: work already queued still reads these buffers. Wait for the
-                # stream before giving them back (a faulted stream returns at once).
-                lib.aclrtSynchronizeStream(lane.handle)
-                lib.aclGetRecentErrMsg()
-            api = ffi.string(run.failed_api).decode()
-            error = (
-                dev.backend.ge_error(run.ge_status, api) if run.ge_status else dev.backend.acl_error(run.acl_error, api)
-            )
-            lib.aa_run_release(run)
-            dev.give_event(event)
-            if stage_events is not None:
-                stage_events.close()
-            raise error
-
-    def _finisher(
-        self,
-        lane: Stream,
-        values: list[Any],
-        run_parts: tuple[Any, Any, Any, Any],
-        specs_out: Sequence[Any],
-        event: Any,
-        to_device: bool,
-        stage_events: _StageEvents | None = None,
-    ) -> tuple[Callable[[Job], None], Callable[[Job], None]]:
-        dev = self._device
-        ffi = self._ffi
-        outs = run_parts[2]
-
-        def finish(job: Job) -> None:
-            # On the watcher thread, once the run's event completed (or its stream faulted).
-            # The watcher then releases `run` in C and calls `after`.
-            if job.code or job.abandoned:
-                return
-            run = run_parts[0]
-            if run.dynamic and dev.backend.lib.aa_run_collect(run):
-                # A dynamic graph's outputs are known only now; reading them failed.
-                job.error = dev.backend.acl_error(run.acl_error, ffi.string(run.failed_api).decode())
-                return
-            result: dict[str, Any] = {}
-            for j, spec in enumerate(specs_out):
-                io = outs[j]
-                src = io.tensor
-                shape = tuple(src.dims[0 : src.ndim])
-                dtype = GE_TO_NUMPY[src.dtype]
-                if to_device:
-                    t = ffi.new("aa_tensor*")
-                    t[0] = src
-                    src.owner = ffi.NULL  # the DeviceTensor owns the GE block now
-                    result[spec.name] = DeviceTensor(dev, t.addr, shape, dtype, ge_tensor=t)
-                else:
-                    arr = np.empty(shape, dtype)
-                    if io.nbytes:
-                        ffi.memmove(arr, io.host_block, io.nbytes)
-                    result[spec.name] = arr
-            job.result = result
-            if stage_events is not None:
-                job.stages = stage_events.read(event)
-
-        def after(job: Job, _keep: tuple[Any, Any, Any, Any] = run_parts) -> None:
-            # The aa_run and its io arrays lived until the watcher released them in C.
-            dev.give_event(event)
-            if stage_events is not None:
-                stage_events.close()
-            values.clear()  # DeviceTensor inputs stay referenced until here
-            self._retire(job, lane)
-
-        return finish, after
-
-    def _retire(self, job: Job, lane: Stream) -> None:
-        """Account for a finished job; replace a faulted stream once it has drained.
-
-        The job stays counted as pending until the replacement and retirement are done, so
-        close() cannot tear the session down under them. A faulted stream that could not be
-        replaced (the session is closing) stays in ``_streams`` for the teardown to destroy.
-        """
-        replace = False
+    def _account(self, code: int, abandoned: bool, counted: bool = True) -> None:
+        """A run finished (any thread): count it and let close() go on when none is left."""
         with self._lock:
-            lane.in_flight -= 1
-            if job.code:
-                self._failed += 1
-                if not lane.fault:
-                    lane.fault = job.code
-                    replace = lane in self._streams and not self._closed
-            elif job.abandoned:
-                self._cancelled += 1
-            else:
-                self._completed += 1
-        try:
-            if replace:
-                fresh = Stream(self, lane.index)
-                with self._lock:
-                    self._streams[self._streams.index(lane)] = fresh
-            with self._lock:
-                retire_now = bool(lane.fault) and lane.in_flight == 0 and not lane.retired
-                retire_now = retire_now and lane not in self._streams
-                if retire_now:
-                    lane.retired = True
-            if retire_now:
-                for state in list(self._graphs.values()):
-                    with state.lock:
-                        gid = state.ids.pop(lane, None)
-                        state.loaded.discard(lane)
-                    if gid is not None:
-                        self._lib.aa_session_remove_graph(self._handle, gid)
-                lane._destroy()
-        finally:
-            with self._lock:
-                self._pending -= 1
-                if not self._pending:
-                    self._idle.notify_all()
+            if counted:
+                if code:
+                    self._failed += 1
+                elif abandoned:
+                    self._cancelled += 1
+                else:
+                    self._completed += 1
+            self._pending -= 1
+            if not self._pending:
+                self._idle.notify_all()
 
     # -- the other GE modes -------------------------------------------------------------------
 
@@ -747,22 +502,22 @@ class Session:
             t.addr = ffi.cast("void*", ffi.from_buffer(v)) if v.nbytes else ffi.NULL
             t.size = v.nbytes
             t.dtype = NUMPY_TO_GE[v.dtype]
-            t.format = 2
-            t.placement = 1
+            t.format = self._lib.AA_FORMAT_ND
+            t.placement = self._lib.AA_PLACEMENT_HOST
             t.ndim = v.ndim
             for k, dim in enumerate(v.shape):
                 t.dims[k] = dim
 
-    def _host_outputs(self, tout: Any, n: int, specs: Sequence[Any]) -> dict[str, np.ndarray]:
+    def _host_outputs(self, tout: Any, n: int, names: Sequence[str]) -> dict[str, np.ndarray]:
         ffi, lib = self._ffi, self._lib
         out: dict[str, np.ndarray] = {}
-        for j, spec in enumerate(specs[:n]):
+        for j, name in enumerate(names[:n]):
             t = tout[j]
             shape = tuple(int(t.dims[k]) for k in range(t.ndim))
             arr = np.empty(shape, GE_TO_NUMPY[t.dtype])
             if arr.nbytes:
                 ffi.memmove(arr, t.addr, arr.nbytes)
-            out[spec.name] = arr
+            out[name] = arr
         for j in range(n):
             lib.aa_tensor_release(tout + j)
         return out
@@ -794,10 +549,10 @@ class Session:
             if status:
                 with self._lock:
                     self._failed += 1
-                raise self._device.backend.ge_error(status, "RunGraph")
+                raise self._device.backend.ge_error(status, "RunGraph", bound_mode=state.mode, mode="sync")
         with self._lock:
             self._completed += 1
-        return self._host_outputs(tout, int(count[0]), graph.outputs)
+        return self._host_outputs(tout, int(count[0]), [spec.name for spec in graph.outputs])
 
     def run_with_callback(
         self,
@@ -827,56 +582,24 @@ class Session:
         dev = self._device
         ffi, lib = self._ffi, self._lib
         watcher = dev.get_watcher()
-        n_out = len(graph.outputs)
         tin = ffi.new("aa_tensor[]", max(len(values), 1))
         self._host_inputs(values, tin)
-        outs = ffi.new("aa_tensor[]", max(n_out, 1))
-        slot = ffi.new("aa_cb_slot*")
-        slot.watch = watcher.handle
-        slot.capacity = n_out
-        slot.outputs = outs
-
-        def finish(job: Job) -> None:
-            # Watcher thread. The inputs (tin, values) lived until here: GE reads them until
-            # the callback ran.
-            keep = (tin, values)
-            del keep
-            status = int(slot.status)
-            if status:
-                job.error = dev.backend.ge_error(status, "RunGraphAsync")
-                with self._lock:
-                    self._failed += 1
-            else:
-                job.result = self._host_outputs(outs, int(slot.n_outputs), graph.outputs)
-                with self._lock:
-                    self._completed += 1
-            with self._lock:
-                self._pending -= 1
-                if not self._pending:
-                    self._idle.notify_all()
-
-        job = Job(None, finish)
-        job.token = slot.token = watcher.new_token()
-
-        def deliver(j: Job) -> None:
-            callback(j.result, j.error)
-
-        job.callback = deliver
+        names = [spec.name for spec in graph.outputs]
+        run = CallbackRun(dev, watcher, names, tin, values, callback, self._account, self._host_outputs)
         with self._lock:
             self._check_open()
             self._pending += 1
-        watcher.expect(job)
+        watcher.expect(run.token, run)
         dev.ensure_current()
-        status = lib.aa_session_run_graph_async(self._handle, gid, tin, len(values), lib.aa_watch_run_callback, slot)
+        status = lib.aa_session_run_graph_async(
+            self._handle, gid, tin, len(values), lib.aa_watch_run_callback, run.slot
+        )
         if status:
             # A refused run may already have called back (GE does so on a mode conflict); the
-            # watcher then finds no job for the token.
-            watcher.jobs.pop(job.token, None)
-            with self._lock:
-                self._pending -= 1
-                if not self._pending:
-                    self._idle.notify_all()
-            raise dev.backend.ge_error(status, "RunGraphAsync")
+            # watcher then finds no run under the token.
+            if watcher.pending.pop(run.token, None) is not None:
+                self._account(0, False, counted=False)
+            raise dev.backend.ge_error(status, "RunGraphAsync", bound_mode=state.mode, mode="callback")
 
     # -- introspection ------------------------------------------------------------------------
 
@@ -891,7 +614,7 @@ class Session:
                 completed=self._completed,
                 failed=self._failed,
                 cancelled=self._cancelled,
-                streams=len(self._streams),
+                streams=len(self._pool.streams),
                 device_pool=pools["device"],
                 host_pool=pools["host"],
                 watcher=w.stats() if w is not None else {},

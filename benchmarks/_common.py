@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import anyio.lowlevel
 
 import ascend_async as aa
-from ascend_async._watcher import Watcher, current_bridge
+from ascend_async._loop import current_bridge
+from ascend_async._submit import Run
 from ascend_async.bench._runner import _loop_post, thread_cpu_s
 
 X = np.arange(4, dtype=np.float32).reshape(1, 4)
@@ -64,9 +65,7 @@ def have_loop(loop: str) -> bool:
 
 
 @contextmanager
-def session(
-    strategy: str = "poll", streams: int = 2, max_in_flight: int = 1000, **tuning: int
-) -> Iterator[aa.Session]:
+def session(strategy: str = "poll", streams: int = 2, max_in_flight: int = 1000, **tuning: int) -> Iterator[aa.Session]:
     """A fresh session whose watcher uses ``strategy`` (the watcher starts with its first run;
     it stops when the device's last session closes, so strategies never mix)."""
     aa.configure_watcher(0, strategy, **tuning)
@@ -98,9 +97,7 @@ class HandOff:
     thread-safe entry (call_soon_threadsafe / run_sync_soon). Nothing else."""
 
     def __init__(self) -> None:
-        self.q: queue.SimpleQueue[tuple[Callable[..., object], anyio.Event, list[int]] | None] = (
-            queue.SimpleQueue()
-        )
+        self.q: queue.SimpleQueue[tuple[Callable[..., object], anyio.Event, list[int]] | None] = queue.SimpleQueue()
         self.t = threading.Thread(target=self._main, daemon=True, name="bench-handoff")
         self.t.start()
 
@@ -130,61 +127,63 @@ class HandOff:
 
 # -- device completion timestamps through an internal hook -----------------------------------------
 
-_jobs_var: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("bench_jobs", default=None)
+_runs_var: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("bench_runs", default=None)
 _stamps: dict[int, int] = {}
-_orig_expect = Watcher.expect
+_tracked: set[int] = set()
+_orig_submit = Run.submit
+_orig_complete = Run.complete
 
 
-def _hooked_expect(self: Watcher, job: Any) -> None:
-    box = _jobs_var.get()
-    run = getattr(job, "run", None)
-    if box is not None and run is not None:
-        box.append(job)
-        event = run.event  # the aa_run's event: recorded by aa_run_submit, pooled again in job.after
-        finisher = job.finisher
-        lib, ffi = self._lib, self._ffi
+def _hooked_submit(self: Run, values: list[Any], watcher: Any, profile: bool) -> None:
+    _orig_submit(self, values, watcher, profile)
+    box = _runs_var.get()
+    if box is not None:
+        box.append(self)
+        _tracked.add(self.token)
 
-        def stamped(j: Any) -> None:
-            ts = ffi.new("uint64_t*")
-            if lib.aclrtEventGetTimestamp(event, ts) == 0:  # before the event goes back to the pool
-                _stamps[j.token] = int(ts[0])
-            finisher(j)
 
-        job.finisher = stamped
-    _orig_expect(self, job)
+def _hooked_complete(self: Run, code: int, noticed_ns: int, on_loop: bool) -> None:
+    if self.token in _tracked:
+        lib, ffi = self.replica.device.backend.lib, self.replica.device.backend.ffi
+        ts = ffi.new("uint64_t*")
+        if lib.aclrtEventGetTimestamp(self.event, ts) == 0:  # before the event goes back to the pool
+            _stamps[self.token] = int(ts[0])
+    _orig_complete(self, code, noticed_ns, on_loop)
 
 
 @contextmanager
 def completion_stamps() -> Iterator[None]:
-    """Patch Watcher.expect (benchmark only) so runs made under ``tracked_run`` record the
-    device's completion timestamp of their event (aclrtEventGetTimestamp; CLOCK_MONOTONIC ns in
-    the sim). Session.run registers each job with ``expect`` just before ``aa_run_submit``; the
-    wrapped finisher reads the stamp on the watcher thread before ``job.after`` returns the
-    event to the device's pool."""
-    Watcher.expect = _hooked_expect  # type: ignore[method-assign]
+    """Patch Run.submit/Run.complete (benchmark only) so runs made under ``tracked_run`` record
+    the device's completion timestamp of their event (aclrtEventGetTimestamp; CLOCK_MONOTONIC
+    ns in the sim), read in ``complete`` before the event goes back to the device's pool."""
+    Run.submit = _hooked_submit  # type: ignore[method-assign]
+    Run.complete = _hooked_complete  # type: ignore[method-assign]
     try:
         yield
     finally:
-        Watcher.expect = _orig_expect  # type: ignore[method-assign]
+        Run.submit = _orig_submit  # type: ignore[method-assign]
+        Run.complete = _orig_complete  # type: ignore[method-assign]
         _stamps.clear()
+        _tracked.clear()
 
 
 async def tracked_run(s: aa.Session, g: aa.Graph) -> tuple[int, int] | None:
-    """One ``await s.run`` -> (resume - device completion ns, resume - watcher noticed ns)."""
+    """One ``await s.run`` -> (resume - device completion ns, resume - completion noticed ns)."""
     box: list[Any] = []
-    token = _jobs_var.set(box)
+    token = _runs_var.set(box)
     try:
         await s.run(g, {"x": X})
     finally:
-        _jobs_var.reset(token)
+        _runs_var.reset(token)
     now = time.monotonic_ns()
     if not box:
         return None
-    job = box[0]
-    ts = _stamps.pop(job.token, None)
+    run = box[0]
+    _tracked.discard(run.token)
+    ts = _stamps.pop(run.token, None)
     if ts is None:
         return None
-    return now - ts, now - int(job.noticed_ns)
+    return now - ts, now - int(run.noticed_ns)
 
 
 # -- raw pieces: naive loop polling and the C floor -----------------------------------------------
@@ -201,7 +200,7 @@ class Raw:
         self.ffi, self.lib = dev.backend.ffi, dev.backend.lib
         state = s._state(g)
         s._bind_mode(state, "stream")
-        self.stream = s._streams[lane]
+        self.stream = s.streams[lane]
         self.gid = s._ensure_loaded(state, self.stream)
         dev.ensure_current()
         self.din = dev.alloc(dev.device_pool, X.nbytes, "bench input")
@@ -218,9 +217,9 @@ class Raw:
         t = self.ffi.new("aa_tensor[]", 1)
         t[0].addr = addr
         t[0].size = X.nbytes
-        t[0].dtype = 0  # DT_FLOAT
-        t[0].format = 2
-        t[0].placement = 0
+        t[0].dtype = self.lib.AA_DT_FLOAT
+        t[0].format = self.lib.AA_FORMAT_ND
+        t[0].placement = self.lib.AA_PLACEMENT_DEVICE_HBM
         t[0].ndim = 2
         t[0].dims[0], t[0].dims[1] = 1, 4
         return t
@@ -265,9 +264,7 @@ class Raw:
         dout = self.dev.alloc(self.dev.device_pool, X.nbytes, "bench output")
         tout = self._tensor(dout)
         el = self.ffi.new("uint64_t*")
-        rc = self.lib.aa_floor_run(
-            self.s._handle, self.gid, self.stream.handle, self.tin, 1, tout, 1, n, window, el
-        )
+        rc = self.lib.aa_floor_run(self.s._handle, self.gid, self.stream.handle, self.tin, 1, tout, 1, n, window, el)
         self.lib.aa_pool_free(self.dev.device_pool, dout)
         if rc:
             raise RuntimeError(f"aa_floor_run: {rc}")
@@ -406,11 +403,7 @@ def verdict(ok: bool | None) -> str:
 def print_rows(rows: list[Row], file: Any = None) -> str:
     cols = ("section", "metric", "measured", "[target]", "")
     data = [(r.section, r.metric, r.value, f"[{r.target}]" if r.target else "", r.verdict) for r in rows]
-    widths = (
-        [max(len(c), *(len(d[i]) for d in data)) for i, c in enumerate(cols)]
-        if data
-        else [len(c) for c in cols]
-    )
+    widths = [max(len(c), *(len(d[i]) for d in data)) for i, c in enumerate(cols)] if data else [len(c) for c in cols]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.ljust(w) for v, w in zip(d, widths, strict=True)) for d in data]

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from helpers import sim_stats
 
 try:
     import uvloop
@@ -28,14 +29,6 @@ except ImportError:  # pragma: no cover - uvloop is in the test extra on Linux
 )
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return request.param
-
-
-def sim_stats() -> dict[str, int]:
-    from ascend_async._native import _sim
-
-    st = _sim.ffi.new("aa_sim_stats*")
-    _sim.lib.aa_sim_get_stats(st)
-    return {k: int(getattr(st, k)) for k in dir(st)}
 
 
 LEAK_KEYS = (

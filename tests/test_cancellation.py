@@ -4,14 +4,12 @@ closing a session while runs are in flight."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import anyio
 import anyio.lowlevel
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from helpers import add_model, sim_stats, wait_for
 
 import ascend_async
 from ascend_async._native import _sim
@@ -21,29 +19,9 @@ pytestmark = pytest.mark.anyio
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
 
-def add_model() -> onnx.ModelProto:
-    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in ("x", "y", "z")]
-    graph = helper.make_graph([helper.make_node("Add", ["x", "y"], ["z"], name="add")], "add", vi[:2], vi[2:])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def sim_stats() -> dict[str, int]:
-    st = _sim.ffi.new("aa_sim_stats*")
-    _sim.lib.aa_sim_get_stats(st)
-    return {k: int(getattr(st, k)) for k in dir(st)}
-
-
-async def _wait_for(predicate: Callable[[], bool], what: str) -> None:
-    """Yield to the loop until ``predicate()`` holds (a gate on observable state, not a timer)."""
-    with anyio.fail_after(10):
-        while not predicate():
-            await anyio.lowlevel.checkpoint()
-    assert predicate(), what
-
-
 async def test_cancelled_before_submit_submits_nothing() -> None:
     async with ascend_async.Session() as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         await s.load(g)
         before = sim_stats()
         with anyio.CancelScope() as scope:
@@ -63,7 +41,7 @@ async def test_cancelled_before_submit_submits_nothing() -> None:
 
 async def test_cancel_in_flight_returns_at_once_and_frees_later() -> None:
     async with ascend_async.Session() as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         await s.load(g)
         lane = s.streams[0]
         _sim.lib.aa_sim_stream_hold(lane.handle)
@@ -78,7 +56,7 @@ async def test_cancel_in_flight_returns_at_once_and_frees_later() -> None:
                         reached.append("returned")  # pragma: no cover
 
                 tg.start_soon(victim)
-                await _wait_for(lambda: s.statistics().in_flight == 1, "submitted")
+                await wait_for(lambda: s.statistics().in_flight == 1, "submitted")
                 scope.cancel()
             # the task finished although the device has not run it yet
             assert scope.cancelled_caught and not reached
@@ -97,7 +75,7 @@ async def test_cancel_in_flight_returns_at_once_and_frees_later() -> None:
 
 async def test_fail_after_raises_timeout_error() -> None:
     async with ascend_async.Session() as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         await s.load(g)
         lane = s.streams[1]
         _sim.lib.aa_sim_stream_hold(lane.handle)
@@ -116,7 +94,7 @@ async def test_fail_after_raises_timeout_error() -> None:
 
 async def test_cancel_many_in_flight_across_streams() -> None:
     async with ascend_async.Session() as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         await s.load(g)
         handles = [lane.handle for lane in s.streams]
         for h in handles:
@@ -125,7 +103,7 @@ async def test_cancel_many_in_flight_across_streams() -> None:
             async with anyio.create_task_group() as tg:
                 for i in range(40):
                     tg.start_soon(functools.partial(s.run, g, {"x": X, "y": X}, stream=i % 2))
-                await _wait_for(lambda: s.statistics().in_flight == 40, "submitted")
+                await wait_for(lambda: s.statistics().in_flight == 40, "submitted")
                 tg.cancel_scope.cancel()
             assert s.statistics().in_flight == 40
         finally:
@@ -140,7 +118,7 @@ async def test_cancel_many_in_flight_across_streams() -> None:
 
 async def test_aclose_with_runs_in_flight() -> None:
     s = ascend_async.Session()
-    g = s.add_graph(add_model())
+    g = add_model(s)
     await s.load(g)
     lane = s.streams[0]
     results: list[np.ndarray] = []
@@ -156,9 +134,9 @@ async def test_aclose_with_runs_in_flight() -> None:
             async with anyio.create_task_group() as tg:
                 for i in range(5):
                     tg.start_soon(one, i)
-                await _wait_for(lambda: s.statistics().in_flight == 5, "submitted")
+                await wait_for(lambda: s.statistics().in_flight == 5, "submitted")
                 tg.start_soon(s.aclose)
-                await _wait_for(lambda: s.is_closed, "closing")
+                await wait_for(lambda: s.is_closed, "closing")
                 # closing waits for the runs; new runs are refused meanwhile
                 with pytest.raises(ascend_async.SessionClosedError):
                     await s.run(g, {"x": X, "y": X})
@@ -176,7 +154,7 @@ async def test_concurrent_aclose_waits_for_the_first() -> None:
     """A second aclose (or close) while the first is still waiting for runs returns only once
     the session is really closed: its streams and GE session are gone."""
     s = ascend_async.Session()
-    g = s.add_graph(add_model())
+    g = add_model(s)
     await s.load(g)
     lane = s.streams[0]
     seen: list[dict[str, int]] = []
@@ -191,9 +169,9 @@ async def test_concurrent_aclose_waits_for_the_first() -> None:
         async with anyio.create_task_group() as tg:
             try:
                 tg.start_soon(functools.partial(s.run, g, {"x": X, "y": X}, stream=0))
-                await _wait_for(lambda: s.statistics().in_flight == 1, "submitted")
+                await wait_for(lambda: s.statistics().in_flight == 1, "submitted")
                 tg.start_soon(s.aclose)
-                await _wait_for(lambda: s.is_closed, "closing")
+                await wait_for(lambda: s.is_closed, "closing")
                 tg.start_soon(second)
                 await anyio.wait_all_tasks_blocked()
                 early = list(seen)
@@ -214,7 +192,7 @@ async def test_close_while_the_first_run_is_loading() -> None:
     s = ascend_async.Session()
     outcome: list[BaseException | dict[str, np.ndarray]] = []
     try:
-        g = s.add_graph(add_model())
+        g = add_model(s)
 
         async def one() -> None:
             try:
@@ -241,14 +219,14 @@ async def test_cancel_while_waiting_for_an_in_flight_slot() -> None:
     """With max_in_flight reached, a run waits for a slot before submitting; cancelling it
     there submits nothing and counts nothing as cancelled."""
     async with ascend_async.Session(max_in_flight=1) as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         await s.load(g)
         lane = s.streams[0]
         _sim.lib.aa_sim_stream_hold(lane.handle)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(functools.partial(s.run, g, {"x": X, "y": X}, stream=0))
-                await _wait_for(lambda: s.statistics().in_flight == 1, "first submitted")
+                await wait_for(lambda: s.statistics().in_flight == 1, "first submitted")
                 submitted = sim_stats()["tasks_submitted"]
                 with anyio.CancelScope() as scope:
                     tg.start_soon(_cancel_after_blocked, scope)
@@ -270,7 +248,7 @@ async def _cancel_after_blocked(scope: anyio.CancelScope) -> None:
 
 async def test_cancelled_device_outputs_are_released() -> None:
     async with ascend_async.Session() as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         await s.load(g)
         lane = s.streams[0]
         _sim.lib.aa_sim_stream_hold(lane.handle)

@@ -4,14 +4,11 @@ later runs succeed. Injected delays do not reorder a stream."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import anyio
 import anyio.lowlevel
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from helpers import add_model, wait_for
 
 import ascend_async
 from ascend_async._native import _sim
@@ -20,18 +17,6 @@ pytestmark = pytest.mark.anyio
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 AICORE = 507015
-
-
-def add_model() -> onnx.ModelProto:
-    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in ("x", "y", "z")]
-    graph = helper.make_graph([helper.make_node("Add", ["x", "y"], ["z"], name="add")], "add", vi[:2], vi[2:])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-async def _wait_for(predicate: Callable[[], bool]) -> None:
-    with anyio.fail_after(10):
-        while not predicate():
-            await anyio.lowlevel.checkpoint()
 
 
 async def _outcome(s: ascend_async.Session, g: ascend_async.Graph, v: float, stream: int) -> object:
@@ -44,7 +29,7 @@ async def _outcome(s: ascend_async.Session, g: ascend_async.Graph, v: float, str
 
 async def test_fault_fails_the_run_with_the_acl_code() -> None:
     async with ascend_async.Session() as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         await s.load(g)
         old = s.streams[0]
         assert _sim.lib.aa_sim_inject_fault(old.handle, 1, AICORE) == 0
@@ -65,7 +50,7 @@ async def test_fault_fails_the_run_with_the_acl_code() -> None:
 async def test_runs_queued_behind_a_fault_fail_other_stream_unaffected(nth: int) -> None:
     """nth=1 faults the first run's input copy; nth=3 its graph run (after two H2D copies)."""
     async with ascend_async.Session() as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         await s.load(g)
         bad, good = s.streams
         results: dict[tuple[int, int], object] = {}
@@ -79,11 +64,11 @@ async def test_runs_queued_behind_a_fault_fail_other_stream_unaffected(nth: int)
             async with anyio.create_task_group() as tg:
                 for i in range(4):
                     tg.start_soon(record, 0, i)
-                    await _wait_for(lambda i=i: bad.in_flight == i + 1)  # submission order
+                    await wait_for(lambda i=i: bad.in_flight == i + 1)  # submission order
                 for i in range(4):
                     tg.start_soon(record, 1, i)
                 # the other stream completes while the faulty one is still held
-                await _wait_for(lambda: sum(k[0] == 1 for k in results) == 4)
+                await wait_for(lambda: sum(k[0] == 1 for k in results) == 4)
                 assert bad.in_flight == 4 and not any(k[0] == 0 for k in results)
                 _sim.lib.aa_sim_stream_release(bad.handle)
         finally:
@@ -108,7 +93,7 @@ async def test_runs_queued_behind_a_fault_fail_other_stream_unaffected(nth: int)
 
 async def test_fault_with_a_cancelled_run_behind_it() -> None:
     async with ascend_async.Session() as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         await s.load(g)
         lane = s.streams[0]
         _sim.lib.aa_sim_stream_hold(lane.handle)
@@ -116,7 +101,7 @@ async def test_fault_with_a_cancelled_run_behind_it() -> None:
             _sim.lib.aa_sim_inject_fault(lane.handle, 1, AICORE)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_outcome, s, g, 1.0, 0)
-                await _wait_for(lambda: lane.in_flight == 1)
+                await wait_for(lambda: lane.in_flight == 1)
                 scope = anyio.CancelScope()
 
                 async def victim() -> None:
@@ -124,9 +109,9 @@ async def test_fault_with_a_cancelled_run_behind_it() -> None:
                         await s.run(g, {"x": X, "y": X}, stream=0)
 
                 tg.start_soon(victim)
-                await _wait_for(lambda: lane.in_flight == 2)
+                await wait_for(lambda: lane.in_flight == 2)
                 scope.cancel()
-                await _wait_for(lambda: scope.cancelled_caught)
+                await wait_for(lambda: scope.cancelled_caught)
                 _sim.lib.aa_sim_stream_release(lane.handle)
         finally:
             _sim.lib.aa_sim_stream_release(lane.handle)
@@ -139,7 +124,7 @@ async def test_fault_with_a_cancelled_run_behind_it() -> None:
 
 async def test_injected_delay_keeps_stream_order() -> None:
     async with ascend_async.Session() as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         await s.load(g)
         lane = s.streams[0]
         _sim.lib.aa_sim_inject_delay(lane.handle, 1, 20_000)
@@ -152,7 +137,7 @@ async def test_injected_delay_keeps_stream_order() -> None:
         async with anyio.create_task_group() as tg:
             for i in range(3):
                 tg.start_soon(one, i)
-                await _wait_for(lambda i=i: lane.in_flight == i + 1)
+                await wait_for(lambda i=i: lane.in_flight == i + 1)
         assert sorted(done) == [0, 1, 2]
         assert s.statistics().completed == 3
 
@@ -161,7 +146,7 @@ async def test_fault_while_closing() -> None:
     """A run faults while aclose waits for it: the run fails, aclose returns, and the faulted
     stream is destroyed exactly once (the leak counters and the sim's handle checks agree)."""
     s = ascend_async.Session()
-    g = s.add_graph(add_model())
+    g = add_model(s)
     await s.load(g)
     lane = s.streams[0]
     outcomes: list[object] = []
@@ -177,9 +162,9 @@ async def test_fault_while_closing() -> None:
 
                 for i in range(3):
                     tg.start_soon(record, i)
-                await _wait_for(lambda: lane.in_flight == 3)
+                await wait_for(lambda: lane.in_flight == 3)
                 tg.start_soon(s.aclose)
-                await _wait_for(lambda: s.is_closed)
+                await wait_for(lambda: s.is_closed)
                 _sim.lib.aa_sim_stream_release(lane.handle)
                 released = True
     finally:

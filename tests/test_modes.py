@@ -10,6 +10,7 @@ import anyio
 import numpy as np
 import onnx
 import pytest
+from helpers import add_model
 from onnx import TensorProto, helper
 
 import ascend_async
@@ -18,12 +19,6 @@ from ascend_async._native import _sim
 pytestmark = pytest.mark.anyio
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
-
-
-def add_model() -> onnx.ModelProto:
-    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in ("x", "y", "z")]
-    graph = helper.make_graph([helper.make_node("Add", ["x", "y"], ["z"], name="add")], "add", vi[:2], vi[2:])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def matmul_model() -> onnx.ModelProto:
@@ -68,7 +63,7 @@ def test_run_sync_results() -> None:
 
 def test_run_with_callback_results_on_the_watcher_thread() -> None:
     with ascend_async.Session() as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         waiters = []
         for i in range(5):
             w = _Waiter()
@@ -86,7 +81,7 @@ def test_run_with_callback_results_on_the_watcher_thread() -> None:
 
 async def test_run_with_callback_bridged_back_to_the_loop() -> None:
     async with ascend_async.Session() as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         w = _Waiter()
         s.run_with_callback(g, [X, X], w)
         with anyio.fail_after(10):
@@ -96,7 +91,7 @@ async def test_run_with_callback_bridged_back_to_the_loop() -> None:
 
 async def test_run_then_run_sync_conflicts_naming_the_bound_mode() -> None:
     async with ascend_async.Session() as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         out = await s.run(g, {"x": X, "y": X})
         np.testing.assert_array_equal(out["z"], 2 * X)
         with pytest.raises(ascend_async.ModeConflictError) as info:
@@ -116,7 +111,7 @@ async def test_run_then_run_sync_conflicts_naming_the_bound_mode() -> None:
 
 async def test_sync_then_run_conflicts_and_remove_graph_resets() -> None:
     async with ascend_async.Session() as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         np.testing.assert_array_equal(s.run_sync(g, [X, X])["z"], 2 * X)
         with pytest.raises(ascend_async.ModeConflictError, match="RunGraph"):
             await s.run(g, [X, X])
@@ -138,8 +133,8 @@ async def test_sync_then_run_conflicts_and_remove_graph_resets() -> None:
 
 def test_modes_are_per_graph() -> None:
     with ascend_async.Session() as s:
-        g1 = s.add_graph(add_model())
-        g2 = s.add_graph(add_model())
+        g1 = add_model(s)
+        g2 = add_model(s)
         np.testing.assert_array_equal(s.run_sync(g1, [X, X])["z"], 2 * X)
         w = _Waiter()
         s.run_with_callback(g2, [X, X], w)

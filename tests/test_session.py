@@ -11,10 +11,11 @@ import anyio.lowlevel
 import numpy as np
 import onnx
 import pytest
+from helpers import add_model, add_model_proto, sim_stats
 from onnx import TensorProto, helper
 
 import ascend_async
-from ascend_async import _watcher
+from ascend_async import _submit
 from ascend_async._native import _sim
 
 pytestmark = pytest.mark.anyio
@@ -31,15 +32,6 @@ def _model(
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def add_model() -> onnx.ModelProto:
-    """z = x + y, with a symbolic batch dim shared by both inputs."""
-    return _model(
-        [helper.make_node("Add", ["x", "y"], ["z"], name="add")],
-        [_vi("x", ["batch", 4]), _vi("y", ["batch", 4])],
-        [_vi("z", ["batch", 4])],
-    )
-
-
 def matmul_model() -> onnx.ModelProto:
     """(p, q) = (a @ b, identity(a))."""
     return _model(
@@ -50,12 +42,6 @@ def matmul_model() -> onnx.ModelProto:
         [_vi("a", ["n", 3]), _vi("b", [3, 5])],
         [_vi("p", ["n", 5]), _vi("q", ["n", 3])],
     )
-
-
-def sim_stats() -> dict[str, int]:
-    st = _sim.ffi.new("aa_sim_stats*")
-    _sim.lib.aa_sim_get_stats(st)
-    return {k: int(getattr(st, k)) for k in dir(st)}
 
 
 async def test_run_matches_numpy() -> None:
@@ -79,7 +65,7 @@ async def test_device_tensors_in_and_out() -> None:
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     y = np.full((3, 4), 0.5, np.float32)
     async with ascend_async.Session() as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         dx = ascend_async.DeviceTensor.from_numpy(s, x)
         assert dx.shape == (3, 4) and dx.dtype == np.float32 and dx.nbytes == x.nbytes
         np.testing.assert_array_equal(dx.numpy(), x)
@@ -112,17 +98,18 @@ async def test_order_on_one_stream_under_1000_concurrent_runs(monkeypatch: pytes
     batch on purpose, so only the resolution order is checked there."""
     n = 1000
     resolved: list[int] = []
-    original = _watcher._resolve_batch
+    original = _submit.Run.complete
 
-    def recording(jobs: list[_watcher.Job]) -> None:
-        resolved.extend(int(j.result["z"][0, 0]) for j in jobs if j.result is not None)
-        original(jobs)
+    def recording(run: _submit.Run, code: int, noticed_ns: int, on_loop: bool) -> None:
+        original(run, code, noticed_ns, on_loop)
+        if run.result is not None:
+            resolved.append(int(run.result["z"][0, 0]))
 
-    monkeypatch.setattr(_watcher, "_resolve_batch", recording)
+    monkeypatch.setattr(_submit.Run, "complete", recording)
     woken: list[int] = []
     y = np.zeros((1, 4), np.float32)
     async with ascend_async.Session(max_in_flight=2 * n) as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         await s.load(g)
         lane = s.streams[0]
 
@@ -161,7 +148,7 @@ async def test_load_then_run_and_statistics() -> None:
     async with ascend_async.Session(streams=3) as s:
         assert s.backend == "sim"
         assert len(s.streams) == 3
-        g = s.add_graph(add_model())
+        g = add_model(s)
         await s.load(g)
         before = sim_stats()["graph_runs"]
         x = np.ones((2, 4), np.float32)
@@ -201,7 +188,7 @@ def _bad_inputs() -> list[tuple[str, object, str]]:
 @pytest.mark.parametrize(("case", "inputs", "fragment"), _bad_inputs(), ids=[c[0] for c in _bad_inputs()])
 async def test_bad_inputs_raise_before_submitting(case: str, inputs: object, fragment: str) -> None:
     async with ascend_async.Session() as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         before = sim_stats()["tasks_submitted"]
         with pytest.raises(ascend_async.InputError) as info:
             await s.run(g, inputs)  # type: ignore[arg-type]
@@ -231,18 +218,18 @@ def test_graph_errors(tmp_path: object) -> None:
             s.add_graph(bad)
         assert "TotallyMadeUpOp" in str(info.value) and "the_bad_node" in str(info.value)
         # a graph never added
-        other = ascend_async.Graph(add_model())
+        other = ascend_async.Graph(add_model_proto())
         with pytest.raises(ascend_async.GraphError):
             s.run_sync(other, [np.ones((1, 4), np.float32)] * 2)
         # the session still works
-        g = s.add_graph(add_model())
+        g = add_model(s)
         out = s.run_sync(g, [np.ones((1, 4), np.float32)] * 2)
         np.testing.assert_array_equal(out["z"], np.full((1, 4), 2, np.float32))
 
 
 async def test_closed_session() -> None:
     s = ascend_async.Session()
-    g = s.add_graph(add_model())
+    g = add_model(s)
     x = np.ones((1, 4), np.float32)
     out = await s.run(g, {"x": x, "y": x})
     np.testing.assert_array_equal(out["z"], 2 * x)
@@ -253,7 +240,7 @@ async def test_closed_session() -> None:
     with pytest.raises(ascend_async.SessionClosedError):
         await s.run(g, {"x": x, "y": x})
     with pytest.raises(ascend_async.SessionClosedError):
-        s.add_graph(add_model())
+        add_model(s)
     with pytest.raises(ascend_async.SessionClosedError):
         s.statistics()
     with pytest.raises(ascend_async.SessionClosedError):
@@ -272,7 +259,7 @@ async def test_closed_session() -> None:
 
 def test_sync_close_idempotent() -> None:
     with ascend_async.Session() as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         x = np.ones((1, 4), np.float32)
         np.testing.assert_array_equal(s.run_sync(g, [x, x])["z"], 2 * x)
     assert s.is_closed
@@ -284,7 +271,7 @@ def test_sync_close_idempotent() -> None:
 async def test_device_outputs_left_open_are_released_when_the_device_goes() -> None:
     x = np.ones((1, 4), np.float32)
     async with ascend_async.Session() as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         out = await s.run(g, {"x": x, "y": x}, outputs="device")
         z = out["z"]
         np.testing.assert_array_equal(z.numpy(), 2 * x)
@@ -307,10 +294,10 @@ async def test_max_in_flight_is_per_session() -> None:
     earlier, or at the same time, on the same loop) chose."""
     x = np.ones((1, 4), np.float32)
     async with ascend_async.Session(max_in_flight=1) as first:
-        g = first.add_graph(add_model())
+        g = add_model(first)
         await first.run(g, {"x": x, "y": x})
     async with ascend_async.Session(max_in_flight=2) as a, ascend_async.Session(max_in_flight=5) as b:
-        ga, gb = a.add_graph(add_model()), b.add_graph(add_model())
+        ga, gb = add_model(a), add_model(b)
         await a.load(ga)
         await b.load(gb)
         held = [a.streams[0].handle, b.streams[0].handle]
@@ -335,7 +322,7 @@ async def test_max_in_flight_is_per_session() -> None:
 
 async def test_an_unknown_stream_index_is_refused_before_submitting() -> None:
     async with ascend_async.Session(streams=2) as s:
-        g = s.add_graph(add_model())
+        g = add_model(s)
         x = np.ones((2, 4), np.float32)
         before = sim_stats()["tasks_submitted"]
         for bad in (2, -1):

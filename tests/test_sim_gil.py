@@ -74,17 +74,28 @@ def busy(seconds: float) -> int:
 
 
 def test_device_completes_while_python_holds_the_gil(dev: Dev, gil_hog: None) -> None:
+    """Gated: the stream is held until this thread, busy in Python with the GIL, releases it;
+    the device then finishes while this thread keeps the GIL (it never waits in C)."""
     e = dev.event()
-    ok(lib.aa_sim_inject_delay(dev.stream, 1, 50_000))
+    ok(lib.aa_sim_stream_hold(dev.stream))
     ok(lib.aclrtMemsetAsync(dev.buf, 64, 1, 64, dev.stream))
     ok(lib.aclrtRecordEvent(e, dev.stream))
-    loop_end = busy(0.3)
     st = ffi.new("aclrtEventRecordedStatus*")
     ok(lib.aclrtQueryEventStatus(e, st))
-    assert st[0] == 1  # done, without this thread ever waiting
+    assert st[0] == 0  # the gate holds it
+    ok(lib.aa_sim_stream_release(dev.stream))
+    deadline = lib.aa_monotonic_ns() + 5_000_000_000
+    spins = 0
+    while lib.aa_monotonic_ns() < deadline:
+        spins += 1
+        if spins % 1000 == 0:
+            ok(lib.aclrtQueryEventStatus(e, st))
+            if st[0] == 1:
+                break
+    assert st[0] == 1, "the device did not finish while Python held the GIL"
     ts = ffi.new("uint64_t*")
     ok(lib.aclrtEventGetTimestamp(e, ts))
-    assert ts[0] < loop_end
+    assert ts[0] < lib.aa_monotonic_ns()
 
 
 def test_device_completes_while_another_python_thread_holds_the_gil(dev: Dev, gil_hog: None) -> None:
@@ -112,18 +123,19 @@ def test_device_completes_while_another_python_thread_holds_the_gil(dev: Dev, gi
 
 
 def test_blocked_synchronize_does_not_stop_python(dev: Dev) -> None:
-    """While one thread sits in aclrtSynchronizeStream, another runs Python code."""
+    """Gated: while one thread sits in aclrtSynchronizeStream on a held stream, this thread runs
+    Python; only then is the stream released."""
     ctx = ffi.new("aclrtContext*")
     ok(lib.aclrtGetCurrentContext(ctx))
-    ok(lib.aa_sim_inject_delay(dev.stream, 1, 300_000))
+    ok(lib.aa_sim_stream_hold(dev.stream))
     ok(lib.aclrtMemsetAsync(dev.buf, 64, 1, 64, dev.stream))
     span: dict[str, int] = {}
     entering = threading.Event()
 
     def syncer() -> None:
         ok(lib.aclrtSetCurrentContext(ctx[0]))
-        entering.set()
         span["start"] = lib.aa_monotonic_ns()
+        entering.set()
         span["rc"] = lib.aclrtSynchronizeStream(dev.stream)
         span["end"] = lib.aa_monotonic_ns()
 
@@ -131,13 +143,17 @@ def test_blocked_synchronize_does_not_stop_python(dev: Dev) -> None:
     t.start()
     entering.wait()
     ticks: list[int] = []
-    while t.is_alive():
+    deadline = lib.aa_monotonic_ns() + 5_000_000_000
+    while len(ticks) < 50 and lib.aa_monotonic_ns() < deadline:
         ticks.append(lib.aa_monotonic_ns())  # Python work in this thread
         t.join(0.001)
+    alive = t.is_alive()
+    ok(lib.aa_sim_stream_release(dev.stream))
+    t.join(10)
+    assert alive and not t.is_alive()
     assert span["rc"] == 0
-    assert span["end"] - span["start"] >= 250_000_000
     inside = [x for x in ticks if span["start"] < x < span["end"]]
-    assert len(inside) > 20, "the main thread could not run Python while the other was blocked in C"
+    assert len(inside) == 50, "the main thread could not run Python while the other was blocked in C"
 
 
 def test_blocked_watch_wait_does_not_stop_python(dev: Dev) -> None:

@@ -2,7 +2,7 @@
  *
  * Both backends implement it: sim/session.c on the simulated device, cann/ge_shim.cpp over the
  * real GeSession. Status values are GE's (ge::Status = uint32_t): 0 success, 0xFFFFFFFF FAILED,
- * 1343225956 UNSUPPORTED. Plain declarations only: this text is also cffi cdef input.
+ * 1343225956 UNSUPPORTED, 1343225957 OUT_OF_MEMORY (the sim: an output that cannot be placed). Plain declarations only: this text is also cffi cdef input.
  *
  * Tensors cross as aa_tensor structs with GE's enum values (ge::DataType, ge::Format,
  * gert::TensorPlacement). A tensor whose `owner` is non-NULL holds memory GE allocated (a
@@ -19,6 +19,7 @@ typedef uint32_t aa_status;
 #define AA_GE_FAILED 4294967295
 #define AA_GE_UNSUPPORTED 1343225956
 #define AA_GE_PARAM_INVALID 1343225857
+#define AA_GE_OUT_OF_MEMORY 1343225957
 #define AA_MAX_DIMS 25
 
 /* ge::DataType (graph/types.h) */

@@ -14,6 +14,10 @@
  */
 #define AA_WATCH_POLL 0
 #define AA_WATCH_REPORT 1
+/* A token's top 16 bits name the channel its completion goes to (0: aa_watch_wait's caller). */
+#define AA_WATCH_CHANNEL_SHIFT 48
+/* The code of a wake-up request from aa_watch_wait: its token is the channel to wake. */
+#define AA_WATCH_WAKE -1
 
 typedef struct aa_watch_config {
     int32_t strategy;          /* AA_WATCH_POLL (default) or AA_WATCH_REPORT */
@@ -21,6 +25,8 @@ typedef struct aa_watch_config {
     uint32_t min_sleep_us;     /* then sleep between polls, doubling from this ... */
     uint32_t max_sleep_us;     /* ... up to this, default 20 .. 500 */
     uint32_t fault_probe_us;   /* probe busy streams for faults this often, default 2000 */
+    uint32_t wake_after_us;    /* wake an armed channel's loop when a completion waited this long, default 1000 */
+    uint32_t takeover_us;      /* a wake-up unanswered this long: channel 0 takes over, default 50000 */
 } aa_watch_config;
 
 typedef struct aa_watch_stats {
@@ -32,6 +38,9 @@ typedef struct aa_watch_stats {
     uint64_t batches;          /* aa_watch_wait calls that returned completions */
     uint64_t sleeps;           /* condition/timed waits entered */
     int64_t pending;
+    uint64_t harvested;        /* completions collected by loops through aa_watch_harvest */
+    uint64_t wakes;            /* wake-ups requested for loop channels */
+    uint64_t takeovers;        /* completions moved from an unanswering channel to channel 0 */
 } aa_watch_stats;
 
 typedef struct aa_watch aa_watch;
@@ -39,11 +48,22 @@ typedef struct aa_watch aa_watch;
 aa_watch *aa_watch_create(aclrtContext context, const aa_watch_config *config);
 /* Hand a recorded event to the watcher; returns 0 or an aclError. */
 aclError aa_watch_add(aa_watch *watch, aclrtStream stream, aclrtEvent event, uint64_t token);
-/* Block (GIL released) until completions are ready, `timeout_ms` passes (-1 = no limit) or the
- * watch is kicked/closed. Writes up to `max` (token, code, monotonic ns when noticed) triples.
- * Returns their count, or -1 once closed. */
+/* Block (GIL released) until channel-0 completions or loop wake-ups are ready, `timeout_ms`
+ * passes (-1 = no limit) or the watch is kicked/closed. Writes up to `max` (token, code,
+ * monotonic ns when noticed) triples; a wake-up is (channel, AA_WATCH_WAKE, ns). Returns their
+ * count, or -1 once closed. One thread (the watcher) calls it. */
 int aa_watch_wait(aa_watch *watch, uint64_t *tokens, int32_t *codes, uint64_t *noticed_ns,
                   int max, int32_t timeout_ms);
+/* Loop channels (1..63): completions of tokens carrying the channel wait for their loop.
+ * Closing a channel moves what it holds, and what comes later, to channel 0. */
+int aa_watch_channel_open(aa_watch *watch);
+void aa_watch_channel_close(aa_watch *watch, int channel);
+/* Non-blocking, from the channel's loop thread (with the device's context current): one
+ * polling pass over busy streams (poll strategy), then up to `max` of the channel's
+ * completions. `armed`: 1 = the caller collects again soon if this returns any (no wake-up
+ * needed meanwhile), 0 = it will not (wake it), -1 = leave as is. Returns the count. */
+int aa_watch_harvest(aa_watch *watch, int channel, uint64_t *tokens, int32_t *codes,
+                     uint64_t *noticed_ns, int max, int32_t armed);
 void aa_watch_kick(aa_watch *watch);
 void aa_watch_close(aa_watch *watch);
 /* Forget everything pending on `stream` (after it was replaced); their tokens come back
@@ -91,6 +111,9 @@ aa_pool *aa_pool_create(int32_t kind, uint64_t max_cached_bytes);
 /* Returns NULL and sets *error (an aclError) on failure; retries once after trimming. */
 void *aa_pool_alloc(aa_pool *pool, size_t size, aclError *error);
 void aa_pool_free(aa_pool *pool, void *ptr);
+/* The calling thread's last allocation error from a pool (0 if none since the last call), read
+ * and cleared: how a GE failure is known to be an OOM of our external allocator. */
+aclError aa_pool_take_error(void);
 /* Returns cached blocks to the runtime. */
 void aa_pool_trim(aa_pool *pool);
 void aa_pool_get_stats(aa_pool *pool, aa_pool_stats *stats);

@@ -205,8 +205,18 @@ void aa_pool_get_stats(aa_pool *p, aa_pool_stats *stats) {
     pthread_mutex_unlock(&p->mu);
 }
 
+static __thread aclError tls_error;
+
+aclError aa_pool_take_error(void) {
+    aclError e = tls_error;
+    tls_error = 0;
+    return e;
+}
+
 static void *ge_alloc(void *ctx, size_t size, void **addr) {
-    void *ptr = aa_pool_alloc(ctx, size, NULL);
+    aclError err = 0;
+    void *ptr = aa_pool_alloc(ctx, size, &err);
+    if (!ptr) tls_error = err ? err : ACL_ERROR_RT_MEMORY_ALLOCATION;
     *addr = ptr;
     return ptr; /* the block handle is the address itself */
 }

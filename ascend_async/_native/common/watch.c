@@ -11,6 +11,13 @@
  * - in report mode a C report thread runs aclrtProcessReport and the runtime invokes
  *   report_cb on it; RunGraphAsync callbacks (aa_watch_run_callback) arrive on GE's thread.
  *   Both only move an entry to the done queue and signal `cv`.
+ * - event loops own channels (aa_watch_channel_open): a completion whose token names a channel
+ *   (token >> AA_WATCH_CHANNEL_SHIFT) waits in that channel's queue until its loop collects it
+ *   with aa_watch_harvest (non-blocking: one polling pass, then a pop). The watcher thread asks
+ *   for a wake-up of the loop (a (channel, AA_WATCH_WAKE) pair from aa_watch_wait) only when the
+ *   channel is not armed (the loop has no collection scheduled) or its oldest completion waited
+ *   longer than wake_after_us; after takeover_us with a wake-up unanswered (a blocked or closed
+ *   loop) the channel's completions move to channel 0, the watcher thread's own queue.
  * ACL queries are made without holding `mu`.
  */
 #define _GNU_SOURCE
@@ -48,6 +55,22 @@ typedef struct done_item {
     uint64_t ns;
 } done_item;
 
+typedef struct dqueue {
+    done_item *v;
+    size_t n, cap;
+} dqueue;
+
+#define MAX_CHANNELS 64
+
+typedef struct channel {
+    int open;
+    int armed;        /* the loop has a collection scheduled: no wake-up needed */
+    int harvesting;   /* inside aa_watch_harvest: completions found now are popped at once */
+    int wake_pending; /* a wake-up was handed to the watcher thread and not answered yet */
+    uint64_t wake_ns;
+    dqueue q;
+} channel;
+
 struct aa_watch {
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -55,8 +78,11 @@ struct aa_watch {
     aa_watch_config cfg;
     wstream *streams;
     wentry *orphans;
-    done_item *done;
-    size_t n_done, cap_done;
+    dqueue done;          /* channel 0: completions for the watcher thread itself */
+    channel ch[MAX_CHANNELS];
+    uint64_t wake_mask;   /* channels whose wake-up aa_watch_wait has yet to return */
+    int polling;          /* poll passes in progress (dead streams are freed only at 0) */
+    int armed_n;          /* armed channels: loops that poll for themselves */
     int closed;
     int kicked;
     int sleeping;
@@ -82,16 +108,82 @@ static void abs_deadline(struct timespec *ts, uint64_t ns_from_now) {
     ts->tv_nsec = (long)(nsec % 1000000000ull);
 }
 
-static void push_done_locked(aa_watch *w, uint64_t token, int32_t code, uint64_t ns) {
-    if (w->n_done == w->cap_done) {
-        w->cap_done = w->cap_done ? w->cap_done * 2 : 256;
-        w->done = realloc(w->done, w->cap_done * sizeof(done_item));
+static void dq_push(dqueue *q, done_item it) {
+    if (q->n == q->cap) {
+        q->cap = q->cap ? q->cap * 2 : 256;
+        q->v = realloc(q->v, q->cap * sizeof(done_item));
     }
-    w->done[w->n_done++] = (done_item){token, code, ns};
+    q->v[q->n++] = it;
+}
+
+/* Pops up to `max` items into the caller's arrays. */
+static int dq_pop(dqueue *q, uint64_t *tokens, int32_t *codes, uint64_t *noticed_ns, int max) {
+    int n = (int)(q->n < (size_t)max ? q->n : (size_t)max);
+    for (int i = 0; i < n; i++) {
+        tokens[i] = q->v[i].token;
+        codes[i] = q->v[i].code;
+        if (noticed_ns) noticed_ns[i] = q->v[i].ns;
+    }
+    memmove(q->v, q->v + n, (q->n - (size_t)n) * sizeof(done_item));
+    q->n -= (size_t)n;
+    return n;
+}
+
+static void request_wake_locked(aa_watch *w, int c, uint64_t now) {
+    channel *ch = &w->ch[c];
+    if (ch->wake_pending) return;
+    ch->wake_pending = 1;
+    ch->wake_ns = now;
+    w->wake_mask |= 1ull << c;
+    w->st.wakes++;
+    pthread_cond_signal(&w->cv);
+}
+
+/* Routes a completion to its channel's queue (channel 0: the watcher thread's). */
+static void push_done_locked(aa_watch *w, uint64_t token, int32_t code, uint64_t ns) {
+    uint64_t c = token >> AA_WATCH_CHANNEL_SHIFT;
     if (code)
         w->st.failed++;
     else
         w->st.completed++;
+    if (c > 0 && c < MAX_CHANNELS && w->ch[c].open) {
+        channel *ch = &w->ch[c];
+        dq_push(&ch->q, (done_item){token, code, ns});
+        if (!ch->armed && !ch->harvesting) request_wake_locked(w, (int)c, ns);
+        return;
+    }
+    dq_push(&w->done, (done_item){token, code, ns});
+}
+
+/* The watcher thread's checks of loop channels: a wake-up when an armed loop left a completion
+ * waiting past wake_after_us; channel 0 takes over a channel whose wake-up went unanswered
+ * past takeover_us. Returns the ns until the next check is due (UINT64_MAX: none). */
+static uint64_t check_channels_locked(aa_watch *w, uint64_t now) {
+    uint64_t next = UINT64_MAX;
+    uint64_t wake_ns = (uint64_t)w->cfg.wake_after_us * 1000u, take_ns = (uint64_t)w->cfg.takeover_us * 1000u;
+    for (int c = 1; c < MAX_CHANNELS; c++) {
+        channel *ch = &w->ch[c];
+        if (!ch->open || !ch->q.n) continue;
+        if (ch->wake_pending) {
+            if (now - ch->wake_ns >= take_ns) {
+                for (size_t i = 0; i < ch->q.n; i++) dq_push(&w->done, ch->q.v[i]);
+                w->st.takeovers += ch->q.n;
+                ch->q.n = 0;
+                continue;
+            }
+            uint64_t left = take_ns - (now - ch->wake_ns);
+            if (left < next) next = left;
+            continue;
+        }
+        uint64_t age = now - ch->q.v[0].ns;
+        if (age >= wake_ns) {
+            request_wake_locked(w, c, now);
+            if (take_ns < next) next = take_ns;
+        } else if (wake_ns - age < next) {
+            next = wake_ns - age;
+        }
+    }
+    return next;
 }
 
 static void *report_main(void *arg);
@@ -105,8 +197,10 @@ aa_watch *aa_watch_create(aclrtContext context, const aa_watch_config *config) {
     pthread_cond_init(&w->cv, &a);
     pthread_condattr_destroy(&a);
     w->ctx = context;
-    aa_watch_config c = {AA_WATCH_POLL, 50, 20, 500, 2000};
+    aa_watch_config c = {AA_WATCH_POLL, 50, 20, 500, 2000, 1000, 50000};
     if (config) {
+        if (config->wake_after_us) c.wake_after_us = config->wake_after_us;
+        if (config->takeover_us) c.takeover_us = config->takeover_us;
         c.strategy = config->strategy;
         if (config->spin_us || config->min_sleep_us || config->max_sleep_us) {
             c.spin_us = config->spin_us;
@@ -255,6 +349,7 @@ static int poll_pass(aa_watch *w, int probe) {
     uint64_t now = 0;
     int report = w->cfg.strategy == AA_WATCH_REPORT; /* callbacks pop entries: probe only */
     pthread_mutex_lock(&w->mu);
+    w->polling++;
     for (wstream *ws = w->streams; ws; ws = ws->next) {
         if (report) {
             if (ws->head && probe) progressed += probe_locked(w, ws, &now);
@@ -289,6 +384,7 @@ static int poll_pass(aa_watch *w, int probe) {
             break;
         }
     }
+    w->polling--;
     pthread_mutex_unlock(&w->mu);
     return progressed;
 }
@@ -301,6 +397,29 @@ static void ensure_context(aa_watch *w) {
     w->ctx_set = 1;
 }
 
+/* Hands channel-0 completions and pending wake-ups to the caller; -1 if there is nothing. */
+static int take_locked(aa_watch *w, uint64_t *tokens, int32_t *codes, uint64_t *noticed_ns, int max) {
+    int n = 0;
+    while (w->wake_mask && n < max) {
+        int c = __builtin_ctzll(w->wake_mask);
+        w->wake_mask &= w->wake_mask - 1;
+        if (!w->ch[c].open) continue;
+        tokens[n] = (uint64_t)c;
+        codes[n] = AA_WATCH_WAKE;
+        if (noticed_ns) noticed_ns[n] = w->ch[c].wake_ns;
+        n++;
+    }
+    n += dq_pop(&w->done, tokens + n, codes + n, noticed_ns ? noticed_ns + n : NULL, max - n);
+    if (n) w->st.batches++;
+    return n ? n : -1;
+}
+
+static int queued_in_channels_locked(aa_watch *w) {
+    for (int c = 1; c < MAX_CHANNELS; c++)
+        if (w->ch[c].open && w->ch[c].q.n) return 1;
+    return 0;
+}
+
 int aa_watch_wait(aa_watch *w, uint64_t *tokens, int32_t *codes, uint64_t *noticed_ns, int max, int32_t timeout_ms) {
     ensure_context(w);
     uint64_t start = aa_monotonic_ns();
@@ -311,8 +430,8 @@ int aa_watch_wait(aa_watch *w, uint64_t *tokens, int32_t *codes, uint64_t *notic
     int report = w->cfg.strategy == AA_WATCH_REPORT;
     pthread_mutex_lock(&w->mu);
     for (;;) {
-        /* Only this thread walks the stream list unlocked, so only it frees dead entries. */
-        for (wstream **pp = &w->streams; *pp;) {
+        /* Only this thread frees dead streams, and only while no poll pass walks the list. */
+        for (wstream **pp = &w->streams; *pp && !w->polling;) {
             wstream *ws = *pp;
             if (ws->dead) {
                 *pp = ws->next;
@@ -321,16 +440,10 @@ int aa_watch_wait(aa_watch *w, uint64_t *tokens, int32_t *codes, uint64_t *notic
                 pp = &ws->next;
             }
         }
-        if (w->n_done) {
-            int n = (int)(w->n_done < (size_t)max ? w->n_done : (size_t)max);
-            for (int i = 0; i < n; i++) {
-                tokens[i] = w->done[i].token;
-                codes[i] = w->done[i].code;
-                if (noticed_ns) noticed_ns[i] = w->done[i].ns;
-            }
-            memmove(w->done, w->done + n, (w->n_done - (size_t)n) * sizeof(done_item));
-            w->n_done -= (size_t)n;
-            w->st.batches++;
+        uint64_t now = aa_monotonic_ns();
+        uint64_t channel_due = check_channels_locked(w, now);
+        int n = take_locked(w, tokens, codes, noticed_ns, max);
+        if (n > 0) {
             pthread_mutex_unlock(&w->mu);
             return n;
         }
@@ -343,15 +456,16 @@ int aa_watch_wait(aa_watch *w, uint64_t *tokens, int32_t *codes, uint64_t *notic
             pthread_mutex_unlock(&w->mu);
             return 0;
         }
-        uint64_t now = aa_monotonic_ns();
         if (now >= deadline) {
             pthread_mutex_unlock(&w->mu);
             return 0;
         }
         if (w->st.pending == 0 || report) {
-            /* Idle (or callbacks do the work): sleep until something arrives. With runs pending
-             * in report mode, wake up to probe for faults, which never call back. */
+            /* Idle (or callbacks do the work): sleep until something arrives, or until a loop
+             * channel's completions are due for a wake-up or a takeover. With runs pending in
+             * report mode, wake up to probe for faults, which never call back. */
             uint64_t wait_ns = deadline - now;
+            if (channel_due < wait_ns) wait_ns = channel_due;
             if (report && w->st.pending) {
                 uint64_t probe_ns = (uint64_t)w->cfg.fault_probe_us * 1000u;
                 if (now - last_probe >= probe_ns) {
@@ -375,6 +489,29 @@ int aa_watch_wait(aa_watch *w, uint64_t *tokens, int32_t *codes, uint64_t *notic
             backoff = w->cfg.min_sleep_us;
             continue;
         }
+        if (w->armed_n > 0) {
+            /* A loop collects for itself (aa_watch_harvest polls): leave the polling to it and
+             * look again only when a wake-up or a fault probe could be due, so this thread does
+             * not take a core from the loop. */
+            uint64_t nap = (uint64_t)w->cfg.wake_after_us * 500u; /* half the wake-up bound */
+            if (channel_due < nap) nap = channel_due;
+            struct timespec ts;
+            abs_deadline(&ts, nap);
+            w->sleeping = 1;
+            w->st.sleeps++;
+            pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+            w->sleeping = 0;
+            if (w->armed_n > 0 && !w->wake_mask && !w->done.n) {
+                pthread_mutex_unlock(&w->mu);
+                uint64_t t = aa_monotonic_ns();
+                int probe = t - last_probe >= (uint64_t)w->cfg.fault_probe_us * 1000u;
+                if (probe) last_probe = t;
+                poll_pass(w, probe); /* completions of loops that are not collecting */
+                pthread_mutex_lock(&w->mu);
+            }
+            last_progress = aa_monotonic_ns();
+            continue;
+        }
         pthread_mutex_unlock(&w->mu);
         int probe = now - last_probe >= (uint64_t)w->cfg.fault_probe_us * 1000u;
         if (probe) last_probe = now;
@@ -392,9 +529,11 @@ int aa_watch_wait(aa_watch *w, uint64_t *tokens, int32_t *codes, uint64_t *notic
             pthread_mutex_lock(&w->mu);
             continue;
         }
-        /* Back off; a new run or a kick wakes us early. */
+        /* Back off; a new run, a wake-up to hand over or a kick wakes us early. */
+        uint64_t sleep_ns = (uint64_t)backoff * 1000u;
+        if (channel_due < sleep_ns) sleep_ns = channel_due;
         struct timespec ts;
-        abs_deadline(&ts, (uint64_t)backoff * 1000u);
+        abs_deadline(&ts, sleep_ns);
         w->sleeping = 1;
         w->st.sleeps++;
         int woke = pthread_cond_timedwait(&w->cv, &w->mu, &ts) != ETIMEDOUT;
@@ -406,6 +545,63 @@ int aa_watch_wait(aa_watch *w, uint64_t *tokens, int32_t *codes, uint64_t *notic
             backoff = backoff * 2 < w->cfg.max_sleep_us ? backoff * 2 : w->cfg.max_sleep_us;
         }
     }
+}
+
+int aa_watch_channel_open(aa_watch *w) {
+    pthread_mutex_lock(&w->mu);
+    int found = -1;
+    for (int c = 1; c < MAX_CHANNELS; c++)
+        if (!w->ch[c].open && !w->ch[c].q.n) {
+            channel *ch = &w->ch[c];
+            ch->open = 1;
+            ch->armed = ch->harvesting = ch->wake_pending = 0;
+            found = c;
+            break;
+        }
+    pthread_mutex_unlock(&w->mu);
+    return found;
+}
+
+void aa_watch_channel_close(aa_watch *w, int c) {
+    if (c <= 0 || c >= MAX_CHANNELS) return;
+    pthread_mutex_lock(&w->mu);
+    channel *ch = &w->ch[c];
+    if (ch->open) {
+        for (size_t i = 0; i < ch->q.n; i++) dq_push(&w->done, ch->q.v[i]);
+        ch->q.n = 0;
+        ch->open = 0;
+        w->armed_n -= ch->armed;
+        ch->armed = 0;
+        w->wake_mask &= ~(1ull << c);
+        pthread_cond_broadcast(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
+int aa_watch_harvest(aa_watch *w, int c, uint64_t *tokens, int32_t *codes, uint64_t *noticed_ns, int max,
+                     int32_t armed) {
+    if (c <= 0 || c >= MAX_CHANNELS) return 0;
+    channel *ch = &w->ch[c];
+    pthread_mutex_lock(&w->mu);
+    int poll = w->cfg.strategy == AA_WATCH_POLL && w->st.pending > 0 && ch->q.n < (size_t)max;
+    ch->harvesting = 1;
+    pthread_mutex_unlock(&w->mu);
+    if (poll) poll_pass(w, 0); /* the loop finds finished runs itself: no thread hand-off */
+    pthread_mutex_lock(&w->mu);
+    ch->harvesting = 0;
+    int n = ch->open ? dq_pop(&ch->q, tokens, codes, noticed_ns, max) : 0;
+    ch->wake_pending = 0;
+    w->wake_mask &= ~(1ull << c);
+    if (armed >= 0) {
+        int now_armed = armed && (n > 0 || ch->q.n > 0);
+        w->armed_n += now_armed - ch->armed;
+        if (ch->armed && !now_armed && w->sleeping) pthread_cond_signal(&w->cv); /* poll again */
+        ch->armed = now_armed;
+    }
+    if (n) w->st.harvested += (uint64_t)n;
+    if (ch->q.n && !ch->armed) request_wake_locked(w, c, aa_monotonic_ns());
+    pthread_mutex_unlock(&w->mu);
+    return n;
 }
 
 void aa_watch_kick(aa_watch *w) {
@@ -499,7 +695,8 @@ void aa_watch_destroy(aa_watch *w) {
         w->orphans = e->next;
         free(e);
     }
-    free(w->done);
+    free(w->done.v);
+    for (int c = 0; c < MAX_CHANNELS; c++) free(w->ch[c].q.v);
     pthread_cond_destroy(&w->cv);
     pthread_mutex_destroy(&w->mu);
     free(w);

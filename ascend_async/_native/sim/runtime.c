@@ -837,6 +837,11 @@ static void *device_thread(void *arg) {
             }
         }
 
+        /* A task gives back what it holds before its completion becomes visible: whoever
+         * synchronizes on it may free what the payload referenced (a removed graph). */
+        if (t->cleanup) t->cleanup(t->payload, executed);
+        t->cleanup = NULL;
+
         int cb_done = 0;
         pthread_mutex_lock(&d->lock);
         if (!skip && t->kind == TASK_CALLBACK && !code) {
@@ -870,7 +875,6 @@ static void *device_thread(void *arg) {
         }
         pthread_mutex_unlock(&d->lock);
 
-        if (t->cleanup) t->cleanup(t->payload, executed);
         free(t);
         pthread_mutex_lock(&d->lock);
     }

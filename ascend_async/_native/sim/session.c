@@ -26,6 +26,7 @@
 #define GE_OK AA_GE_SUCCESS
 #define GE_FAILED ((aa_status)AA_GE_FAILED)
 #define GE_UNSUPPORTED ((aa_status)AA_GE_UNSUPPORTED)
+#define GE_OUT_OF_MEMORY ((aa_status)AA_GE_OUT_OF_MEMORY)
 
 enum { MODE_NONE = -1, MODE_RUN_GRAPH = 0, MODE_RUN_GRAPH_ASYNC = 1, MODE_STREAM_ASYNC = 2 };
 static const char *const MODE_NAMES[] = {"RunGraph", "RunGraphAsync", "RunGraphWithStreamAsync"};
@@ -456,7 +457,8 @@ static void run_done(graph_node *g) { __atomic_sub_fetch(&g->inflight, 1, __ATOM
 /* Tensors                                                                                     */
 
 /* Checks input memory and shapes; `device_only` for RunGraphWithStreamAsync. Describes the
- * outputs (see sim_model_resolve). Returns 0 (static), 1 (dynamic) or -1. */
+ * outputs (see sim_model_resolve). Returns 0 (static), 1 (dynamic), -1 (bad inputs) or -2 (an
+ * output larger than the device's memory). */
 static int check_inputs(const graph_node *g, const aa_tensor *in, size_t n, int device_only, aa_tensor *described,
                         const char *api) {
     size_t want = sim_model_n_inputs(g->model);
@@ -515,7 +517,7 @@ static int check_inputs(const graph_node *g, const aa_tensor *in, size_t n, int 
         if (nbytes > capacity) {
             ge_error("%s: graph %u: output %zu needs %zu bytes, more than the device's memory (%llu bytes)", api,
                      g->id, o, nbytes, (unsigned long long)capacity);
-            rc = -1;
+            rc = -2;
         }
     }
     return rc;
@@ -753,6 +755,7 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
     aa_tensor *described = calloc(n_out ? n_out : 1, sizeof(aa_tensor));
     char err[512];
     int dynamic = check_inputs(g, inputs, n_inputs, 1, described, api);
+    if (dynamic == -2) st = GE_OUT_OF_MEMORY;
     if (dynamic < 0) goto done;
     if (n_outputs != n_out || (n_out && !outputs)) {
         ge_error("%s: graph %u has %zu outputs, %zu output slots were passed", api, graph_id, n_out, n_outputs);
@@ -782,6 +785,7 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
             t->owner = NULL;
             if (alloc_output(g, stream, t, nbytes, err, sizeof err)) {
                 ge_error("%s: output %zu: %s", api, i, err);
+                st = GE_OUT_OF_MEMORY;
                 goto done;
             }
             mine[i] = 1;
@@ -860,7 +864,9 @@ aa_status aa_session_run_graph(aa_session *session, uint32_t graph_id, const aa_
     }
     size_t n_out = sim_model_n_outputs(g->model);
     aa_tensor *described = calloc(n_out ? n_out : 1, sizeof(aa_tensor));
-    if (check_inputs(g, inputs, n_inputs, 0, described, api) < 0) goto refused;
+    int checked = check_inputs(g, inputs, n_inputs, 0, described, api);
+    if (checked == -2) st = GE_OUT_OF_MEMORY;
+    if (checked < 0) goto refused;
     if (*n_outputs < n_out || (n_out && !outputs)) {
         ge_error("%s: graph %u has %zu outputs, room for %zu was passed", api, graph_id, n_out, *n_outputs);
         goto refused;
@@ -927,7 +933,9 @@ aa_status aa_session_run_graph_async(aa_session *session, uint32_t graph_id, con
         callback(user_data, GE_UNSUPPORTED, NULL, 0);
         goto out;
     }
-    if (open && check_inputs(g, inputs, n_inputs, 0, described, api) < 0) {
+    int checked = open ? check_inputs(g, inputs, n_inputs, 0, described, api) : 0;
+    if (checked == -2) st = GE_OUT_OF_MEMORY;
+    if (open && checked < 0) {
         run_done(g);
     } else if (open) {
         run_job *j = job_new(g, inputs, n_inputs, NULL, n_out);

@@ -1,0 +1,217 @@
+"""The event-loop side: one ``LoopBridge`` per running loop collects that loop's completions.
+
+A loop collects its completions itself, where it already does work, through the non-blocking
+C harvest of its channel (``aa_watch_harvest``):
+
+- when a run is submitted on it (unless a collection is already scheduled), and
+- in a drain scheduled with the loop's own ``call_soon``, which keeps rescheduling itself while
+  completions keep coming (the channel stays "armed": the watcher thread posts nothing).
+
+Only when no collection is scheduled does the watcher thread wake the loop (one hand-off,
+``call_soon_threadsafe`` / ``TrioToken.run_sync_soon``). Loop health by construction: one
+drain completes at most ``DRAIN_CHUNK`` runs, and one loop iteration admits at most
+``SUBMIT_BUDGET`` submissions (more wait for the next iteration), so the library's own work per
+iteration is bounded whatever the number of runs in flight or arriving.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from ._watcher import Watcher
+
+__all__ = ["DRAIN_CHUNK", "SUBMIT_BUDGET", "LoopBridge", "current_bridge"]
+
+#: Most runs one drain completes (and one submission collects in passing).
+DRAIN_CHUNK = 16
+#: Most submissions one loop iteration admits.
+SUBMIT_BUDGET = 16
+_SUBMIT_HARVEST = 4
+
+
+class LoopBridge:
+    """One event loop's channels into the device watchers, its drains and wake-ups, and the
+    in-flight limit of each session that runs on it."""
+
+    __slots__ = (
+        "__weakref__",
+        "_admit",
+        "_buf",
+        "_channels",
+        "_local_post",
+        "budget",
+        "dead",
+        "limiters",
+        "post",
+        "scheduled",
+        "thread",
+        "wakeups",
+    )
+
+    def __init__(self, post: Callable[..., object], local_post: Callable[..., object] | None = None) -> None:
+        self.post = post  # thread-safe entry (call_soon_threadsafe / run_sync_soon)
+        self._local_post = local_post or post  # from the loop thread itself (call_soon)
+        self.limiters: weakref.WeakKeyDictionary[Any, anyio.Semaphore] = weakref.WeakKeyDictionary()
+        self._channels: dict[Watcher, int] = {}
+        self.thread = threading.get_ident()
+        self.wakeups = 0  # wake-ups the watcher posted (the loop had no collection scheduled)
+        self.scheduled = False  # a drain is queued with local_post
+        self.budget = SUBMIT_BUDGET
+        self.dead = False
+        self._buf: Any = None
+        self._admit: deque[anyio.Event] = deque()  # submissions waiting for the next iteration
+
+    def limiter_for(self, owner: Any, limit: int) -> anyio.Semaphore:
+        """``owner``'s in-flight limit on this loop (only this loop's thread calls this)."""
+        limiter = self.limiters.get(owner)
+        if limiter is None:
+            limiter = self.limiters[owner] = anyio.Semaphore(limit)
+        return limiter
+
+    def channel(self, watcher: Watcher) -> int:
+        """This loop's channel in ``watcher`` (opened on first use; 0 = none available)."""
+        ch = self._channels.get(watcher)
+        if ch is None:
+            ch = self._channels[watcher] = watcher.open_channel(self)
+            if ch:
+                weakref.finalize(self, watcher.close_channel, ch)
+        return ch
+
+    # -- the loop thread ------------------------------------------------------------------------
+
+    def take_budget(self) -> bool:
+        """Take one submission from this iteration's budget, if any is left and nobody waits."""
+        if self.budget > 0 and not self._admit:
+            self.budget -= 1
+            return True
+        return False
+
+    async def admit(self) -> None:
+        """Take one submission from this iteration's budget. When it is spent, wait (in FIFO
+        order, parked, not polling) for a drain of a later iteration to hand out its budget."""
+        if self.take_budget():
+            return
+        ticket = anyio.Event()
+        self._admit.append(ticket)
+        self.schedule()
+        try:
+            await ticket.wait()
+        except BaseException:
+            if not ticket.is_set():
+                self._admit.remove(ticket)
+            raise
+
+    def schedule(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            self._local_post(self._drain)
+
+    def collect_after_submit(self, watcher: Watcher) -> None:
+        """A submission just happened on this loop: collect a few finished runs in passing."""
+        if not self.scheduled and self.budget > 0:
+            ch = self._channels.get(watcher)
+            if ch:
+                self.budget -= self._harvest(watcher, ch, _SUBMIT_HARVEST, -1)
+
+    def _drain(self) -> None:
+        self.scheduled = False
+        self._collect()
+
+    def _woken(self) -> None:
+        self._collect()
+
+    def _collect(self) -> None:
+        self.budget = SUBMIT_BUDGET
+        waiting = self._admit
+        while waiting and self.budget > 0:
+            self.budget -= 1
+            waiting.popleft().set()
+        if waiting:
+            self.schedule()
+        got = 0
+        for watcher, ch in list(self._channels.items()):
+            if ch:
+                got += self._harvest(watcher, ch, DRAIN_CHUNK, 1)
+        if got:  # completions are flowing: collect again next iteration (no wake-up needed)
+            self.schedule()
+
+    def _harvest(self, watcher: Watcher, ch: int, most: int, armed: int) -> int:
+        buf = self._buf
+        if buf is None:
+            ffi = watcher.backend.ffi
+            buf = self._buf = (
+                ffi.new("uint64_t[]", DRAIN_CHUNK),
+                ffi.new("int32_t[]", DRAIN_CHUNK),
+                ffi.new("uint64_t[]", DRAIN_CHUNK),
+            )
+        tokens, codes, noticed = buf
+        with watcher.lock:
+            if watcher.closed:
+                self._channels.pop(watcher, None)
+                return 0
+            n: int = watcher.backend.lib.aa_watch_harvest(watcher.handle, ch, tokens, codes, noticed, most, armed)
+        pending = watcher.pending
+        for i in range(n):
+            c = pending.pop(tokens[i], None)
+            if c is not None:
+                c.complete(codes[i], noticed[i], True)
+        return n
+
+    # -- the watcher thread ---------------------------------------------------------------------
+
+    def wake(self) -> bool:
+        """Post a collection to the loop; False once the loop has closed."""
+        if self.dead:
+            return False
+        self.wakeups += 1
+        try:
+            self.post(self._woken)
+        except RuntimeError:  # asyncio: the loop is closed; trio: RunFinishedError
+            self.dead = True
+            return False
+        return True
+
+    def call(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` on the loop (from any thread); dropped if the loop has closed."""
+        if threading.get_ident() == self.thread:
+            fn()
+            return
+        try:
+            self.post(fn)
+        except RuntimeError:
+            self.dead = True
+
+
+_bridges: weakref.WeakKeyDictionary[Any, LoopBridge] = weakref.WeakKeyDictionary()
+_bridges_lock = threading.Lock()
+
+
+def current_bridge() -> LoopBridge:
+    """The bridge of the running event loop (asyncio, uvloop or trio), made on first use."""
+    import asyncio
+
+    key: Any
+    try:
+        key = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: trio
+        import trio
+
+        key = trio.lowlevel.current_trio_token()
+    bridge = _bridges.get(key)
+    if bridge is None:
+        with _bridges_lock:
+            bridge = _bridges.get(key)
+            if bridge is None:
+                if isinstance(key, asyncio.AbstractEventLoop):
+                    bridge = LoopBridge(key.call_soon_threadsafe, key.call_soon)
+                else:
+                    bridge = LoopBridge(key.run_sync_soon)
+                _bridges[key] = bridge
+    return bridge

@@ -1,0 +1,354 @@
+"""Submission: the one owner of each run, from its C descriptor to its result.
+
+``Replica`` is a graph's GE replica on one stream, with ``aa_run`` descriptors that are built
+once and reused run after run. ``Run`` owns one ``await session.run``: it fills a descriptor,
+submits it with one ``aa_run_submit`` call, keeps the inputs and stage events alive, and when
+its token completes (``complete``, normally on its own loop thread after a harvest) reads the
+outputs back, gives the descriptor's blocks back in C, settles the stream and session counts
+and wakes its task. ``CallbackRun`` does the same for RunGraphAsync, on the watcher thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import numpy as np
+
+from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
+from ._errors import acl_error, device_fault
+from ._memory import DeviceTensor
+
+if TYPE_CHECKING:
+    from ._device import Device
+    from ._loop import LoopBridge
+    from ._streams import Stream, StreamPool
+    from ._watcher import Watcher
+
+__all__ = ["CallbackRun", "Replica", "Run", "StageEvents"]
+
+
+class Replica:
+    """A graph's replica on one stream: its GE graph id and a free list of ``aa_run``
+    descriptors whose constant fields (session, graph, stream, pools, watch, counts) are set
+    once."""
+
+    __slots__ = ("_free", "device", "graph_id", "n_in", "n_out", "names", "session", "stream")
+
+    def __init__(self, device: Device, session: Any, graph_id: int, stream: Stream, names: Sequence[str], n_in: int):
+        self.device = device
+        self.session = session
+        self.graph_id = graph_id
+        self.stream = stream
+        self.names = tuple(names)
+        self.n_in = n_in
+        self.n_out = len(self.names)
+        self._free: list[tuple[Any, Any, Any, Any]] = []
+
+    def take(self, watcher: Watcher) -> tuple[Any, Any, Any, Any]:
+        if self._free:
+            return self._free.pop()
+        dev = self.device
+        ffi = dev.backend.ffi
+        run = ffi.new("aa_run*")
+        ins = ffi.new("aa_run_io[]", max(self.n_in, 1))
+        outs = ffi.new("aa_run_io[]", max(self.n_out, 1))
+        slots = ffi.new("aa_tensor[]", max(self.n_out, 1))  # GE's output slots: alive with the descriptor
+        run.session = self.session
+        run.graph_id = self.graph_id
+        run.stream = self.stream.handle
+        run.device_pool = dev.device_pool
+        run.host_pool = dev.host_pool
+        run.watch = watcher.handle
+        run.n_inputs = self.n_in
+        run.n_outputs = self.n_out
+        run.inputs = ins
+        run.outputs = outs
+        run.slots = slots
+        return run, ins, outs, slots
+
+    def give(self, desc: tuple[Any, Any, Any, Any]) -> None:
+        self._free.append(desc)
+
+
+class StageEvents:
+    """Three timing events around one run's stages; owned by its run, destroyed after it."""
+
+    def __init__(self, dev: Device) -> None:
+        b = dev.backend
+        self._dev = dev
+        self.handles: list[Any] = []
+        for _ in range(3):
+            ev = b.ffi.new("aclrtEvent*")
+            rc = b.lib.aclrtCreateEventWithFlag(ev, b.lib.ACL_EVENT_SYNC | b.lib.ACL_EVENT_TIME_LINE)
+            if rc:
+                self.close()
+                b.check(rc, "aclrtCreateEventWithFlag")
+            self.handles.append(ev[0])
+        self.submitted_ns = 0
+
+    def attach(self, run: Any) -> None:
+        for i, h in enumerate(self.handles):
+            run.stage_events[i] = h
+        self.submitted_ns = time.monotonic_ns()
+
+    def read(self, end: Any) -> tuple[float, float, float, float | None]:
+        """(h2d, compute, d2h, queued) in ms, once ``end`` completed."""
+        b = self._dev.backend
+        ms = b.ffi.new("float*")
+        spans = []
+        for a, z in itertools.pairwise([*self.handles, end]):
+            b.check(b.lib.aclrtEventElapsedTime(ms, a, z), "aclrtEventElapsedTime")
+            spans.append(float(ms[0]))
+        queued = None
+        if b.is_sim:  # the sim's event clock is CLOCK_MONOTONIC, as time.monotonic_ns()
+            ts = b.ffi.new("uint64_t*")
+            b.check(b.lib.aclrtEventGetTimestamp(self.handles[0], ts), "aclrtEventGetTimestamp")
+            queued = max(0.0, (int(ts[0]) - self.submitted_ns) / 1e6)
+        return spans[0], spans[1], spans[2], queued
+
+    def close(self) -> None:
+        lib = self._dev.backend.lib
+        for h in self.handles:
+            lib.aclrtDestroyEvent(h)
+        self.handles = []
+
+
+class Run:
+    """One ``await session.run``: its descriptor, keep-alives, stage events and outcome."""
+
+    __slots__ = (
+        "abandoned",
+        "account",
+        "bridge",
+        "desc",
+        "done",
+        "error",
+        "event",
+        "keep",
+        "limiter",
+        "noticed_ns",
+        "pool",
+        "replica",
+        "result",
+        "stages",
+        "timing",
+        "to_device",
+        "token",
+    )
+
+    def __init__(
+        self,
+        replica: Replica,
+        pool: StreamPool,
+        account: Callable[[int, bool], None],
+        bridge: LoopBridge,
+        to_device: bool,
+    ) -> None:
+        self.replica = replica
+        self.pool = pool
+        self.account = account  # the session's counts: (code, abandoned)
+        self.bridge = bridge
+        self.to_device = to_device
+        self.done = anyio.Event()
+        self.abandoned = False
+        self.error: BaseException | None = None
+        self.result: dict[str, Any] | None = None
+        self.limiter: anyio.Semaphore | None = None
+        self.stages: StageEvents | None = None
+        self.timing: tuple[float, float, float, float | None] | None = None
+        self.noticed_ns = 0
+        self.token = 0
+        self.desc: Any = None
+        self.event: Any = None
+        self.keep: Any = None
+
+    def submit(self, values: list[Any], watcher: Watcher, profile: bool) -> None:
+        """Enqueue copies, the run and its event (no waiting); raises if nothing was enqueued
+        for good."""
+        replica = self.replica
+        dev = replica.device
+        ffi, lib = dev.backend.ffi, dev.backend.lib
+        self.desc = desc = replica.take(watcher)
+        run, ins, _outs, _slots = desc
+        keep = []
+        for i, v in enumerate(values):
+            io = ins[i]
+            if isinstance(v, DeviceTensor):
+                io.host = ffi.NULL
+                v.ge_fill(io.tensor)
+                keep.append(v)  # referenced until the run completed
+                continue
+            buf = ffi.from_buffer(v)
+            keep.append(buf)
+            io.host = buf
+            io.nbytes = v.nbytes
+            t = io.tensor
+            t.dtype = NUMPY_TO_GE[v.dtype]
+            t.ndim = v.ndim
+            t.dims[0 : v.ndim] = v.shape
+        self.keep = keep
+        self.event = event = dev.take_event()
+        run.event = event
+        run.outputs_to_host = not self.to_device
+        if profile:
+            self.stages = StageEvents(dev)
+            self.stages.attach(run)
+        else:
+            run.stage_events[0] = run.stage_events[1] = run.stage_events[2] = ffi.NULL
+        stream = replica.stream
+        ch = self.bridge.channel(watcher)
+        self.token = run.token = token = watcher.token(ch)
+        self.pool.started(stream)
+        watcher.expect(token, self)  # before the C call: the watcher may answer at once
+        if lib.aa_run_submit(run) == 0:
+            return
+        # Nothing reached the watch; undo, then give back what the call took.
+        watcher.pending.pop(token, None)
+        self.pool.finished(stream, 0)
+        if run.enqueued:
+            # Rare error path: work already queued still reads these buffers. Wait for the
+            # stream before giving them back (a faulted stream returns at once).
+            lib.aclrtSynchronizeStream(stream.handle)
+            lib.aclGetRecentErrMsg()
+        api = ffi.string(run.failed_api).decode()
+        b = dev.backend
+        if run.ge_status:
+            oom = lib.aa_pool_take_error()  # our external allocator ran out while GE filled outputs
+            error = acl_error(oom, api, b.ge_message()) if oom else b.ge_error(run.ge_status, api)
+        else:
+            error = b.acl_error(run.acl_error, api)
+        self._recycle()
+        raise error
+
+    def _recycle(self) -> None:
+        dev = self.replica.device
+        dev.backend.lib.aa_run_release(self.desc[0])
+        self.replica.give(self.desc)
+        self.desc = None
+        dev.give_event(self.event)
+        self.event = None
+        if self.stages is not None:
+            self.stages.close()
+            self.stages = None
+        self.keep = None
+
+    def complete(self, code: int, noticed_ns: int, on_loop: bool) -> None:
+        """The run's event completed (code 0) or its stream faulted: read the outputs, give
+        everything back, settle the counts, wake the task. Any thread; exactly once."""
+        self.noticed_ns = noticed_ns
+        dev = self.replica.device
+        try:
+            if code:
+                self.error = device_fault(code, "device stream", self._fault_text())
+            elif not self.abandoned:
+                self.result = self._read_outputs()
+                if self.stages is not None:
+                    self.timing = self.stages.read(self.event)
+        except BaseException as exc:  # a read-back failure fails this run, not its collector
+            self.error = exc
+        self._recycle()
+        self.pool.finished(self.replica.stream, code)
+        self.account(code, self.abandoned)
+        if on_loop:
+            self._wake()
+        else:
+            self.bridge.call(self._wake)
+
+    def _fault_text(self) -> str:
+        """The runtime's text for the fault that failed this run: the stream keeps failing its
+        synchronize, and that call states why on this thread (the watcher saw it on its own)."""
+        dev = self.replica.device
+        dev.ensure_current()
+        dev.backend.lib.aclrtSynchronizeStreamWithTimeout(self.replica.stream.handle, 0)
+        return dev.backend.acl_message() or "device task failed"
+
+    def fail(self, error: BaseException) -> None:
+        """The watcher shut down or died before the run completed. Its blocks may still be in
+        use on the device: they are not given back (the device's pools free them at shutdown)."""
+        self.error = error
+        self.pool.finished(self.replica.stream, 0)
+        self.account(0, True)
+        self.bridge.call(self._wake)
+
+    def _wake(self) -> None:
+        self.done.set()
+        if self.limiter is not None:
+            self.limiter.release()
+
+    def _read_outputs(self) -> dict[str, Any]:
+        dev = self.replica.device
+        ffi, lib = dev.backend.ffi, dev.backend.lib
+        run, outs = self.desc[0], self.desc[2]
+        if run.dynamic:
+            # A graph whose output shapes depend on values: GE placed the outputs when the run
+            # executed; take them from the slots and copy them to the host now.
+            dev.ensure_current()
+            if lib.aa_run_collect(run):
+                raise dev.backend.acl_error(run.acl_error, ffi.string(run.failed_api).decode())
+        result: dict[str, Any] = {}
+        for j, name in enumerate(self.replica.names):
+            io = outs[j]
+            src = io.tensor
+            shape = tuple(src.dims[0 : src.ndim])
+            dtype = GE_TO_NUMPY[src.dtype]
+            if self.to_device:
+                t = ffi.new("aa_tensor*")
+                t[0] = src
+                src.owner = ffi.NULL  # the DeviceTensor owns the GE block now
+                result[name] = DeviceTensor(dev, t.addr, shape, dtype, ge_tensor=t)
+            else:
+                arr = np.empty(shape, dtype)
+                if io.nbytes:
+                    ffi.memmove(arr, io.host_block, io.nbytes)
+                result[name] = arr
+        return result
+
+
+class CallbackRun:
+    """One RunGraphAsync run: its slot and inputs live until GE called back; completed on the
+    watcher thread, where the user's callback runs."""
+
+    def __init__(
+        self,
+        device: Device,
+        watcher: Watcher,
+        names: Sequence[str],
+        tin: Any,
+        values: list[Any],
+        callback: Callable[[dict[str, np.ndarray] | None, BaseException | None], object],
+        account: Callable[[int, bool], None],
+        read: Callable[[Any, int, Sequence[str]], dict[str, np.ndarray]],
+    ) -> None:
+        ffi = device.backend.ffi
+        self.device = device
+        self.names = names
+        self.keep: Any = (tin, values)  # GE reads the inputs until it called back
+        self.callback = callback
+        self.account = account
+        self.read = read
+        self.outs = ffi.new("aa_tensor[]", max(len(names), 1))
+        self.slot = slot = ffi.new("aa_cb_slot*")
+        slot.watch = watcher.handle
+        slot.capacity = len(names)
+        slot.outputs = self.outs
+        slot.token = self.token = watcher.token(0)
+
+    def complete(self, code: int, noticed_ns: int, on_loop: bool) -> None:
+        self.keep = None
+        status = int(self.slot.status)
+        out: dict[str, np.ndarray] | None = None
+        error: BaseException | None = None
+        if status:
+            error = self.device.backend.ge_error(status, "RunGraphAsync")
+        else:
+            out = self.read(self.outs, int(self.slot.n_outputs), self.names)
+        self.account(1 if status else 0, False)
+        self.callback(out, error)
+
+    def fail(self, error: BaseException) -> None:
+        self.account(1, False)
+        self.callback(None, error)
