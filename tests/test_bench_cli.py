@@ -132,8 +132,9 @@ def test_progress_uses_the_tables_percentiles() -> None:
 # -- open loop ----------------------------------------------------------------------------------
 
 
-def test_open_loop_counts_follow_the_schedule(tmp_path: Path) -> None:
-    doc = run_json(tmp_path, "--demo", "--quiet", "--rate", "200", "--duration", "0.5", "--warmup", "5")
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_open_loop_counts_follow_the_schedule(loop: str, tmp_path: Path) -> None:
+    doc = run_json(tmp_path, "--demo", "--quiet", "--rate", "200", "--duration", "0.5", "--warmup", "5", "--loop", loop)
     r = doc["results"][0]
     assert r["load"] == "rate" and r["runs"] == r["sent"]
     # The schedule fixes the intended sends in the window: 200/s x 0.5 s.
@@ -280,7 +281,7 @@ def test_percentile_choice_and_few_samples(tmp_path: Path, capsys: pytest.Captur
     assert {"p50", "p95", "p99.9"} <= set(r["latency_ms"])
     # 20 runs: p50 is fine, p95 and p99.9 rest on fewer than 10 runs beyond them.
     assert r["few_samples"] == ["p95", "p99.9"]
-    assert "few samples*" in out and "warning: c=1: p95, p99.9 rest on" in out
+    assert "few samples*" in out and "warning: few samples (marked *): p95, p99.9 at c=1 (20 runs)" in out
     assert f"{r['latency_ms']['p99.9']:.3f}*" in out
     header = c.read_text().splitlines()[0].split(",")
     assert {"p50_ms", "p95_ms", "p99.9_ms"} <= set(header) and "p90_ms" not in header

@@ -304,11 +304,14 @@ def warnings_for(results: Sequence[LevelResult], tolerance: float) -> list[str]:
                 + ", ".join(f"{w:,.0f}" for w in r.windows)
                 + " runs/s"
             )
-        if r.few_samples:
-            out.append(
-                f"{r.label}: {', '.join(r.few_samples)} rest on {r.runs:,} runs, fewer than 10 beyond them "
-                "(marked *); measure longer (--duration, --count) before trusting them"
-            )
+    few = [r for r in results if r.few_samples]
+    if few:
+        out.append(
+            "few samples (marked *): "
+            + "; ".join(f"{', '.join(r.few_samples)} at {r.label} ({r.runs:,} runs)" for r in few)
+            + ". Fewer than 10 runs lie beyond these percentiles (p99 needs 1,000 runs, p99.9 10,000), "
+            "so a handful of runs decide them: measure longer (--duration, --count) before trusting them"
+        )
     return out
 
 
@@ -511,18 +514,11 @@ def write_plot(path: str, results: Sequence[LevelResult], meta: dict[str, Any]) 
     )
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left")
-    if sim:
-        ax.text(
-            0.99,
-            0.02,
-            "SIMULATED DEVICE - not hardware numbers",
-            transform=ax.transAxes,
-            ha="right",
-            va="bottom",
-            fontsize=8,
-            color="darkred",
+    fig.tight_layout(rect=(0, 0.04, 1, 1) if sim else (0, 0, 1, 1))
+    if sim:  # in the margin, where no data point can hide it
+        fig.text(
+            0.99, 0.01, "SIMULATED DEVICE - not hardware numbers", ha="right", va="bottom", fontsize=8, color="darkred"
         )
-    fig.tight_layout()
     fig.savefig(path, dpi=PLOT_DPI, metadata={"Description": json.dumps(series), "Software": "ascend-async bench"})
     plt.close(fig)
     return series
