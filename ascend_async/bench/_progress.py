@@ -54,14 +54,14 @@ class Progress:
         """The text shown for ``state`` now (``final``: the level's summary line)."""
         cfg, res = state.cfg, state.res
         now = time.perf_counter_ns()
-        head = f"{self.label:>9}"
+        head = f"{self.label:>8}"
         if state.phase == "warm-up":
             el = (now - state.t_start) / 1e9
             w = cfg.warmup
             target = f"{state.done}/{w.runs} runs" if w.runs is not None else f"{el:.1f}/{w.seconds:g} s"
-            return f"{head}  warming up {target} (not measured)"
+            return f"{head} warming up {target} (not measured)"
         if state.phase == "drain" and not final:
-            return f"{head}  window closed; waiting for {state.in_flight} runs in flight"
+            return f"{head} window closed; waiting for {state.in_flight} runs in flight"
         el = (now - state.t0) / 1e9
         if cfg.count is not None:
             target = f"{len(state.lat):,}/{cfg.count:,} runs"
@@ -72,12 +72,12 @@ class Progress:
         lat = self._latencies(state.lat)
         n = lat.size
         verb = "measured" if final else "measuring"
-        parts = [f"{head}  {verb} {target}", f"{n:,} runs", f"{n / el if el > 0 else 0:,.0f} runs/s"]
+        parts = [f"{head} {verb} {target}", f"{n:,} runs {n / el if el > 0 else 0:,.0f}/s"]
         if n:
             vals = np.percentile(lat, self.pcts, method="inverted_cdf") / 1e6
             few = set(few_samples(n, self.pcts))
             parts.append(
-                "  ".join(
+                " ".join(
                     f"{pct_key(p)} {v:.3f}{'*' if pct_key(p) in few else ''}"
                     for p, v in zip(self.pcts, vals, strict=True)
                 )
@@ -85,10 +85,10 @@ class Progress:
             )
         if res.load == "rate" and res.sent:
             late = res.late_sends / res.sent
-            parts.append(f"sent {res.sent / el if el > 0 else 0:,.0f}/s of {res.value:g}/s, late {late:.0%}")
+            parts.append(f"sent {res.sent / el if el > 0 else 0:,.0f}/s of {res.value:g}/s late {late:.0%}")
             if overloaded(res.sent + res.missed, res.missed):
                 parts.append("OVERLOAD")
-        return "  ".join(parts)
+        return " | ".join(parts)
 
     def update(self, state: LevelState) -> None:
         """Draw the line for ``state`` once."""

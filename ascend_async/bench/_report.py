@@ -163,7 +163,7 @@ def stage_table(results: Sequence[LevelResult], pcts: Sequence[float]) -> Table 
     t.add_column("sampled", justify="right")
     for s in stages:
         t.add_column(s, justify="right")
-    t.add_column("device-bound runs/s", justify="right")
+    t.add_column("device-bound/s", justify="right")
     for r in results:
         cells = []
         for s in stages:
@@ -214,7 +214,7 @@ def legend(results: Sequence[LevelResult], details: bool = False) -> list[str]:
     if any(r.stages_ms for r in results):
         lines.append(
             "stages: submit = host submit call; queued = submit to device start; h2d/compute/d2h = device "
-            "events between the stages; device-bound runs/s = streams / mean compute (the device alone)"
+            "events between the stages; device-bound/s = streams / mean compute (the device alone)"
         )
     if details:
         lines.append(
@@ -268,9 +268,9 @@ where a run's time goes  (async mode; 1 measured run in 16 is run with run_profi
   h2d       host-to-device copy of the inputs, from device events
   compute   the graph on the device, from device events
   d2h       device-to-host copy of the outputs, from device events
-  device-bound runs/s
-            streams / mean compute time: what the device alone would allow. The gap to runs/s is
-            host cost (Python, copies, the loop) or too little concurrency.
+  device-bound/s
+            streams / mean compute time: the runs/s the device alone would allow. The gap to
+            runs/s is host cost (Python, copies, the loop) or too little concurrency.
   On the simulated device these are the sim's host threads, not NPU timings.
 host and loop costs  (--details)
   host CPU s: process CPU time over the level; watcher CPU us/run: the completion watcher
