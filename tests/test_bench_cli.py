@@ -178,8 +178,8 @@ def test_open_loop_overload_is_reported_and_ends_on_time(tmp_path: Path, capsys:
     assert r["missed"] > 0 and r["runs"] == r["sent"] < r["intended"]
     assert r["loop_lag_ms"]  # the loop kept running its other tasks (the lag probe sampled)
     assert "OVERLOAD" in out and "warning: OVERLOAD at 50000/s" in out
-    assert "sweep stopped: 50000/s overloaded" in out
-    assert doc["run"]["stopped"].startswith("50000/s overloaded")
+    assert "sweep stopped: 50000/s is overloaded" in out and "find the knee with --rate" in out
+    assert doc["run"]["stopped"].startswith("50000/s is overloaded")
 
 
 # -- option syntax ------------------------------------------------------------------------------

@@ -282,16 +282,25 @@ A.json B.json` shows the change level by level.
 """
 
 
+def _nice(v: float) -> float:
+    """``v`` to two significant digits (at least 1): 1734.6 -> 1700."""
+    if v < 1:
+        return 1.0
+    digits = len(str(int(v))) - 2
+    return float(round(v, -digits)) if digits > 0 else float(round(v))
+
+
 def warnings_for(results: Sequence[LevelResult], tolerance: float) -> list[str]:
     """One line per problem a reader must not miss: overload, unstable, late sends, few samples."""
     out: list[str] = []
     for r in results:
         if r.overloaded:
+            step = _nice(r.throughput / 8)
             out.append(
                 f"OVERLOAD at {r.label}: achieved {r.throughput:,.0f} runs/s against {r.value:g}/s intended; "
                 f"{r.sent:,} of {r.intended:,} scheduled sends went out ({r.late_sends:,} late, {r.missed:,} missed). "
-                "The device cannot sustain this rate: lower --rate, or sweep to find the knee "
-                "(e.g. --rate 500:5000:+500)."
+                "The device or the host cannot sustain this rate: lower --rate, or find the knee with "
+                f"--rate {step:g}:{_nice(r.throughput * 1.25):g}:+{step:g}"
             )
         elif r.load == "rate" and (r.missed or (r.sent and r.late_sends > 0.10 * r.sent)):
             out.append(

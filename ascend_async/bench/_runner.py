@@ -652,7 +652,7 @@ def run_benchmark(
                 facts.stopped = f"{res.label}: {pct_key(th.percentile)} {v:.3f} ms > --latency-threshold {th.ms:g} ms"
                 return False
         if res.overloaded and res.value != levels[-1]:
-            facts.stopped = f"{res.label} overloaded the device; higher rates would only queue more"
+            facts.stopped = f"{res.label} is overloaded (> 1% of its sends missed); higher rates would only miss more"
             return False
         return True
 
