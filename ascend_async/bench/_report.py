@@ -106,7 +106,8 @@ def _status(r: LevelResult) -> str:
     if r.load == "rate" and r.sent:
         notes.append(f"late {r.late_sends / r.sent:.0%}")
         if r.missed:
-            notes.append(f"missed {r.missed / max(r.intended, 1):.0%}")
+            share = r.missed / max(r.intended, 1)
+            notes.append(f"missed {share:.1%}" if share < 0.1 else f"missed {share:.0%}")
     if r.stable is False:
         notes.append("unstable")
     if r.few_samples:
