@@ -7,6 +7,7 @@ Ascend hardware through CANN, or on the bundled simulated device everywhere else
 
 from __future__ import annotations
 
+from . import models as models
 from ._backend import backend_info as backend_info
 from ._device import configure_watcher as configure_watcher
 from ._errors import AclError as AclError
@@ -57,6 +58,7 @@ __all__ = (
     "WatcherError",
     "backend_info",
     "configure_watcher",
+    "models",
 )
 
 for _name in __all__:  # present the public names as ascend_async.X (repr, docs, pickling)

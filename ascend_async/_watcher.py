@@ -155,16 +155,6 @@ class Watcher:
             _quietly(c.fail, error)
 
 
-def __getattr__(name: str) -> Any:
-    # ascend_async.bench reads LoopBridge.wakeups through _watcher.current_bridge (it moved to
-    # _loop); resolved lazily so that _watcher imports nothing of the loop side.
-    if name == "current_bridge":
-        from ._loop import current_bridge
-
-        return current_bridge
-    raise AttributeError(name)
-
-
 def _quietly(fn: Any, *args: Any) -> None:
     try:
         fn(*args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._cli import main
-from ._runner import BenchConfig, BenchError, LevelResult, run_benchmark
+from ._options import BenchError, Threshold, Warmup
+from ._runner import BenchConfig, LevelResult, run_benchmark
 
-__all__ = ["BenchConfig", "BenchError", "LevelResult", "main", "run_benchmark"]
+__all__ = ["BenchConfig", "BenchError", "LevelResult", "Threshold", "Warmup", "main", "run_benchmark"]

@@ -1,30 +1,35 @@
-"""``ascend-async bench MODEL.onnx | --demo`` and ``ascend-async doctor``."""
+"""``ascend-async bench MODEL.onnx | --demo``, ``ascend-async bench compare A.json B.json`` and
+``ascend-async doctor``."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ._report import environment, format_table, header_lines, write_csv, write_json, write_plot
-from ._runner import LOOPS, MODES, BenchConfig, BenchError, LevelResult, parse_shapes, run_benchmark
+from ._options import (
+    DEFAULT_PERCENTILES,
+    BenchError,
+    parse_levels,
+    parse_percentiles,
+    parse_threshold,
+    parse_warmup,
+)
+from ._runner import LOOPS, MODES, BenchConfig, LevelResult, run_benchmark
 
-__all__ = ["main"]
+__all__ = ["config_from_args", "main"]
 
 DEMO_MODEL = "mlp"
+DEFAULT_CONCURRENCY = "1,4,16,64"
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 1,4,16,64, not {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"concurrency levels must be >= 1: {text!r}")
-    return values
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as ``error: ...`` with exit code 2, like the rest."""
 
 
 def _positive(kind: type) -> Any:
@@ -32,7 +37,7 @@ def _positive(kind: type) -> Any:
         try:
             v = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+            raise argparse.ArgumentTypeError(f"not a {'whole ' if kind is int else ''}number: {text!r}") from None
         if v <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
         return v
@@ -41,12 +46,16 @@ def _positive(kind: type) -> Any:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ascend-async", description="ascend_async tools")
+    p = _Parser(prog="ascend-async", description="ascend_async tools")
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser(
         "bench",
         help="benchmark a model through Session.run",
-        description="Closed-loop concurrency sweeps or open-loop rates over one Session.",
+        description="Closed-loop concurrency sweeps or open-loop rate sweeps over one Session. "
+        "Compare two runs with: ascend-async bench compare A.json B.json",
+        epilog="Ranges: START:END:STEP with xN (multiply) or +N (add), END included; lists with commas. "
+        "Examples: --concurrency 1:64:x2   --rate 100:2000:+100 --latency-threshold 10   "
+        "--input data.npz --batch-size 8   --json - | jq .results",
     )
     b.add_argument("model", nargs="?", help="an .onnx model (or use --demo)")
     b.add_argument(
@@ -56,22 +65,37 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a bundled model (mlp, cnn, transformer; default mlp)",
     )
+    b.add_argument("--explain", action="store_true", help="print what every figure means, and exit")
     load = b.add_argument_group("load")
     load.add_argument(
         "--concurrency",
-        type=_int_list,
-        default=None,
-        help="closed loop: runs kept in flight, a list to sweep (default 1,4,16,64)",
+        metavar="RANGE",
+        help=f"closed loop: runs kept in flight, e.g. 1:64:x2 or 1,4,16 (default {DEFAULT_CONCURRENCY})",
     )
     load.add_argument(
         "--rate",
-        type=_positive(float),
-        help="open loop: runs per second (latency from the intended send time)",
+        metavar="RANGE",
+        help="open loop: runs per second on a schedule, e.g. 500 or 100:2000:+100 (latency from the intended time)",
     )
     load.add_argument("--poisson", action="store_true", help="open loop: Poisson arrivals instead of constant gaps")
-    load.add_argument("--warmup", type=int, default=20, help="runs per level before measuring (excluded; default 20)")
-    load.add_argument("--duration", type=_positive(float), help="seconds measured per level (default 2)")
-    load.add_argument("--count", type=_positive(int), help="runs measured per level (instead of --duration)")
+    load.add_argument(
+        "--max-in-flight",
+        type=_positive(int),
+        default=128,
+        metavar="N",
+        help="open loop: most runs outstanding; beyond it sends wait, are late, and the points "
+        "passed meanwhile are missed (default 128)",
+    )
+    load.add_argument(
+        "--warmup",
+        default="0.5s",
+        metavar="TIME|RUNS",
+        help="per level, excluded from every figure: a time (2s, 500ms) or runs (20); default 0.5s",
+    )
+    load.add_argument("--duration", type=_positive(float), metavar="S", help="seconds measured per level (default 2)")
+    load.add_argument(
+        "--count", type=_positive(int), metavar="N", help="runs measured per level (instead of --duration)"
+    )
     load.add_argument(
         "--stable",
         action="store_true",
@@ -82,14 +106,35 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--max-windows", type=_positive(int), default=10, help="--stable gives up after this many windows"
     )
-    run = b.add_argument_group("run")
-    run.add_argument(
+    load.add_argument(
+        "--latency-threshold",
+        metavar="MS|pN:MS",
+        help="stop a sweep after the first level whose p99 (or pN) exceeds MS milliseconds",
+    )
+    data = b.add_argument_group("data")
+    data.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="SRC",
+        help="random (default), zeros, a .npy (one-input model), an .npz (arrays named like the inputs), "
+        "a folder (*.npz sets used in turn, or NAME.npy per input), or NAME=FILE.npy (repeatable)",
+    )
+    data.add_argument(
         "--shape",
         action="append",
         default=[],
         metavar="NAME:D0,D1",
-        help="input shape for symbolic dims (repeatable)",
+        help="shape of a generated input with symbolic dims (repeatable)",
     )
+    data.add_argument(
+        "--batch-size",
+        type=_positive(int),
+        metavar="N",
+        help="the first (batch) dim of generated inputs; inferences/s = runs/s x N",
+    )
+    data.add_argument("--save-outputs", metavar="DIR", help="write each input set's outputs to DIR/<set>.npz")
+    run = b.add_argument_group("run")
     run.add_argument("--streams", type=_positive(int), default=2, help="device streams (default 2)")
     run.add_argument(
         "--mode",
@@ -98,21 +143,45 @@ def _parser() -> argparse.ArgumentParser:
         help="async: await session.run; thread: to_thread(run_sync); sync: run_sync loop; "
         "callback: run_with_callback bridged to the loop",
     )
-    run.add_argument("--loop", choices=LOOPS, default="asyncio")
+    run.add_argument("--loop", choices=LOOPS, default="asyncio", help="uvloop needs the [uvloop] extra, trio [trio]")
     run.add_argument("--device", type=int, default=0)
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0, help="random inputs and Poisson schedule (default 0)")
     out = b.add_argument_group("output")
-    out.add_argument("--json", metavar="PATH")
-    out.add_argument("--csv", metavar="PATH")
-    out.add_argument("--plot", metavar="PATH.png", help="needs matplotlib")
+    out.add_argument(
+        "--percentiles",
+        default=",".join(f"{p:g}" for p in DEFAULT_PERCENTILES),
+        metavar="LIST",
+        help="latency percentiles shown, e.g. 50,95,99,99.9 (default 50,90,99)",
+    )
+    out.add_argument("--json", metavar="PATH", help="summary JSON with the full configuration; - for stdout")
+    out.add_argument("--csv", metavar="PATH", help="one row per level")
+    out.add_argument("--plot", metavar="PATH.png", help="latency-throughput curve (needs matplotlib: the [plot] extra)")
+    out.add_argument("--details", action="store_true", help="also show host and loop costs per level")
     out.add_argument("--quiet", action="store_true", help="no progress line")
     sub.add_parser("doctor", help="which backend, why, and what is installed")
     return p
 
 
+def _compare_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="ascend-async bench compare",
+        description="Compare two summary JSONs (ascend-async bench --json) level by level: B against A.",
+    )
+    p.add_argument("a", metavar="A.json")
+    p.add_argument("b", metavar="B.json")
+    p.add_argument(
+        "--max-regression",
+        type=_positive(float),
+        metavar="PCT",
+        help="exit 1 when a level's runs/s fell, or its p99 rose, by more than PCT percent",
+    )
+    return p
+
+
 def _doctor() -> int:
+    from ._report import environment
+
     env = environment(["doctor"])
-    ok = True
     print(f"ascend_async: {env['library']}  python {env['python']}  numpy {env['numpy']}")
     try:
         import ascend_async as aa
@@ -136,56 +205,66 @@ def _doctor() -> int:
         print(f"sim config: {info['sim']}")
     if info["backend"] == "sim":
         print("note: runs use the SIMULATED device; benchmark numbers are not hardware numbers")
-    for mod in ("trio", "uvloop", "matplotlib"):
-        print(f"optional {mod}: {'yes' if importlib.util.find_spec(mod) else 'no'}")
-    return 0 if ok else 1
+    extras = {"trio": "[trio]", "uvloop": "[uvloop]", "matplotlib": "[plot]"}
+    for mod, extra in extras.items():
+        have = importlib.util.find_spec(mod) is not None
+        print(f"optional {mod}: {'yes' if have else f'no (pip install ascend-async{extra})'}")
+    return 0
 
 
-def _bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """The :class:`BenchConfig` a parsed ``bench`` command line asks for.
+
+    :raises BenchError: for a missing model, conflicting flags or a value that does not parse.
+    """
     if args.model and args.demo:
-        print("error: give a MODEL or --demo, not both", file=sys.stderr)
-        return 2
+        raise BenchError("give a MODEL or --demo, not both")
     if args.demo:
         from ascend_async.models import path as model_path
 
         try:
             model = str(model_path(args.demo))
         except ValueError as exc:
-            print(f"error: --demo: {exc}", file=sys.stderr)
-            return 2
+            raise BenchError(f"--demo: {exc}") from None
     elif args.model:
         model = args.model
-        if not os.path.exists(model):
-            print(f"error: model {model!r}: no such file", file=sys.stderr)
-            return 2
+        if not os.path.isfile(model):
+            raise BenchError(f"model {model!r}: no such file")
     else:
-        print("error: give a MODEL.onnx or --demo", file=sys.stderr)
-        return 2
+        raise BenchError("give a MODEL.onnx or --demo NAME (mlp, cnn, transformer)")
     if args.count and args.duration:
-        print("error: --duration and --count exclude each other", file=sys.stderr)
-        return 2
-    explicit_conc = args.concurrency is not None
-    if args.concurrency is None:
-        args.concurrency = [1, 4, 16, 64]
-    try:
-        shapes = parse_shapes(args.shape)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise BenchError("--duration and --count exclude each other")
+    if args.rate is not None and args.concurrency is not None:
+        raise BenchError("--rate (open loop) and --concurrency (closed loop) exclude each other")
+    if args.rate is not None:
+        load, levels = "rate", parse_levels(args.rate, integer=False, option="--rate")
+    else:
+        load = "concurrency"
+        levels = parse_levels(args.concurrency or DEFAULT_CONCURRENCY, integer=True, option="--concurrency")
+    if args.mode == "sync" and (load == "rate"):
+        raise BenchError("--mode sync is a closed loop of one; it takes no --rate")
+    from ._inputs import parse_shapes
+
     duration = args.duration if args.duration else (None if (args.count or args.stable) else 2.0)
-    cfg = BenchConfig(
+    return BenchConfig(
         model=model,
-        concurrency=args.concurrency,
-        rate=args.rate,
+        load=load,
+        levels=levels,
         poisson=args.poisson,
-        warmup=max(args.warmup, 0),
+        warmup=parse_warmup(args.warmup),
         duration=duration,
         count=args.count,
         stable=args.stable,
         tolerance=args.tolerance,
         window=args.window,
         max_windows=args.max_windows,
-        shapes=shapes,
+        percentiles=parse_percentiles(args.percentiles),
+        latency_threshold=parse_threshold(args.latency_threshold) if args.latency_threshold else None,
+        max_in_flight=args.max_in_flight,
+        shapes=parse_shapes(args.shape),
+        inputs=list(args.input),
+        batch_size=args.batch_size,
+        save_outputs=args.save_outputs,
         streams=args.streams,
         mode=args.mode,
         loop=args.loop,
@@ -193,86 +272,151 @@ def _bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
-    if args.mode == "sync" and explicit_conc and args.concurrency != [1] and args.rate is None:
-        print("note: --mode sync runs one at a time; the concurrency sweep is ignored", file=sys.stderr)
-    env = environment(argv)
-    for line in header_lines(env, args.device):
-        print(line)
-    print(f"model: {model}   mode: {cfg.mode}   loop: {cfg.loop}   streams: {cfg.streams}")
+
+
+def _bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from rich.console import Console
+
+    from . import _report as rep
+    from ._progress import progress_factory
+
+    if args.explain:
+        print(rep.EXPLAIN, end="")
+        return 0
+    err = Console(stderr=True, markup=False, highlight=False, emoji=False)
+    try:
+        cfg = config_from_args(args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.plot:
+        msg = rep.check_plot()  # before the run, not after minutes of it
+        if msg:
+            print(f"error: {msg}", file=sys.stderr)
+            return 2
+    json_stdout = args.json == "-"
+    con = rep.results_console(to_stderr=json_stdout)
+    if cfg.mode == "sync" and args.concurrency not in (None, "1"):
+        con.print("note: --mode sync runs one at a time; the concurrency sweep is ignored")
+    env = rep.environment(argv)
+    command = "ascend-async " + shlex.join(argv)
+    for line in rep.header_lines(env, cfg.device):
+        con.print(line)
+    model_name = os.path.basename(cfg.model)
+    con.print(
+        f"model: {cfg.model}   mode: {cfg.mode}   loop: {cfg.loop}   streams: {cfg.streams}   "
+        f"warm-up: {cfg.warmup} per level"
+    )
     results: list[LevelResult] = []
-    facts: dict[str, Any] = {"model": model, "mode": cfg.mode, "loop": cfg.loop, "streams": cfg.streams}
+    facts: dict[str, Any] = {"mode": cfg.mode, "loop": cfg.loop, "streams": cfg.streams}
     error: str | None = None
-    rc = 0
+
+    def doc() -> dict[str, Any]:
+        return rep.summary_doc(command, cfg.as_dict(), env, facts, results, error)
 
     def level_done(res: LevelResult) -> None:
         results.append(res)
-        _save(args, env, facts, results, None)
+        if args.json and not json_stdout:
+            rep.write_json(args.json, doc())  # a partial file survives an interrupted sweep
 
+    progress = progress_factory(err, cfg.percentiles) if cfg.progress else None
     try:
-        _, more = run_benchmark(cfg, level_done)
-        facts.update(more)
+        _, run_facts = run_benchmark(cfg, level_done, progress)
+        facts.update(dataclasses.asdict(run_facts))
     except BenchError as exc:
-        error = str(exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         error = "interrupted"
     except Exception as exc:  # device faults etc.: keep what was measured
         error = f"{type(exc).__name__}: {exc}"
     for r in results:
         if r.error and error is None:
-            error = f"at {r.load} {r.value:g}: {r.error}"
+            error = f"at {r.label}: {r.error}"
     if facts.get("inputs"):
-        print("inputs: " + ", ".join(f"{k} {v}" for k, v in facts["inputs"].items()))
+        con.print(
+            "inputs: "
+            + ", ".join(f"{k} {v}" for k, v in facts["inputs"].items())
+            + f" ({facts.get('input_source')}; batch {facts.get('batch')})"
+        )
     for note in facts.get("notes", []):
-        print(f"note: {note}")
+        con.print(f"note: {note}")
+    for path in facts.get("saved_outputs", []):
+        con.print(f"outputs saved: {path}")
     if results:
-        print(format_table(results))
-        for r in results:
-            if r.stable is False:
-                print(
-                    f"warning: {r.load} {r.value:g} never became stable within {cfg.tolerance:.0%} "
-                    f"after {len(r.windows)} windows: {', '.join(f'{w:,.0f}' for w in r.windows)} runs/s"
-                )
-            if r.late_sends:
-                print(
-                    f"warning: rate {r.value:g}: {r.late_sends} sends were > 1 ms late "
-                    "(the load generator fell behind; latency still counts from the intended time)"
-                )
-        if any(r.stages_ms for r in results):
-            print(
-                "h2d/compute/d2h: p50 of the device stages of one run in 16 (device events between the stages); "
-                "compute-only/s = streams / mean compute time"
-            )
-        if env.get("backend") == "sim":
-            print("(simulated device: the stages are the sim's host threads, not NPU timings)")
+        sim = env.get("backend") == "sim"
+        title = f"{model_name} - backend {env.get('backend')}{' (SIMULATED device)' if sim else ''}"
+        con.print(rep.main_table(results, cfg.percentiles, title))
+        stages = rep.stage_table(results, cfg.percentiles)
+        if stages is not None:
+            con.print(stages)
+        if args.details:
+            con.print(rep.details_table(results))
+        for line in rep.legend(results, args.details):
+            con.print(line, style="dim")
+        if sim and stages is not None:
+            con.print("(simulated device: the stages are the sim's host threads, not NPU timings)", style="dim")
+        for w in rep.warnings_for(results, cfg.tolerance):
+            con.print(f"warning: {w}")
+    if facts.get("stopped"):
+        con.print(f"sweep stopped: {facts['stopped']}")
+    rc = 0
     if error:
         print(f"error: {error}", file=sys.stderr)
         rc = 1
-    plot_msg = _save(args, env, facts, results, error, plot=True)
-    if plot_msg:
-        print(f"error: {plot_msg}", file=sys.stderr)
-        rc = rc or 1
+    if args.json:
+        rep.write_json(args.json, doc())
+        if not json_stdout:
+            con.print(f"summary JSON: {args.json}")
+    if args.csv:
+        rep.write_csv(args.csv, env.get("backend"), facts, results, cfg.percentiles)
+        con.print(f"CSV: {args.csv}")
+    if args.plot and results:
+        meta = {
+            "model": model_name,
+            "backend": env.get("backend"),
+            "mode": cfg.mode,
+            "loop": cfg.loop,
+            "streams": cfg.streams,
+            "batch": facts.get("batch", 1),
+        }
+        rep.write_plot(args.plot, results, meta)
+        con.print(f"plot: {os.path.abspath(args.plot)}")
     return rc
 
 
-def _save(
-    args: argparse.Namespace,
-    env: dict[str, Any],
-    facts: dict[str, Any],
-    results: list[LevelResult],
-    error: str | None,
-    plot: bool = False,
-) -> str | None:
-    if args.json:
-        write_json(args.json, env, facts, results, error)
-    if args.csv:
-        write_csv(args.csv, env, facts, results)
-    if plot and args.plot and results:
-        return write_plot(args.plot, env, results)
-    return None
+def _compare(argv: Sequence[str]) -> int:
+    from . import _report as rep
+    from ._compare import compare_docs, load_doc
+
+    try:
+        args = _compare_parser().parse_args(list(argv))
+    except SystemExit as exc:
+        return int(exc.code or 0) if isinstance(exc.code, int) else 2
+    try:
+        a, b = load_doc(args.a), load_doc(args.b)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    con = rep.results_console(to_stderr=False)
+    con.print(f"A: {args.a}  ({a.get('command', '?')})")
+    con.print(f"B: {args.b}  ({b.get('command', '?')})")
+    table, notes, regressions = compare_docs(a, b, args.max_regression)
+    con.print(table)
+    for n in notes:
+        con.print(f"note: {n}")
+    if regressions:
+        for r in regressions:
+            con.print(f"regression: {r}")
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``ascend-async`` command; returns its exit code (2 for a usage error)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:2] == ["bench", "compare"]:
+        return _compare(args_list[2:])
     try:
         args = _parser().parse_args(args_list)
     except SystemExit as exc:  # argparse: usage error or --help

@@ -1,26 +1,32 @@
-"""The load generator: closed-loop concurrency sweeps and open-loop (constant/Poisson) rates
-over one Session, on asyncio, uvloop or trio, with event-loop lag and watcher CPU sampling."""
+"""The load generator: closed-loop concurrency sweeps and open-loop (constant/Poisson) rate sweeps
+over one Session, on asyncio, uvloop or trio, with event-loop lag and watcher CPU sampling.
+
+Every level runs in three phases: **warm-up** (time or runs; excluded from every figure),
+**measure** (a duration, a run count, or until throughput is stable) and **drain** (runs still
+in flight finish; open loop only, at most ``max_in_flight`` of them).
+"""
 
 from __future__ import annotations
 
 import os
 import random
-import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import anyio
 import numpy as np
 
+from ._inputs import Samples, load_samples, save_outputs
+from ._options import DEFAULT_PERCENTILES, BenchError, Threshold, Warmup, pct_key
+
 __all__ = [
     "BenchConfig",
     "BenchError",
     "LevelResult",
-    "make_inputs",
-    "parse_shapes",
+    "few_samples",
     "percentiles",
     "run_benchmark",
     "thread_cpu_s",
@@ -28,28 +34,41 @@ __all__ = [
 
 MODES = ("async", "thread", "sync", "callback")
 LOOPS = ("asyncio", "uvloop", "trio")
-_PCTS = (50.0, 90.0, 99.0, 99.9)
+#: Always computed (plots and ``bench compare`` use p50 and p99), besides the ones asked for.
+BASE_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+#: A percentile is flagged as resting on too few samples when fewer runs than this lie beyond it.
+MIN_TAIL = 10
+#: A send more than this late (ns) counts as late.
+LATE_NS = 1_000_000
 _LAG_PERIOD_S = 0.001
-
-
-class BenchError(Exception):
-    """A benchmark that cannot run as asked (bad flag, model that does not load...)."""
+#: An open-loop sender behind its schedule sends at most this many runs between checkpoints.
+BURST = 8
+#: In async mode one measured run in this many is profiled (device events between its stages).
+PROFILE_EVERY = 16
 
 
 @dataclass
 class BenchConfig:
+    """What to run: the model, the load levels, how long, with which inputs, on which loop."""
+
     model: str
-    concurrency: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
-    rate: float | None = None
+    load: str = "concurrency"  # "concurrency" (closed loop) or "rate" (open loop)
+    levels: list[float] = field(default_factory=lambda: [1.0, 4.0, 16.0, 64.0])
     poisson: bool = False
-    warmup: int = 20
+    warmup: Warmup = field(default_factory=lambda: Warmup(seconds=0.5))
     duration: float | None = 2.0
     count: int | None = None
     stable: bool = False
     tolerance: float = 0.10
     window: float = 1.0
     max_windows: int = 10
+    percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
+    latency_threshold: Threshold | None = None
+    max_in_flight: int = 128
     shapes: dict[str, list[int]] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    batch_size: int | None = None
+    save_outputs: str | None = None
     streams: int = 2
     mode: str = "async"
     loop: str = "asyncio"
@@ -57,18 +76,36 @@ class BenchConfig:
     seed: int = 0
     progress: bool = False
 
+    def as_dict(self) -> dict[str, Any]:
+        """Every setting, JSON-ready (the ``config`` block of the summary JSON)."""
+        d = asdict(self)
+        d["warmup"] = {"seconds": self.warmup.seconds, "runs": self.warmup.runs}
+        d["percentiles"] = list(self.percentiles)
+        d["latency_threshold"] = (
+            None
+            if self.latency_threshold is None
+            else {"ms": self.latency_threshold.ms, "percentile": self.latency_threshold.percentile}
+        )
+        d.pop("progress")
+        return d
+
 
 @dataclass
 class LevelResult:
-    """One load level (a concurrency or a rate)."""
+    """One load level (a concurrency or a rate). Times in ms unless the name says otherwise."""
 
     load: str  # "concurrency" or "rate"
     value: float
-    runs: int = 0
+    runs: int = 0  # measured runs completed
     errors: int = 0
-    elapsed_s: float = 0.0
-    throughput: float = 0.0
+    elapsed_s: float = 0.0  # measured window: its start to the last measured completion
+    warmup_s: float = 0.0
+    warmup_runs: int = 0
+    throughput: float = 0.0  # runs/s
+    batch: int = 1
+    inferences_per_s: float = 0.0  # runs/s x batch
     latency_ms: dict[str, float] = field(default_factory=dict)
+    few_samples: list[str] = field(default_factory=list)  # percentile keys resting on < MIN_TAIL runs
     loop_lag_ms: dict[str, float] = field(default_factory=dict)
     process_cpu_s: float = 0.0
     watcher_cpu_s: float | None = None
@@ -76,94 +113,60 @@ class LevelResult:
     loop_wakeups_per_run: float | None = None
     stable: bool | None = None
     windows: list[float] = field(default_factory=list)
-    late_sends: int = 0
-    stages_ms: dict[str, float] = field(default_factory=dict)  # p50 per stage, sampled runs
-    compute_only_throughput: float | None = None
+    # open loop
+    intended: int = 0  # sends scheduled in the measured window (= sent + missed)
+    sent: int = 0
+    late_sends: int = 0  # of which sent > 1 ms after their intended time
+    missed: int = 0  # scheduled in the window but skipped: the sender was behind (cap full, loop busy)
+    sent_per_s: float = 0.0
+    max_in_flight: int | None = None
+    overloaded: bool = False
+    # device stages from run_profiled, one measured run in PROFILE_EVERY
+    stages_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    stage_samples: int = 0
+    device_bound_per_s: float | None = None  # streams / mean compute time
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return asdict(self)
 
-
-# -- inputs -------------------------------------------------------------------------------------
-
-
-def parse_shapes(specs: list[str]) -> dict[str, list[int]]:
-    """``["x:1,64", "y:2,3"]`` -> ``{"x": [1, 64], ...}``; raises BenchError on a bad spec."""
-    out: dict[str, list[int]] = {}
-    for spec in specs:
-        name, sep, dims = spec.partition(":")
-        if not sep or not name or not dims:
-            raise BenchError(f"--shape {spec!r}: expected NAME:D0,D1,... (e.g. x:1,64)")
-        try:
-            values = [int(d) for d in dims.split(",")]
-        except ValueError:
-            raise BenchError(f"--shape {spec!r}: dims must be integers, e.g. {name}:1,64") from None
-        if any(v < 0 for v in values):
-            raise BenchError(f"--shape {spec!r}: dims must be >= 0")
-        out[name] = values
-    return out
-
-
-def make_inputs(graph: Any, shapes: dict[str, list[int]], seed: int = 0) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Random inputs from the graph's signature; symbolic dims come from ``shapes`` (or 1,
-    noted in the returned list)."""
-    rng = np.random.default_rng(seed)
-    names = {s.name for s in graph.inputs}
-    unknown = sorted(set(shapes) - names)
-    if unknown:
-        raise BenchError(f"--shape names {', '.join(unknown)} but the model's inputs are {', '.join(sorted(names))}")
-    notes: list[str] = []
-    arrays: dict[str, np.ndarray] = {}
-    for spec in graph.inputs:
-        declared = spec.shape
-        given = shapes.get(spec.name)
-        if given is not None:
-            if declared is not None:
-                if len(given) != len(declared):
-                    raise BenchError(
-                        f"--shape {spec.name}: {len(given)} dims given, "
-                        f"the model declares {spec} ({len(declared)} dims)"
-                    )
-                for g, d in zip(given, declared, strict=False):
-                    if isinstance(d, int) and d != g:
-                        raise BenchError(f"--shape {spec.name}:{','.join(map(str, given))} does not match {spec}")
-            shape = tuple(given)
-        else:
-            if declared is None:
-                raise BenchError(f"input {spec} has no declared rank: give it with --shape {spec.name}:D0,D1,...")
-            dims = []
-            for d in declared:
-                if isinstance(d, int):
-                    dims.append(d)
-                else:
-                    dims.append(1)
-                    notes.append(f"{spec.name}: symbolic dim {d or '?'} set to 1 (use --shape)")
-            shape = tuple(dims)
-        dtype = np.dtype(spec.dtype)
-        if dtype.kind == "f":
-            arrays[spec.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype.kind in "iu":
-            arrays[spec.name] = rng.integers(0, 8, size=shape).astype(dtype)
-        elif dtype.kind == "b":
-            arrays[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
-        else:
-            arrays[spec.name] = np.zeros(shape, dtype)
-    return arrays, notes
+    @property
+    def label(self) -> str:
+        """``c=4`` or ``500/s``."""
+        return f"c={int(self.value)}" if self.load == "concurrency" else f"{self.value:g}/s"
 
 
 # -- measurements -------------------------------------------------------------------------------
 
 
-def percentiles(values_ns: list[int] | np.ndarray, scale: float = 1e-6) -> dict[str, float]:
-    """p50/p90/p99/p99.9/max/mean of ns samples, in ms by default."""
+def percentiles(
+    values_ns: Sequence[int] | np.ndarray, pcts: Sequence[float] = BASE_PERCENTILES, scale: float = 1e-6
+) -> dict[str, float]:
+    """Nearest-rank percentiles (each is an observed value: the smallest sample with at least
+    p% of all samples at or below it), plus ``max`` and ``mean``; ns samples, in ms by default.
+    The progress line and the table both use this function."""
     if len(values_ns) == 0:
         return {}
     a = np.asarray(values_ns, dtype=np.float64) * scale
-    out = {f"p{p:g}": float(np.percentile(a, p)) for p in _PCTS}
+    qs = sorted(set(pcts))
+    vals = np.percentile(a, qs, method="inverted_cdf")
+    out = {pct_key(p): float(v) for p, v in zip(qs, vals, strict=True)}
     out["max"] = float(a.max())
     out["mean"] = float(a.mean())
     return out
+
+
+def few_samples(n: int, pcts: Sequence[float]) -> list[str]:
+    """The percentiles that fewer than ``MIN_TAIL`` of ``n`` samples lie beyond (p99 needs 1,000
+    samples, p99.9 needs 10,000): such a figure is decided by a handful of runs."""
+    return [pct_key(p) for p in pcts if n * (1 - p / 100) < MIN_TAIL]
+
+
+def overloaded(intended: int, missed: int) -> bool:
+    """An open-loop level is overloaded when more than 1% of its scheduled sends were missed:
+    the in-flight cap stayed full, so the device (or the host) could not keep up. Late sends
+    alone are jitter (a busy loop, a noisy machine), reported but not called overload."""
+    return intended > 0 and missed > 0.01 * intended
 
 
 def _watcher_tid(device: int = 0) -> int | None:
@@ -188,22 +191,6 @@ def thread_cpu_s(tid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-class _Recorder:
-    def __init__(self) -> None:
-        self.lat: list[int] = []
-        self.ends: list[int] = []
-        self.errors = 0
-        self.first_error: BaseException | None = None
-        self.measuring = False
-        self.done = 0
-
-    def add(self, start_ns: int, end_ns: int) -> None:
-        self.done += 1
-        if self.measuring:
-            self.lat.append(end_ns - start_ns)
-            self.ends.append(end_ns)
-
-
 def _loop_post() -> Callable[..., object]:
     """The running loop's thread-safe "call soon" (asyncio, uvloop or trio)."""
     import asyncio
@@ -216,54 +203,332 @@ def _loop_post() -> Callable[..., object]:
         return trio.lowlevel.current_trio_token().run_sync_soon  # type: ignore[no-any-return]
 
 
-#: In async mode one run in this many is profiled (device events between its stages).
-PROFILE_EVERY = 16
-
-
-def summarize_stages(profiles: list[Any], streams: int) -> tuple[dict[str, float], float | None]:
-    """p50 of each stage over the sampled runs, and the compute-only throughput they imply
-    (``streams`` graphs computing at once, each taking the mean compute time)."""
+def summarize_stages(
+    profiles: Sequence[Any], streams: int, pcts: Sequence[float]
+) -> tuple[dict[str, dict[str, float]], float | None]:
+    """Percentiles of each stage over the sampled runs (``{"compute": {"p50": ..}}``), and the
+    device-bound rate they imply: ``streams`` graphs computing at once, each taking the mean
+    compute time (what the device alone would allow; host costs excluded)."""
     if not profiles:
         return {}, None
-    stages: dict[str, float] = {}
-    for key in ("h2d_ms", "compute_ms", "d2h_ms", "submit_ms", "queued_ms"):
+    stages: dict[str, dict[str, float]] = {}
+    for key in ("queued_ms", "h2d_ms", "compute_ms", "d2h_ms", "submit_ms"):
         vals = [getattr(p, key) for p in profiles if getattr(p, key) is not None]
         if vals:
-            stages[key.removesuffix("_ms")] = float(np.median(vals))
+            stages[key.removesuffix("_ms")] = percentiles(vals, pcts, scale=1.0)
     mean_compute = float(np.mean([p.compute_ms for p in profiles]))
     return stages, (streams * 1000.0 / mean_compute if mean_compute > 0 else None)
 
 
-def _make_submit(
-    session: Any,
-    graph: Any,
-    inputs: dict[str, np.ndarray],
-    mode: str,
-    limit: int,
-    profiles: list[Any] | None = None,
-) -> Callable[[], Awaitable[Any]]:
-    if mode == "async":
-        calls = [0]
+# -- one level ----------------------------------------------------------------------------------
 
-        async def run_async() -> Any:
-            calls[0] += 1
-            if profiles is None or calls[0] % PROFILE_EVERY:
+
+class LevelState:
+    """Shared by a level's tasks and its progress display (all on the loop thread)."""
+
+    def __init__(self, cfg: BenchConfig, res: LevelResult) -> None:
+        self.cfg = cfg
+        self.res = res
+        self.phase = "warm-up"  # -> "measure" -> "drain"
+        self.t_start = time.perf_counter_ns()
+        self.t0 = 0  # start of the measured window (perf_counter ns)
+        self.lat: list[int] = []
+        self.ends: list[int] = []
+        self.lag: list[int] = []
+        self.profiles: list[Any] = []
+        self.done = 0  # runs completed, warm-up included
+        self.in_flight = 0
+        self.stop = False
+        self.first_error: BaseException | None = None
+        self.sender_scope: anyio.CancelScope | None = None
+
+    @property
+    def measuring(self) -> bool:
+        return self.phase == "measure"
+
+    def start_measuring(self, t0: int) -> None:
+        self.phase = "measure"
+        self.t0 = t0
+        self.res.warmup_s = (t0 - self.t_start) / 1e9
+        self.res.warmup_runs = self.done
+
+    def warmed_up(self, now: int) -> bool:
+        w = self.cfg.warmup
+        if w.runs is not None:
+            return self.done >= w.runs
+        return (now - self.t_start) / 1e9 >= (w.seconds or 0.0)
+
+    def fail(self, exc: BaseException) -> None:
+        self.res.errors += 1
+        self.first_error = self.first_error or exc
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        self.stop = True
+        if self.sender_scope is not None:
+            self.sender_scope.cancel()
+
+    def should_stop(self) -> bool:
+        """After a measured completion: has the window got what it needs?"""
+        cfg, res = self.cfg, self.res
+        el = (time.perf_counter_ns() - self.t0) / 1e9
+        if cfg.count is not None:
+            return len(self.lat) >= cfg.count
+        if cfg.stable:
+            nwin = int(el / cfg.window)
+            while len(res.windows) < nwin:
+                lo = self.t0 + int(len(res.windows) * cfg.window * 1e9)
+                hi = lo + int(cfg.window * 1e9)
+                ends = np.asarray(self.ends, dtype=np.int64)
+                res.windows.append(float(((ends >= lo) & (ends < hi)).sum()) / cfg.window)
+                last = res.windows[-3:]
+                if len(last) == 3 and min(last) > 0 and (max(last) - min(last)) / max(last) <= cfg.tolerance:
+                    res.stable = True
+                    return True
+                if len(res.windows) >= cfg.max_windows:
+                    res.stable = False
+                    return True
+            return False
+        return cfg.duration is not None and el >= cfg.duration
+
+
+#: ``submit(state)`` runs once; ``state`` is the level's state for a measured run, else None.
+Submit = Callable[[LevelState | None], Awaitable[Any]]
+
+
+async def _lag_monitor(state: LevelState) -> None:
+    period = int(_LAG_PERIOD_S * 1e9)
+    while True:
+        t = time.perf_counter_ns()
+        await anyio.sleep(_LAG_PERIOD_S)
+        if state.measuring:
+            state.lag.append(max(0, time.perf_counter_ns() - t - period))
+
+
+async def _closed_level(cfg: BenchConfig, submit: Submit, conc: int, res: LevelResult, show: Any) -> LevelState:
+    state = LevelState(cfg, res)
+    if cfg.warmup.runs == 0 or (cfg.warmup.runs is None and not cfg.warmup.seconds):
+        state.start_measuring(state.t_start)
+
+    async def worker() -> None:
+        while not state.stop:
+            s = time.perf_counter_ns()
+            measured = state.measuring
+            try:
+                await submit(state if measured else None)
+            except Exception as exc:  # a device fault: stop the level, keep what we have
+                state.fail(exc)
+                return
+            e = time.perf_counter_ns()
+            state.done += 1
+            if measured and s >= state.t0:  # only runs started inside the window count
+                state.lat.append(e - s)
+                state.ends.append(e)
+                if state.should_stop():
+                    state.stop = True
+            elif not state.measuring and state.warmed_up(e):
+                state.start_measuring(e)
+
+    await _drive(cfg, state, [worker] * conc, show)
+    return state
+
+
+async def _open_level(cfg: BenchConfig, submit: Submit, rate: float, res: LevelResult, show: Any) -> LevelState:
+    """Sends on a fixed schedule: constant gaps, or Poisson gaps from a generator seeded with
+    ``cfg.seed``, so every run of a level has the same schedule. The sender never blocks its
+    loop: it sleeps until the next send or, when behind, catches up yielding every ``BURST``
+    sends. A send more than 1 ms after its time is *late*. At most ``max_in_flight`` runs are in
+    flight; when the sender had to wait for a slot, it resumes the schedule at the present and
+    the points that fell due meanwhile are *missed*, so it never builds a backlog beyond the
+    cap, and a level ends on time however overloaded.
+    Latency counts from the intended send time, so waiting for a slot shows in the figures."""
+    state = LevelState(cfg, res)
+    res.max_in_flight = cfg.max_in_flight
+    slots = anyio.Semaphore(cfg.max_in_flight)
+    rng = random.Random(cfg.seed)
+    gap_ns = 1e9 / rate
+
+    def next_gap() -> float:
+        return rng.expovariate(rate) * 1e9 if cfg.poisson else gap_ns
+
+    async def one(intended: int, measured: bool) -> None:
+        try:
+            await submit(state if measured else None)
+        except Exception as exc:
+            state.fail(exc)
+            return
+        finally:
+            slots.release()
+            state.in_flight -= 1
+        e = time.perf_counter_ns()
+        state.done += 1
+        if measured:
+            state.lat.append(e - intended)  # from the intended send time: no coordinated omission
+            state.ends.append(e)
+            if (cfg.count is not None or cfg.stable) and state.should_stop():
+                state.request_stop()
+
+    t_next = float(state.t_start)  # the next point of the schedule not yet sent or skipped
+    end_ns: float | None = None  # the window's end on the schedule (duration mode)
+    timed = cfg.duration is not None and not cfg.stable and cfg.count is None
+
+    async def sender(tg: anyio.abc.TaskGroup) -> None:
+        nonlocal t_next, end_ns
+        sent = burst = 0
+        w = cfg.warmup
+        while True:
+            t = t_next
+            if not state.measuring and (
+                (w.runs is not None and sent >= w.runs)
+                or (w.runs is None and t - state.t_start >= (w.seconds or 0.0) * 1e9)
+            ):
+                state.start_measuring(int(t))
+                if timed:
+                    assert cfg.duration is not None and state.sender_scope is not None
+                    end_ns = t + cfg.duration * 1e9
+                    # The window closes on the clock, wherever the sender waits then.
+                    state.sender_scope.deadline = anyio.current_time() + (end_ns - time.perf_counter_ns()) / 1e9
+            if end_ns is not None and t >= end_ns:
+                return
+            now = time.perf_counter_ns()
+            if t > now:
+                await anyio.sleep((t - now) / 1e9)
+                burst = 0
+            elif burst >= BURST:
+                await anyio.lowlevel.checkpoint()  # behind schedule: catch up, but let the loop run
+                burst = 0
+            waited = slots.value == 0
+            if waited:
+                await slots.acquire()  # max_in_flight reached: this send will be late
+            else:
+                slots.acquire_nowait()
+            s = time.perf_counter_ns()
+            measured = state.measuring
+            state.in_flight += 1
+            sent += 1
+            burst += 1
+            tg.start_soon(one, int(t), measured)
+            t_next = t + next_gap()
+            if measured:
+                res.sent += 1
+                if s - t > LATE_NS:
+                    res.late_sends += 1
+            if waited:  # the points that fell due while no slot was free are missed
+                while t_next <= s and (end_ns is None or t_next < end_ns):
+                    if state.measuring:
+                        res.missed += 1
+                    t_next += next_gap()
+
+    async def body() -> None:
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as scope:
+                state.sender_scope = scope
+                await sender(tg)
+            state.sender_scope = None
+            if state.measuring:
+                state.phase = "drain"
+
+    await _drive(cfg, state, [body], show)
+    if end_ns is not None:
+        t = t_next  # the window closed before the sender reached these points
+        while t < end_ns:
+            res.missed += 1
+            t += next_gap()
+    res.intended = res.sent + res.missed
+    window_s = cfg.duration if end_ns is not None else res.elapsed_s
+    res.sent_per_s = res.sent / window_s if window_s else 0.0
+    res.overloaded = overloaded(res.intended, res.missed)
+    return state
+
+
+async def _drive(
+    cfg: BenchConfig,
+    state: LevelState,
+    tasks: list[Callable[[], Coroutine[Any, Any, None]]],
+    show: Any,
+) -> None:
+    res = state.res
+    tid = _watcher_tid(cfg.device)
+    w0 = thread_cpu_s(tid)
+    c0 = time.process_time()
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(_lag_monitor, state)
+        if show is not None:
+            outer.start_soon(show.run, state)
+        async with anyio.create_task_group() as tg:
+            for fn in tasks:
+                tg.start_soon(fn)
+        state.stop = True
+        outer.cancel_scope.cancel()
+    res.process_cpu_s = time.process_time() - c0
+    tid = tid or _watcher_tid(cfg.device)
+    w1 = thread_cpu_s(tid)
+    if w0 is None and w1 is not None:
+        w0 = 0.0
+    if w1 is not None and w0 is not None:
+        res.watcher_cpu_s = w1 - w0
+    _finish(cfg, state)
+
+
+def _finish(cfg: BenchConfig, state: LevelState) -> None:
+    """Fill ``state.res`` with the figures of the measured window."""
+    res = state.res
+    res.runs = len(state.lat)
+    if state.ends and state.t0:
+        span = (max(state.ends) - state.t0) / 1e9
+        res.elapsed_s = span
+        res.throughput = res.runs / span if span > 0 else 0.0
+    res.inferences_per_s = res.throughput * res.batch
+    pcts = sorted(set(BASE_PERCENTILES) | set(cfg.percentiles))
+    res.latency_ms = percentiles(state.lat, pcts)
+    res.few_samples = few_samples(res.runs, cfg.percentiles) if res.runs else []
+    lag_ms = percentiles(state.lag, (50.0, 99.0))
+    res.loop_lag_ms = {k: lag_ms[k] for k in ("p50", "p99", "max")} if lag_ms else {}
+    if res.watcher_cpu_s is not None and state.done:
+        res.watcher_cpu_us_per_run = res.watcher_cpu_s * 1e6 / state.done
+    if state.first_error is not None:
+        res.error = f"{type(state.first_error).__name__}: {state.first_error}"
+    if cfg.stable and res.stable is None:
+        res.stable = False
+    res.stage_samples = len(state.profiles)
+    res.stages_ms, res.device_bound_per_s = summarize_stages(
+        state.profiles, cfg.streams, sorted({50.0, 99.0} | set(cfg.percentiles))
+    )
+
+
+def _make_submit(session: Any, graph: Any, samples: Samples, mode: str, limit: int) -> Submit:
+    """``submit(state)`` runs the next input set once in ``mode``; in async mode one measured run
+    in PROFILE_EVERY is profiled into ``state.profiles``."""
+    sets = samples.sets
+    n = len(sets)
+    calls = [0]
+
+    def next_inputs() -> dict[str, np.ndarray]:
+        calls[0] += 1
+        return sets[calls[0] % n] if n > 1 else sets[0]
+
+    if mode == "async":
+
+        async def run_async(state: LevelState | None) -> Any:
+            inputs = next_inputs()
+            if state is None or calls[0] % PROFILE_EVERY:
                 return await session.run(graph, inputs)
             out, prof = await session.run_profiled(graph, inputs)
-            profiles.append(prof)
+            if state.measuring:
+                state.profiles.append(prof)
             return out
 
         return run_async
     if mode == "thread":
         limiter = anyio.CapacityLimiter(max(limit, 1))
 
-        async def run_thread() -> Any:
-            return await anyio.to_thread.run_sync(session.run_sync, graph, inputs, limiter=limiter)
+        async def run_thread(state: LevelState | None) -> Any:
+            return await anyio.to_thread.run_sync(session.run_sync, graph, next_inputs(), limiter=limiter)
 
         return run_thread
     if mode == "callback":
 
-        async def run_callback() -> Any:
+        async def run_callback(state: LevelState | None) -> Any:
             post = _loop_post()
             event = anyio.Event()
             box: list[Any] = [None, None]
@@ -272,7 +537,7 @@ def _make_submit(
                 box[0], box[1] = outputs, error
                 post(event.set)
 
-            session.run_with_callback(graph, inputs, cb)
+            session.run_with_callback(graph, next_inputs(), cb)
             await event.wait()
             if box[1] is not None:
                 raise box[1]
@@ -282,315 +547,171 @@ def _make_submit(
     raise BenchError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
 
 
-class _Stop:
-    def __init__(self, cfg: BenchConfig) -> None:
-        self.cfg = cfg
-        self.flag = False
-
-
-async def _lag_monitor(samples: list[int], stop: _Stop) -> None:
-    period = int(_LAG_PERIOD_S * 1e9)
-    while not stop.flag:
-        t = time.perf_counter_ns()
-        await anyio.sleep(_LAG_PERIOD_S)
-        samples.append(max(0, time.perf_counter_ns() - t - period))
-
-
-async def _progress(label: str, rec: _Recorder, stop: _Stop, t0: list[int]) -> None:
-    tty = sys.stderr.isatty()
-    last = 0.0
-    while not stop.flag:
-        await anyio.sleep(0.25 if tty else 1.0)
-        el = (time.perf_counter_ns() - t0[0]) / 1e9 if t0[0] else 0.0
-        n = len(rec.lat)
-        rate = n / el if el > 0 else 0.0
-        p50 = float(np.median(rec.lat[-2000:])) / 1e6 if n else 0.0
-        line = f"{label}: {n} runs  {rate:,.0f}/s  p50 {p50:.3f} ms  {el:.1f} s"
-        if tty:
-            print(f"\r{line:<78}", end="", file=sys.stderr, flush=True)
-        elif time.monotonic() - last >= 1.0:
-            print(line, file=sys.stderr, flush=True)
-            last = time.monotonic()
-    if tty:
-        print("\r" + " " * 78 + "\r", end="", file=sys.stderr, flush=True)
-
-
-def _should_stop(cfg: BenchConfig, rec: _Recorder, t0: int, res: LevelResult) -> bool:
-    now = time.perf_counter_ns()
-    el = (now - t0) / 1e9
-    if cfg.count is not None and len(rec.lat) >= cfg.count:
-        return True
-    if cfg.stable:
-        nwin = int(el / cfg.window)
-        while len(res.windows) < nwin:
-            lo = t0 + int(len(res.windows) * cfg.window * 1e9)
-            hi = lo + int(cfg.window * 1e9)
-            ends = np.asarray(rec.ends, dtype=np.int64)
-            res.windows.append(float(((ends >= lo) & (ends < hi)).sum()) / cfg.window)
-            last = res.windows[-3:]
-            if len(last) == 3 and min(last) > 0 and (max(last) - min(last)) / max(last) <= cfg.tolerance:
-                res.stable = True
-                return True
-            if len(res.windows) >= cfg.max_windows:
-                res.stable = False
-                return True
-        return False
-    return cfg.duration is not None and el >= cfg.duration
-
-
-async def _closed_level(
-    cfg: BenchConfig, submit: Callable[[], Awaitable[Any]], conc: int, res: LevelResult
-) -> _Recorder:
-    rec = _Recorder()
-    stop = _Stop(cfg)
-    t0 = [0]
-
-    async def worker() -> None:
-        while not stop.flag:
-            s = time.perf_counter_ns()
-            try:
-                await submit()
-            except Exception as exc:  # a device fault: stop the level, keep what we have
-                rec.errors += 1
-                rec.first_error = rec.first_error or exc
-                stop.flag = True
-                return
-            rec.add(s, time.perf_counter_ns())
-            if not rec.measuring and rec.done >= cfg.warmup:
-                rec.measuring = True
-                t0[0] = time.perf_counter_ns()
-            elif rec.measuring and _should_stop(cfg, rec, t0[0], res):
-                stop.flag = True
-
-    await _drive(cfg, rec, stop, t0, [worker] * conc, f"concurrency {conc}", res)
-    return rec
-
-
-async def _open_level(
-    cfg: BenchConfig, submit: Callable[[], Awaitable[Any]], rate: float, res: LevelResult
-) -> _Recorder:
-    rec = _Recorder()
-    stop = _Stop(cfg)
-    t0 = [0]
-    rng = random.Random(cfg.seed)
-
-    async def one(intended: int, tg: Any) -> None:
-        try:
-            await submit()
-        except Exception as exc:
-            rec.errors += 1
-            rec.first_error = rec.first_error or exc
-            stop.flag = True
-            return
-        # Latency from the *intended* send time: no coordinated omission.
-        rec.add(intended, time.perf_counter_ns())
-        if rec.measuring and _should_stop(cfg, rec, t0[0], res):
-            stop.flag = True
-
-    async def sender() -> None:
-        async with anyio.create_task_group() as tg:
-            t = time.perf_counter_ns()
-            sent = 0
-            while not stop.flag:
-                gap = rng.expovariate(rate) if cfg.poisson else 1.0 / rate
-                t += int(gap * 1e9)
-                now = time.perf_counter_ns()
-                if t > now:
-                    await anyio.sleep((t - now) / 1e9)
-                elif now - t > 1_000_000:
-                    res.late_sends += 1
-                if stop.flag:
-                    break
-                sent += 1
-                if not rec.measuring and sent > cfg.warmup:
-                    rec.measuring = True
-                    t0[0] = t
-                tg.start_soon(one, t, tg)
-                if rec.measuring and cfg.duration is not None and not cfg.stable and cfg.count is None:
-                    if (time.perf_counter_ns() - t0[0]) / 1e9 >= cfg.duration:
-                        stop.flag = True
-                elif rec.measuring and _should_stop(cfg, rec, t0[0], res):
-                    stop.flag = True
-
-    await _drive(cfg, rec, stop, t0, [sender], f"rate {rate:g}/s", res)
-    return rec
-
-
-async def _drive(
-    cfg: BenchConfig,
-    rec: _Recorder,
-    stop: _Stop,
-    t0: list[int],
-    tasks: list[Callable[[], Coroutine[Any, Any, None]]],
-    label: str,
-    res: LevelResult,
-) -> None:
-    lag: list[int] = []
+def _sync_level(cfg: BenchConfig, session: Any, graph: Any, samples: Samples, res: LevelResult, show: Any) -> None:
+    """Plain ``run_sync`` loop on this thread (concurrency 1 by construction)."""
+    state = LevelState(cfg, res)
+    sets = samples.sets
+    i = 0
     tid = _watcher_tid(cfg.device)
     w0 = thread_cpu_s(tid)
     c0 = time.process_time()
-    async with anyio.create_task_group() as outer:
-        outer.start_soon(_lag_monitor, lag, stop)
-        if cfg.progress:
-            outer.start_soon(_progress, label, rec, stop, t0)
-        async with anyio.create_task_group() as tg:
-            for fn in tasks:
-                tg.start_soon(fn)
-        stop.flag = True
-        outer.cancel_scope.cancel()
-    end = time.perf_counter_ns()
+    last_show = state.t_start
+    while True:
+        s = time.perf_counter_ns()
+        if not state.measuring and state.warmed_up(s):
+            state.start_measuring(s)
+        try:
+            session.run_sync(graph, sets[i % len(sets)])
+        except Exception as exc:
+            state.fail(exc)
+            break
+        i += 1
+        e = time.perf_counter_ns()
+        state.done += 1
+        if state.measuring:
+            state.lat.append(e - s)
+            state.ends.append(e)
+            if state.should_stop():
+                break
+        if show is not None and e - last_show > 250_000_000:
+            last_show = e
+            show.update(state)
     res.process_cpu_s = time.process_time() - c0
-    tid = tid or _watcher_tid(cfg.device)
     w1 = thread_cpu_s(tid)
-    if w0 is None and w1 is not None:
-        w0 = 0.0
-    if w1 is not None and w0 is not None:
+    if w0 is not None and w1 is not None:
         res.watcher_cpu_s = w1 - w0
-    res.runs = len(rec.lat)
-    res.errors = rec.errors
-    res.elapsed_s = (end - t0[0]) / 1e9 if t0[0] else 0.0
-    if rec.ends and t0[0]:
-        span = (max(rec.ends) - t0[0]) / 1e9
-        res.elapsed_s = span
-        res.throughput = res.runs / span if span > 0 else 0.0
-    res.latency_ms = percentiles(rec.lat)
-    lag_ms = percentiles(lag)
-    res.loop_lag_ms = {k: lag_ms[k] for k in ("p50", "p99", "max")} if lag_ms else {}
-    if res.watcher_cpu_s is not None and rec.done:
-        res.watcher_cpu_us_per_run = res.watcher_cpu_s * 1e6 / rec.done
-    if rec.first_error is not None:
-        res.error = f"{type(rec.first_error).__name__}: {rec.first_error}"
-    if cfg.stable and res.stable is None:
-        res.stable = False
+    _finish(cfg, state)
 
 
 # -- the session ---------------------------------------------------------------------------------
 
 
-def _sync_level(cfg: BenchConfig, session: Any, graph: Any, inputs: dict[str, np.ndarray], res: LevelResult) -> None:
-    """Plain ``run_sync`` loop on this thread (concurrency 1 by construction)."""
-    rec = _Recorder()
-    for _ in range(cfg.warmup):
-        session.run_sync(graph, inputs)
-    tid = _watcher_tid(cfg.device)
-    w0 = thread_cpu_s(tid)
-    c0 = time.process_time()
-    t0 = time.perf_counter_ns()
-    rec.measuring = True
-    last = t0
-    tty = cfg.progress and sys.stderr.isatty()
-    while True:
-        s = time.perf_counter_ns()
-        try:
-            session.run_sync(graph, inputs)
-        except Exception as exc:
-            rec.errors += 1
-            rec.first_error = exc
-            break
-        e = time.perf_counter_ns()
-        rec.add(s, e)
-        if cfg.progress and e - last > 500_000_000:
-            last = e
-            msg = f"sync: {len(rec.lat)} runs  {len(rec.lat) / ((e - t0) / 1e9):,.0f}/s"
-            print(f"\r{msg:<78}" if tty else msg, end="" if tty else "\n", file=sys.stderr, flush=True)
-        if _should_stop(cfg, rec, t0, res):
-            break
-    if tty:
-        print("\r" + " " * 78 + "\r", end="", file=sys.stderr, flush=True)
-    res.process_cpu_s = time.process_time() - c0
-    w1 = thread_cpu_s(tid)
-    if w0 is not None and w1 is not None:
-        res.watcher_cpu_s = w1 - w0
-    res.runs = len(rec.lat)
-    res.errors = rec.errors
-    span = (rec.ends[-1] - t0) / 1e9 if rec.ends else 0.0
-    res.elapsed_s = span
-    res.throughput = res.runs / span if span > 0 else 0.0
-    res.latency_ms = percentiles(rec.lat)
-    if rec.first_error is not None:
-        res.error = f"{type(rec.first_error).__name__}: {rec.first_error}"
-    if cfg.stable and res.stable is None:
-        res.stable = False
+@dataclass
+class RunFacts:
+    """What the runner learned besides the levels' figures."""
+
+    backend: str | None = None
+    inputs: dict[str, str] = field(default_factory=dict)
+    input_source: str = "random"
+    batch: int = 1
+    notes: list[str] = field(default_factory=list)
+    stopped: str | None = None  # why a sweep ended early
+    saved_outputs: list[str] = field(default_factory=list)
 
 
 def run_benchmark(
-    cfg: BenchConfig, on_level: Callable[[LevelResult], None] | None = None
-) -> tuple[list[LevelResult], dict[str, Any]]:
-    """Run every load level of ``cfg``; returns the results (those so far on an error, the
-    failing level carrying ``error``) and facts about the run (backend, input shapes...)."""
+    cfg: BenchConfig,
+    on_level: Callable[[LevelResult], None] | None = None,
+    progress: Any = None,
+) -> tuple[list[LevelResult], RunFacts]:
+    """Run every load level of ``cfg`` in order; returns the results (those so far when a level
+    fails, the failing level carrying ``error``) and :class:`RunFacts`. A sweep stops early after
+    the first level above ``cfg.latency_threshold``, and in a rate sweep after the first level
+    that overloads the device (``facts.stopped`` says why). ``progress`` is an optional
+    ``(label) -> display`` factory (see ``_progress.Progress``).
+
+    :raises BenchError: for a model, input data or setting that cannot run, before any timing.
+    """
     import ascend_async as aa
 
     if cfg.mode not in MODES:
         raise BenchError(f"--mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
     if cfg.loop not in LOOPS:
         raise BenchError(f"--loop {cfg.loop!r}: choose one of {', '.join(LOOPS)}")
+    if cfg.mode == "sync" and cfg.load == "rate":
+        raise BenchError("--mode sync is a closed loop of one; it takes no --rate")
     try:
         graph = aa.Graph(cfg.model)
     except Exception as exc:
         raise BenchError(f"cannot load model {cfg.model}: {exc}") from exc
-    inputs, notes = make_inputs(graph, cfg.shapes, cfg.seed)
-    facts: dict[str, Any] = {
-        "inputs": {k: f"{v.dtype}{list(v.shape)}" for k, v in inputs.items()},
-        "notes": notes,
-    }
-    levels = [float(r) for r in [cfg.rate]] if cfg.rate is not None else [float(c) for c in cfg.concurrency]
+    samples = load_samples(graph, cfg.inputs, cfg.shapes, cfg.batch_size, cfg.seed)
+    facts = RunFacts(
+        inputs=samples.describe(), input_source=samples.source, batch=samples.batch, notes=list(samples.notes)
+    )
+    if len(samples.sets) > 1:
+        facts.notes.append(f"{len(samples.sets)} input sets, used in turn")
+    levels = [1.0] if cfg.mode == "sync" else list(cfg.levels)
     results: list[LevelResult] = []
-    peak = max(int(v) for v in levels) if cfg.rate is None else 4096
+    peak = max(int(v) for v in levels) if cfg.load == "concurrency" else cfg.max_in_flight
     try:
         session = aa.Session(cfg.device, streams=cfg.streams, max_in_flight=max(512, peak))
     except Exception as exc:
         raise BenchError(f"cannot open a session on device {cfg.device}: {exc}") from exc
+
+    def record(res: LevelResult) -> bool:
+        """Keep a finished level; False when the sweep should end here."""
+        results.append(res)
+        if on_level:
+            on_level(res)
+        if res.error:
+            return False
+        th = cfg.latency_threshold
+        if th is not None:
+            v = res.latency_ms.get(pct_key(th.percentile))
+            if v is not None and v > th.ms:
+                facts.stopped = f"{res.label}: {pct_key(th.percentile)} {v:.3f} ms > --latency-threshold {th.ms:g} ms"
+                return False
+        if res.overloaded and res.value != levels[-1]:
+            facts.stopped = f"{res.label} is overloaded (> 1% of its sends missed); higher rates would only miss more"
+            return False
+        return True
+
+    def check_outputs(outs: list[dict[str, Any]]) -> None:
+        if cfg.save_outputs:
+            facts.saved_outputs = save_outputs(cfg.save_outputs, samples.names, outs)
+
     try:
         try:
             session.add_graph(graph)
         except Exception as exc:
             raise BenchError(f"cannot add model {cfg.model}: {exc}") from exc
-        facts["backend"] = session.backend
-        # Check the inputs and compile once, before any timing.
-        try:
-            if cfg.mode in ("sync", "thread"):
-                session.run_sync(graph, inputs)
-        except Exception as exc:
-            raise BenchError(f"{cfg.model}: the first run failed: {exc}") from exc
+        facts.backend = session.backend
+        if cfg.mode in ("sync", "thread"):
+            # Check the inputs and compile once, before any timing (and keep the outputs).
+            try:
+                check_outputs([session.run_sync(graph, s) for s in samples.sets])
+            except aa.AscendError as exc:
+                raise BenchError(f"{cfg.model}: the first run failed: {exc}") from exc
 
         if cfg.mode == "sync":
-            if cfg.rate is not None:
-                raise BenchError("--mode sync is a closed loop of one; it takes no --rate")
-            res = LevelResult("concurrency", 1)
-            _sync_level(cfg, session, graph, inputs, res)
-            results.append(res)
-            if on_level:
-                on_level(res)
+            res = LevelResult("concurrency", 1, batch=samples.batch)
+            show = progress(res.label) if progress else None
+            try:
+                _sync_level(cfg, session, graph, samples, res, show)
+            finally:
+                if show is not None:
+                    show.close()
+            record(res)
             return results, facts
 
         async def main() -> None:
-            if cfg.mode in ("async",):
-                await session.load(graph)
-                await session.run(graph, inputs)
-            elif cfg.mode == "callback":
-                submit0 = _make_submit(session, graph, inputs, "callback", 1)
-                await submit0()
-            bridge_wakeups = _bridge_wakeups
+            try:
+                if cfg.mode == "async":
+                    await session.load(graph)
+                    check_outputs([await session.run(graph, s) for s in samples.sets])
+                elif cfg.mode == "callback":
+                    one = _make_submit(session, graph, samples, "callback", 1)
+                    check_outputs([await one(None) for _ in samples.sets])
+            except aa.AscendError as exc:
+                raise BenchError(f"{cfg.model}: the first run failed: {exc}") from exc
             for value in levels:
-                load = "rate" if cfg.rate is not None else "concurrency"
-                res = LevelResult(load, value)
-                profiles: list[Any] = []
-                submit = _make_submit(
-                    session, graph, inputs, cfg.mode, int(value) if load == "concurrency" else 1024, profiles
-                )
-                w0 = bridge_wakeups()
-                if load == "rate":
-                    rec = await _open_level(cfg, submit, value, res)
-                else:
-                    rec = await _closed_level(cfg, submit, int(value), res)
-                w1 = bridge_wakeups()
-                if cfg.mode == "async" and w0 is not None and w1 is not None and rec.done:
-                    res.loop_wakeups_per_run = (w1 - w0) / rec.done
-                res.stages_ms, res.compute_only_throughput = summarize_stages(profiles, cfg.streams)
-                results.append(res)
-                if on_level:
-                    on_level(res)
-                if res.error:
+                res = LevelResult(cfg.load, value, batch=samples.batch)
+                limit = int(value) if cfg.load == "concurrency" else cfg.max_in_flight
+                submit = _make_submit(session, graph, samples, cfg.mode, limit)
+                show = progress(res.label) if progress else None
+                w0 = _bridge_wakeups()
+                try:
+                    if cfg.load == "rate":
+                        state = await _open_level(cfg, submit, value, res, show)
+                    else:
+                        state = await _closed_level(cfg, submit, int(value), res, show)
+                finally:
+                    if show is not None:
+                        show.close()
+                w1 = _bridge_wakeups()
+                if cfg.mode == "async" and w0 is not None and w1 is not None and state.done:
+                    res.loop_wakeups_per_run = (w1 - w0) / state.done
+                if not record(res):
                     return
 
         _run_loop(cfg.loop, main)
@@ -605,7 +726,7 @@ def run_benchmark(
 def _bridge_wakeups() -> int | None:
     """Wake-ups posted to the running loop by the watcher (LoopBridge.wakeups; internal)."""
     try:
-        from ascend_async._watcher import current_bridge
+        from ascend_async._loop import current_bridge
 
         return int(current_bridge().wakeups)
     except Exception:
@@ -617,13 +738,13 @@ def _run_loop(loop: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         try:
             import trio  # noqa: F401
         except ImportError:
-            raise BenchError("--loop trio: trio is not installed (pip install trio)") from None
+            raise BenchError("--loop trio: trio is not installed (pip install 'ascend-async[trio]')") from None
         anyio.run(fn, backend="trio")
     elif loop == "uvloop":
         try:
-            import uvloop
+            import uvloop  # noqa: F401
         except ImportError:
-            raise BenchError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
-        anyio.run(fn, backend="asyncio", backend_options={"loop_factory": uvloop.new_event_loop})
+            raise BenchError("--loop uvloop: uvloop is not installed (pip install 'ascend-async[uvloop]')") from None
+        anyio.run(fn, backend="asyncio", backend_options={"use_uvloop": True})
     else:
         anyio.run(fn, backend="asyncio")
