@@ -240,7 +240,6 @@ class Run:
         """The run's event completed (code 0) or its stream faulted: read the outputs, give
         everything back, settle the counts, wake the task. Any thread; exactly once."""
         self.noticed_ns = noticed_ns
-        dev = self.replica.device
         try:
             if code:
                 self.error = device_fault(code, "device stream", self._fault_text())
