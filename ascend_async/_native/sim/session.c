@@ -610,7 +610,7 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
         memcpy(t->dims, inferred[i].dims, sizeof t->dims);
     }
     run_job *j = job_new(g->program, inputs, n_inputs, outputs, n_out);
-    aclError rc = sim_enqueue(stream, SIM_TASK_GRAPH, job_exec, job_cleanup, j);
+    aclError rc = sim_enqueue(stream, sim_graph_task_flags(inputs, n_inputs), job_exec, job_cleanup, j);
     if (rc) {
         const char *m = aclGetRecentErrMsg();
         ge_error("%s: cannot launch on the stream: aclError %d %s", api, rc, m ? m : "");
@@ -699,7 +699,7 @@ aa_status aa_session_run_graph(aa_session *session, uint32_t graph_id, const aa_
     run_job *j = job_new(g->program, inputs, n_inputs, outputs, n_out);
     uint64_t seq = 0;
     /* The model's own stream: a device thread runs it while this thread waits, as GE blocks. */
-    sim_enqueue_internal(s->sync_stream, SIM_TASK_GRAPH, sync_exec, NULL, j, &seq);
+    sim_enqueue_internal(s->sync_stream, sim_graph_task_flags(inputs, n_inputs), sync_exec, NULL, j, &seq);
     sim_wait_retired(s->sync_stream, seq);
     int code = j->code;
     if (code) ge_error("%s: graph %u: execution failed with aclError %d: %s", api, graph_id, code, j->msg);
@@ -765,7 +765,7 @@ aa_status aa_session_run_graph_async(aa_session *session, uint32_t graph_id, con
     run_job *j = job_new(g->program, inputs, n_inputs, NULL, sim_program_n_outputs(g->program));
     j->cb = callback;
     j->user = user_data;
-    sim_enqueue_internal(s->async_stream, SIM_TASK_GRAPH, async_exec, job_cleanup, j, NULL);
+    sim_enqueue_internal(s->async_stream, sim_graph_task_flags(inputs, n_inputs), async_exec, job_cleanup, j, NULL);
     g->mode = MODE_RUN_GRAPH_ASYNC; /* recorded right after submission */
     st = GE_OK;
 out:
