@@ -8,6 +8,9 @@ Ascend hardware through CANN, or on the bundled simulated device everywhere else
 from __future__ import annotations
 
 from ._backend import backend_info as backend_info
+from ._batcher import Batcher as Batcher
+from ._batcher import BatcherConfig as BatcherConfig
+from ._batcher import BatcherStatistics as BatcherStatistics
 from ._device import configure_watcher as configure_watcher
 from ._errors import AclError as AclError
 from ._errors import AscendError as AscendError
@@ -25,6 +28,10 @@ from ._event import Event as Event
 from ._graph import Graph as Graph
 from ._graph import TensorSpec as TensorSpec
 from ._memory import DeviceTensor as DeviceTensor
+from ._pool import DevicePool as DevicePool
+from ._pool import PoolDeviceStatistics as PoolDeviceStatistics
+from ._pool import PoolStatistics as PoolStatistics
+from ._pool import device_count as device_count
 from ._session import RunProfile as RunProfile
 from ._session import Session as Session
 from ._session import SessionStatistics as SessionStatistics
@@ -37,8 +44,12 @@ __all__ = (
     "AscendError",
     "AscendWarning",
     "BackendUnavailableError",
+    "Batcher",
+    "BatcherConfig",
+    "BatcherStatistics",
     "DeviceError",
     "DeviceMemoryError",
+    "DevicePool",
     "DeviceTensor",
     "Event",
     "GeError",
@@ -46,6 +57,8 @@ __all__ = (
     "GraphError",
     "InputError",
     "ModeConflictError",
+    "PoolDeviceStatistics",
+    "PoolStatistics",
     "RunProfile",
     "Session",
     "SessionClosedError",
@@ -55,6 +68,7 @@ __all__ = (
     "WatcherError",
     "backend_info",
     "configure_watcher",
+    "device_count",
 )
 
 for _name in __all__:  # present the public names as ascend_async.X (repr, docs, pickling)
