@@ -28,6 +28,7 @@ from ._event import Event as Event
 from ._graph import Graph as Graph
 from ._graph import TensorSpec as TensorSpec
 from ._memory import DeviceTensor as DeviceTensor
+from ._metrics import PrometheusExporter as PrometheusExporter
 from ._pool import DevicePool as DevicePool
 from ._pool import PoolDeviceStatistics as PoolDeviceStatistics
 from ._pool import PoolStatistics as PoolStatistics
@@ -59,6 +60,7 @@ __all__ = (
     "ModeConflictError",
     "PoolDeviceStatistics",
     "PoolStatistics",
+    "PrometheusExporter",
     "RunProfile",
     "Session",
     "SessionClosedError",

@@ -34,6 +34,7 @@ import anyio
 import anyio.lowlevel
 import numpy as np
 
+from . import _metrics
 from ._errors import GraphError, InputError
 from ._graph import Graph
 
@@ -269,7 +270,6 @@ class Batcher:
         self._delay_sum = 0.0
         self._delay_n = 0
         self._delay_max = 0.0
-        self.observer: Any = None  # set by ascend_async._metrics while an exporter is installed
 
     def __repr__(self) -> str:
         c = self._config
@@ -619,9 +619,9 @@ class Batcher:
             self._delay_sum += sum(delays)
             self._delay_n += len(delays)
             self._delay_max = max(self._delay_max, *delays)
-        obs = self.observer
-        if obs is not None:
-            obs.batch(self, batch.rows, batch.run_rows, delays)
+        hook = _metrics.hook
+        if hook is not None:  # a Prometheus exporter is installed
+            hook.batch(self, batch.rows, batch.run_rows, delays)
 
     # -- introspection --------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import anyio
 import anyio.lowlevel
 import numpy as np
 
+from . import _metrics
 from ._device import Device, acquire_device, release_device
 from ._errors import DeviceError, GraphError, ModeConflictError, SessionClosedError
 from ._event import Event
@@ -533,6 +534,8 @@ class Session:
         except BaseException:
             job.abandoned = True
             raise
+        if _metrics.hook is not None:  # a Prometheus exporter is installed (ascend_async._metrics)
+            _metrics.hook.run(self, graph, job, t_entry)
         if job.error is not None:
             raise job.error
         result: dict[str, Any] = job.result
