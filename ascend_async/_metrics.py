@@ -2,18 +2,21 @@
 
 The hooks: ``Session.run`` and the batcher call ``hook`` (a module global, ``None`` unless an
 exporter is installed) once per finished run and once per batch. Off, a hook costs one global
-load and a compare. On, a run costs a dict lookup for its (stream, graph) label children, a
-histogram observation and a counter increment. Gauges (runs in flight, device memory, queued
-requests) are not hooked at all: they are read from the sessions and batchers seen so far when
-Prometheus scrapes.
+load and a compare. On, a run costs a dict lookup and a few integer increments into
+accumulators owned by the calling thread: no lock, no prometheus_client call. Everything is
+turned into Prometheus metrics when Prometheus scrapes: counters and histograms from the
+accumulators, and gauges (runs in flight, device memory, queued requests) read from the sessions
+and batchers seen so far.
 
-Threads: hooks run on event-loop threads; prometheus_client's metrics lock internally. The
-label-children cache and the sets of seen sessions and batchers are guarded by ``_lock``, taken
-only on a cache miss and at scrape time.
+Threads: each thread that runs hooks writes only its own accumulators (a ``threading.local``);
+the scrape thread reads them all (plain int reads: a scrape may miss increments still being
+made, never corrupts them). The list of per-thread accumulators and the sets of seen sessions
+and batchers are guarded by ``_lock``, taken when a thread first reports and at scrape time.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 import weakref
@@ -46,6 +49,47 @@ def _require() -> Any:
     return prometheus_client
 
 
+class _Hist:
+    """A histogram accumulator written by one thread: per-bucket counts (not cumulative), sum."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self, n_buckets: int) -> None:
+        self.counts = [0] * (n_buckets + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+
+class _RunAcc:
+    """One thread's runs under one (graph, stream, device)."""
+
+    __slots__ = ("failures", "latency", "runs", "session_id")
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.failures = 0
+        self.latency = _Hist(len(_LATENCY_BUCKETS))
+        self.session_id = 0
+
+
+class _BatchAcc:
+    """One thread's batches of one graph."""
+
+    __slots__ = ("delay", "padded", "rows")
+
+    def __init__(self) -> None:
+        self.rows = _Hist(len(_BATCH_BUCKETS))
+        self.delay = _Hist(len(_DELAY_BUCKETS))
+        self.padded = 0
+
+
+class _ThreadAcc:
+    __slots__ = ("batches", "runs")
+
+    def __init__(self) -> None:
+        self.runs: dict[tuple[str, int, int], _RunAcc] = {}
+        self.batches: dict[str, _BatchAcc] = {}
+
+
 class PrometheusExporter:
     """Exports ascend_async's activity as Prometheus metrics.
 
@@ -67,38 +111,13 @@ class PrometheusExporter:
     def __init__(self, registry: Any = None, *, namespace: str = "ascend_async") -> None:
         pc = _require()
         self.registry = registry if registry is not None else pc.CollectorRegistry(auto_describe=True)
-        ns = namespace
-        r = self.registry
-        self._runs = pc.Counter(f"{ns}_runs", "Runs finished", ["graph", "stream", "device"], registry=r)
-        self._failures = pc.Counter(
-            f"{ns}_run_failures",
-            "Runs that raised (device faults and other errors)",
-            ["graph", "stream", "device"],
-            registry=r,
-        )
-        self._latency = pc.Histogram(
-            f"{ns}_run_latency_seconds",
-            "From entering run() to its result",
-            ["graph", "stream", "device"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self._batch_rows = pc.Histogram(
-            f"{ns}_batch_size", "Rows per batch (before padding)", ["graph"], buckets=_BATCH_BUCKETS, registry=r
-        )
-        self._batch_padded = pc.Counter(f"{ns}_batch_padded_rows", "Zero rows added to batches", ["graph"], registry=r)
-        self._queue_delay = pc.Histogram(
-            f"{ns}_batch_queue_delay_seconds",
-            "From batcher.run() to the submission of its batch",
-            ["graph"],
-            buckets=_DELAY_BUCKETS,
-            registry=r,
-        )
+        self.namespace = namespace
         self._lock = threading.Lock()
-        self._children: weakref.WeakKeyDictionary[Any, dict[int, tuple[Any, Any, Any]]] = weakref.WeakKeyDictionary()
+        self._local = threading.local()
+        self._threads: list[_ThreadAcc] = []
         self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
         self._batchers: weakref.WeakSet[Batcher] = weakref.WeakSet()
-        r.register(_GaugeCollector(self, ns))
+        self.registry.register(_Collector(self))
         self._server: Any = None
 
     # -- installation ---------------------------------------------------------------------------
@@ -132,87 +151,158 @@ class PrometheusExporter:
 
     # -- hooks (event-loop threads) -------------------------------------------------------------
 
+    def _mine(self) -> _ThreadAcc:
+        acc: _ThreadAcc | None = getattr(self._local, "acc", None)
+        if acc is None:
+            acc = self._local.acc = _ThreadAcc()
+            with self._lock:
+                self._threads.append(acc)
+        return acc
+
     def run(self, session: Session, graph: Graph, job: Job, t_entry_ns: int) -> None:
         """One finished run (called by Session.run after its result or error arrived)."""
-        lane = job.lane
-        per_lane = self._children.get(lane)
-        kids = per_lane.get(id(graph)) if per_lane is not None else None
-        if kids is None:
-            kids = self._children_for(session, graph, lane)
-        runs, failures, latency = kids
-        latency.observe((time.perf_counter_ns() - t_entry_ns) / 1e9)
+        seconds = (time.perf_counter_ns() - t_entry_ns) / 1e9
+        key = (graph.name, job.lane.index, session._device.id)
+        runs = self._mine().runs
+        acc = runs.get(key)
+        if acc is None:
+            acc = runs[key] = _RunAcc()
+        if acc.session_id != id(session):  # a session not seen under these labels: remember it
+            acc.session_id = id(session)
+            with self._lock:
+                self._sessions.add(session)
         if job.error is not None:
-            failures.inc()
+            acc.failures += 1
         else:
-            runs.inc()
-
-    def _children_for(self, session: Session, graph: Graph, lane: Any) -> tuple[Any, Any, Any]:
-        labels = (graph.name, str(lane.index), str(session._device.id))
-        kids = (self._runs.labels(*labels), self._failures.labels(*labels), self._latency.labels(*labels))
-        with self._lock:
-            self._children.setdefault(lane, {})[id(graph)] = kids
-            self._sessions.add(session)
-        return kids
+            acc.runs += 1
+        lat = acc.latency
+        lat.counts[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        lat.sum += seconds
 
     def batch(self, batcher: Batcher, rows: int, run_rows: int, delays_ms: Sequence[float]) -> None:
         """One batch submitted by a batcher."""
+        batches = self._mine().batches
         name = batcher.graph.name
-        self._batch_rows.labels(name).observe(rows)
-        if run_rows > rows:
-            self._batch_padded.labels(name).inc(run_rows - rows)
-        delay = self._queue_delay.labels(name)
-        for d in delays_ms:
-            delay.observe(d / 1000.0)
+        acc = batches.get(name)
+        if acc is None:
+            acc = batches[name] = _BatchAcc()
+        acc.rows.counts[bisect.bisect_left(_BATCH_BUCKETS, rows)] += 1
+        acc.rows.sum += rows
+        acc.padded += run_rows - rows
+        d = acc.delay
+        for ms in delays_ms:
+            d.counts[bisect.bisect_left(_DELAY_BUCKETS, ms / 1000.0)] += 1
+            d.sum += ms / 1000.0
         if batcher not in self._batchers:
             with self._lock:
                 self._batchers.add(batcher)
 
 
-class _GaugeCollector:
-    """Scrape-time gauges: runs in flight and device memory by device, queued requests by graph."""
+def _merge(into: _Hist | None, h: _Hist) -> _Hist:
+    if into is None:
+        into = _Hist(len(h.counts) - 1)
+    for i, c in enumerate(h.counts):
+        into.counts[i] += c
+    into.sum += h.sum
+    return into
 
-    def __init__(self, exporter: PrometheusExporter, ns: str) -> None:
+
+def _buckets(h: _Hist, bounds: Sequence[float]) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    acc = 0.0
+    for b, c in zip((*bounds, float("inf")), h.counts, strict=True):
+        acc += c
+        out.append(("+Inf" if b == float("inf") else repr(float(b)), acc))
+    return out
+
+
+class _Collector:
+    """Builds every metric at scrape time from the exporter's accumulators and live objects."""
+
+    def __init__(self, exporter: PrometheusExporter) -> None:
         self._exporter = weakref.ref(exporter)
-        self._ns = ns
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-        ns = self._ns
+        exporter = self._exporter()
+        if exporter is None:
+            return
+        ns = exporter.namespace
+        with exporter._lock:
+            threads = list(exporter._threads)
+            sessions = list(exporter._sessions)
+            batchers = list(exporter._batchers)
+        run_labels = ["graph", "stream", "device"]
+        runs = CounterMetricFamily(f"{ns}_runs", "Runs finished", labels=run_labels)
+        failures = CounterMetricFamily(
+            f"{ns}_run_failures", "Runs that raised (device faults and others)", labels=run_labels
+        )
+        latency = HistogramMetricFamily(
+            f"{ns}_run_latency_seconds", "From entering run() to its result", labels=run_labels
+        )
+        merged: dict[tuple[str, int, int], tuple[int, int, _Hist | None]] = {}
+        for t in threads:
+            for key, a in list(t.runs.items()):
+                n, f, h = merged.get(key, (0, 0, None))
+                merged[key] = (n + a.runs, f + a.failures, _merge(h, a.latency))
+        for (graph, stream, device), (n, f, h) in sorted(merged.items()):
+            labels = [graph, str(stream), str(device)]
+            runs.add_metric(labels, n)
+            failures.add_metric(labels, f)
+            assert h is not None
+            latency.add_metric(labels, _buckets(h, _LATENCY_BUCKETS), h.sum)
+        yield runs
+        yield failures
+        yield latency
+
+        sizes = HistogramMetricFamily(f"{ns}_batch_size", "Rows per batch (before padding)", labels=["graph"])
+        delay = HistogramMetricFamily(
+            f"{ns}_batch_queue_delay_seconds", "From batcher.run() to the submission of its batch", labels=["graph"]
+        )
+        padded = CounterMetricFamily(f"{ns}_batch_padded_rows", "Zero rows added to batches", labels=["graph"])
+        per_graph: dict[str, tuple[_Hist | None, _Hist | None, int]] = {}
+        for t in threads:
+            for name, b in list(t.batches.items()):
+                r, d, p = per_graph.get(name, (None, None, 0))
+                per_graph[name] = (_merge(r, b.rows), _merge(d, b.delay), p + b.padded)
+        for name, (r, d, p) in sorted(per_graph.items()):
+            assert r is not None and d is not None
+            sizes.add_metric([name], _buckets(r, _BATCH_BUCKETS), r.sum)
+            delay.add_metric([name], _buckets(d, _DELAY_BUCKETS), d.sum)
+            padded.add_metric([name], p)
+        yield sizes
+        yield delay
+        yield padded
+
         in_flight = GaugeMetricFamily(f"{ns}_runs_in_flight", "Runs submitted and not finished", labels=["device"])
         memory = GaugeMetricFamily(
             f"{ns}_device_memory_bytes", "Device memory held by the caching pool", labels=["device", "state"]
         )
         queued = GaugeMetricFamily(f"{ns}_batcher_queued_requests", "Requests waiting in batchers", labels=["graph"])
-        exporter = self._exporter()
-        if exporter is not None:
-            with exporter._lock:
-                sessions = list(exporter._sessions)
-                batchers = list(exporter._batchers)
-            flights: dict[str, int] = {}
-            pools: dict[str, dict[str, int]] = {}
-            for s in sessions:
-                try:
-                    st = s.statistics()
-                except Exception:  # closed meanwhile
-                    continue
-                dev = str(s._device.id) if s._device is not None else "?"
-                flights[dev] = flights.get(dev, 0) + st.in_flight
-                pools[dev] = dict(st.device_pool)
-            for dev, n in sorted(flights.items()):
-                in_flight.add_metric([dev], n)
-            for dev, p in sorted(pools.items()):
-                memory.add_metric([dev, "live"], p.get("live_bytes", 0))
-                memory.add_metric([dev, "cached"], p.get("cached_bytes", 0))
-            per_graph: dict[str, int] = {}
-            for b in batchers:
-                name = b.graph.name
-                per_graph[name] = per_graph.get(name, 0) + b.statistics().queued
-            for name, n in sorted(per_graph.items()):
-                queued.add_metric([name], n)
+        flights: dict[str, int] = {}
+        pools: dict[str, dict[str, int]] = {}
+        for s in sessions:
+            try:
+                dev = str(s._device.id)
+                st = s.statistics()
+            except Exception:  # closed meanwhile
+                continue
+            flights[dev] = flights.get(dev, 0) + st.in_flight
+            pools[dev] = dict(st.device_pool)
+        for dev, n in sorted(flights.items()):
+            in_flight.add_metric([dev], n)
+        for dev, pool in sorted(pools.items()):
+            memory.add_metric([dev, "live"], pool.get("live_bytes", 0))
+            memory.add_metric([dev, "cached"], pool.get("cached_bytes", 0))
+        waiting: dict[str, int] = {}
+        for bt in batchers:
+            waiting[bt.graph.name] = waiting.get(bt.graph.name, 0) + bt.statistics().queued
+        for name, n in sorted(waiting.items()):
+            queued.add_metric([name], n)
         yield in_flight
         yield memory
         yield queued
