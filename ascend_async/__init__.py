@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from . import models as models
 from ._backend import backend_info as backend_info
+from ._batcher import Batcher as Batcher
+from ._batcher import BatcherConfig as BatcherConfig
+from ._batcher import BatcherStatistics as BatcherStatistics
 from ._device import configure_watcher as configure_watcher
 from ._errors import AclError as AclError
 from ._errors import AscendError as AscendError
@@ -27,6 +30,11 @@ from ._event import Event as Event
 from ._graph import Graph as Graph
 from ._graph import TensorSpec as TensorSpec
 from ._memory import DeviceTensor as DeviceTensor
+from ._metrics import PrometheusExporter as PrometheusExporter
+from ._pool import DevicePool as DevicePool
+from ._pool import PoolDeviceStatistics as PoolDeviceStatistics
+from ._pool import PoolStatistics as PoolStatistics
+from ._pool import device_count as device_count
 from ._session import RunProfile as RunProfile
 from ._session import Session as Session
 from ._session import SessionStatistics as SessionStatistics
@@ -40,8 +48,12 @@ __all__ = (
     "AscendTimeoutError",
     "AscendWarning",
     "BackendUnavailableError",
+    "Batcher",
+    "BatcherConfig",
+    "BatcherStatistics",
     "DeviceError",
     "DeviceMemoryError",
+    "DevicePool",
     "DeviceTensor",
     "Event",
     "GeError",
@@ -49,6 +61,9 @@ __all__ = (
     "GraphError",
     "InputError",
     "ModeConflictError",
+    "PoolDeviceStatistics",
+    "PoolStatistics",
+    "PrometheusExporter",
     "RunProfile",
     "Session",
     "SessionClosedError",
@@ -58,6 +73,7 @@ __all__ = (
     "WatcherError",
     "backend_info",
     "configure_watcher",
+    "device_count",
     "models",
 )
 

@@ -8,12 +8,13 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.lowlevel
 import numpy as np
 
+from . import _metrics
 from ._device import Device, acquire_device, release_device
 from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
 from ._errors import GraphError, SessionClosedError, ge_error
@@ -23,6 +24,9 @@ from ._loop import current_bridge
 from ._memory import DeviceTensor
 from ._streams import Stream, StreamPool
 from ._submit import CallbackRun, Replica, Run
+
+if TYPE_CHECKING:
+    from ._batcher import Batcher
 
 __all__ = ["Event", "RunProfile", "Session", "SessionStatistics", "Stream"]
 
@@ -453,6 +457,8 @@ class Session:
         except BaseException:
             run.abandoned = True
             raise
+        if _metrics.hook is not None:  # a Prometheus exporter is installed (ascend_async._metrics)
+            _metrics.hook.run(self, graph, run, t_entry)
         if run.error is not None:
             raise run.error
         assert run.result is not None
@@ -619,6 +625,21 @@ class Session:
                 host_pool=pools["host"],
                 watcher=w.stats() if w is not None else {},
             )
+
+    # -- serving (logic in _batcher.py) -------------------------------------------------------
+
+    def batcher(self, graph: Graph, **params: Any) -> Batcher:
+        """A dynamic :class:`Batcher` for ``graph`` on this session: ``max_batch_size`` (default:
+        a static graph's batch size, else 32), ``max_delay_ms`` (1.0), ``preferred_batch_sizes``,
+        ``max_concurrent_batches`` (default: the number of streams), ``pad_to_preferred``.
+
+        :raises GraphError: the graph is not added here, or an input has no batch dimension.
+        :raises ValueError: a bad parameter, e.g. ``max_batch_size`` above a static batch size.
+        """
+        from ._batcher import Batcher
+
+        self._state(graph)
+        return Batcher(self, graph, **params)
 
 
 def _options(ffi: Any, opts: Mapping[str, str]) -> tuple[list[Any], Any]:

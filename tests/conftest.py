@@ -4,11 +4,16 @@ counters must read zero after each test."""
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from helpers import sim_stats
+
+# The sim exposes this many devices to the test process (read when its runtime starts): the
+# DevicePool tests need several. Sessions still default to device 0.
+os.environ.setdefault("ASCEND_ASYNC_SIM_DEVICES", "4")
 
 try:
     import uvloop

@@ -6,13 +6,16 @@
 
 /* --- configuration: call before aclInit (or after aclFinalize) --- */
 typedef struct aa_sim_config {
-    uint32_t device_count;      /* default 1 */
+    uint32_t device_count;      /* physical devices; default 1, or ASCEND_ASYNC_SIM_DEVICES */
     uint32_t workers;           /* device worker threads per device, default 2 */
     uint64_t memory_bytes;      /* device memory capacity per device, default 4 GiB */
     uint32_t max_events;        /* hardware events per device, default 1023 */
     uint32_t engine_threads;    /* onnxruntime intra-op threads per graph run, default 1 */
 } aa_sim_config;
 
+/* ASCEND_RT_VISIBLE_DEVICES, read when the runtime starts, works as in ACL: a comma-separated
+ * ascending list of physical ids; logical ids 0..n-1 map onto them in order; parsing stops at
+ * the first bad character, out-of-range or non-ascending id; set but empty = no device. */
 int aa_sim_configure(const aa_sim_config *config);
 void aa_sim_get_config(aa_sim_config *config);
 
@@ -22,6 +25,8 @@ typedef struct aa_sim_timing {
     uint32_t min_graph_us;        /* a graph run lasts at least this long */
     uint32_t compile_us;          /* CompileGraph host-side delay */
     uint32_t load_us;             /* LoadGraph host-side delay */
+    uint32_t per_sample_us;       /* plus this per sample: a graph run lasts at least
+                                     min_graph_us + per_sample_us * (first dim of input 0) */
 } aa_sim_timing;
 
 void aa_sim_set_timing(const aa_sim_timing *timing);

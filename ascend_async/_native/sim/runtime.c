@@ -173,7 +173,8 @@ typedef struct report_queue {
 } report_queue;
 
 struct sim_device {
-    int32_t id;
+    int32_t id;               /* logical (over ASCEND_RT_VISIBLE_DEVICES) */
+    int32_t phys;             /* physical */
     pthread_mutex_t lock;
     pthread_cond_t work_cv;   /* device threads: a stream may have become runnable */
     pthread_cond_t done_cv;   /* waiters: a task retired, an event slot freed, a report processed */
@@ -201,8 +202,10 @@ static struct {
     int started;
     int acl_inited;
     aa_sim_config cfg;
+    int configured;          /* aa_sim_configure was called: it wins over the environment */
     aa_sim_timing timing;
-    sim_device *devs;
+    sim_device *devs;        /* the visible devices, indexed by logical id */
+    uint32_t n_visible;
 } g_rt = {.lock = PTHREAD_MUTEX_INITIALIZER,
           .cfg = {1, 2, 4ull << 30, 1023, 1}};
 
@@ -217,6 +220,7 @@ int aa_sim_configure(const aa_sim_config *config) {
         return -1;
     }
     g_rt.cfg = *config;
+    g_rt.configured = 1;
     if (!g_rt.cfg.device_count) g_rt.cfg.device_count = 1;
     if (!g_rt.cfg.workers) g_rt.cfg.workers = 2;
     if (!g_rt.cfg.memory_bytes) g_rt.cfg.memory_bytes = 4ull << 30;
@@ -264,6 +268,34 @@ void aa_sim_get_stats(aa_sim_stats *stats) {
 
 static sim_stream *stream_new(sim_device *d, sim_context *ctx, int internal);
 
+int sim_graph_task_flags(const aa_tensor *inputs, size_t n_inputs) {
+    int64_t n = (n_inputs && inputs[0].ndim > 0) ? inputs[0].dims[0] : 1;
+    if (n < 1) n = 1;
+    if (n > 0x7fffff) n = 0x7fffff;
+    return SIM_TASK_GRAPH | (int)(n << SIM_TASK_SAMPLES_SHIFT);
+}
+
+/* ASCEND_RT_VISIBLE_DEVICES as ACL reads it: ascending physical ids, comma-separated; parsing
+ * stops at the first bad character, out-of-range or non-ascending id. Unset: every device. */
+static uint32_t visible_devices(uint32_t physical, uint32_t *phys) {
+    const char *env = getenv("ASCEND_RT_VISIBLE_DEVICES");
+    if (!env) {
+        for (uint32_t i = 0; i < physical; i++) phys[i] = i;
+        return physical;
+    }
+    uint32_t n = 0;
+    const char *p = env;
+    while (*p >= '0' && *p <= '9' && n < physical) {
+        uint64_t v = 0;
+        while (*p >= '0' && *p <= '9' && v <= physical) v = v * 10 + (uint64_t)(*p++ - '0');
+        if (v >= physical || (n && v <= phys[n - 1])) break;
+        phys[n++] = (uint32_t)v;
+        if (*p != ',') break;
+        p++;
+    }
+    return n;
+}
+
 /* Devices start on first use (AscendCL works without aclInit too, as GE's samples show). */
 static void runtime_start(void) {
     pthread_mutex_lock(&g_rt.lock);
@@ -271,11 +303,15 @@ static void runtime_start(void) {
         pthread_mutex_unlock(&g_rt.lock);
         return;
     }
-    uint32_t n = g_rt.cfg.device_count;
-    g_rt.devs = calloc(n, sizeof(sim_device));
+    const char *env_count = getenv("ASCEND_ASYNC_SIM_DEVICES");
+    if (!g_rt.configured && env_count && atoi(env_count) > 0) g_rt.cfg.device_count = (uint32_t)atoi(env_count);
+    uint32_t *phys = calloc(g_rt.cfg.device_count, sizeof(uint32_t));
+    uint32_t n = g_rt.n_visible = visible_devices(g_rt.cfg.device_count, phys);
+    g_rt.devs = calloc(n ? n : 1, sizeof(sim_device));
     for (uint32_t i = 0; i < n; i++) {
         sim_device *d = &g_rt.devs[i];
-        d->id = (int32_t)i;
+        d->id = (int32_t)i; /* the logical id, as aclrtGetDevice reports it */
+        d->phys = (int32_t)phys[i];
         pthread_mutex_init(&d->lock, NULL);
         cond_init_monotonic(&d->work_cv);
         cond_init_monotonic(&d->done_cv);
@@ -290,13 +326,14 @@ static void runtime_start(void) {
             pthread_attr_destroy(&a);
         }
     }
+    free(phys);
     __atomic_store_n(&g_rt.started, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&g_rt.lock);
 }
 
 static sim_device *device_get(int32_t id) {
     runtime_start();
-    if (id < 0 || (uint32_t)id >= g_rt.cfg.device_count) return NULL;
+    if (id < 0 || (uint32_t)id >= g_rt.n_visible) return NULL;
     return &g_rt.devs[id];
 }
 
@@ -329,7 +366,7 @@ aclError aclFinalize(void) {
 aclError aclrtGetDeviceCount(uint32_t *count) {
     if (!count) FAIL(ACL_ERROR_INVALID_PARAM, "aclrtGetDeviceCount: count is NULL");
     runtime_start();
-    *count = g_rt.cfg.device_count;
+    *count = g_rt.n_visible;
     return ACL_SUCCESS;
 }
 
@@ -832,7 +869,9 @@ static void *device_thread(void *arg) {
                 if (t->flags & SIM_TASK_GRAPH) {
                     SIM_STAT_ADD(graph_runs, 1);
                     uint64_t spent = (sim_now_ns() - t0) / 1000u;
-                    if (tm.min_graph_us > spent) sim_sleep_us((uint32_t)(tm.min_graph_us - spent));
+                    uint64_t samples = (uint64_t)(t->flags >> SIM_TASK_SAMPLES_SHIFT);
+                    uint64_t want = tm.min_graph_us + (uint64_t)tm.per_sample_us * samples;
+                    if (want > spent) sim_sleep_us((uint32_t)(want - spent));
                 }
             }
         }
@@ -1545,7 +1584,7 @@ aclError aclrtProcessReport(int32_t timeout) {
     uint64_t me = (uint64_t)pthread_self();
     sim_device *d = NULL;
     report_queue *q = NULL;
-    for (uint32_t i = 0; i < g_rt.cfg.device_count && !q; i++) {
+    for (uint32_t i = 0; i < g_rt.n_visible && !q; i++) {
         sim_device *c = &g_rt.devs[i];
         pthread_mutex_lock(&c->lock);
         for (report_queue *x = c->reports; x; x = x->next)

@@ -25,6 +25,10 @@ typedef int (*sim_exec_fn)(void *payload, char *err, size_t err_len);
 typedef void (*sim_cleanup_fn)(void *payload, int executed);
 
 #define SIM_TASK_GRAPH 1 /* counts as a graph run for the timing model and statistics */
+#define SIM_TASK_SAMPLES_SHIFT 8 /* flags >> this: the run's sample count, for the timing model */
+
+/* SIM_TASK_GRAPH plus the run's sample count (first dim of the first input; 1 if it has none). */
+int sim_graph_task_flags(const aa_tensor *inputs, size_t n_inputs);
 
 /* Enqueue a task on `stream` (NULL = current context's default stream). The caller's current
  * context must own the stream. */

@@ -799,7 +799,7 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
     j->stream = stream;
     j->dynamic = dynamic;
     j->slots = outputs;
-    aclError rc = sim_enqueue(stream, SIM_TASK_GRAPH, stream_exec, job_cleanup, j);
+    aclError rc = sim_enqueue(stream, sim_graph_task_flags(inputs, n_inputs), stream_exec, job_cleanup, j);
     if (rc) {
         const char *m = aclGetRecentErrMsg();
         ge_error("%s: cannot launch on the stream: aclError %d %s", api, rc, m ? m : "");
@@ -876,7 +876,7 @@ aa_status aa_session_run_graph(aa_session *session, uint32_t graph_id, const aa_
     j->placement = AA_PLACEMENT_HOST;
     uint64_t seq = 0;
     /* The model's own stream: a device thread runs it while this thread waits, as GE blocks. */
-    sim_enqueue_internal(s->sync_stream, SIM_TASK_GRAPH, sync_exec, NULL, j, &seq);
+    sim_enqueue_internal(s->sync_stream, sim_graph_task_flags(inputs, n_inputs), sync_exec, NULL, j, &seq);
     sim_wait_retired(s->sync_stream, seq);
     int code = j->code;
     if (code) {
@@ -943,7 +943,7 @@ aa_status aa_session_run_graph_async(aa_session *session, uint32_t graph_id, con
         j->user = user_data;
         j->dynamic = 1;
         j->placement = AA_PLACEMENT_HOST;
-        sim_enqueue_internal(s->async_stream, SIM_TASK_GRAPH, async_exec, job_cleanup, j, NULL);
+        sim_enqueue_internal(s->async_stream, sim_graph_task_flags(inputs, n_inputs), async_exec, job_cleanup, j, NULL);
         g->mode = MODE_RUN_GRAPH_ASYNC; /* recorded right after submission */
         st = GE_OK;
     }

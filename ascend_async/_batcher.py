@@ -1,0 +1,656 @@
+"""Dynamic batching: concurrent requests concatenated on the graph's batch dimension, run once,
+and split back.
+
+Where it lives. A batcher has no thread. Each event loop that calls ``run`` gets its own queue
+and, while that queue has work, one worker task on that loop (an asyncio task, or a trio system
+task) that forms batches and runs them through the target's ``run`` (a :class:`Session` or a
+:class:`DevicePool`). The worker exits when its queue is empty and nothing is in flight; the next
+request starts a new one. Requests from different loops are **kept apart**: they never share a
+batch, because a batch's result is delivered on one loop and waking tasks of another loop per
+request would add a cross-thread hand-off to every request. The configuration and statistics
+are shared by all loops (the configuration is an immutable object replaced in one assignment;
+the statistics are guarded by a lock).
+
+Cross-thread hand-offs (the only ones): :meth:`Batcher.configure` called from another thread
+wakes each loop's worker through that loop's thread-safe entry (``call_soon_threadsafe`` /
+``TrioToken.run_sync_soon``), so a shorter delay applies at once; statistics are read under
+``_stats_lock``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+import anyio.lowlevel
+import numpy as np
+
+from . import _metrics
+from ._errors import GraphError, InputError
+from ._graph import Graph
+
+if TYPE_CHECKING:
+    from ._pool import DevicePool
+    from ._session import Session
+
+__all__ = ["Batcher", "BatcherConfig", "BatcherStatistics"]
+
+
+class _Target(Protocol):
+    async def run(self, graph: Graph, inputs: Sequence[Any]) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    """A batcher's parameters (see :meth:`Session.batcher`). Immutable: :meth:`Batcher.configure`
+    replaces it as a whole, so a batch is always formed under one consistent configuration."""
+
+    max_batch_size: int
+    max_delay_ms: float
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_concurrent_batches: int = 2
+    pad_to_preferred: bool = False
+
+
+@dataclass(frozen=True)
+class BatcherStatistics:
+    """A snapshot of a batcher's activity (all loops together).
+
+    ``batch_sizes`` is the histogram of requests' rows per batch (before padding);
+    ``fill_ratio`` is rows run / ``max_batch_size`` at the time, over all batches;
+    ``padded_rows`` counts the zero rows added for static or preferred sizes;
+    ``queue_delay_ms`` has ``mean``, ``p50``, ``p99`` and ``max`` of the time from ``run`` to the
+    batch's submission, over the last 4096 requests.
+    """
+
+    requests: int
+    completed: int
+    failed: int
+    cancelled: int
+    timed_out: int
+    queued: int
+    batches: int
+    in_flight_batches: int
+    batch_sizes: Mapping[int, int]
+    fill_ratio: float
+    padded_rows: int
+    queue_delay_ms: Mapping[str, float]
+    config: BatcherConfig
+
+
+_QUEUED, _TAKEN, _GONE = 0, 1, 2
+
+
+@dataclass(eq=False)
+class _Request:
+    values: list[np.ndarray]
+    rows: int
+    key: tuple[Any, ...]
+    priority: int
+    seq: int
+    enqueued: float  # anyio.current_time()
+    enqueued_ns: int
+    done: anyio.Event = field(default_factory=anyio.Event)
+    state: int = _QUEUED
+    result: dict[str, np.ndarray] | None = None
+    error: BaseException | None = None
+
+    def __lt__(self, other: _Request) -> bool:  # heap order: higher priority first, then FIFO
+        return (-self.priority, self.seq) < (-other.priority, other.seq)
+
+
+@dataclass
+class _Batch:
+    requests: list[_Request]
+    rows: int
+    run_rows: int  # after padding
+    capacity: int  # max_batch_size when formed
+
+
+class _LoopQueue:
+    """One event loop's requests and worker. Touched only on that loop's thread, except
+    :meth:`post` (its thread-safe entry). Holds no strong reference to the loop."""
+
+    def __init__(self, key: Any) -> None:
+        self.heap: list[_Request] = []
+        self.live = 0
+        self.in_flight = 0
+        self.running = False
+        self.wake_event: anyio.Event | None = None
+        self.trio = not hasattr(key, "call_soon_threadsafe")
+        entry = key.run_sync_soon if self.trio else key.call_soon_threadsafe
+        self._post = weakref.WeakMethod(entry)
+        self._tasks: set[Any] = set()
+
+    def wake(self) -> None:
+        if self.wake_event is not None:
+            self.wake_event.set()
+
+    def post(self, fn: Callable[[], object]) -> None:
+        """From any thread: run ``fn`` on this queue's loop soon (a no-op once it is gone)."""
+        entry = self._post()
+        if entry is not None:
+            entry(fn)
+
+    def spawn(self, fn: Callable[[], Any]) -> None:
+        """On the loop thread: start ``fn()`` as a task that belongs to no caller's scope."""
+        if self.trio:
+            import trio
+
+            trio.lowlevel.spawn_system_task(fn)
+            return
+        import asyncio
+
+        task = asyncio.get_running_loop().create_task(fn())
+        self._tasks.add(task)  # asyncio keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+
+
+def _loop_key() -> Any:
+    """The running event loop (asyncio, uvloop) or trio run (its token)."""
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: trio
+        import trio
+
+        return trio.lowlevel.current_trio_token()
+
+
+def batch_dimension(graph: Graph) -> int | None:
+    """The graph's static batch size, or None when its batch dimension is dynamic.
+
+    :raises GraphError: an input has no batch dimension (unknown rank, a scalar), or the inputs
+        disagree on it.
+    """
+    if not graph.inputs:
+        raise GraphError(f"{graph.name}: has no inputs to batch")
+    firsts = []
+    for spec in graph.inputs:
+        if spec.shape is None or len(spec.shape) == 0:
+            what = "unknown rank" if spec.shape is None else "a scalar"
+            raise GraphError(f"{graph.name}: input {spec} has no batch dimension ({what}); it cannot be batched")
+        firsts.append(spec.shape[0])
+    statics = {d for d in firsts if isinstance(d, int)}
+    if statics and len(statics) == len(firsts) and len(statics) == 1:
+        return statics.pop()
+    if statics:
+        raise GraphError(
+            f"{graph.name}: the inputs disagree on the batch dimension ({', '.join(map(str, graph.inputs))}); "
+            "the batcher needs dim 0 of every input to be the same batch dimension"
+        )
+    return None
+
+
+def _validate_config(cfg: BatcherConfig, graph: Graph, static: int | None) -> None:
+    if not isinstance(cfg.max_batch_size, int) or cfg.max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be a positive int, not {cfg.max_batch_size!r}")
+    if static is not None and cfg.max_batch_size > static:
+        raise ValueError(
+            f"max_batch_size={cfg.max_batch_size} is larger than {graph.name!r} allows: its batch dimension is "
+            f"static ({static}); use max_batch_size <= {static}, or export the model with a dynamic batch dimension"
+        )
+    if not (cfg.max_delay_ms >= 0 and math.isfinite(cfg.max_delay_ms)):
+        raise ValueError(f"max_delay_ms must be a finite number >= 0, not {cfg.max_delay_ms!r}")
+    for p in cfg.preferred_batch_sizes:
+        if not isinstance(p, int) or not 1 <= p <= cfg.max_batch_size:
+            raise ValueError(f"preferred_batch_sizes must be ints in 1..max_batch_size, got {p!r}")
+    if not isinstance(cfg.max_concurrent_batches, int) or cfg.max_concurrent_batches < 1:
+        raise ValueError(f"max_concurrent_batches must be a positive int, not {cfg.max_concurrent_batches!r}")
+
+
+class Batcher:
+    """Concurrent requests to one graph, batched on its batch dimension (dim 0 of every input
+    and output). Make one with :meth:`Session.batcher` or :meth:`DevicePool.batcher`.
+
+    .. code-block:: python
+
+        batcher = session.batcher(graph, max_batch_size=32, max_delay_ms=2)
+        out = await batcher.run({"x": x})        # x: (rows, ...) -> out["y"]: (rows, ...)
+
+    A batch is sent when it reaches ``max_batch_size`` rows, when it reaches one of
+    ``preferred_batch_sizes`` (the largest it can), or when its oldest request has waited
+    ``max_delay_ms`` — and only while fewer than ``max_concurrent_batches`` of this loop's
+    batches are in flight: requests that arrive meanwhile make the next batch bigger.
+    Requests whose inputs differ in dtype or trailing dims go in separate batches. A graph with
+    a static batch size is padded with zero rows up to it; with ``pad_to_preferred`` a dynamic
+    one is padded up to the next preferred size.
+    """
+
+    def __init__(
+        self,
+        target: Session | DevicePool,
+        graph: Graph,
+        *,
+        max_batch_size: int | None = None,
+        max_delay_ms: float = 1.0,
+        preferred_batch_sizes: Sequence[int] = (),
+        max_concurrent_batches: int | None = None,
+        pad_to_preferred: bool = False,
+    ) -> None:
+        self._target: _Target = target  # type: ignore[assignment]
+        self.graph = graph
+        self._static = batch_dimension(graph)
+        if max_batch_size is None:
+            max_batch_size = self._static if self._static is not None else 32
+        if max_concurrent_batches is None:  # one batch per stream keeps every lane busy
+            lanes = getattr(target, "_batch_lanes", None)
+            max_concurrent_batches = max(1, lanes() if lanes is not None else len(getattr(target, "streams", ())))
+        cfg = BatcherConfig(
+            max_batch_size=max_batch_size,
+            max_delay_ms=float(max_delay_ms),
+            preferred_batch_sizes=tuple(sorted(set(preferred_batch_sizes))),
+            max_concurrent_batches=max_concurrent_batches,
+            pad_to_preferred=bool(pad_to_preferred),
+        )
+        _validate_config(cfg, graph, self._static)
+        self._config = cfg
+        self._names = tuple(s.name for s in graph.inputs)
+        self._seq = itertools.count()
+        self._queues: weakref.WeakKeyDictionary[Any, _LoopQueue] = weakref.WeakKeyDictionary()
+        self._queues_lock = threading.Lock()
+        self._closed = False
+        self._stats_lock = threading.Lock()
+        self._requests = self._completed = self._failed = self._cancelled = self._timed_out = 0
+        self._batches = self._padded = 0
+        self._rows_run = 0
+        self._capacity_run = 0
+        self._sizes: dict[int, int] = {}
+        self._delays: deque[float] = deque(maxlen=4096)
+        self._delay_sum = 0.0
+        self._delay_n = 0
+        self._delay_max = 0.0
+
+    def __repr__(self) -> str:
+        c = self._config
+        return f"<Batcher {self.graph.name!r} max_batch_size={c.max_batch_size} max_delay_ms={c.max_delay_ms}>"
+
+    # -- configuration --------------------------------------------------------------------------
+
+    @property
+    def config(self) -> BatcherConfig:
+        """The current parameters."""
+        return self._config
+
+    def configure(
+        self,
+        *,
+        max_batch_size: int | None = None,
+        max_delay_ms: float | None = None,
+        preferred_batch_sizes: Sequence[int] | None = None,
+        max_concurrent_batches: int | None = None,
+        pad_to_preferred: bool | None = None,
+    ) -> BatcherConfig:
+        """Change parameters while running (from any thread). The next batch formed uses them;
+        batches already formed are not changed. Requests already queued with more rows than a
+        lowered ``max_batch_size`` run alone. Returns the new configuration.
+
+        :raises ValueError: a bad value (nothing changes), e.g. ``max_batch_size`` above a static
+            graph's batch size.
+        """
+        changes: dict[str, Any] = {}
+        if max_batch_size is not None:
+            changes["max_batch_size"] = max_batch_size
+        if max_delay_ms is not None:
+            changes["max_delay_ms"] = float(max_delay_ms)
+        if preferred_batch_sizes is not None:
+            changes["preferred_batch_sizes"] = tuple(sorted(set(preferred_batch_sizes)))
+        if max_concurrent_batches is not None:
+            changes["max_concurrent_batches"] = max_concurrent_batches
+        if pad_to_preferred is not None:
+            changes["pad_to_preferred"] = bool(pad_to_preferred)
+        cfg = replace(self._config, **changes)
+        _validate_config(cfg, self.graph, self._static)
+        self._config = cfg  # one assignment: workers read either the old or the new config
+        with self._queues_lock:
+            queues = list(self._queues.values())
+        for lq in queues:
+            try:
+                lq.post(lq.wake)  # hand-off: wake each loop's worker on its own thread
+            except RuntimeError:  # that loop has closed
+                pass
+        return cfg
+
+    def close(self) -> None:
+        """Refuse new requests (``anyio.ClosedResourceError``); queued and running ones finish."""
+        self._closed = True
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _request(self, inputs: Mapping[str, Any] | Sequence[Any], priority: int) -> _Request:
+        g = self.graph
+        specs = g.inputs
+        if isinstance(inputs, Mapping):
+            unknown = [k for k in inputs if k not in self._names]
+            if unknown:
+                takes = ", ".join(map(str, specs))
+                raise InputError(f"{g.name}: unknown input {unknown[0]!r}; the graph takes {takes}")
+            missing = [n for n in self._names if n not in inputs]
+            if missing:
+                raise InputError(f"{g.name}: missing input {missing[0]!r}")
+            values = [inputs[n] for n in self._names]
+        elif isinstance(inputs, Sequence) and not isinstance(inputs, (str, bytes)):
+            if len(inputs) != len(specs):
+                raise InputError(f"{g.name}: takes {len(specs)} inputs, got {len(inputs)}")
+            values = list(inputs)
+        else:
+            raise InputError(f"{g.name}: inputs must be a mapping by name or a sequence, not {type(inputs).__name__}")
+        rows: int | None = None
+        key: list[Any] = []
+        for spec, v in zip(specs, values, strict=True):
+            if not isinstance(v, np.ndarray):
+                raise InputError(
+                    f"{g.name}: input {spec.name!r}: the batcher takes numpy arrays, not {type(v).__name__} "
+                    "(it concatenates requests on the host)"
+                )
+            assert spec.shape is not None
+            if v.dtype != spec.dtype:
+                raise InputError(f"{g.name}: input {spec.name!r} has dtype {v.dtype}, the graph expects {spec.dtype}")
+            if v.ndim == len(spec.shape) - 1:
+                raise InputError(
+                    f"{g.name}: input {spec.name!r} has shape {v.shape}, without the batch dimension: the graph "
+                    f"expects {spec} with the batch first; pass x[None] for one sample"
+                )
+            if v.ndim != len(spec.shape):
+                raise InputError(f"{g.name}: input {spec.name!r} has shape {v.shape}, the graph expects {spec}")
+            for axis, want in enumerate(spec.shape[1:], 1):
+                if isinstance(want, int) and v.shape[axis] != want:
+                    raise InputError(
+                        f"{g.name}: input {spec.name!r} has shape {v.shape}, dim {axis} must be {want} ({spec})"
+                    )
+            if rows is None:
+                rows = int(v.shape[0])
+            elif v.shape[0] != rows:
+                raise InputError(
+                    f"{g.name}: inputs disagree on the batch dimension: {self._names[0]!r} has {rows} rows, "
+                    f"{spec.name!r} has {v.shape[0]}"
+                )
+            key.append((v.dtype.str, v.shape[1:]))
+        assert rows is not None
+        if rows < 1:
+            raise InputError(f"{g.name}: a request needs at least one row (got {rows})")
+        if self._static is not None and rows > self._static:
+            raise InputError(
+                f"{g.name}: a request of {rows} rows does not fit the graph's static batch size {self._static}"
+            )
+        return _Request(
+            values=values,
+            rows=rows,
+            key=tuple(key),
+            priority=priority,
+            seq=next(self._seq),
+            enqueued=anyio.current_time(),
+            enqueued_ns=time.perf_counter_ns(),
+        )
+
+    def _loop_queue(self) -> _LoopQueue:
+        key = _loop_key()
+        lq = self._queues.get(key)
+        if lq is None:
+            with self._queues_lock:
+                lq = self._queues.get(key)
+                if lq is None:
+                    lq = self._queues[key] = _LoopQueue(key)
+        return lq
+
+    async def run(
+        self,
+        inputs: Mapping[str, Any] | Sequence[Any],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - per-request deadline, counted in statistics
+        priority: int = 0,
+    ) -> dict[str, np.ndarray]:
+        """Queue one request (numpy inputs with the batch dimension first), wait for the batch
+        it joins, and return exactly its rows of every output.
+
+        Always a checkpoint; cancelled on entry, nothing is queued. Cancelled (or past its
+        ``timeout``) while queued: the request leaves the queue and nothing else changes.
+        Cancelled after its batch was submitted: the session's contract — control returns at
+        once, the batch runs on, the other requests get their results, this one is dropped.
+        Higher ``priority`` joins batches first; equal priorities go in arrival order.
+
+        :raises InputError: inputs without the batch dimension, wrong dtype or trailing dims,
+            rows that disagree between inputs, more rows than a static batch size.
+        :raises TimeoutError: ``timeout`` seconds passed first (only this request fails).
+        :raises anyio.ClosedResourceError: the batcher is closed.
+        :raises DeviceError: the batch failed on the device (every request in it fails).
+        """
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if self._closed:
+            raise anyio.ClosedResourceError("the batcher is closed")
+        req = self._request(inputs, priority)
+        lq = self._loop_queue()
+        heapq.heappush(lq.heap, req)
+        lq.live += 1
+        with self._stats_lock:
+            self._requests += 1
+        if not lq.running:
+            lq.running = True
+            lq.spawn(lambda: self._work(lq))
+        else:
+            lq.wake()
+        try:
+            if timeout is None:
+                await req.done.wait()
+            else:
+                with anyio.fail_after(timeout):
+                    await req.done.wait()
+        except BaseException as exc:
+            if req.state == _QUEUED:  # still queued: leave the queue, nothing else changes
+                req.state = _GONE
+                lq.live -= 1
+                lq.wake()
+            with self._stats_lock:
+                if isinstance(exc, TimeoutError):
+                    self._timed_out += 1
+                else:
+                    self._cancelled += 1
+            raise
+        if req.error is not None:
+            raise req.error
+        assert req.result is not None
+        return req.result
+
+    # -- the worker (one per loop while it has work) --------------------------------------------
+
+    async def _work(self, lq: _LoopQueue) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                while True:
+                    if lq.live == 0 and lq.in_flight == 0:
+                        lq.running = False  # decided with no await since the check: a new request spawns anew
+                        break
+                    cfg = self._config
+                    wait = math.inf
+                    if lq.live and lq.in_flight < cfg.max_concurrent_batches:
+                        batch, wait = self._form(lq, cfg)
+                        if batch is not None:
+                            lq.in_flight += 1
+                            tg.start_soon(self._run_batch, lq, batch)
+                            continue
+                    lq.wake_event = anyio.Event()
+                    with anyio.move_on_after(wait):
+                        await lq.wake_event.wait()
+                    lq.wake_event = None
+        except BaseException as exc:
+            lq.running = False
+            lq.wake_event = None
+            # The loop is going away (or a bug): fail what is still queued rather than hang it.
+            err = exc if isinstance(exc, Exception) else anyio.BrokenResourceError("the batcher's worker was stopped")
+            for req in lq.heap:
+                if req.state == _QUEUED:
+                    req.state = _GONE
+                    req.error = err
+                    req.done.set()
+            lq.heap.clear()
+            lq.live = 0
+            if not isinstance(exc, Exception):
+                raise
+            # An Exception here would be a bug; it reached every queued request. Do not let it
+            # escape a trio system task (that would crash the run).
+
+    def _form(self, lq: _LoopQueue, cfg: BatcherConfig) -> tuple[_Batch | None, float]:
+        """A batch ready to send now, or (None, seconds until one will be by the delay rule)."""
+        heap = lq.heap
+        while heap and heap[0].state != _QUEUED:
+            heapq.heappop(heap)
+        if not heap:
+            return None, math.inf
+        cap = cfg.max_batch_size
+        groups: dict[tuple[Any, ...], list[_Request]] = {}
+        for req in sorted(heap):
+            if req.state == _QUEUED:
+                groups.setdefault(req.key, []).append(req)
+        now = anyio.current_time()
+        delay = cfg.max_delay_ms / 1000.0
+        soonest = math.inf
+        for reqs in groups.values():  # in priority order of each group's first request
+            take: list[_Request] = []
+            rows = 0
+            for req in reqs:
+                if rows + req.rows <= cap or not take:
+                    take.append(req)
+                    rows += req.rows
+                    if rows >= cap:
+                        break
+            ready = rows >= cap
+            if not ready and cfg.preferred_batch_sizes:
+                # the largest preferred size that a prefix of the taken requests makes exactly
+                acc, cut = 0, 0
+                for i, req in enumerate(take):
+                    acc += req.rows
+                    if acc in cfg.preferred_batch_sizes:
+                        cut = i + 1
+                if cut:
+                    take = take[:cut]
+                    rows = sum(r.rows for r in take)
+                    ready = True
+            oldest = min(r.enqueued for r in take)
+            if not ready and now - oldest >= delay:
+                ready = True
+            if ready:
+                return self._take(lq, cfg, take, rows), 0.0
+            soonest = min(soonest, oldest + delay - now)
+        return None, max(soonest, 0.0)
+
+    def _take(self, lq: _LoopQueue, cfg: BatcherConfig, take: list[_Request], rows: int) -> _Batch:
+        for req in take:
+            req.state = _TAKEN
+        lq.live -= len(take)
+        run_rows = rows
+        if self._static is not None:
+            run_rows = self._static
+        elif cfg.pad_to_preferred:
+            run_rows = next((p for p in cfg.preferred_batch_sizes if p >= rows), rows)
+        return _Batch(take, rows, run_rows, cfg.max_batch_size)
+
+    async def _run_batch(self, lq: _LoopQueue, batch: _Batch) -> None:
+        reqs = batch.requests
+        now_ns = time.perf_counter_ns()
+        delays = [(now_ns - r.enqueued_ns) / 1e6 for r in reqs]
+        try:
+            inputs = []
+            for i in range(len(self._names)):
+                parts = [r.values[i] for r in reqs]
+                if batch.run_rows > batch.rows:
+                    first = parts[0]
+                    parts.append(np.zeros((batch.run_rows - batch.rows, *first.shape[1:]), first.dtype))
+                inputs.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
+            for r in reqs:
+                r.values = []  # the batch holds the rows now
+            self._record_batch(batch, delays)
+            out = await self._target.run(self.graph, inputs)
+            results = self._split(out, batch)
+        except Exception as exc:
+            for r in reqs:
+                r.error = exc
+                r.done.set()
+            with self._stats_lock:
+                self._failed += len(reqs)
+            return
+        except BaseException:
+            err = anyio.BrokenResourceError("the batcher's worker was stopped (its event loop is shutting down)")
+            for r in reqs:
+                r.error = err
+                r.done.set()
+            raise
+        finally:
+            lq.in_flight -= 1
+            lq.wake()
+        for r, res in zip(reqs, results, strict=True):
+            r.result = res
+            r.done.set()
+        with self._stats_lock:
+            self._completed += len(reqs)
+
+    def _split(self, out: Mapping[str, Any], batch: _Batch) -> list[dict[str, np.ndarray]]:
+        results: list[dict[str, np.ndarray]] = [{} for _ in batch.requests]
+        for name, arr in out.items():
+            if not isinstance(arr, np.ndarray) or arr.ndim == 0 or arr.shape[0] != batch.run_rows:
+                shape = getattr(arr, "shape", None)
+                raise GraphError(
+                    f"{self.graph.name}: output {name!r} has shape {shape}, not the batch dimension first "
+                    f"({batch.run_rows} rows were run): the batcher cannot split it"
+                )
+            off = 0
+            for res, r in zip(results, batch.requests, strict=True):
+                res[name] = arr[off : off + r.rows]
+                off += r.rows
+        return results
+
+    def _record_batch(self, batch: _Batch, delays: list[float]) -> None:
+        with self._stats_lock:
+            self._batches += 1
+            self._sizes[batch.rows] = self._sizes.get(batch.rows, 0) + 1
+            self._rows_run += batch.rows
+            self._capacity_run += max(batch.capacity, batch.rows)
+            self._padded += batch.run_rows - batch.rows
+            self._delays.extend(delays)
+            self._delay_sum += sum(delays)
+            self._delay_n += len(delays)
+            self._delay_max = max(self._delay_max, *delays)
+        hook = _metrics.hook
+        if hook is not None:  # a Prometheus exporter is installed
+            hook.batch(self, batch.rows, batch.run_rows, delays)
+
+    # -- introspection --------------------------------------------------------------------------
+
+    def statistics(self) -> BatcherStatistics:
+        """Counters, the batch-size histogram, queue delay and fill ratio (all loops)."""
+        with self._queues_lock:
+            queues = list(self._queues.values())
+        queued = sum(lq.live for lq in queues)
+        in_flight = sum(lq.in_flight for lq in queues)
+        with self._stats_lock:
+            d = sorted(self._delays)
+            q = {
+                "mean": self._delay_sum / self._delay_n if self._delay_n else 0.0,
+                "p50": d[len(d) // 2] if d else 0.0,
+                "p99": d[min(len(d) - 1, int(len(d) * 0.99))] if d else 0.0,
+                "max": self._delay_max,
+            }
+            return BatcherStatistics(
+                requests=self._requests,
+                completed=self._completed,
+                failed=self._failed,
+                cancelled=self._cancelled,
+                timed_out=self._timed_out,
+                queued=queued,
+                batches=self._batches,
+                in_flight_batches=in_flight,
+                batch_sizes=dict(sorted(self._sizes.items())),
+                fill_ratio=self._rows_run / self._capacity_run if self._capacity_run else 0.0,
+                padded_rows=self._padded,
+                queue_delay_ms=q,
+                config=self._config,
+            )
