@@ -252,6 +252,17 @@ def test_parse_small_options() -> None:
         (["--latency-threshold", "fast"], "--latency-threshold"),
         (["--rate", "100", "--mode", "sync"], "--mode sync"),
         (["--demo", "resnet"], "no bundled model"),
+        (["--batch-delay", "2"], "--batch-delay sets the batcher: it needs --batch-max"),
+        (["--batch-preferred", "4"], "--batch-preferred sets the batcher"),
+        (["--batch-max", "8", "--batch-preferred", "4,x"], "--batch-preferred '4,x'"),
+        (["--batch-max", "4", "--batch-preferred", "8"], "--batch-preferred 8 is larger than --batch-max 4"),
+        (["--batch-max", "4", "--batch-size", "8"], "each request carries 8 rows"),
+        (["--batch-max", "4", "--mode", "thread"], "--batch-max runs requests with await"),
+        (["--devices", "0,1", "--mode", "sync"], "--devices runs requests with await"),
+        (["--devices", "0,0"], "device 0 is named twice"),
+        (["--devices", "0,1", "--device", "1"], "exclude each other"),
+        (["--sim-timing", "2,0.1,3"], "--sim-timing '2,0.1,3'"),
+        (["--sim-timing", "-1"], "--sim-timing '-1'"),
     ],
 )
 def test_bad_options_exit_2_with_a_message(args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -576,3 +587,124 @@ def test_bench_default_sweep(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench("--demo", "--quiet", "--count", "10", "--warmup", "1") == 0
     out = capsys.readouterr().out
     assert "c=64" in out
+
+
+# -- serving: the batcher, the device pool, the sim's timing model ------------------------------
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_batcher_batches_requests_and_counts_rows(
+    rows: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--demo", "--quiet", "--count", "300", "--warmup", "30", "--concurrency", "16", "--batch-max", "8"]
+    doc = run_json(tmp_path, *args, "--batch-delay", "2", "--batch-size", str(rows))
+    out = capsys.readouterr().out
+    assert doc["config"]["batch_max"] == 8 and doc["config"]["batch_delay_ms"] == 2.0
+    assert doc["run"]["batcher"]["max_batch_size"] == 8 and doc["run"]["batch"] == rows
+    r = doc["results"][0]
+    b = r["batcher"]
+    sizes = {int(k): v for k, v in b["batch_sizes"].items()}
+    # 16 requests outstanding, at most one batch per stream (2) in flight: the rest wait and join
+    # the next batch, so batches hold several requests; never more than 8 rows.
+    assert max(sizes) > rows and max(sizes) <= 8
+    assert all(k % rows == 0 for k in sizes)  # whole requests of `rows` rows each
+    assert b["batches"] == sum(sizes.values()) > 0 and b["mean_batch"] > rows
+    assert 0 < b["fill_ratio"] <= 1 and b["fill_ratio"] == pytest.approx(b["mean_batch"] / 8, rel=1e-3)
+    assert 0 <= b["queue_delay_ms"]["p50"] <= b["queue_delay_ms"]["p99"] <= b["queue_delay_ms"]["max"]
+    # runs/s counts requests; inferences/s counts their rows
+    assert r["batch"] == rows and r["inferences_per_s"] == pytest.approx(rows * r["throughput"], rel=1e-4)
+    assert r["runs"] >= 300 and r["errors"] == 0
+    assert "inferences/s" in out and "batcher c=16:" in out and "queue delay p50" in out
+
+
+def test_batcher_preferred_sizes(tmp_path: Path) -> None:
+    args = ["--demo", "--quiet", "--count", "200", "--warmup", "20", "--concurrency", "16", "--batch-max", "32"]
+    doc = run_json(tmp_path, *args, "--batch-delay", "50", "--batch-preferred", "4")
+    assert doc["run"]["batcher"]["preferred_batch_sizes"] == [4]
+    sizes = {int(k): v for k, v in doc["results"][0]["batcher"]["batch_sizes"].items()}
+    # 16 queued one-row requests would fill 16 rows; a batch leaves as soon as it reaches 4
+    assert max(sizes, key=lambda k: sizes[k]) == 4 and max(sizes) <= 16
+
+
+def _static_model(path: Path, batch: int) -> Path:
+    from onnx import TensorProto, helper, save
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 8])
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "static", [x], [y])
+    save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_batch_max_above_a_static_batch_dim(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = _static_model(tmp_path / "static4.onnx", 4)
+    assert bench(str(model), "--quiet", "--count", "5", "--batch-max", "8") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --batch-max 8: ") and "static (4)" in err and "max_batch_size <= 4" in err
+    # Within the static size, each request carries the model's 4 rows, and they are counted.
+    doc = run_json(tmp_path, str(model), "--quiet", "--count", "20", "--warmup", "2", "--batch-max", "4")
+    r = doc["results"][0]
+    assert r["batch"] == 4 and r["inferences_per_s"] == pytest.approx(4 * r["throughput"], rel=1e-4)
+    assert set(r["batcher"]["batch_sizes"]) == {"4"}
+
+
+def test_devices_pool_with_batcher_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # conftest gives the test process 4 sim devices
+    args = ["--demo", "--quiet", "--count", "200", "--warmup", "20", "--concurrency", "16", "--devices", "all"]
+    doc = run_json(tmp_path, *args, "--batch-max", "8", "--batch-delay", "0.5")
+    out = capsys.readouterr().out
+    assert doc["run"]["devices"] == [0, 1, 2, 3] and doc["config"]["devices"] == "all"
+    r = doc["results"][0]
+    assert set(r["device_runs"]) == {"0", "1", "2", "3"} and sum(r["device_runs"].values()) > 0
+    assert r["batcher"]["batches"] > 0 and doc["run"]["batcher"]["max_concurrent_batches"] == 8  # 4 x 2 streams
+    assert "devices: all (DevicePool)" in out and "devices c=16: 0: " in out and "batches completed" in out
+    assert "device: 0 " not in out
+    # the summary JSON still reproduces the run's configuration
+    import shlex
+
+    argv = shlex.split(doc["command"])
+    assert json.loads(json.dumps(config_from_args(_parser().parse_args(argv[1:])).as_dict())) == doc["config"]
+
+
+def test_devices_pool_in_a_subprocess_with_two_sim_devices(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    env = dict(os.environ, ASCEND_ASYNC_SIM_DEVICES="2", ASCEND_ASYNC_BACKEND="sim")
+    env.pop("ASCEND_RT_VISIBLE_DEVICES", None)
+    cmd = [sys.executable, "-m", "ascend_async.bench", "bench", "--demo", "--quiet", "--concurrency", "8"]
+    cmd += ["--count", "400", "--warmup", "20", "--json", "-"]
+    done = subprocess.run([*cmd, "--devices", "0,1"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    r = doc["results"][0]
+    assert doc["run"]["devices"] == [0, 1] and r["batcher"] is None
+    # the pool sends each run to the least-loaded device: with 8 in flight both get work
+    assert r["device_runs"]["0"] > 0 and r["device_runs"]["1"] > 0
+    assert r["device_runs"]["0"] + r["device_runs"]["1"] >= 400
+    # a device the sim does not have: exit 2, naming it and the visible ones
+    done = subprocess.run([*cmd, "--devices", "0,2"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "device 2 is not visible; this process sees 2 device(s): 0, 1" in done.stderr
+    assert "ASCEND_ASYNC_SIM_DEVICES=2" in done.stderr
+
+
+def test_devices_not_visible_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench("--demo", "--quiet", "--count", "5", "--devices", "0,9") == 2
+    err = capsys.readouterr().err
+    assert "device 9 is not visible; this process sees 4 device(s): 0, 1, 2, 3" in err
+    assert bench("--help") == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "ASCEND_ASYNC_SIM_DEVICES=4 ascend-async bench --demo cnn --devices all" in text
+    for flag in ("--batch-max", "--batch-delay", "--batch-preferred", "--devices", "--sim-timing"):
+        assert flag in text
+
+
+def test_sim_timing_sets_a_floor_and_is_reset(tmp_path: Path) -> None:
+    base = ["--demo", "--quiet", "--count", "10", "--warmup", "1", "--concurrency", "1"]
+    doc = run_json(tmp_path, *base, "--sim-timing", "30,1", "--batch-size", "4")
+    assert doc["run"]["sim_timing"] == {"ms_per_run": 30.0, "ms_per_sample": 1.0}
+    assert doc["config"]["sim_timing"] == [30.0, 1.0]
+    assert doc["results"][0]["latency_ms"]["p50"] >= 34.0  # every run lasts >= 30 ms + 4 x 1 ms
+    doc = run_json(tmp_path, *base)  # the timing model is off again after the run
+    assert doc["results"][0]["latency_ms"]["p50"] < 30.0

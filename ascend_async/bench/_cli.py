@@ -15,8 +15,11 @@ from typing import Any
 from ._options import (
     DEFAULT_PERCENTILES,
     BenchError,
+    parse_devices,
+    parse_int_list,
     parse_levels,
     parse_percentiles,
+    parse_sim_timing,
     parse_threshold,
     parse_warmup,
 )
@@ -45,17 +48,32 @@ def _positive(kind: type) -> Any:
     return parse
 
 
+def _non_negative(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
+    return v
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ascend-async", description="ascend_async tools")
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser(
         "bench",
-        help="benchmark a model through Session.run",
-        description="Closed-loop concurrency sweeps or open-loop rate sweeps over one Session. "
+        help="benchmark a model through Session.run (or a batcher, or a device pool)",
+        description="Closed-loop concurrency sweeps or open-loop rate sweeps over one Session, a dynamic "
+        "batcher (--batch-max) or a DevicePool (--devices). "
         "Compare two runs with: ascend-async bench compare A.json B.json",
         epilog="Ranges: START:END:STEP with xN (multiply) or +N (add), END included; lists with commas. "
         "Examples: --concurrency 1:64:x2   --rate 100:2000:+100 --latency-threshold 10   "
-        "--input data.npz --batch-size 8   --json - | jq .results",
+        "--input data.npz --batch-size 8   --json - | jq .results   "
+        "--demo cnn --concurrency 64 --batch-max 32 --batch-delay 2 --sim-timing 2,0.1. "
+        "On the simulated device, --devices needs several devices: the sim has ASCEND_ASYNC_SIM_DEVICES "
+        "of them (default 1), read when it starts, so set it in the environment: "
+        "ASCEND_ASYNC_SIM_DEVICES=4 ascend-async bench --demo cnn --devices all",
     )
     b.add_argument("model", nargs="?", help="an .onnx model (or use --demo)")
     b.add_argument(
@@ -144,8 +162,40 @@ def _parser() -> argparse.ArgumentParser:
         "callback: run_with_callback bridged to the loop",
     )
     run.add_argument("--loop", choices=LOOPS, default="asyncio", help="uvloop needs the [uvloop] extra, trio [trio]")
-    run.add_argument("--device", type=int, default=0)
+    run.add_argument("--device", type=int, metavar="ID", help="the device of the Session (default 0)")
     run.add_argument("--seed", type=int, default=0, help="random inputs and Poisson schedule (default 0)")
+    serve = b.add_argument_group("serving (--mode async)")
+    serve.add_argument(
+        "--batch-max",
+        type=_positive(int),
+        metavar="N",
+        help="each request goes through a dynamic batcher (session.batcher / pool.batcher) that runs "
+        "up to N rows at once; a request carries --batch-size rows (default 1), runs/s counts requests "
+        "and inferences/s rows",
+    )
+    serve.add_argument(
+        "--batch-delay",
+        type=_non_negative,
+        metavar="MS",
+        help="with --batch-max: longest a request waits for its batch to fill (default 1 ms)",
+    )
+    serve.add_argument(
+        "--batch-preferred",
+        metavar="LIST",
+        help="with --batch-max: batch sizes sent as soon as reached, e.g. 8,16",
+    )
+    serve.add_argument(
+        "--devices",
+        metavar="IDS|all",
+        help="run through a DevicePool over these logical device ids (0,1,2,3) or every visible one (all); "
+        "on the sim set ASCEND_ASYNC_SIM_DEVICES=N first",
+    )
+    serve.add_argument(
+        "--sim-timing",
+        metavar="RUN_MS[,SAMPLE_MS]",
+        help="sim only: every graph run lasts at least RUN_MS + SAMPLE_MS x rows, e.g. 2,0.1 for a small "
+        "CNN on an NPU (default: the sim's own compute time only)",
+    )
     out = b.add_argument_group("output")
     out.add_argument(
         "--percentiles",
@@ -246,6 +296,16 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     from ._inputs import parse_shapes
 
     duration = args.duration if args.duration else (None if (args.count or args.stable) else 2.0)
+    if args.batch_max is None:
+        for flag, v in (("--batch-delay", args.batch_delay), ("--batch-preferred", args.batch_preferred)):
+            if v is not None:
+                raise BenchError(f"{flag} sets the batcher: it needs --batch-max N")
+    serving = "--batch-max" if args.batch_max is not None else "--devices" if args.devices is not None else None
+    if serving and args.mode != "async":
+        raise BenchError(f"{serving} runs requests with await (a batcher, a device pool): it needs --mode async")
+    if args.devices is not None and args.device is not None:
+        raise BenchError("--device (one Session) and --devices (a DevicePool) exclude each other")
+    devices = parse_devices(args.devices) if args.devices is not None else None
     return BenchConfig(
         model=model,
         load=load,
@@ -268,9 +328,14 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         streams=args.streams,
         mode=args.mode,
         loop=args.loop,
-        device=args.device,
+        device=args.device if args.device is not None else 0,
         seed=args.seed,
         progress=not args.quiet,
+        batch_max=args.batch_max,
+        batch_delay_ms=args.batch_delay if args.batch_delay is not None else 1.0,
+        batch_preferred=parse_int_list(args.batch_preferred, "--batch-preferred") if args.batch_preferred else [],
+        devices="all" if args.devices is not None and devices is None else devices,
+        sim_timing=parse_sim_timing(args.sim_timing) if args.sim_timing is not None else None,
     )
 
 
@@ -300,13 +365,25 @@ def _bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         con.print("note: --mode sync runs one at a time; the concurrency sweep is ignored")
     env = rep.environment(argv)
     command = "ascend-async " + shlex.join(argv)
-    for line in rep.header_lines(env, cfg.device):
-        con.print(line)
+    where: int | str = cfg.device
+    if cfg.devices is not None:
+        ids = "all" if isinstance(cfg.devices, str) else ",".join(map(str, cfg.devices))
+        where = f"{ids} (DevicePool)"
+    for line in rep.header_lines(env, where):
+        pooled = cfg.devices is not None and line.startswith("device: ")
+        con.print("devices: " + line.removeprefix("device: ") if pooled else line)
     model_name = os.path.basename(cfg.model)
     con.print(
-        f"model: {cfg.model}   mode: {cfg.mode}   loop: {cfg.loop}   streams: {cfg.streams}   "
-        f"warm-up: {cfg.warmup} per level"
+        f"model: {cfg.model}   mode: {cfg.mode}   loop: {cfg.loop}   streams: {cfg.streams}"
+        f"{' per device' if cfg.devices is not None else ''}   warm-up: {cfg.warmup} per level"
     )
+    if cfg.batch_max is not None:
+        pref = f", preferred {','.join(map(str, cfg.batch_preferred))}" if cfg.batch_preferred else ""
+        con.print(f"batcher: up to {cfg.batch_max} rows per device run, delay {cfg.batch_delay_ms:g} ms{pref}")
+    if cfg.sim_timing is not None:
+        con.print(
+            f"sim timing model: a graph run lasts at least {cfg.sim_timing[0]:g} ms + {cfg.sim_timing[1]:g} ms per row"
+        )
     results: list[LevelResult] = []
     facts: dict[str, Any] = {"mode": cfg.mode, "loop": cfg.loop, "streams": cfg.streams}
     error: str | None = None
@@ -350,6 +427,8 @@ def _bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         stages = rep.stage_table(results, cfg.percentiles)
         if stages is not None:
             con.print(stages)
+        for line in rep.serving_lines(results):
+            con.print(line)
         if args.details:
             con.print(rep.details_table(results))
         for line in rep.legend(results, args.details):

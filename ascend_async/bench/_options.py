@@ -14,8 +14,11 @@ __all__ = [
     "DEFAULT_PERCENTILES",
     "Threshold",
     "Warmup",
+    "parse_devices",
+    "parse_int_list",
     "parse_levels",
     "parse_percentiles",
+    "parse_sim_timing",
     "parse_threshold",
     "parse_warmup",
     "pct_key",
@@ -172,3 +175,50 @@ def parse_threshold(text: str) -> Threshold:
     if value <= 0 or not 0 < p < 100:
         raise BenchError(f"--latency-threshold {text!r}: the time must be > 0 ms and the percentile in (0, 100)")
     return Threshold(value, p)
+
+
+def parse_int_list(text: str, option: str) -> list[int]:
+    """``"8,16"`` -> ``[8, 16]``: positive whole numbers, ascending, no duplicates.
+
+    :raises BenchError: on an item that is not a whole number > 0.
+    """
+    out: set[int] = set()
+    for item in text.split(","):
+        v = _number(item.strip(), True, f"{option} {text!r}")
+        if v < 1:
+            raise BenchError(f"{option} {text!r}: every item must be >= 1 (e.g. 8,16)")
+        out.add(int(v))
+    return sorted(out)
+
+
+def parse_devices(text: str) -> list[int] | None:
+    """``--devices``: ``"all"`` (None: every visible device) or logical ids ``"0,1,2,3"``.
+
+    :raises BenchError: on an id that is not a whole number >= 0, or an id given twice.
+    """
+    if text.strip().lower() == "all":
+        return None
+    ids: list[int] = []
+    for item in text.split(","):
+        v = _number(item.strip(), True, f"--devices {text!r}")
+        if v < 0:
+            raise BenchError(f"--devices {text!r}: device ids are >= 0 (e.g. 0,1 or all)")
+        if int(v) in ids:
+            raise BenchError(f"--devices {text!r}: device {int(v)} is named twice")
+        ids.append(int(v))
+    return ids
+
+
+def parse_sim_timing(text: str) -> tuple[float, float]:
+    """``--sim-timing RUN_MS[,SAMPLE_MS]``: every graph run on the sim lasts at least
+    ``RUN_MS + SAMPLE_MS x rows`` (``"2,0.1"``: 2 ms per run plus 0.1 ms per sample).
+
+    :raises BenchError: on bad syntax or a negative time.
+    """
+    parts = text.split(",")
+    if len(parts) > 2:
+        raise BenchError(f"--sim-timing {text!r}: give RUN_MS or RUN_MS,SAMPLE_MS (e.g. 2,0.1)")
+    vals = [_number(p.strip(), False, f"--sim-timing {text!r}") for p in parts]
+    if any(v < 0 for v in vals) or any(v > 60_000 for v in vals):
+        raise BenchError(f"--sim-timing {text!r}: times are ms in 0..60000 (e.g. 2,0.1)")
+    return vals[0], (vals[1] if len(vals) > 1 else 0.0)

@@ -25,6 +25,7 @@ __all__ = [
     "environment",
     "legend",
     "main_table",
+    "serving_lines",
     "stage_table",
     "summary_doc",
     "warnings_for",
@@ -77,7 +78,7 @@ def environment(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return env
 
 
-def header_lines(env: dict[str, Any], device: int) -> list[str]:
+def header_lines(env: dict[str, Any], device: int | str) -> list[str]:
     backend = env.get("backend")
     tag = " (SIMULATED device: not hardware numbers)" if backend == "sim" else ""
     return [
@@ -117,7 +118,7 @@ def _status(r: LevelResult) -> str:
 
 def main_table(results: Sequence[LevelResult], pcts: Sequence[float], title: str) -> Table:
     """One row per level: runs, rates, the chosen latency percentiles, loop lag and a status."""
-    batch = any(r.batch != 1 for r in results)
+    batch = _batch_aware(results)
     rate = any(r.load == "rate" for r in results)
     t = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
     t.add_column("load", justify="right")
@@ -142,6 +143,41 @@ def main_table(results: Sequence[LevelResult], pcts: Sequence[float], title: str
         row += [_ms(r.latency_ms.get("max")), _ms(r.loop_lag_ms.get("p99")), _status(r)]
         t.add_row(*row)
     return t
+
+
+def _batch_aware(results: Sequence[LevelResult]) -> bool:
+    """Show inferences/s: a run carries a batch, or requests go through a batcher."""
+    return any(r.batch != 1 or r.batcher is not None for r in results)
+
+
+def _histogram(sizes: dict[str, int], most: int = 4) -> str:
+    top = sorted(sizes.items(), key=lambda kv: (-kv[1], -int(kv[0])))
+    shown = " ".join(f"{k}:{v:,}" for k, v in top[:most])
+    return shown + (f" +{len(top) - most} sizes" if len(top) > most else "")
+
+
+def serving_lines(results: Sequence[LevelResult]) -> list[str]:
+    """Under the table, one line per level: the batcher's batches (--batch-max) and the runs per
+    device of a pool (--devices)."""
+    out: list[str] = []
+    for r in results:
+        b = r.batcher
+        if b is not None:
+            q = b.get("queue_delay_ms", {})
+            out.append(
+                f"batcher {r.label}: {b['batches']:,} batches ({b['batches_per_s']:,.0f}/s), "
+                f"mean {b['mean_batch']:.1f} rows of {b['max_batch_size']}, fill {b['fill_ratio']:.0%}; "
+                f"sizes (rows:batches) {_histogram(b['batch_sizes']) or '-'}; "
+                f"queue delay p50 {q.get('p50', 0.0):.3f} / p99 {q.get('p99', 0.0):.3f} ms"
+            )
+        if r.device_runs is not None:
+            what = "batches" if b is not None else "runs"
+            out.append(
+                f"devices {r.label}: "
+                + ", ".join(f"{d}: {n:,}" for d, n in r.device_runs.items())
+                + f" {what} completed (measured window)"
+            )
+    return out
 
 
 def _stage_pcts(pcts: Sequence[float]) -> tuple[float, float]:
@@ -199,7 +235,12 @@ def legend(results: Sequence[LevelResult], details: bool = False) -> list[str]:
         "load: c=N keeps N runs in flight (closed loop); N/s sends N runs a second on a schedule (open loop)",
         "runs/s: measured runs completed per second; warm-up excluded",
     ]
-    if any(r.batch != 1 for r in results):
+    if any(r.batcher is not None for r in results):
+        lines.append(
+            "batcher: a run is one request of --batch-size rows (runs/s: requests/s); inferences/s counts rows; "
+            "the batcher concatenates requests into device runs of up to --batch-max rows (the line above)"
+        )
+    elif _batch_aware(results):
         lines.append("inferences/s: runs/s x the batch size (the first dim of each input)")
     if rate:
         lines.append(
@@ -273,6 +314,21 @@ where a run's time goes  (async mode; 1 measured run in 16 is run with run_profi
             streams / mean compute time: the runs/s the device alone would allow. The gap to
             runs/s is host cost (Python, copies, the loop) or too little concurrency.
   On the simulated device these are the sim's host threads, not NPU timings.
+batcher  (--batch-max N [--batch-delay MS] [--batch-preferred 8,16])
+  every run is a request of --batch-size rows (default 1) sent to session.batcher (or
+  pool.batcher) instead of Session.run; runs/s counts requests, inferences/s rows. The batcher
+  sends a batch when it holds N rows, reaches a preferred size, or its oldest request has waited
+  MS; at most one batch per stream is in flight. Under the table, per level: batches and
+  batches/s (device runs), mean batch and fill (rows / N), the histogram of rows per batch (most
+  frequent first), and queue delay p50/p99 (from the request to its batch's submission, over the
+  batcher's last 4096 requests). No run is profiled, so there is no stage table.
+devices  (--devices 0,1,2,3 | all)
+  runs go through a DevicePool, one Session of --streams streams per device, each run to the
+  least-loaded device; the line under the table gives runs completed per device. On the sim, the
+  device count is ASCEND_ASYNC_SIM_DEVICES (read when it starts).
+sim timing  (--sim-timing RUN_MS[,SAMPLE_MS], sim only)
+  every graph run lasts at least RUN_MS + SAMPLE_MS x rows (first dim of the first input), on
+  top of computing the result: a device whose time is the model's, not the host's CPU.
 host and loop costs  (--details)
   host CPU s: process CPU time over the level; watcher CPU us/run: the completion watcher
   thread's CPU per completed run; loop wake-ups/run: watcher-to-loop wake-ups per completed run.
@@ -498,7 +554,7 @@ def write_plot(path: str, results: Sequence[LevelResult], meta: dict[str, Any]) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    batch = any(r.batch != 1 for r in results)
+    batch = _batch_aware(results)
     pts = [r for r in results if r.runs]
     xs = [r.inferences_per_s if batch else r.throughput for r in pts]
     p50 = [r.latency_ms.get("p50", 0.0) for r in pts]

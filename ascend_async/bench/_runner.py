@@ -1,5 +1,6 @@
 """The load generator: closed-loop concurrency sweeps and open-loop (constant/Poisson) rate sweeps
-over one Session, on asyncio, uvloop or trio, with event-loop lag and watcher CPU sampling.
+over one Session (or a DevicePool, with or without a dynamic Batcher in front), on asyncio,
+uvloop or trio, with event-loop lag and watcher CPU sampling.
 
 Every level runs in three phases: **warm-up** (time or runs; excluded from every figure),
 **measure** (a duration, a run count, or until throughput is stable) and **drain** (runs still
@@ -8,6 +9,7 @@ in flight finish; open loop only, at most ``max_in_flight`` of them).
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import threading
@@ -75,6 +77,14 @@ class BenchConfig:
     device: int = 0
     seed: int = 0
     progress: bool = False
+    #: ``--batch-max``: requests go through ``batcher(graph, max_batch_size=...)``; None: no batcher
+    batch_max: int | None = None
+    batch_delay_ms: float = 1.0
+    batch_preferred: list[int] = field(default_factory=list)
+    #: ``--devices``: a DevicePool over these logical ids, or "all"; None: one Session on ``device``
+    devices: list[int] | str | None = None
+    #: ``--sim-timing``: (ms per run, ms per sample) for the sim's timing model; None: left as is
+    sim_timing: tuple[float, float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Every setting, JSON-ready (the ``config`` block of the summary JSON)."""
@@ -87,6 +97,7 @@ class BenchConfig:
             else {"ms": self.latency_threshold.ms, "percentile": self.latency_threshold.percentile}
         )
         d.pop("progress")
+        d["sim_timing"] = None if self.sim_timing is None else list(self.sim_timing)
         return d
 
 
@@ -125,6 +136,10 @@ class LevelResult:
     stages_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     stage_samples: int = 0
     device_bound_per_s: float | None = None  # streams / mean compute time
+    # --batch-max: the batcher over the measured window (see batcher_figures)
+    batcher: dict[str, Any] | None = None
+    # --devices: runs completed per device id over the measured window (batches, with --batch-max)
+    device_runs: dict[str, int] | None = None
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -226,9 +241,17 @@ def summarize_stages(
 class LevelState:
     """Shared by a level's tasks and its progress display (all on the loop thread)."""
 
-    def __init__(self, cfg: BenchConfig, res: LevelResult) -> None:
+    def __init__(
+        self,
+        cfg: BenchConfig,
+        res: LevelResult,
+        on_measure: Callable[[], None] | None = None,
+        watch: Sequence[int] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.res = res
+        self.on_measure = on_measure  # called once, when the measured window opens
+        self.watch = list(watch) if watch is not None else [cfg.device]  # devices whose watchers are timed
         self.phase = "warm-up"  # -> "measure" -> "drain"
         self.t_start = time.perf_counter_ns()
         self.t0 = 0  # start of the measured window (perf_counter ns)
@@ -251,6 +274,8 @@ class LevelState:
         self.t0 = t0
         self.res.warmup_s = (t0 - self.t_start) / 1e9
         self.res.warmup_runs = self.done
+        if self.on_measure is not None:
+            self.on_measure()
 
     def warmed_up(self, now: int) -> bool:
         w = self.cfg.warmup
@@ -305,8 +330,10 @@ async def _lag_monitor(state: LevelState) -> None:
             state.lag.append(max(0, time.perf_counter_ns() - t - period))
 
 
-async def _closed_level(cfg: BenchConfig, submit: Submit, conc: int, res: LevelResult, show: Any) -> LevelState:
-    state = LevelState(cfg, res)
+async def _closed_level(
+    cfg: BenchConfig, submit: Submit, conc: int, res: LevelResult, show: Any, **state_kw: Any
+) -> LevelState:
+    state = LevelState(cfg, res, **state_kw)
     if cfg.warmup.runs == 0 or (cfg.warmup.runs is None and not cfg.warmup.seconds):
         state.start_measuring(state.t_start)
 
@@ -333,7 +360,9 @@ async def _closed_level(cfg: BenchConfig, submit: Submit, conc: int, res: LevelR
     return state
 
 
-async def _open_level(cfg: BenchConfig, submit: Submit, rate: float, res: LevelResult, show: Any) -> LevelState:
+async def _open_level(
+    cfg: BenchConfig, submit: Submit, rate: float, res: LevelResult, show: Any, **state_kw: Any
+) -> LevelState:
     """Sends on a fixed schedule: constant gaps, or Poisson gaps from a generator seeded with
     ``cfg.seed``, so every run of a level has the same schedule. The sender never blocks its
     loop: it sleeps until the next send or, when behind, catches up yielding every ``BURST``
@@ -342,7 +371,7 @@ async def _open_level(cfg: BenchConfig, submit: Submit, rate: float, res: LevelR
     the points that fell due meanwhile are *missed*, so it never builds a backlog beyond the
     cap, and a level ends on time however overloaded.
     Latency counts from the intended send time, so waiting for a slot shows in the figures."""
-    state = LevelState(cfg, res)
+    state = LevelState(cfg, res, **state_kw)
     res.max_in_flight = cfg.max_in_flight
     slots = anyio.Semaphore(cfg.max_in_flight)
     rng = random.Random(cfg.seed)
@@ -448,8 +477,8 @@ async def _drive(
     show: Any,
 ) -> None:
     res = state.res
-    tid = _watcher_tid(cfg.device)
-    w0 = thread_cpu_s(tid)
+    tids = [_watcher_tid(d) for d in state.watch]
+    w0 = [thread_cpu_s(t) for t in tids]
     c0 = time.process_time()
     async with anyio.create_task_group() as outer:
         outer.start_soon(_lag_monitor, state)
@@ -461,12 +490,13 @@ async def _drive(
         state.stop = True
         outer.cancel_scope.cancel()
     res.process_cpu_s = time.process_time() - c0
-    tid = tid or _watcher_tid(cfg.device)
-    w1 = thread_cpu_s(tid)
-    if w0 is None and w1 is not None:
-        w0 = 0.0
-    if w1 is not None and w0 is not None:
-        res.watcher_cpu_s = w1 - w0
+    spent: list[float] = []
+    for d, tid, a in zip(state.watch, tids, w0, strict=True):
+        b = thread_cpu_s(tid or _watcher_tid(d))
+        if b is not None:
+            spent.append(b - (a or 0.0))
+    if spent:
+        res.watcher_cpu_s = sum(spent)
     _finish(cfg, state)
 
 
@@ -496,9 +526,12 @@ def _finish(cfg: BenchConfig, state: LevelState) -> None:
     )
 
 
-def _make_submit(session: Any, graph: Any, samples: Samples, mode: str, limit: int) -> Submit:
+def _make_submit(
+    session: Any, graph: Any, samples: Samples, mode: str, limit: int, run: Callable[..., Awaitable[Any]] | None = None
+) -> Submit:
     """``submit(state)`` runs the next input set once in ``mode``; in async mode one measured run
-    in PROFILE_EVERY is profiled into ``state.profiles``."""
+    in PROFILE_EVERY is profiled into ``state.profiles``. With ``run`` (a batcher's or a pool's
+    ``run`` taking the inputs alone) each submit awaits it, unprofiled."""
     sets = samples.sets
     n = len(sets)
     calls = [0]
@@ -507,6 +540,12 @@ def _make_submit(session: Any, graph: Any, samples: Samples, mode: str, limit: i
         calls[0] += 1
         return sets[calls[0] % n] if n > 1 else sets[0]
 
+    if run is not None:
+
+        async def run_target(state: LevelState | None) -> Any:
+            return await run(next_inputs())
+
+        return run_target
     if mode == "async":
 
         async def run_async(state: LevelState | None) -> Any:
@@ -597,6 +636,85 @@ class RunFacts:
     notes: list[str] = field(default_factory=list)
     stopped: str | None = None  # why a sweep ended early
     saved_outputs: list[str] = field(default_factory=list)
+    devices: list[int] | None = None  # --devices, resolved ("all" -> every visible id)
+    batcher: dict[str, Any] | None = None  # --batch-max: the batcher's configuration
+    sim_timing: dict[str, float] | None = None  # --sim-timing: the timing model in force
+
+
+def batcher_figures(before: Any, after: Any, elapsed_s: float) -> dict[str, Any]:
+    """A batcher's activity between two :class:`BatcherStatistics` snapshots (``before`` None:
+    since it was made): batches, the batch-size histogram (requests' rows per batch, before
+    padding), mean batch, fill ratio (rows / ``max_batch_size``), batches/s, padded rows and
+    failures. Queue delay (``mean``, ``p50``, ``p99``, ``max``, ms from ``run`` to the batch's
+    submission) is the batcher's own, over its last 4096 requests."""
+    b0: dict[int, int] = dict(before.batch_sizes) if before is not None else {}
+    sizes = {k: v - b0.get(k, 0) for k, v in after.batch_sizes.items() if v - b0.get(k, 0) > 0}
+    batches = sum(sizes.values())
+    rows = sum(k * v for k, v in sizes.items())
+    cap = after.config.max_batch_size
+    capacity = sum(max(k, cap) * v for k, v in sizes.items())
+
+    def diff(name: str) -> int:
+        return int(getattr(after, name) - (getattr(before, name) if before is not None else 0))
+
+    return {
+        "batches": batches,
+        "batches_per_s": batches / elapsed_s if elapsed_s > 0 else 0.0,
+        "batch_sizes": {str(k): v for k, v in sorted(sizes.items())},
+        "mean_batch": rows / batches if batches else 0.0,
+        "fill_ratio": rows / capacity if capacity else 0.0,
+        "padded_rows": diff("padded_rows"),
+        "queue_delay_ms": dict(after.queue_delay_ms),
+        "requests": diff("requests"),
+        "failed": diff("failed"),
+        "timed_out": diff("timed_out"),
+        "max_batch_size": cap,
+        "max_delay_ms": after.config.max_delay_ms,
+    }
+
+
+def device_runs(before: Any, after: Any) -> dict[str, int]:
+    """Runs completed per device of a pool between two :class:`PoolStatistics` snapshots."""
+    b0 = {d.device_id: d.completed for d in before.devices} if before is not None else {}
+    return {str(d.device_id): d.completed - b0.get(d.device_id, 0) for d in after.devices}
+
+
+def _not_visible(bad: int, visible: int) -> str:
+    ids = ", ".join(map(str, range(visible))) if visible else "none"
+    msg = f"--devices: device {bad} is not visible; this process sees {visible} device(s): {ids}"
+    env = os.environ.get("ASCEND_RT_VISIBLE_DEVICES")
+    if env is not None:
+        msg += f" (ASCEND_RT_VISIBLE_DEVICES={env!r})"
+    try:
+        from ascend_async._backend import get_backend
+
+        sim = get_backend().is_sim
+    except Exception:
+        sim = False
+    if sim:
+        have = os.environ.get("ASCEND_ASYNC_SIM_DEVICES")
+        msg += (
+            f". The simulated device has ASCEND_ASYNC_SIM_DEVICES={have or 'unset (1)'} devices, read when it starts: "
+            "set it in the environment, e.g. ASCEND_ASYNC_SIM_DEVICES=4 ascend-async bench --demo cnn --devices all"
+        )
+    return msg
+
+
+def _set_sim_timing(run_ms: float, sample_ms: float) -> None:
+    from ascend_async._backend import get_backend
+
+    b = get_backend()
+    if not b.is_sim:
+        raise BenchError(f"--sim-timing sets the simulated device's timing model; this backend is {b.name}")
+    t = b.ffi.new("aa_sim_timing*", {"min_graph_us": round(run_ms * 1000), "per_sample_us": round(sample_ms * 1000)})
+    b.lib.aa_sim_set_timing(t)
+
+
+def _reset_sim_timing() -> None:
+    from ascend_async._backend import get_backend
+
+    b = get_backend()
+    b.lib.aa_sim_set_timing(b.ffi.new("aa_sim_timing*"))
 
 
 def run_benchmark(
@@ -620,6 +738,13 @@ def run_benchmark(
         raise BenchError(f"--loop {cfg.loop!r}: choose one of {', '.join(LOOPS)}")
     if cfg.mode == "sync" and cfg.load == "rate":
         raise BenchError("--mode sync is a closed loop of one; it takes no --rate")
+    serving = "--batch-max" if cfg.batch_max is not None else "--devices" if cfg.devices is not None else None
+    if serving and cfg.mode != "async":
+        raise BenchError(f"{serving} runs requests with await (a batcher, a device pool): it needs --mode async")
+    if cfg.batch_max is not None:
+        big = [p for p in cfg.batch_preferred if p > cfg.batch_max]
+        if big:
+            raise BenchError(f"--batch-preferred {big[0]} is larger than --batch-max {cfg.batch_max}")
     try:
         graph = aa.Graph(cfg.model)
     except Exception as exc:
@@ -630,13 +755,45 @@ def run_benchmark(
     )
     if len(samples.sets) > 1:
         facts.notes.append(f"{len(samples.sets)} input sets, used in turn")
+    if cfg.batch_max is not None:
+        # A request's rows are the first dim of its inputs (a static one too): inferences/s counts them.
+        rows = {int(next(iter(s.values())).shape[0]) if next(iter(s.values())).ndim else 1 for s in samples.sets}
+        if len(rows) > 1:
+            raise BenchError(
+                f"--batch-max {cfg.batch_max}: the input sets carry different row counts ({sorted(rows)}); "
+                "give sets of one size, so that inferences/s counts rows exactly"
+            )
+        samples.batch = facts.batch = rows.pop()
+        if samples.batch > cfg.batch_max:
+            raise BenchError(
+                f"--batch-max {cfg.batch_max}: each request carries {samples.batch} rows (--batch-size, the input "
+                "data or a static batch dim), more than a batch may hold; lower --batch-size or raise --batch-max"
+            )
     levels = [1.0] if cfg.mode == "sync" else list(cfg.levels)
     results: list[LevelResult] = []
     peak = max(int(v) for v in levels) if cfg.load == "concurrency" else cfg.max_in_flight
-    try:
-        session = aa.Session(cfg.device, streams=cfg.streams, max_in_flight=max(512, peak))
-    except Exception as exc:
-        raise BenchError(f"cannot open a session on device {cfg.device}: {exc}") from exc
+    pool: Any = None
+    session: Any = None
+    if cfg.devices is not None:
+        visible = aa.device_count()
+        ids = list(range(visible)) if isinstance(cfg.devices, str) else [int(d) for d in cfg.devices]
+        if not ids:
+            raise BenchError(_not_visible(0, visible).replace("device 0 is not visible", "no device is visible"))
+        bad = [d for d in ids if d >= visible]
+        if bad:
+            raise BenchError(_not_visible(bad[0], visible))
+        try:
+            pool = aa.DevicePool(ids, streams_per_device=cfg.streams, max_in_flight=max(512, peak))
+        except Exception as exc:
+            raise BenchError(f"cannot open a device pool on devices {ids}: {exc}") from exc
+        facts.devices = list(pool.devices)
+    else:
+        try:
+            session = aa.Session(cfg.device, streams=cfg.streams, max_in_flight=max(512, peak))
+        except Exception as exc:
+            raise BenchError(f"cannot open a session on device {cfg.device}: {exc}") from exc
+    target: Any = pool if pool is not None else session
+    watch = facts.devices if facts.devices is not None else [cfg.device]
 
     def record(res: LevelResult) -> bool:
         """Keep a finished level; False when the sweep should end here."""
@@ -660,12 +817,37 @@ def run_benchmark(
         if cfg.save_outputs:
             facts.saved_outputs = save_outputs(cfg.save_outputs, samples.names, outs)
 
+    timing_set = False
     try:
         try:
-            session.add_graph(graph)
+            target.add_graph(graph)
         except Exception as exc:
             raise BenchError(f"cannot add model {cfg.model}: {exc}") from exc
-        facts.backend = session.backend
+        facts.backend = (pool.sessions[0] if pool is not None else session).backend
+
+        def make_batcher() -> Any:
+            try:
+                return target.batcher(
+                    graph,
+                    max_batch_size=cfg.batch_max,
+                    max_delay_ms=cfg.batch_delay_ms,
+                    preferred_batch_sizes=cfg.batch_preferred,
+                )
+            except (ValueError, aa.GraphError) as exc:
+                raise BenchError(f"--batch-max {cfg.batch_max}: {exc}") from exc
+
+        if cfg.batch_max is not None:
+            c = make_batcher().config
+            facts.batcher = {
+                "max_batch_size": c.max_batch_size,
+                "max_delay_ms": c.max_delay_ms,
+                "preferred_batch_sizes": list(c.preferred_batch_sizes),
+                "max_concurrent_batches": c.max_concurrent_batches,
+            }
+        if cfg.sim_timing is not None:
+            _set_sim_timing(*cfg.sim_timing)
+            timing_set = True
+            facts.sim_timing = {"ms_per_run": cfg.sim_timing[0], "ms_per_sample": cfg.sim_timing[1]}
         if cfg.mode in ("sync", "thread"):
             # Check the inputs and compile once, before any timing (and keep the outputs).
             try:
@@ -687,8 +869,12 @@ def run_benchmark(
         async def main() -> None:
             try:
                 if cfg.mode == "async":
-                    await session.load(graph)
-                    check_outputs([await session.run(graph, s) for s in samples.sets])
+                    await target.load(graph)
+                    check_outputs([await target.run(graph, s) for s in samples.sets])
+                    if cfg.batch_max is not None:  # the requests as the batcher will see them
+                        first = make_batcher()
+                        await first.run(samples.sets[0])
+                        first.close()
                 elif cfg.mode == "callback":
                     one = _make_submit(session, graph, samples, "callback", 1)
                     check_outputs([await one(None) for _ in samples.sets])
@@ -697,27 +883,47 @@ def run_benchmark(
             for value in levels:
                 res = LevelResult(cfg.load, value, batch=samples.batch)
                 limit = int(value) if cfg.load == "concurrency" else cfg.max_in_flight
-                submit = _make_submit(session, graph, samples, cfg.mode, limit)
+                batcher = make_batcher() if cfg.batch_max is not None else None
+                run: Callable[..., Awaitable[Any]] | None = None
+                if batcher is not None:
+                    run = batcher.run
+                elif pool is not None:
+                    run = functools.partial(pool.run, graph)
+                snap: dict[str, Any] = {}
+
+                def on_measure(batcher: Any = batcher, snap: dict[str, Any] = snap) -> None:
+                    snap["batcher"] = batcher.statistics() if batcher is not None else None
+                    snap["pool"] = pool.statistics() if pool is not None else None
+
+                submit = _make_submit(session, graph, samples, cfg.mode, limit, run)
                 show = progress(res.label) if progress else None
                 w0 = _bridge_wakeups()
+                kw = {"on_measure": on_measure, "watch": watch}
                 try:
                     if cfg.load == "rate":
-                        state = await _open_level(cfg, submit, value, res, show)
+                        state = await _open_level(cfg, submit, value, res, show, **kw)
                     else:
-                        state = await _closed_level(cfg, submit, int(value), res, show)
+                        state = await _closed_level(cfg, submit, int(value), res, show, **kw)
                 finally:
                     if show is not None:
                         show.close()
                 w1 = _bridge_wakeups()
                 if cfg.mode == "async" and w0 is not None and w1 is not None and state.done:
                     res.loop_wakeups_per_run = (w1 - w0) / state.done
+                if batcher is not None:
+                    res.batcher = batcher_figures(snap.get("batcher"), batcher.statistics(), res.elapsed_s)
+                    batcher.close()
+                if pool is not None:
+                    res.device_runs = device_runs(snap.get("pool"), pool.statistics())
                 if not record(res):
                     return
 
         _run_loop(cfg.loop, main)
     finally:
+        if timing_set:
+            _reset_sim_timing()
         try:
-            session.close()
+            target.close()
         except Exception:  # a faulted session still closes as far as it can
             pass
     return results, facts
