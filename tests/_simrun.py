@@ -136,24 +136,6 @@ def _np_dtype(ge: int) -> np.dtype[Any]:
     raise RunError(f"ge::DataType {ge} has no numpy dtype")
 
 
-def add_graph_status(model: bytes) -> str | None:
-    """AddGraph alone in a fresh session: None if it is accepted, else GE's text."""
-    _init()
-    out_session = ffi.new("aa_session **")
-    _check(lib.aa_session_create(ffi.NULL, 0, out_session), "aa_session_create")
-    session = out_session[0]
-    graph_id = next(_graph_ids)
-    try:
-        try:
-            _check(lib.aa_session_add_graph_onnx(session, graph_id, model, len(model), ffi.NULL, 0), "AddGraph")
-        except RunError as exc:
-            return str(exc)
-        _check(lib.aa_session_remove_graph(session, graph_id), "aa_session_remove_graph")
-        return None
-    finally:
-        _check(lib.aa_session_destroy(session), "aa_session_destroy")
-
-
 def run_case(model: bytes, inputs: list[np.ndarray], max_outputs: int = 32) -> list[np.ndarray]:
     """As :func:`run_bytes_sync` (AddGraph, RunGraph, RemoveGraph in a fresh session), but an
     AddGraph refusal raises :class:`AddGraphError`, and bfloat16 tensors (``ml_dtypes``) cross

@@ -8,21 +8,21 @@ model sharing and concurrent runs. References: ``onnx.reference.ReferenceEvaluat
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
+import _simrun
 import anyio
 import numpy as np
 import onnx
 import pytest
+from conftest import sim_stats
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-import _simrun
 import ascend_async as aa
 from ascend_async import DeviceError, GraphError, InputError
 from ascend_async.models import NAMES, path
-from conftest import sim_stats
 
 ffi, lib = _simrun.ffi, _simrun.lib
 RTOL, ATOL = 1e-4, 1e-5
@@ -75,12 +75,6 @@ def _assert_outputs(got: dict[str, np.ndarray] | list[np.ndarray], want: list[np
             np.testing.assert_allclose(g, w, rtol=tol.get("rtol", RTOL), atol=tol.get("atol", ATOL))
         else:
             np.testing.assert_array_equal(g, w)
-
-
-@pytest.fixture
-def session() -> Iterator[aa.Session]:
-    with aa.Session(streams=2) as s:
-        yield s
 
 
 # ------------------------------------------------------------------------------------------------
@@ -368,9 +362,7 @@ def _dynamic_batch_cnn() -> onnx.ModelProto:
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv1"),
         helper.make_node("BatchNormalization", ["c1", "g", "be", "mu", "var"], ["n1"], name="bn1"),
         helper.make_node("Relu", ["n1"], ["r1"], name="relu1"),
-        helper.make_node(
-            "Conv", ["r1", "w2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=2, name="conv2"
-        ),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=2, name="conv2"),
         helper.make_node("Add", ["c2", "r1"], ["res"], name="residual"),
         helper.make_node("Relu", ["res"], ["r2"], name="relu2"),
         helper.make_node("MaxPool", ["r2"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
@@ -472,6 +464,10 @@ def test_corrupt_models_are_graph_errors(tmp_path: Any) -> None:
         for source in (noise, truncated, str(truncated), b"", tmp_path / "missing.onnx"):
             with pytest.raises(GraphError):
                 session.add_graph(source)
+        # The C ABI refuses them too (the sim's engine parses the bytes itself).
+        for data in (noise, good[: len(good) // 2]):
+            with pytest.raises(_simrun.AddGraphError):
+                _simrun.run_case(data, [])
         # The session is unharmed.
         graph = session.add_graph(good)
         out = session.run_sync(graph, {"x": np.zeros((1, 3, 32, 32), np.float32)})
@@ -659,6 +655,7 @@ def test_builtin_dynamic_outputs_live_as_long_as_their_graph() -> None:
         assert lib.aclrtSynchronizeStream(env.stream) == 0
         assert sim_stats()["ge_outputs"] == before["ge_outputs"] + 3
         # RemoveGraph frees the graph's built-in blocks; a later release only drops the record.
+        # (Right after the synchronize: a run gives back its hold on the graph before it completes.)
         assert lib.aa_session_remove_graph(env.session, env.gid) == 0
         assert sim_stats()["ge_outputs"] == before["ge_outputs"]
         for i in range(3):
@@ -682,9 +679,7 @@ def _reshape_model() -> onnx.ModelProto:
 
 def _gather_model() -> onnx.ModelProto:
     nodes = [helper.make_node("Gather", ["x", "i"], ["y"], axis=0, name="the_gather")]
-    return _model(
-        nodes, [_vi("x", shape=[3, 4]), _vi("i", TensorProto.INT64, [2])], [_vi("y", shape=[2, 4])], opset=13
-    )
+    return _model(nodes, [_vi("x", shape=[3, 4]), _vi("i", TensorProto.INT64, [2])], [_vi("y", shape=[2, 4])], opset=13)
 
 
 @pytest.mark.anyio
@@ -697,14 +692,16 @@ async def test_onnxruntime_failure_is_a_device_error_and_the_session_recovers() 
         stream = session.streams[0]
         with pytest.raises(DeviceError) as info:
             await session.run(reshape, {"x": x, "shape": np.array([5, 5], np.int64)})
-        assert "cannot be reshaped" in str(info.value), str(info.value)
+        text = str(info.value)
+        assert "onnxruntime" in text and "the_reshape" in text and "cannot be reshaped" in text, text
         assert session.streams[0] is not stream  # the faulted stream was replaced
         got = await session.run(reshape, {"x": x, "shape": np.array([3, 4], np.int64)})
         np.testing.assert_array_equal(got["y"], x.reshape(3, 4))
 
         with pytest.raises(DeviceError) as info:
             await session.run(gather, {"x": table, "i": np.array([0, 7], np.int64)})
-        assert "out of" in str(info.value) and "7" in str(info.value), str(info.value)
+        text = str(info.value)
+        assert "the_gather" in text and "out of data bounds, idx=7" in text, text
         got = await session.run(gather, {"x": table, "i": np.array([2, -1], np.int64)})
         np.testing.assert_array_equal(got["y"], table[[2, -1]])
         stats = session.statistics()
@@ -718,6 +715,28 @@ def test_onnxruntime_failure_in_run_sync_carries_its_text() -> None:
             session.run_sync(graph, {"x": np.zeros((2, 6), np.float32), "shape": np.array([7, 7], np.int64)})
         got = session.run_sync(graph, {"x": np.ones((2, 6), np.float32), "shape": np.array([-1, 3], np.int64)})
         assert got["y"].shape == (4, 3)
+
+
+def test_onnxruntime_failure_in_run_with_callback_is_reported_to_the_callback() -> None:
+    bad = {"x": np.zeros((2, 6), np.float32), "shape": np.array([7, 7], np.int64)}
+    good = {"x": np.ones((2, 6), np.float32), "shape": np.array([6, 2], np.int64)}
+    with aa.Session() as session:
+        graph = session.add_graph(_reshape_model())
+        for inputs in (bad, good):
+            done = threading.Event()
+            box: list[Any] = []
+
+            def cb(out: Any, err: Any, box: list[Any] = box, done: threading.Event = done) -> None:
+                box.append((out, err))
+                done.set()
+
+            session.run_with_callback(graph, inputs, cb)
+            assert done.wait(10)
+            out, err = box[0]
+            if inputs is bad:
+                assert out is None and isinstance(err, aa.GeError), (out, err)
+            else:
+                assert err is None and out["y"].shape == (6, 2)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -753,7 +772,11 @@ def test_inputs_are_checked_before_submit(inputs: Any, fragment: str) -> None:
 
 
 def test_symbolic_dims_must_agree_across_inputs() -> None:
-    model = _model([helper.make_node("Add", ["a", "b"], ["y"])], [_vi("a", shape=["N", 3]), _vi("b", shape=["N", 3])], [_vi("y", shape=["N", 3])])
+    model = _model(
+        [helper.make_node("Add", ["a", "b"], ["y"])],
+        [_vi("a", shape=["N", 3]), _vi("b", shape=["N", 3])],
+        [_vi("y", shape=["N", 3])],
+    )
     with aa.Session() as session:
         graph = session.add_graph(model)
         with pytest.raises(InputError, match="symbolic dim 'N'"):

@@ -30,14 +30,12 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import _simrun
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
-
-import _simrun
-
-ort = pytest.importorskip("onnxruntime")
 
 # Element types a GE tensor can carry (ge::DataType has a value for each).
 GE_ELEM_TYPES = frozenset(
@@ -59,7 +57,9 @@ GE_ELEM_TYPES = frozenset(
 )
 # Ops whose outputs are random (Dropout in training mode, Random*): onnxruntime's draw differs
 # from ONNX's and from its own next run, so the sim is only checked for dtypes and shapes.
-RANDOM_OPS = frozenset({"Dropout", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli"})
+RANDOM_OPS = frozenset(
+    {"Dropout", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli"}
+)
 # Cases whose sim result may differ from onnxruntime's Python run with a reason (none today).
 KNOWN_DIFFERENCES: dict[str, str] = {}
 MIN_CASES = 1000  # a missing or broken case generator fails instead of passing empty
@@ -94,8 +94,6 @@ def _value(v: Any) -> Any:
     """A case's input or output as numpy (tensors), a list (sequences), a dict (maps) or None."""
     if isinstance(v, TensorProto):
         return numpy_helper.to_array(v)
-    if isinstance(v, onnx.SequenceProto | onnx.OptionalProto | onnx.MapProto):
-        return numpy_helper.to_python(v) if hasattr(numpy_helper, "to_python") else v
     if isinstance(v, list | tuple):
         return [_value(x) for x in v]
     if isinstance(v, dict):
@@ -266,7 +264,12 @@ def run_case(case: Any, options: Any) -> Outcome:
     why = _all_close(got, reference, case.rtol, case.atol)  # type: ignore[arg-type]
     ok = why is None or case.name in KNOWN_DIFFERENCES
     if category == "ort_differs":
-        return Outcome(case.name, category, ok, f"onnxruntime vs ONNX: {ort_why}" + ("" if why is None else f"; sim vs onnxruntime: {why}"))
+        return Outcome(
+            case.name,
+            category,
+            ok,
+            f"onnxruntime vs ONNX: {ort_why}" + ("" if why is None else f"; sim vs onnxruntime: {why}"),
+        )
     return Outcome(case.name, category, ok, "" if why is None else f"sim vs expected: {why}")
 
 
@@ -301,15 +304,10 @@ def format_report(report: Report) -> str:
         f"- refused by the sim at AddGraph because GE tensors cannot carry an input or output: **{len(refused)}** "
         f"(with a clear message: {sum(o.sim_ok for o in refused)}/{len(refused)})",
     ]
-    kinds = collections.Counter(o.detail.split(" (")[0] if o.detail.startswith("non-tensor") else o.detail for o in refused)
     lines.append("")
-    lines.append("| refused because of | cases |")
-    lines.append("|---|---|")
-    lines.extend(f"| {k} | {v} |" for k, v in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+    lines.append("Refused at AddGraph, by the input or output GE tensors cannot carry:")
     lines.append("")
-    lines.append("Refused at AddGraph (GE tensors cannot carry their inputs/outputs):")
-    lines.append("")
-    lines.append(", ".join(f"`{o.name}`" for o in refused))
+    lines.extend(_grouped(refused, _refusal_kind))
     lines.append("")
     lines.append("onnxruntime differs from ONNX's expected outputs (the sim gives onnxruntime's):")
     lines.append("")
@@ -317,12 +315,32 @@ def format_report(report: Report) -> str:
     lines.append("")
     lines.append("onnxruntime cannot load or run (by its message):")
     lines.append("")
-    reasons: dict[str, list[str]] = collections.defaultdict(list)
-    for o in err:
-        reasons[_ort_reason(o.detail)].append(o.name)
-    for reason, names in sorted(reasons.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        lines.append(f"- {reason} ({len(names)}): " + ", ".join(f"`{x}`" for x in names))
+    lines.extend(_grouped(err, lambda o: _ort_reason(o.detail)))
     return "\n".join(lines)
+
+
+def _grouped(outcomes: list[Outcome], key: Any) -> list[str]:
+    groups: dict[str, list[str]] = collections.defaultdict(list)
+    for o in outcomes:
+        groups[key(o)].append(o.name)
+    return [
+        f"- {reason} ({len(names)}): " + ", ".join(f"`{x}`" for x in names)
+        for reason, names in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    ]
+
+
+def _refusal_kind(o: Outcome) -> str:
+    d = o.detail
+    if d.startswith("non-tensor"):  # "non-tensor input (sequence_type)"
+        kind, which = d.removeprefix("non-tensor ").split(" (")
+        return f"{which.removesuffix('_type)')} {kind}"
+    if "float8" in d:
+        return "float8 tensors"
+    if "int4" in d or "int2" in d:
+        return "2- and 4-bit integer tensors"
+    if "string" in d:
+        return "string tensors"
+    return d
 
 
 def _ort_reason(detail: str) -> str:
