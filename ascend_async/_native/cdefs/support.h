@@ -75,7 +75,8 @@ uint64_t aa_monotonic_ns(void);
 
 /* RunGraphAsync completions flow through the same watch: pass aa_watch_run_callback as the
  * callback and a slot as user_data. The callback stores status and outputs (ownership passes
- * to the slot's holder) and hands `token` to the waiter. */
+ * to the slot's holder), and for a failure GE's error text as the callback's thread has it
+ * (GEGetErrorMsgV3 is per thread), then hands `token` to the waiter. */
 typedef struct aa_cb_slot {
     aa_watch *watch;
     uint64_t token;
@@ -83,6 +84,7 @@ typedef struct aa_cb_slot {
     size_t capacity;
     size_t n_outputs;
     aa_tensor *outputs;
+    char detail[1024];
 } aa_cb_slot;
 
 void aa_watch_run_callback(void *user_data, aa_status status, aa_tensor *outputs,

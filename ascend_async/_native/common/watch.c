@@ -647,6 +647,8 @@ void aa_watch_run_callback(void *user_data, aa_status status, aa_tensor *outputs
     for (size_t i = keep; i < n_outputs; i++) aa_tensor_release(&outputs[i]);
     slot->n_outputs = keep;
     slot->status = status;
+    slot->detail[0] = 0;
+    if (status) aa_ge_get_error_msg(slot->detail, sizeof slot->detail);
     aa_watch *w = slot->watch;
     pthread_mutex_lock(&w->mu);
     push_done_locked(w, slot->token, 0, aa_monotonic_ns());

@@ -906,6 +906,8 @@ static int async_exec(void *payload, char *err, size_t err_len) {
     run_job *j = payload;
     int code = job_run(j, err, err_len);
     if (code) {
+        /* GE's text for the failure, on the thread that calls back (as GEGetErrorMsgV3 is). */
+        ge_error("RunGraphAsync: graph %u: execution failed with aclError %d: %s", j->graph->id, code, err);
         j->cb(j->user, GE_FAILED, NULL, 0);
     } else {
         j->cb(j->user, GE_OK, j->out, j->n_out); /* ownership of the outputs passes to the callee */
