@@ -348,8 +348,8 @@ def test_inputs_from_npy_and_saved_outputs(tmp_path: Path, capsys: pytest.Captur
     assert r["batch"] == 4 and r["inferences_per_s"] == pytest.approx(4 * r["throughput"], rel=1e-4)
     out = capsys.readouterr().out
     assert "inferences/s" in out and f"outputs saved: {outdir / 'x.npz'}" in out
-    saved = np.load(outdir / "x.npz")
-    np.testing.assert_allclose(saved["y"], _mlp_out(x), rtol=1e-5)
+    with np.load(outdir / "x.npz") as saved:
+        np.testing.assert_allclose(saved["y"], _mlp_out(x), rtol=1e-5)
 
 
 def test_inputs_from_npz_folder_zeros_and_named(tmp_path: Path) -> None:
@@ -365,7 +365,8 @@ def test_inputs_from_npz_folder_zeros_and_named(tmp_path: Path) -> None:
     outdir = tmp_path / "o"
     doc = run_json(tmp_path, "--demo", *FAST, "--input", str(sets), "--concurrency", "1", "--save-outputs", str(outdir))
     assert "2 input sets, used in turn" in doc["run"]["notes"]
-    np.testing.assert_allclose(np.load(outdir / "b.npz")["y"], _mlp_out(b), rtol=1e-5)
+    with np.load(outdir / "b.npz") as saved:
+        np.testing.assert_allclose(saved["y"], _mlp_out(b), rtol=1e-5)
     per_input = tmp_path / "per_input"
     per_input.mkdir()
     np.save(per_input / "x.npy", a)
@@ -373,7 +374,8 @@ def test_inputs_from_npz_folder_zeros_and_named(tmp_path: Path) -> None:
     assert doc["run"]["input_source"] == str(per_input)
     doc = run_json(tmp_path, "--demo", *FAST, "--concurrency", "1", "--input", "zeros", "--save-outputs", str(outdir))
     assert doc["run"]["input_source"] == "zeros"
-    np.testing.assert_allclose(np.load(outdir / "zeros.npz")["y"], _mlp_out(np.zeros((1, 64), np.float32)), rtol=1e-5)
+    with np.load(outdir / "zeros.npz") as saved:
+        np.testing.assert_allclose(saved["y"], _mlp_out(np.zeros((1, 64), np.float32)), rtol=1e-5)
 
 
 def test_named_input_file(tmp_path: Path) -> None:
