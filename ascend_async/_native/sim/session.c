@@ -932,7 +932,12 @@ aa_status aa_session_run_graph_async(aa_session *session, uint32_t graph_id, con
     int open = run_gate_locked(g, MODE_RUN_GRAPH_ASYNC, api, &st);
     if (!open && st == GE_UNSUPPORTED) { /* a mode conflict: the callback runs at once, as in GE */
         pthread_mutex_unlock(&g->run_mu);
+        /* The conflict's text is for this call's caller (GEGetErrorMsgV3 after the return), not
+         * for a callback that reads the thread's text: keep it aside while the callback runs. */
+        char conflict[2048];
+        aa_ge_get_error_msg(conflict, sizeof conflict);
         callback(user_data, GE_UNSUPPORTED, NULL, 0);
+        ge_error("%s", conflict);
         goto out;
     }
     int checked = open ? check_inputs(g, inputs, n_inputs, 0, described, api) : 0;
