@@ -21,6 +21,7 @@ import numpy as np
 from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
 from ._errors import acl_error, device_fault
 from ._memory import DeviceTensor
+from ._watcher import report_ignored
 
 if TYPE_CHECKING:
     from ._device import Device
@@ -341,13 +342,26 @@ class CallbackRun:
         status = int(self.slot.status)
         out: dict[str, np.ndarray] | None = None
         error: BaseException | None = None
-        if status:
-            error = self.device.backend.ge_error(status, "RunGraphAsync")
-        else:
-            out = self.read(self.outs, int(self.slot.n_outputs), self.names)
-        self.account(1 if status else 0, False)
-        self.callback(out, error)
+        try:
+            if status:
+                error = self.device.backend.ge_error(status, "RunGraphAsync")
+            else:
+                out = self.read(self.outs, int(self.slot.n_outputs), self.names)
+        except BaseException as exc:  # sizing or reading the outputs failed: this run fails, nothing else
+            error = exc
+        finally:
+            # Settled before the callback runs: a close() inside it does not wait for this run.
+            self.account(1 if error is not None else 0, False)
+        self._call(out, error)
 
     def fail(self, error: BaseException) -> None:
         self.account(1, False)
-        self.callback(None, error)
+        self._call(None, error)
+
+    def _call(self, out: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
+        """The user's callback: whatever it raises, BaseException included, is reported and
+        contained (the watcher thread serves every session on the device)."""
+        try:
+            self.callback(out, error)
+        except BaseException as exc:
+            report_ignored(exc, f"the run_with_callback callback {self.callback!r}")

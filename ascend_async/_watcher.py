@@ -11,17 +11,26 @@ collects it (``aa_watch_harvest``, see ``_loop.py``); the watcher thread takes t
 
 It completes a token by calling ``complete(code, noticed_ns, on_loop=False)`` on the object
 registered under it (``pending``); it never calls into Session.
+
+User code runs on this thread (RunGraphAsync callbacks): whatever it raises, ``BaseException``
+included, is reported as an :class:`AscendWarning` (:func:`report_ignored`) and the thread goes
+on. A ``Session.close()`` from such a callback is deferred (:meth:`Watcher.defer`): it runs on a
+thread of its own once the callback returned, because it waits for runs this thread completes
+and may stop this thread.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import warnings
+import weakref
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from ._errors import WatcherError, acl_error
+from ._errors import AscendWarning, WatcherError, acl_error
 
-__all__ = ["Completion", "Watcher"]
+__all__ = ["Completion", "Watcher", "current_watcher", "report_ignored"]
 
 _BATCH = 64  # completions per GIL hold on the watcher thread
 _CHANNEL_SHIFT = 48
@@ -39,6 +48,30 @@ class Wakeable(Protocol):
     def wake(self) -> bool: ...
 
 
+_tls = threading.local()  # .watcher: set on a watcher thread, for its whole life
+
+
+def current_watcher() -> Watcher | None:
+    """The watcher whose thread is calling (inside a RunGraphAsync callback), else None."""
+    return getattr(_tls, "watcher", None)
+
+
+def report_ignored(exc: BaseException, what: str) -> None:
+    """Report ``exc``, which cannot propagate (raised by ``what`` on a watcher thread), as an
+    :class:`AscendWarning` whose ``__cause__`` is ``exc``. Where warnings are errors the
+    escalated warning goes to ``threading.excepthook`` instead; either way the thread lives on."""
+    warning = AscendWarning(f"{what} raised {exc!r}; it was ignored and the device's watcher goes on")
+    warning.__cause__ = exc
+    try:
+        warnings.warn(warning, stacklevel=2)
+    except BaseException as escalated:
+        try:
+            args = (type(escalated), escalated, escalated.__traceback__, threading.current_thread())
+            threading.excepthook(threading.ExceptHookArgs(args))
+        except BaseException:  # a hook that raises too: nothing is left to report to
+            pass
+
+
 class Watcher:
     """The per-device completion watcher thread."""
 
@@ -53,8 +86,13 @@ class Watcher:
         self._context = context
         self.pending: dict[int, Completion] = {}
         self._seq = itertools.count(1)
-        self._channels: dict[int, Wakeable] = {}  # channel -> its loop's bridge
-        self.lock = threading.Lock()  # the handle's lifetime against loop-side harvests
+        # channel -> its loop's bridge, held weakly: a bridge lives as long as its loop, and its
+        # finalizer closes the channel (LoopBridge.channel)
+        self._channels: dict[int, weakref.ref[Wakeable]] = {}
+        # The handle's lifetime against loop-side harvests. Re-entrant: a bridge's finalizer
+        # (close_channel) may run on a thread that holds it, wherever the collector runs.
+        self.lock = threading.RLock()
+        self._deferred: list[Callable[[], object]] = []  # closes asked for by callbacks
         self.closed = False
         self.broken: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name=f"ascend-async-watcher-{device_id}", daemon=True)
@@ -91,7 +129,7 @@ class Watcher:
             ch = int(self._lib.aa_watch_channel_open(self.handle))
             if ch <= 0:
                 return 0
-            self._channels[ch] = bridge
+            self._channels[ch] = weakref.ref(bridge)
             return ch
 
     def close_channel(self, ch: int) -> None:
@@ -99,6 +137,19 @@ class Watcher:
         with self.lock:
             if self._channels.pop(ch, None) is not None and not self.closed:
                 self._lib.aa_watch_channel_close(self.handle, ch)
+
+    def defer(self, fn: Callable[[], object]) -> None:
+        """On this watcher's thread (a callback): run ``fn`` on a thread of its own once the
+        callback has returned."""
+        self._deferred.append(fn)
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: this thread does not exist here. Closed for every caller, with a
+        fresh lock (a parent thread may have held the old one), and nothing calls into C."""
+        self.lock = threading.RLock()
+        self.closed = True
+        self._channels.clear()
+        self.pending.clear()
 
     def fail_stream(self, stream: Any, code: int) -> None:
         self._lib.aa_watch_fail_stream(self.handle, stream, code)
@@ -130,6 +181,7 @@ class Watcher:
         codes = ffi.new("int32_t[]", _BATCH)
         noticed = ffi.new("uint64_t[]", _BATCH)
         wake = lib.AA_WATCH_WAKE
+        _tls.watcher = self
         try:
             while True:
                 n = lib.aa_watch_wait(self.handle, tokens, codes, noticed, _BATCH, -1)
@@ -138,13 +190,17 @@ class Watcher:
                 for i in range(n):
                     code = codes[i]
                     if code == wake:
-                        bridge = self._channels.get(tokens[i])
-                        if bridge is not None and not bridge.wake():
+                        ref = self._channels.get(tokens[i])
+                        bridge = ref() if ref is not None else None
+                        if ref is not None and (bridge is None or not bridge.wake()):
                             self.close_channel(tokens[i])
+                        del bridge
                         continue
                     c = self.pending.pop(tokens[i], None)
                     if c is not None:
-                        _quietly(c.complete, code, noticed[i], False)
+                        _contained(c.complete, code, noticed[i], False)
+                        if self._deferred:
+                            self._start_deferred()
         except BaseException as exc:  # the watcher must never die silently
             self.broken = exc
             self._fail_all(WatcherError(f"the completion watcher failed: {exc!r}"))
@@ -152,13 +208,20 @@ class Watcher:
     def _fail_all(self, error: BaseException) -> None:
         while self.pending:
             _token, c = self.pending.popitem()
-            _quietly(c.fail, error)
+            _contained(c.fail, error)
+            if self._deferred:
+                self._start_deferred()
+
+    def _start_deferred(self) -> None:
+        todo, self._deferred = self._deferred, []
+        for fn in todo:
+            threading.Thread(target=fn, name="ascend-async-deferred-close", daemon=True).start()
 
 
-def _quietly(fn: Any, *args: Any) -> None:
+def _contained(fn: Any, *args: Any) -> None:
+    """Call ``fn`` on the watcher thread; nothing it raises (``BaseException`` included) stops
+    the thread. User callbacks are contained one level down (``CallbackRun``), with their name."""
     try:
         fn(*args)
-    except Exception:  # a user callback's error must not kill the watcher
-        import traceback
-
-        traceback.print_exc()
+    except BaseException as exc:
+        report_ignored(exc, getattr(fn, "__qualname__", repr(fn)))
