@@ -12,10 +12,16 @@ Only when no collection is scheduled does the watcher thread wake the loop (one 
 drain completes at most ``DRAIN_CHUNK`` runs, and one loop iteration admits at most
 ``SUBMIT_BUDGET`` submissions (more wait for the next iteration), so the library's own work per
 iteration is bounded whatever the number of runs in flight or arriving.
+
+Nothing here outlives its loop: a bridge holds its loop only through weak methods, ``_bridges``
+is keyed weakly by the loop (asyncio) or its ``TrioToken`` (trio), and the watchers hold
+bridges weakly. When a loop is gone its bridge goes, with its limiters, and the bridge's
+finalizer gives its channels back.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections import deque
@@ -46,18 +52,20 @@ class LoopBridge:
         "_buf",
         "_channels",
         "_local_post",
+        "_post",
         "budget",
         "dead",
         "limiters",
-        "post",
         "scheduled",
         "thread",
         "wakeups",
     )
 
     def __init__(self, post: Callable[..., object], local_post: Callable[..., object] | None = None) -> None:
-        self.post = post  # thread-safe entry (call_soon_threadsafe / run_sync_soon)
-        self._local_post = local_post or post  # from the loop thread itself (call_soon)
+        # The loop's entries, held weakly (the loop must not outlive its run because of us):
+        # thread-safe (call_soon_threadsafe / run_sync_soon) and local (call_soon).
+        self._post = weakref.WeakMethod(post)  # type: ignore[arg-type]
+        self._local_post = weakref.WeakMethod(local_post or post)  # type: ignore[arg-type]
         self.limiters: weakref.WeakKeyDictionary[Any, anyio.Semaphore] = weakref.WeakKeyDictionary()
         self._channels: dict[Watcher, int] = {}
         self.thread = threading.get_ident()
@@ -111,7 +119,9 @@ class LoopBridge:
     def schedule(self) -> None:
         if not self.scheduled:
             self.scheduled = True
-            self._local_post(self._drain)
+            post = self._local_post()
+            if post is not None:  # on the loop thread: the loop is alive
+                post(self._drain)
 
     def collect_after_submit(self, watcher: Watcher) -> None:
         """A submission just happened on this loop: collect a few finished runs in passing."""
@@ -166,31 +176,44 @@ class LoopBridge:
 
     # -- the watcher thread ---------------------------------------------------------------------
 
+    def post(self, fn: Callable[[], object]) -> bool:
+        """Hand ``fn`` to the loop (thread-safe); False once the loop has closed or is gone."""
+        entry = None if self.dead else self._post()
+        if entry is None:
+            self.dead = True
+            return False
+        try:
+            entry(fn)
+        except RuntimeError:  # asyncio: the loop is closed; trio: RunFinishedError
+            self.dead = True
+            return False
+        return True
+
     def wake(self) -> bool:
         """Post a collection to the loop; False once the loop has closed."""
         if self.dead:
             return False
         self.wakeups += 1
-        try:
-            self.post(self._woken)
-        except RuntimeError:  # asyncio: the loop is closed; trio: RunFinishedError
-            self.dead = True
-            return False
-        return True
+        return self.post(self._woken)
 
     def call(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` on the loop (from any thread); dropped if the loop has closed."""
         if threading.get_ident() == self.thread:
             fn()
             return
-        try:
-            self.post(fn)
-        except RuntimeError:
-            self.dead = True
+        self.post(fn)
 
 
 _bridges: weakref.WeakKeyDictionary[Any, LoopBridge] = weakref.WeakKeyDictionary()
 _bridges_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _bridges_lock
+    _bridges_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def current_bridge() -> LoopBridge:
