@@ -14,10 +14,10 @@ import weakref
 from typing import Any
 
 from ._backend import Backend, get_backend
-from ._errors import acl_error
+from ._errors import BackendUnavailableError, acl_error
 from ._watcher import Watcher
 
-__all__ = ["Device", "acquire_device", "release_device"]
+__all__ = ["Device", "acquire_device", "check_not_forked", "configure_watcher", "release_device"]
 
 _tls = threading.local()
 
@@ -50,6 +50,8 @@ class Device:
         self._events: list[Any] = []
         self._events_made = 0
         self.watcher: Watcher | None = None
+        # Objects to disable in a child process after fork (sessions: ``_after_fork()``).
+        self.users: weakref.WeakSet[Any] = weakref.WeakSet()
         # DeviceTensors holding GE output blocks: released at shutdown, before the pool they
         # were allocated from (GE's external allocator) is destroyed.
         self.ge_tensors: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -59,6 +61,7 @@ class Device:
     def ensure_current(self) -> None:
         """Make this device's context current on the calling thread (cheap when it is)."""
         if getattr(_tls, "context", None) != self.context:
+            check_not_forked()  # a forked child takes this path: its thread-local was cleared
             self.backend.check(self.backend.lib.aclrtSetCurrentContext(self.context), "aclrtSetCurrentContext")
             _tls.context = self.context
 
@@ -144,8 +147,11 @@ _devices_lock = threading.Lock()
 
 def acquire_device(device_id: int) -> Device:
     """The shared Device for ``device_id`` (one more reference)."""
+    global _runtime_started
+    check_not_forked()
     backend = get_backend()
     with _devices_lock:
+        _runtime_started = True
         dev = _devices.get(device_id)
         if dev is None:
             count = backend.ffi.new("uint32_t*")
@@ -170,22 +176,124 @@ def release_device(dev: Device) -> None:
 
 _watch_configs: dict[int, tuple[str, dict[str, int]]] = {}
 
+#: configure_watcher's tuning keys (aa_watch_config's uint32 fields, in microseconds) and the
+#: least value each takes (0 for spin_us: no spinning).
+_WATCH_KEYS = {
+    "spin_us": 0,
+    "min_sleep_us": 1,
+    "max_sleep_us": 1,
+    "fault_probe_us": 1,
+    "wake_after_us": 1,
+    "takeover_us": 1,
+}
+_WATCH_MAX = 60_000_000  # a minute: more is a mistake, not a tuning
+
 
 def configure_watcher(device_id: int = 0, strategy: str = "poll", **config: int) -> None:
     """Choose the completion strategy ("poll" or "report") and its tuning for a device.
 
-    Tuning keys: spin_us, min_sleep_us, max_sleep_us, fault_probe_us, wake_after_us, takeover_us. Applies to watchers
-    started afterwards (a device's watcher starts with its first run).
+    Tuning keys (integers, microseconds, at most 60,000,000): spin_us (>= 0), min_sleep_us,
+    max_sleep_us (>= min_sleep_us), fault_probe_us, wake_after_us, takeover_us (>= 1). Applies
+    to watchers started afterwards (a device's watcher starts with its first run).
+
+    :raises TypeError: a key that is not a tuning key, or a value that is not an int.
+    :raises ValueError: a bad ``device_id``, ``strategy`` or a value out of range.
     """
+    if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
+        raise ValueError(f"device_id must be an int >= 0, not {device_id!r}")
     if strategy not in ("poll", "report"):
         raise ValueError(f"strategy must be 'poll' or 'report', not {strategy!r}")
+    for key, value in config.items():
+        least = _WATCH_KEYS.get(key)
+        if least is None:
+            raise TypeError(f"configure_watcher: unknown key {key!r}; the keys are {', '.join(_WATCH_KEYS)}")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"configure_watcher: {key} must be an int (microseconds), not {value!r}")
+        if not least <= value <= _WATCH_MAX:
+            raise ValueError(f"configure_watcher: {key}={value} is out of range {least}..{_WATCH_MAX}")
+    lo, hi = config.get("min_sleep_us"), config.get("max_sleep_us")
+    if lo is not None and hi is not None and hi < lo:
+        raise ValueError(f"configure_watcher: max_sleep_us={hi} is below min_sleep_us={lo}")
     _watch_configs[device_id] = (strategy, dict(config))
+
+
+# -- fork ------------------------------------------------------------------------------------------
+# The runtime's threads (device workers, watchers, the engine's) do not survive fork(), and
+# locks they held stay held in the child. A child of a process that started the runtime must
+# not touch it: every entry (a new Session, a session's methods, a device's context) raises
+# BackendUnavailableError there; close() is a no-op. A child forked before the first Session
+# starts afresh.
+
+_runtime_started = False  # a device was opened in this process (its threads may exist)
+_forked_from: int | None = None  # in a child forked after that: the parent's pid
+
+
+def check_not_forked() -> None:
+    """Raise the fork error in a child forked from a process that had started the runtime."""
+    if _forked_from is not None:
+        raise BackendUnavailableError(
+            f"this process was forked (from pid {_forked_from}) after ascend_async started the "
+            "device runtime there; the runtime's threads do not survive fork(), so no session can "
+            "be used or created in the child. Start workers with the 'spawn' or 'forkserver' "
+            "method (multiprocessing.get_context('spawn')), or fork before the first Session."
+        )
+
+
+def _before_fork() -> None:
+    _devices_lock.acquire()  # a consistent _devices for the child (nobody is mid-acquire)
+
+
+def _after_fork_in_parent() -> None:
+    _devices_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _devices_lock, _forked_from
+    _devices_lock = threading.Lock()
+    if not _runtime_started:
+        return
+    _forked_from = os.getppid()
+    _tls.context = None  # the next ensure_current on this thread checks for the fork
+    _skip_native_exit_handlers()
+    for dev in _devices.values():
+        dev.alive = False  # finalizers (events, tensors) must not call into the runtime
+        dev._lock = threading.Lock()
+        if dev.watcher is not None:
+            dev.watcher.after_fork_in_child()
+        for user in list(dev.users):
+            user._after_fork()
+
+
+def _skip_native_exit_handlers() -> None:
+    """End this child's exit after Python's own finalization, before the C exit handlers.
+
+    The graph engine's library (onnxruntime, loaded in the parent) has static destructors that
+    wait on its threads' condition variables; those threads do not exist in a forked child, so
+    they would wait forever. A handler registered now runs before every one registered in the
+    parent: it ends the process with the exit status, as ``os._exit`` does in multiprocessing's
+    fork children (glibc's ``on_exit``; elsewhere nothing is done).
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        on_exit, exit_now = libc.on_exit, libc._exit
+    except (OSError, AttributeError):
+        return
+    on_exit.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    # _exit(int) called as fn(int status, void *arg): the status is the first argument.
+    on_exit(ctypes.cast(exit_now, ctypes.c_void_p), None)
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 @atexit.register
 def _stop_watchers_at_exit() -> None:
     # Sessions left open at exit: stop the watcher threads quietly before the interpreter
     # goes away (their runs are abandoned; the device threads are plain C and just stop).
+    if _forked_from is not None:  # a forked child: the watchers are the parent's
+        return
     for dev in list(_devices.values()):
         w = dev.watcher
         if w is not None and w.handle != dev.backend.ffi.NULL:

@@ -15,7 +15,7 @@ import anyio.lowlevel
 import numpy as np
 
 from . import _metrics
-from ._device import Device, acquire_device, release_device
+from ._device import Device, acquire_device, check_not_forked, release_device
 from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
 from ._errors import GraphError, SessionClosedError, ge_error
 from ._event import Event
@@ -24,6 +24,7 @@ from ._loop import current_bridge
 from ._memory import DeviceTensor
 from ._streams import Stream, StreamPool
 from ._submit import CallbackRun, Replica, Run
+from ._watcher import current_watcher
 
 if TYPE_CHECKING:
     from ._batcher import Batcher
@@ -84,7 +85,8 @@ class Session:
     """A GE session on one device, with a pool of streams and a completion watcher.
 
     Use it as an async (or plain) context manager. Every method may be called from any
-    thread; several event loops may share one session.
+    thread; several event loops may share one session. A child process forked after the
+    first session was opened cannot use sessions (:class:`BackendUnavailableError`).
 
     .. code-block:: python
 
@@ -101,9 +103,14 @@ class Session:
         options: Mapping[str, str] | None = None,
         max_in_flight: int = 512,
     ) -> None:
-        if streams < 1:
-            raise ValueError("a session needs at least one stream")
+        _check_count("device_id", device_id, 0)
+        _check_count("streams", streams, 1)
+        _check_count("max_in_flight", max_in_flight, 1)
+        if options is not None and (not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options)):
+            raise TypeError(f"options must be a mapping of str keys to values, not {options!r}")
         self._closed = False
+        self._forked = False
+        self._closer: int | None = None  # the thread tearing the session down
         self._torn_down = threading.Event()  # set once close() has freed everything
         self._handle: Any = None
         self._device: Device = acquire_device(device_id)
@@ -133,6 +140,7 @@ class Session:
             self._cancelled = 0
             self._events: weakref.WeakSet[Event] = weakref.WeakSet()  # closed at teardown
             self._pool = StreamPool(self._make_stream, streams, self._forget_stream)
+            self._device.users.add(self)
         except BaseException:
             self._teardown()
             raise
@@ -194,24 +202,47 @@ class Session:
 
         Idempotent: a call while another close is under way waits for it to finish. Later
         calls of other methods raise :class:`SessionClosedError`.
+
+        From a :meth:`run_with_callback` callback (the device's watcher thread) it returns at
+        once: the session is closed to new work, and the wait and teardown run on a thread of
+        their own after the callback returned (waiting there would wait for the very thread
+        that completes the runs). In a forked child it does nothing (the parent owns the
+        device).
         """
+        if self._forked:
+            return
         with self._lock:
             first = not self._closed
             self._closed = True
-            while first and (self._pending or self._busy):
-                self._idle.wait()
+        watcher = current_watcher()
         if not first:
-            self._torn_down.wait()
+            if watcher is None and self._closer != threading.get_ident():
+                self._torn_down.wait()
             return
+        if watcher is not None:
+            watcher.defer(self._finish_close)  # hand-off: runs on its own thread after the callback
+            return
+        self._finish_close()
+
+    def _finish_close(self) -> None:
+        self._closer = threading.get_ident()
         try:
+            with self._lock:
+                while self._pending or self._busy:
+                    self._idle.wait()
             self._teardown()
         finally:
             self._torn_down.set()
 
+    def _after_fork(self) -> None:
+        """In a forked child (Device's fork hook): every later call raises the fork error."""
+        self._forked = True
+        self._closed = True
+
     async def aclose(self) -> None:
         """:meth:`close` on a worker thread, so the event loop keeps serving the runs it waits
         for. Idempotent."""
-        if self._torn_down.is_set():
+        if self._torn_down.is_set() or self._forked:
             await anyio.lowlevel.checkpoint()
             return
         await anyio.to_thread.run_sync(self.close)
@@ -239,6 +270,8 @@ class Session:
 
     def _check_open(self) -> None:
         if self._closed:
+            if self._forked:
+                check_not_forked()
             raise SessionClosedError("the session is closed")
 
     @contextmanager
@@ -271,6 +304,8 @@ class Session:
         :raises GraphError: unreadable model, or an op/attribute/dtype the backend refuses.
         """
         self._check_open()
+        if source is None:
+            raise TypeError("add_graph: source is None (expected a path, bytes, an onnx.ModelProto or a Graph)")
         graph = source if isinstance(source, Graph) else Graph(source, name=name)
         with self._lock:
             if id(graph) in self._graphs:
@@ -289,6 +324,8 @@ class Session:
     def remove_graph(self, graph: Graph) -> None:
         """Remove the graph (all its replicas); its run mode is forgotten."""
         self._check_open()
+        if not isinstance(graph, Graph):
+            raise TypeError(f"graph must be a Graph from session.add_graph, not {type(graph).__name__}")
         with self._lock:
             state = self._graphs.pop(id(graph), None)
         if state is None:
@@ -307,6 +344,8 @@ class Session:
 
     def _state(self, graph: Graph) -> _GraphState:
         self._check_open()
+        if not isinstance(graph, Graph):
+            raise TypeError(f"graph must be a Graph from session.add_graph, not {type(graph).__name__}")
         state = self._graphs.get(id(graph))
         if state is None or state.graph is not graph:
             raise GraphError(f"{graph.name}: not added to this session (call session.add_graph first)")
@@ -517,15 +556,17 @@ class Session:
     def _host_outputs(self, tout: Any, n: int, names: Sequence[str]) -> dict[str, np.ndarray]:
         ffi, lib = self._ffi, self._lib
         out: dict[str, np.ndarray] = {}
-        for j, name in enumerate(names[:n]):
-            t = tout[j]
-            shape = tuple(int(t.dims[k]) for k in range(t.ndim))
-            arr = np.empty(shape, GE_TO_NUMPY[t.dtype])
-            if arr.nbytes:
-                ffi.memmove(arr, t.addr, arr.nbytes)
-            out[name] = arr
-        for j in range(n):
-            lib.aa_tensor_release(tout + j)
+        try:
+            for j, name in enumerate(names[:n]):
+                t = tout[j]
+                shape = tuple(int(t.dims[k]) for k in range(t.ndim))
+                arr = np.empty(shape, GE_TO_NUMPY[t.dtype])
+                if arr.nbytes:
+                    ffi.memmove(arr, t.addr, arr.nbytes)
+                out[name] = arr
+        finally:  # GE's output blocks go back even when sizing or copying one failed
+            for j in range(n):
+                lib.aa_tensor_release(tout + j)
         return out
 
     def run_sync(self, graph: Graph, inputs: Mapping[str, Any] | Sequence[Any]) -> dict[str, np.ndarray]:
@@ -569,9 +610,16 @@ class Session:
         """GE's RunGraphAsync: submit and return; ``callback(outputs, error)`` is called on the
         device's watcher thread when the run finishes (keep it short; it holds the GIL).
 
+        Whatever the callback raises, ``BaseException`` included, is reported as an
+        :class:`AscendWarning` (its ``__cause__``) and contained: the watcher and every session
+        on the device go on. :meth:`close` may be called from it (deferred, see there).
+
         :raises ModeConflictError: the graph is already bound to another run mode.
+        :raises TypeError: ``callback`` is not callable.
         """
         state = self._state(graph)
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
         values = graph.bind(inputs)
         self._bind_mode(state, "callback")
         with self._working():
@@ -640,6 +688,13 @@ class Session:
 
         self._state(graph)
         return Batcher(self, graph, **params)
+
+
+def _check_count(name: str, value: object, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {value!r}")
+    if value < least:
+        raise ValueError(f"{name} must be >= {least}, not {value}")
 
 
 def _options(ffi: Any, opts: Mapping[str, str]) -> tuple[list[Any], Any]:
