@@ -365,9 +365,12 @@ class Session:
         state.ids[stream] = gid
         return gid
 
-    def _ensure_loaded(self, state: _GraphState, stream: Stream) -> int:
-        """On a worker thread: the graph's replica on ``stream``, compiled and loaded."""
+    def _ensure_loaded(self, state: _GraphState, stream: Stream) -> int | None:
+        """On a worker thread: the graph's replica on ``stream``, compiled and loaded; None for
+        a faulted stream (it is retired, with its replicas, once drained: none is added)."""
         with self._working(), state.lock:
+            if stream.fault:
+                return None
             gid = state.ids.get(stream)
             if gid is None:
                 gid = self._add_replica(state, stream)
@@ -470,9 +473,12 @@ class Session:
                 await bridge.admit()  # this loop iteration's submissions are spent: wait for the next
             lane = self._pool.pick(stream)
             replica = state.replicas.get(lane)
-            if replica is None:  # the first run on this stream: compile/load off-loop
+            while replica is None:  # the first run on this stream: compile/load off-loop
                 await anyio.to_thread.run_sync(self._ensure_loaded, state, lane)
-                replica = state.replicas[lane]
+                replica = state.replicas.get(lane)
+                if replica is None:  # the stream faulted meanwhile (no replica on it): its replacement
+                    lane = self._pool.pick(stream)
+                    replica = state.replicas.get(lane)
             run = Run(replica, self._pool, self._account, bridge, outputs == "device")
             t_submit = time.perf_counter_ns()
             with self._lock:  # counted as pending: close() waits for it from here

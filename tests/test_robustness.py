@@ -285,6 +285,44 @@ def test_close_in_callback_of_last_session_with_a_run_in_flight() -> None:
     assert proc.stdout.strip() == "ok"
 
 
+# -- faults ---------------------------------------------------------------------------------------
+
+
+async def test_stream_retired_while_the_first_run_on_it_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the soak: a stream faulted and was retired (its replicas removed) while a run's
+    first load on it was under way; the run then failed with KeyError."""
+    from ascend_async._native import _sim
+
+    async with ascend_async.Session(streams=2) as s:
+        g, h = add_model(s), add_model(s)
+        await s.run(h, [X, X], stream=1)  # h has a replica on stream 1, g has none there
+        lane = s.streams[1]
+        retired = threading.Event()
+        real = s._ensure_loaded
+
+        def load_then_wait(state: Any, stream: Any) -> Any:
+            gid = real(state, stream)
+            assert retired.wait(BOUND)  # meanwhile the stream faults and is retired
+            return gid
+
+        monkeypatch.setattr(s, "_ensure_loaded", load_then_wait)
+        result: dict[str, Any] = {}
+        async with anyio.create_task_group() as tg:
+
+            async def first_run_of_g() -> None:
+                result.update(await s.run(g, [X, X], stream=1))
+
+            tg.start_soon(first_run_of_g)
+            await wait_for(lambda: lane in s._graphs[id(g)].replicas, "g is loaded on stream 1")
+            assert _sim.lib.aa_sim_inject_fault(lane.handle, 1, 507015) == 0
+            with pytest.raises(ascend_async.DeviceError):
+                await s.run(h, [X, X], stream=1)
+            assert s.streams[1] is not lane  # replaced, and retired with its replicas
+            assert lane not in s._graphs[id(g)].replicas
+            retired.set()
+        np.testing.assert_array_equal(result["z"], X + X)  # ran on the replacement stream
+
+
 # -- fork -----------------------------------------------------------------------------------------
 
 _FORK_CHILD = """
