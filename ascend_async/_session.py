@@ -344,10 +344,10 @@ class Session:
 
     def _state(self, graph: Graph) -> _GraphState:
         self._check_open()
-        if not isinstance(graph, Graph):
-            raise TypeError(f"graph must be a Graph from session.add_graph, not {type(graph).__name__}")
         state = self._graphs.get(id(graph))
         if state is None or state.graph is not graph:
+            if not isinstance(graph, Graph):  # checked off the hot path: only what is not found
+                raise TypeError(f"graph must be a Graph from session.add_graph, not {type(graph).__name__}")
             raise GraphError(f"{graph.name}: not added to this session (call session.add_graph first)")
         return state
 
