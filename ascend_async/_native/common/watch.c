@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -110,8 +111,14 @@ static void abs_deadline(struct timespec *ts, uint64_t ns_from_now) {
 
 static void dq_push(dqueue *q, done_item it) {
     if (q->n == q->cap) {
-        q->cap = q->cap ? q->cap * 2 : 256;
-        q->v = realloc(q->v, q->cap * sizeof(done_item));
+        size_t cap = q->cap ? q->cap * 2 : 256;
+        done_item *v = realloc(q->v, cap * sizeof(done_item));
+        if (!v) { /* a lost completion would hang its waiter forever: stop loudly instead */
+            fputs("ascend_async: out of host memory for the completion queue\n", stderr);
+            abort();
+        }
+        q->v = v;
+        q->cap = cap;
     }
     q->v[q->n++] = it;
 }
@@ -124,7 +131,7 @@ static int dq_pop(dqueue *q, uint64_t *tokens, int32_t *codes, uint64_t *noticed
         codes[i] = q->v[i].code;
         if (noticed_ns) noticed_ns[i] = q->v[i].ns;
     }
-    memmove(q->v, q->v + n, (q->n - (size_t)n) * sizeof(done_item));
+    if (n && q->n > (size_t)n) memmove(q->v, q->v + n, (q->n - (size_t)n) * sizeof(done_item));
     q->n -= (size_t)n;
     return n;
 }
