@@ -19,7 +19,7 @@ import anyio
 import numpy as np
 
 from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
-from ._errors import acl_error, device_fault
+from ._errors import acl_error, device_fault, ge_error
 from ._memory import DeviceTensor
 from ._watcher import report_ignored
 
@@ -344,7 +344,9 @@ class CallbackRun:
         error: BaseException | None = None
         try:
             if status:
-                error = self.device.backend.ge_error(status, "RunGraphAsync")
+                # GE's text came with the callback (it is per thread; this is not GE's thread).
+                ffi = self.device.backend.ffi
+                error = ge_error(status, "RunGraphAsync", ffi.string(self.slot.detail).decode(errors="replace"))
             else:
                 out = self.read(self.outs, int(self.slot.n_outputs), self.names)
         except BaseException as exc:  # sizing or reading the outputs failed: this run fails, nothing else
