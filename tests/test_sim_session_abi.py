@@ -754,3 +754,27 @@ def _race_remove(env: Env, model: bytes) -> None:
             lib.aa_tensor_release(ffi.addressof(out, 0))
         done.clear()
     assert not errors
+
+
+def test_graph_can_be_removed_from_its_run_graph_async_callback(env: Env, programs: dict[str, bytes]) -> None:
+    """The run is over before GE calls back: whoever the callback wakes may remove the graph at
+    once (it used to count as in flight until the task's cleanup, after the callback)."""
+    gid = env.add(programs["add"])
+    seen: dict[str, Any] = {}
+    done = threading.Event()
+
+    @ffi.callback("void(void *, aa_status, aa_tensor *, size_t)")
+    def on_done(_user: Any, status: int, outputs: Any, n: int) -> None:
+        seen["status"] = status
+        for i in range(n):
+            lib.aa_tensor_release(ffi.addressof(outputs, i))
+        seen["remove"] = lib.aa_session_remove_graph(env.session, gid)
+        seen["text"] = ge_msg() if seen["remove"] else ""
+        done.set()
+
+    ok(lib.aa_session_run_graph_async(env.session, gid, env.host_inputs(), 1, on_done, ffi.NULL))
+    assert done.wait(10)
+    assert seen["status"] == SUCCESS
+    assert seen["remove"] == SUCCESS, seen["text"]
+    env.graphs.discard(gid)
+    # GE's own stream drains at session destroy (Env.close); the graph's memory went with its last run.

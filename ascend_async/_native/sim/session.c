@@ -652,6 +652,7 @@ typedef struct run_job {
     /* RunGraph */
     int code;
     char msg[512];
+    int finished; /* its in-flight count was already given back (RunGraphAsync, before calling back) */
 } run_job;
 
 static run_job *job_new(graph_node *g, const aa_tensor *in, size_t n_in, const aa_tensor *out, size_t n_out) {
@@ -668,7 +669,7 @@ static run_job *job_new(graph_node *g, const aa_tensor *in, size_t n_in, const a
 }
 
 static void job_free(run_job *j) {
-    run_done(j->graph);
+    if (!j->finished) run_done(j->graph);
     graph_put(j->graph);
     free(j->in);
     free(j->out);
@@ -905,6 +906,10 @@ out:
 static int async_exec(void *payload, char *err, size_t err_len) {
     run_job *j = payload;
     int code = job_run(j, err, err_len);
+    /* The run is over before the callback hears of it: whoever the callback wakes may remove
+     * the graph at once (the job's reference keeps the graph's memory until its cleanup). */
+    run_done(j->graph);
+    j->finished = 1;
     if (code) {
         /* GE's text for the failure, on the thread that calls back (as GEGetErrorMsgV3 is). */
         ge_error("RunGraphAsync: graph %u: execution failed with aclError %d: %s", j->graph->id, code, err);
