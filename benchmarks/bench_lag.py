@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 import anyio
 import anyio.lowlevel
@@ -26,6 +27,14 @@ from _common import (
 import ascend_async as aa
 
 
+async def _sample_lag(record: Callable[[int], object], stop: list[bool]) -> None:
+    """How late a 1 ms timer fires on this loop, in ns, once per tick, until ``stop[0]``."""
+    while not stop[0]:
+        t = time.perf_counter_ns()
+        await anyio.sleep(0.001)
+        record(max(0, time.perf_counter_ns() - t - 1_000_000))
+
+
 async def _held(s: aa.Session, g: aa.Graph, n: int = 1000) -> tuple[float, float, float, float]:
     """Park ``n`` runs on held sim streams, then release them: the loop's lag (p99 ms) while
     the runs sit in flight, and while they all complete (no resubmission). Submission excluded."""
@@ -35,12 +44,9 @@ async def _held(s: aa.Session, g: aa.Graph, n: int = 1000) -> tuple[float, float
     finished = [0]
     stop = [False]
 
-    async def lag_task() -> None:
-        while not stop[0]:
-            t = time.perf_counter_ns()
-            await anyio.sleep(0.001)
-            if phase[0]:
-                lag[phase[0]].append(max(0, time.perf_counter_ns() - t - 1_000_000))
+    def record(ns: int) -> None:
+        if phase[0]:
+            lag[phase[0]].append(ns)
 
     async def one() -> None:
         await s.run(g, {"x": X})
@@ -51,7 +57,7 @@ async def _held(s: aa.Session, g: aa.Graph, n: int = 1000) -> tuple[float, float
         lib.aa_sim_stream_hold(st.handle)
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(lag_task)
+            tg.start_soon(_sample_lag, record, stop)
             for _ in range(n):
                 tg.start_soon(one)
             while s.statistics().in_flight < n:  # noqa: ASYNC110 - polling a counter
@@ -83,12 +89,6 @@ async def _arriving(s: aa.Session, g: aa.Graph, n: int = 1000, per_iteration: in
     finished = [0]
     stop = [False]
 
-    async def lag_task() -> None:
-        while not stop[0]:
-            t = time.perf_counter_ns()
-            await anyio.sleep(0.001)
-            lag.append(max(0, time.perf_counter_ns() - t - 1_000_000))
-
     async def request() -> None:
         out = await s.run(g, {"x": X})
         acc = 0.0
@@ -97,7 +97,7 @@ async def _arriving(s: aa.Session, g: aa.Graph, n: int = 1000, per_iteration: in
         finished[0] += 1
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(lag_task)
+        tg.start_soon(_sample_lag, lag.append, stop)
         await anyio.sleep(0.005)
         for i in range(0, n, per_iteration):
             for _ in range(min(per_iteration, n - i)):

@@ -39,36 +39,20 @@ import anyio
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _common import LOOPS, have_loop, run_on, tiny_model
+from helpers import sim_leaks, sim_stats  # the test suite's leak counters, so both check the same ones
 
 import ascend_async as aa
 from ascend_async._loop import LoopBridge
 
 AICORE = 507015  # ACL_ERROR_RT_AICORE_EXCEPTION: a device fault
-LEAK_KEYS = (
-    "device_allocations",
-    "host_allocations",
-    "contexts",
-    "streams",
-    "events",
-    "sessions",
-    "graphs",
-    "ge_outputs",
-)
 X = np.arange(4, dtype=np.float32).reshape(1, 4)
 
 
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def sim_stats() -> dict[str, int]:
-    from ascend_async._native import _sim
-
-    st = _sim.ffi.new("aa_sim_stats*")
-    _sim.lib.aa_sim_get_stats(st)
-    return {k: int(getattr(st, k)) for k in dir(st)}
 
 
 def live(kind: type) -> int:
@@ -203,7 +187,7 @@ class Soak:
         gc.collect()
         rss["end"] = rss_mb()
         st = sim_stats()
-        leaks = {k: st[k] for k in LEAK_KEYS if st[k]}
+        leaks = sim_leaks()
         loops_alive = live(asyncio.AbstractEventLoop)
         bridges = live(LoopBridge)
         try:

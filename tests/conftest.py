@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import sim_stats
+from helpers import sim_leaks
 
 # The sim exposes this many devices to the test process (read when its runtime starts): the
 # DevicePool tests need several. Sessions still default to device 0.
@@ -36,18 +36,6 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return request.param
 
 
-LEAK_KEYS = (
-    "device_allocations",
-    "host_allocations",
-    "contexts",
-    "streams",
-    "events",
-    "sessions",
-    "graphs",
-    "ge_outputs",
-)
-
-
 @pytest.fixture(autouse=True)
 def _no_sim_leaks() -> Iterator[None]:
     """Every test leaves the simulated device as it found it (sessions closed, memory freed)."""
@@ -56,6 +44,5 @@ def _no_sim_leaks() -> Iterator[None]:
     from ascend_async import _device
 
     assert not _device._devices, f"sessions left open: devices still held {list(_device._devices)}"
-    st = sim_stats()
-    leaks = {k: st[k] for k in LEAK_KEYS if st[k]}
+    leaks = sim_leaks()
     assert not leaks, f"sim resources leaked: {leaks}"

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 import ascend_async
 from ascend_async._native import _sim
 
-__all__ = ["add_model", "add_model_proto", "held", "sim_stats", "wait_for"]
+__all__ = ["LEAK_KEYS", "add_model", "add_model_proto", "held", "sim_leaks", "sim_stats", "wait_for"]
 
 
 def add_model_proto() -> onnx.ModelProto:
@@ -35,6 +35,26 @@ def sim_stats() -> dict[str, int]:
     st = _sim.ffi.new("aa_sim_stats*")
     _sim.lib.aa_sim_get_stats(st)
     return {k: int(getattr(st, k)) for k in dir(st)}
+
+
+#: The sim's counters of live objects: all zero once every session is closed.
+LEAK_KEYS = (
+    "device_allocations",
+    "host_allocations",
+    "contexts",
+    "streams",
+    "events",
+    "sessions",
+    "graphs",
+    "models",
+    "ge_outputs",
+)
+
+
+def sim_leaks() -> dict[str, int]:
+    """The leak counters that are not zero (an empty dict: nothing leaked)."""
+    st = sim_stats()
+    return {k: st[k] for k in LEAK_KEYS if st[k]}
 
 
 async def wait_for(predicate: Callable[[], bool], what: str = "") -> None:

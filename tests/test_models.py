@@ -16,7 +16,7 @@ import anyio
 import numpy as np
 import onnx
 import pytest
-from conftest import sim_stats
+from helpers import sim_stats
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
