@@ -23,7 +23,6 @@ Dim = int | str | None
 GraphSource = Union[str, "os.PathLike[str]", bytes, "onnx.ModelProto"]
 
 
-
 @dataclass(frozen=True)
 class TensorSpec:
     """One input or output of a graph: name, dtype and shape (ints, symbolic names or None)."""
@@ -154,6 +153,9 @@ class Graph:
         self.inputs: tuple[TensorSpec, ...] = tuple(_spec(vi) for vi in model.graph.input if vi.name not in init_names)
         self.outputs: tuple[TensorSpec, ...] = tuple(_spec(vi) for vi in model.graph.output)
         self._input_names = tuple(s.name for s in self.inputs)
+        # The last signature bind accepted, as (dtype, shape) per input: a call that matches it
+        # needs no checks beyond the comparison (bind's fast path; races only cost a re-check).
+        self._accepted: tuple[tuple[np.dtype[Any], tuple[int, ...]], ...] | None = None
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -183,6 +185,20 @@ class Graph:
         :raises InputError: naming the input and the mismatch (names, count, dtype, shape,
             layout), before anything is allocated or submitted.
         """
+        accepted = self._accepted
+        if accepted is not None and type(inputs) is dict and len(inputs) == len(accepted):
+            # The fast path: plain C-contiguous arrays with the signature bind accepted last.
+            try:
+                values = [inputs[n] for n in self._input_names]
+            except KeyError:
+                return self._bind(inputs)
+            for v, (dtype, shape) in zip(values, accepted, strict=True):
+                if type(v) is not np.ndarray or v.shape != shape or v.dtype != dtype or not v.flags.c_contiguous:
+                    return self._bind(inputs)
+            return values
+        return self._bind(inputs)
+
+    def _bind(self, inputs: Mapping[str, Any] | Sequence[Any]) -> list[np.ndarray | DeviceTensor]:
         from ._memory import DeviceTensor
 
         specs = self.inputs
@@ -243,4 +259,6 @@ class Graph:
                             f"{self.name}: symbolic dim {want!r} is {seen[0]} in input {seen[1]!r} "
                             f"but {got} in input {spec.name!r}"
                         )
+        if all(type(v) is np.ndarray for v in values):
+            self._accepted = tuple((v.dtype, v.shape) for v in values)
         return values

@@ -33,13 +33,61 @@ import anyio.lowlevel
 
 from ._watcher import Watcher
 
-__all__ = ["DRAIN_CHUNK", "SUBMIT_BUDGET", "LoopBridge", "current_bridge"]
+__all__ = ["DRAIN_CHUNK", "SUBMIT_BUDGET", "LoopBridge", "Waiter", "current_bridge"]
 
 #: Most runs one drain completes (and one submission collects in passing).
 DRAIN_CHUNK = 16
 #: Most submissions one loop iteration admits.
 SUBMIT_BUDGET = 16
 _SUBMIT_HARVEST = 4
+
+
+class Waiter:
+    """A one-shot wake-up for one task, lighter than ``anyio.Event``: a bare future (asyncio,
+    uvloop) or a parked task (trio). ``set`` runs on the loop's thread (``LoopBridge.call``
+    brings it there); ``wait`` is always a checkpoint, as anyio's waits are."""
+
+    __slots__ = ("_fut", "_task", "fired")
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._fut: Any = None  # asyncio: the future the task awaits
+        self._task: Any = None  # trio: the parked task
+
+    def set(self) -> None:
+        if self.fired:
+            return
+        self.fired = True
+        fut = self._fut
+        if fut is not None:
+            if not fut.done():  # not cancelled meanwhile
+                fut.set_result(None)
+            return
+        task = self._task
+        if task is not None:
+            self._task = None
+            import trio.lowlevel
+
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self, trio_loop: bool) -> None:
+        if self.fired:
+            await anyio.lowlevel.checkpoint()
+        elif trio_loop:
+            import trio.lowlevel
+
+            self._task = trio.lowlevel.current_task()
+
+            def abort(_: Any) -> Any:
+                self._task = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        else:
+            import asyncio
+
+            self._fut = asyncio.get_running_loop().create_future()
+            await self._fut
 
 
 class LoopBridge:
@@ -58,10 +106,13 @@ class LoopBridge:
         "limiters",
         "scheduled",
         "thread",
+        "trio",
         "wakeups",
     )
 
-    def __init__(self, post: Callable[..., object], local_post: Callable[..., object] | None = None) -> None:
+    def __init__(
+        self, post: Callable[..., object], local_post: Callable[..., object] | None = None, *, trio: bool = False
+    ) -> None:
         # The loop's entries, held weakly (the loop must not outlive its run because of us):
         # thread-safe (call_soon_threadsafe / run_sync_soon) and local (call_soon).
         self._post = weakref.WeakMethod(post)  # type: ignore[arg-type]
@@ -69,12 +120,13 @@ class LoopBridge:
         self.limiters: weakref.WeakKeyDictionary[Any, anyio.Semaphore] = weakref.WeakKeyDictionary()
         self._channels: dict[Watcher, int] = {}
         self.thread = threading.get_ident()
+        self.trio = trio  # the loop is trio's (else asyncio's or uvloop's)
         self.wakeups = 0  # wake-ups the watcher posted (the loop had no collection scheduled)
         self.scheduled = False  # a drain is queued with local_post
         self.budget = SUBMIT_BUDGET
         self.dead = False
         self._buf: Any = None
-        self._admit: deque[anyio.Event] = deque()  # submissions waiting for the next iteration
+        self._admit: deque[Waiter] = deque()  # submissions waiting for the next iteration
 
     def limiter_for(self, owner: Any, limit: int) -> anyio.Semaphore:
         """``owner``'s in-flight limit on this loop (only this loop's thread calls this)."""
@@ -106,13 +158,13 @@ class LoopBridge:
         order, parked, not polling) for a drain of a later iteration to hand out its budget."""
         if self.take_budget():
             return
-        ticket = anyio.Event()
+        ticket = Waiter()
         self._admit.append(ticket)
         self.schedule()
         try:
-            await ticket.wait()
+            await ticket.wait(self.trio)
         except BaseException:
-            if not ticket.is_set():
+            if not ticket.fired:
                 self._admit.remove(ticket)
             raise
 
@@ -135,6 +187,8 @@ class LoopBridge:
         self._collect()
 
     def _woken(self) -> None:
+        if self.scheduled:  # a drain is queued already: it collects, and answers the wake-up
+            return
         self._collect()
 
     def _collect(self) -> None:
@@ -235,6 +289,6 @@ def current_bridge() -> LoopBridge:
                 if isinstance(key, asyncio.AbstractEventLoop):
                     bridge = LoopBridge(key.call_soon_threadsafe, key.call_soon)
                 else:
-                    bridge = LoopBridge(key.run_sync_soon)
+                    bridge = LoopBridge(key.run_sync_soon, trio=True)
                 _bridges[key] = bridge
     return bridge

@@ -497,11 +497,7 @@ class Session:
             raise
         run.limiter = limiter
         bridge.collect_after_submit(watcher)
-        try:
-            await run.done.wait()
-        except BaseException:
-            run.abandoned = True
-            raise
+        await run.wait()
         if _metrics.hook is not None:  # a Prometheus exporter is installed (ascend_async._metrics)
             _metrics.hook.run(self, graph, run, t_entry)
         if run.error is not None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
 from ._errors import acl_error, device_fault, ge_error
+from ._loop import Waiter
 from ._memory import DeviceTensor
 from ._watcher import report_ignored
 
@@ -29,13 +30,29 @@ if TYPE_CHECKING:
     from ._streams import Stream, StreamPool
     from ._watcher import Watcher
 
-__all__ = ["CallbackRun", "Replica", "Run", "StageEvents"]
+__all__ = ["CallbackRun", "Descriptor", "Replica", "Run", "StageEvents"]
+
+
+class Descriptor:
+    """One reusable ``aa_run`` with its arrays, and what its last run left in them: the
+    signature its input tensors describe and, for a static graph, its outputs' shapes."""
+
+    __slots__ = ("inputs", "outputs", "run", "shapes", "signature", "slots")
+
+    def __init__(self, run: Any, inputs: Any, outputs: Any, slots: Any, n_in: int) -> None:
+        self.run = run
+        self.inputs = inputs
+        self.outputs = outputs
+        self.slots = slots
+        # per input: (dtype, shape) its tensor describes now (None: refill before the next run)
+        self.signature: list[Any] = [None] * n_in
+        # per output: (shape, dtype) of the last run with this signature (None: read from C)
+        self.shapes: list[tuple[tuple[int, ...], np.dtype[Any]]] | None = None
 
 
 class Replica:
-    """A graph's replica on one stream: its GE graph id and a free list of ``aa_run``
-    descriptors whose constant fields (session, graph, stream, pools, watch, counts) are set
-    once."""
+    """A graph's replica on one stream: its GE graph id and a free list of descriptors whose
+    constant fields (session, graph, stream, pools, watch, counts) are set once."""
 
     __slots__ = ("_free", "device", "graph_id", "n_in", "n_out", "names", "session", "stream")
 
@@ -47,9 +64,9 @@ class Replica:
         self.names = tuple(names)
         self.n_in = n_in
         self.n_out = len(self.names)
-        self._free: list[tuple[Any, Any, Any, Any]] = []
+        self._free: list[Descriptor] = []
 
-    def take(self, watcher: Watcher) -> tuple[Any, Any, Any, Any]:
+    def take(self, watcher: Watcher) -> Descriptor:
         if self._free:
             return self._free.pop()
         dev = self.device
@@ -69,9 +86,9 @@ class Replica:
         run.inputs = ins
         run.outputs = outs
         run.slots = slots
-        return run, ins, outs, slots
+        return Descriptor(run, ins, outs, slots, self.n_in)
 
-    def give(self, desc: tuple[Any, Any, Any, Any]) -> None:
+    def give(self, desc: Descriptor) -> None:
         self._free.append(desc)
 
 
@@ -126,7 +143,6 @@ class Run:
         "account",
         "bridge",
         "desc",
-        "done",
         "error",
         "event",
         "keep",
@@ -139,6 +155,7 @@ class Run:
         "timing",
         "to_device",
         "token",
+        "waiter",
     )
 
     def __init__(
@@ -154,7 +171,7 @@ class Run:
         self.account = account  # the session's counts: (code, abandoned)
         self.bridge = bridge
         self.to_device = to_device
-        self.done = anyio.Event()
+        self.waiter = Waiter()
         self.abandoned = False
         self.error: BaseException | None = None
         self.result: dict[str, Any] | None = None
@@ -163,9 +180,17 @@ class Run:
         self.timing: tuple[float, float, float, float | None] | None = None
         self.noticed_ns = 0
         self.token = 0
-        self.desc: Any = None
+        self.desc: Any = None  # a Descriptor while submitted
         self.event: Any = None
         self.keep: Any = None
+
+    async def wait(self) -> None:
+        """Until the run completed or failed (a checkpoint; cancelling it abandons the run)."""
+        try:
+            await self.waiter.wait(self.bridge.trio)
+        except BaseException:
+            self.abandoned = True
+            raise
 
     def submit(self, values: list[Any], watcher: Watcher, profile: bool) -> None:
         """Enqueue copies, the run and its event (no waiting); raises if nothing was enqueued
@@ -174,7 +199,7 @@ class Run:
         dev = replica.device
         ffi, lib = dev.backend.ffi, dev.backend.lib
         self.desc = desc = replica.take(watcher)
-        run, ins, _outs, _slots = desc
+        run, ins, signature = desc.run, desc.inputs, desc.signature
         keep = []
         for i, v in enumerate(values):
             io = ins[i]
@@ -182,24 +207,29 @@ class Run:
                 io.host = ffi.NULL
                 v.ge_fill(io.tensor)
                 keep.append(v)  # referenced until the run completed
+                signature[i] = None
+                desc.shapes = None
                 continue
             buf = ffi.from_buffer(v)
             keep.append(buf)
             io.host = buf
-            io.nbytes = v.nbytes
-            t = io.tensor
-            t.dtype = NUMPY_TO_GE[v.dtype]
-            t.ndim = v.ndim
-            t.dims[0 : v.ndim] = v.shape
+            sig = signature[i]
+            if sig is None or sig[1] != v.shape or sig[0] != v.dtype:
+                # A new signature on this descriptor (else the tensor already describes it).
+                io.nbytes = v.nbytes
+                t = io.tensor
+                t.dtype = NUMPY_TO_GE[v.dtype]
+                t.ndim = v.ndim
+                t.dims[0 : v.ndim] = v.shape
+                signature[i] = (v.dtype, v.shape)
+                desc.shapes = None
         self.keep = keep
         self.event = event = dev.take_event()
         run.event = event
         run.outputs_to_host = not self.to_device
-        if profile:
+        if profile:  # (a descriptor's stage events are NULL otherwise: _recycle clears them)
             self.stages = StageEvents(dev)
             self.stages.attach(run)
-        else:
-            run.stage_events[0] = run.stage_events[1] = run.stage_events[2] = ffi.NULL
         stream = replica.stream
         ch = self.bridge.channel(watcher)
         self.token = run.token = token = watcher.token(ch)
@@ -227,14 +257,18 @@ class Run:
 
     def _recycle(self) -> None:
         dev = self.replica.device
-        dev.backend.lib.aa_run_release(self.desc[0])
-        self.replica.give(self.desc)
-        self.desc = None
-        dev.give_event(self.event)
-        self.event = None
+        desc = self.desc
+        dev.backend.lib.aa_run_release(desc.run)
         if self.stages is not None:
             self.stages.close()
             self.stages = None
+            ffi = dev.backend.ffi
+            run = desc.run
+            run.stage_events[0] = run.stage_events[1] = run.stage_events[2] = ffi.NULL
+        self.replica.give(desc)
+        self.desc = None
+        dev.give_event(self.event)
+        self.event = None
         self.keep = None
 
     def complete(self, code: int, noticed_ns: int, on_loop: bool) -> None:
@@ -275,26 +309,44 @@ class Run:
         self.bridge.call(self._wake)
 
     def _wake(self) -> None:
-        self.done.set()
+        """On the loop's thread."""
+        self.waiter.set()
         if self.limiter is not None:
             self.limiter.release()
 
     def _read_outputs(self) -> dict[str, Any]:
         dev = self.replica.device
-        ffi, lib = dev.backend.ffi, dev.backend.lib
-        run, outs = self.desc[0], self.desc[2]
+        ffi = dev.backend.ffi
+        desc = self.desc
+        run, outs = desc.run, desc.outputs
+        names = self.replica.names
+        if not self.to_device:
+            shapes = desc.shapes
+            if shapes is not None and not run.dynamic:
+                # The signature of the last run on this descriptor, so its output shapes too:
+                # only the bytes are read.
+                result: dict[str, Any] = {}
+                for j, (shape, dtype) in enumerate(shapes):
+                    io = outs[j]
+                    arr = np.empty(shape, dtype)
+                    if io.nbytes:
+                        ffi.memmove(arr, io.host_block, io.nbytes)
+                    result[names[j]] = arr
+                return result
         if run.dynamic:
             # A graph whose output shapes depend on values: GE placed the outputs when the run
             # executed; take them from the slots and copy them to the host now.
             dev.ensure_current()
-            if lib.aa_run_collect(run):
+            if dev.backend.lib.aa_run_collect(run):
                 raise dev.backend.acl_error(run.acl_error, ffi.string(run.failed_api).decode())
-        result: dict[str, Any] = {}
-        for j, name in enumerate(self.replica.names):
+        result = {}
+        seen: list[tuple[tuple[int, ...], np.dtype[Any]]] = []
+        for j, name in enumerate(names):
             io = outs[j]
             src = io.tensor
             shape = tuple(src.dims[0 : src.ndim])
             dtype = GE_TO_NUMPY[src.dtype]
+            seen.append((shape, dtype))
             if self.to_device:
                 t = ffi.new("aa_tensor*")
                 t[0] = src
@@ -305,6 +357,8 @@ class Run:
                 if io.nbytes:
                     ffi.memmove(arr, io.host_block, io.nbytes)
                 result[name] = arr
+        if not run.dynamic and None not in desc.signature:
+            desc.shapes = seen
         return result
 
 
