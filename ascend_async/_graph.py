@@ -11,11 +11,11 @@ import numpy as np
 
 from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
 from ._errors import GraphError, InputError
+from ._memory import DeviceTensor
 
 if TYPE_CHECKING:
     import onnx
 
-    from ._memory import DeviceTensor
 
 __all__ = ["GE_TO_NUMPY", "NUMPY_TO_GE", "Graph", "TensorSpec"]
 
@@ -187,20 +187,22 @@ class Graph:
         """
         accepted = self._accepted
         if accepted is not None and type(inputs) is dict and len(inputs) == len(accepted):
-            # The fast path: plain C-contiguous arrays with the signature bind accepted last.
+            # The fast path: open DeviceTensors and C-contiguous arrays, with the signature bind
+            # accepted last.
             try:
                 values = [inputs[n] for n in self._input_names]
             except KeyError:
                 return self._bind(inputs)
             for v, (dtype, shape) in zip(values, accepted, strict=True):
-                if type(v) is not np.ndarray or v.shape != shape or v.dtype != dtype or not v.flags.c_contiguous:
+                if type(v) is np.ndarray:
+                    if v.shape != shape or v.dtype != dtype or not v.flags.c_contiguous:
+                        return self._bind(inputs)
+                elif type(v) is not DeviceTensor or v.is_closed or v.shape != shape or v.dtype != dtype:
                     return self._bind(inputs)
             return values
         return self._bind(inputs)
 
     def _bind(self, inputs: Mapping[str, Any] | Sequence[Any]) -> list[np.ndarray | DeviceTensor]:
-        from ._memory import DeviceTensor
-
         specs = self.inputs
         if isinstance(inputs, Mapping):
             unknown = [k for k in inputs if k not in self._input_names]
@@ -259,6 +261,6 @@ class Graph:
                             f"{self.name}: symbolic dim {want!r} is {seen[0]} in input {seen[1]!r} "
                             f"but {got} in input {spec.name!r}"
                         )
-        if all(type(v) is np.ndarray for v in values):
+        if all(type(v) in (np.ndarray, DeviceTensor) for v in values):
             self._accepted = tuple((v.dtype, v.shape) for v in values)
         return values

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ class DeviceTensor:
     collection, but closing explicitly keeps device memory predictable.
     """
 
-    __slots__ = ("__weakref__", "_addr", "_closed", "_device", "_ge", "_lock", "dtype", "shape")
+    __slots__ = ("__weakref__", "_addr", "_closed", "_device", "_ge", "_input", "_lock", "_nbytes", "dtype", "shape")
 
     def __init__(
         self, device: Device, addr: Any, shape: tuple[int, ...], dtype: np.dtype[Any], ge_tensor: Any = None
@@ -36,6 +37,8 @@ class DeviceTensor:
         self._ge = ge_tensor  # aa_tensor* whose owner GE allocated, or None (our pool block)
         self.shape = shape
         self.dtype = dtype
+        self._nbytes = math.prod(shape) * dtype.itemsize
+        self._input: Any = None  # this tensor as a GE input (aa_tensor*), made on first use
         self._closed = False
         self._lock = threading.Lock()
         if ge_tensor is not None:
@@ -62,7 +65,7 @@ class DeviceTensor:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return self._nbytes
 
     @property
     def is_closed(self) -> bool:
@@ -78,17 +81,20 @@ class DeviceTensor:
         if self._closed:
             raise SessionClosedError("the DeviceTensor was closed")
 
-    def ge_fill(self, t: Any) -> None:
-        """Describe this tensor in an aa_tensor struct (as a device input)."""
-        t.addr = self._addr
-        t.size = max(self.nbytes, 1)
-        t.dtype = NUMPY_TO_GE[self.dtype]
-        lib = self._device.backend.lib
-        t.format = lib.AA_FORMAT_ND
-        t.placement = lib.AA_PLACEMENT_DEVICE_HBM
-        t.ndim = len(self.shape)
-        for i, d in enumerate(self.shape):
-            t.dims[i] = d
+    def ge_input(self) -> Any:
+        """This tensor described as a GE input: an aa_tensor struct to copy into place."""
+        desc = self._input
+        if desc is None:
+            desc = self._input = self._device.backend.ffi.new("aa_tensor*")
+            desc.addr = self._addr
+            desc.size = max(self._nbytes, 1)
+            desc.dtype = NUMPY_TO_GE[self.dtype]
+            lib = self._device.backend.lib
+            desc.format = lib.AA_FORMAT_ND
+            desc.placement = lib.AA_PLACEMENT_DEVICE_HBM
+            desc.ndim = len(self.shape)
+            desc.dims[0 : len(self.shape)] = self.shape
+        return desc[0]
 
     def numpy(self) -> np.ndarray:
         """Copy the data to a new host array (blocks until the copy is done)."""

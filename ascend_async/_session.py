@@ -544,7 +544,7 @@ class Session:
         for i, v in enumerate(values):
             t = tin[i]
             if isinstance(v, DeviceTensor):
-                v.ge_fill(t)
+                tin[i] = v.ge_input()
                 continue
             t.addr = ffi.cast("void*", ffi.from_buffer(v)) if v.nbytes else ffi.NULL
             t.size = v.nbytes

@@ -205,10 +205,12 @@ class Run:
             io = ins[i]
             if isinstance(v, DeviceTensor):
                 io.host = ffi.NULL
-                v.ge_fill(io.tensor)
+                io.tensor = v.ge_input()
                 keep.append(v)  # referenced until the run completed
-                signature[i] = None
-                desc.shapes = None
+                sig = (None, v.dtype, v.shape)  # never equal to a host input's (dtype, shape)
+                if signature[i] != sig:
+                    signature[i] = sig
+                    desc.shapes = None
                 continue
             buf = ffi.from_buffer(v)
             keep.append(buf)
