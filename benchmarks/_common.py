@@ -84,6 +84,27 @@ def watcher_tid() -> int | None:
     return None
 
 
+def sim_device_cpu_s() -> float:
+    """CPU seconds so far of the simulated device's threads (named ``aa-sim-dev*``; Linux
+    /proc schedstat, ns resolution). On an NPU that work is not host CPU: host-side CPU per run
+    is the process's minus this. 0.0 where /proc is missing or no sim device runs."""
+    total = 0
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if not f.read().startswith("aa-sim-dev"):
+                    continue
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
 def wakeups() -> int:
     """LoopBridge.wakeups of the running loop (internal counter)."""
     return int(current_bridge().wakeups)
@@ -366,7 +387,8 @@ async def closed_loop(
     submit: Callable[[], Coroutine[Any, Any, Any]], conc: int, duration: float, warmup: int = 20
 ) -> dict[str, float]:
     """``conc`` tasks each awaiting ``submit`` back to back for ``duration`` s (after warm-up).
-    Returns runs/s, process CPU s, watcher CPU s, loop wake-ups, lag p99/max (ms)."""
+    Returns runs/s, process CPU s, the sim device threads' share of it, watcher CPU s, loop
+    wake-ups, lag p99/max (ms)."""
     done = [0]
     stop = [False]
     measuring = [False]
@@ -394,6 +416,7 @@ async def closed_loop(
         tid = watcher_tid()
         marks["w0"] = thread_cpu_s(tid) or 0.0
         marks["c0"] = time.process_time()
+        marks["d0"] = sim_device_cpu_s()
         try:
             marks["k0"] = wakeups()
         except Exception:
@@ -404,6 +427,7 @@ async def closed_loop(
         n1, t1 = done[0], time.perf_counter()
         measuring[0] = False
         c1 = time.process_time()
+        d1 = sim_device_cpu_s()
         w1 = thread_cpu_s(tid) or 0.0
         try:
             k1 = wakeups()
@@ -416,6 +440,7 @@ async def closed_loop(
         "runs": runs,
         "rate": runs / (t1 - t0),
         "cpu_s": c1 - marks["c0"],
+        "device_cpu_s": d1 - marks["d0"],
         "watcher_s": w1 - marks["w0"],
         "wakeups": k1 - marks["k0"],
         "lag_p99": float(np.percentile(lag_ms, 99)),
