@@ -23,7 +23,7 @@ from ascend_async.bench import main
 from ascend_async.bench._cli import _parser, config_from_args
 from ascend_async.bench._options import BenchError, parse_levels, parse_percentiles, parse_threshold, parse_warmup
 from ascend_async.bench._progress import Progress
-from ascend_async.bench._runner import BenchConfig, LevelResult, LevelState, percentiles
+from ascend_async.bench._runner import BEHIND_NS, BenchConfig, LevelResult, LevelState, Schedule, percentiles
 from ascend_async.models import path as model_path
 
 pytestmark = pytest.mark.timeout(90)
@@ -180,6 +180,49 @@ def test_open_loop_overload_is_reported_and_ends_on_time(tmp_path: Path, capsys:
     assert "OVERLOAD" in out and "warning: OVERLOAD at 50000/s" in out
     assert "sweep stopped: 50000/s is overloaded" in out and "find the knee with --rate" in out
     assert doc["run"]["stopped"].startswith("50000/s is overloaded")
+
+
+def test_open_loop_host_overload_keeps_no_backlog(tmp_path: Path) -> None:
+    """Slots to spare, but more sends asked than the loop can make: points more than BEHIND_NS
+    overdue are missed, so latency from the intended time stays near one run's time instead of
+    growing with the level (a backlog would put the p50 near half the window, 500 ms here)."""
+    doc = run_json(
+        tmp_path, "--demo", "--quiet", "--rate", "400000", "--duration", "1", "--warmup", "0.1s",
+        "--max-in-flight", "4096",
+    )  # fmt: skip
+    r = doc["results"][0]
+    assert r["overloaded"] is True and r["missed"] > 0
+    assert r["intended"] == r["sent"] + r["missed"]
+    assert BEHIND_NS <= 50_000_000 and r["latency_ms"]["p50"] < 150
+
+
+def _naive_skip(sched: Schedule, now: float, end: float | None) -> int:
+    n = 0
+    while sched.t <= now and (end is None or sched.t < end):
+        n += 1
+        sched.advance()
+    return n
+
+
+@pytest.mark.parametrize("poisson", [False, True])
+def test_schedule_skip_matches_passing_points_one_by_one(poisson: bool) -> None:
+    """``Schedule.skip`` (O(blocks), on the loop) passes exactly the points a one-by-one loop
+    would, across Poisson blocks and the window's end."""
+    import random
+
+    for trial in range(100):
+        fast, slow = Schedule(1e6, 5000.0, poisson, trial), Schedule(1e6, 5000.0, poisson, trial)
+        rnd = random.Random(trial)
+        for _ in range(20):
+            if rnd.random() < 0.4:
+                fast.advance()
+                slow.advance()
+                continue
+            reach = 2e9 if rnd.random() < 0.2 else 5e6  # sometimes several Poisson blocks
+            now = fast.t + rnd.uniform(-1e5, reach)
+            end = None if rnd.random() < 0.5 else fast.t + rnd.uniform(0, 4e6)
+            assert fast.skip(now, end) == _naive_skip(slow, now, end)
+            assert fast.t == pytest.approx(slow.t, rel=1e-12, abs=1e-3)
 
 
 # -- option syntax ------------------------------------------------------------------------------

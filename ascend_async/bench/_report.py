@@ -245,7 +245,7 @@ def legend(results: Sequence[LevelResult], details: bool = False) -> list[str]:
     if rate:
         lines.append(
             "sent/s: runs sent per second; late: sent > 1 ms after their time; missed: schedule points "
-            "passed while --max-in-flight runs were outstanding; OVERLOAD: > 1% missed"
+            "passed while --max-in-flight runs were outstanding, or over 10 ms overdue; OVERLOAD: > 1% missed"
         )
     lines += [
         "pN ms: N% of measured runs took at most this long (nearest rank, the same in the progress line); "
@@ -286,12 +286,14 @@ inferences/s
 sent/s, late, missed, OVERLOAD  (open loop)
   sent/s is the achieved send rate, against the intended rate in the load column. A send more
   than 1 ms after its scheduled time is late; a sender behind schedule catches up (yielding to
-  the loop every 8 sends). When --max-in-flight runs are outstanding the sender waits for one to
-  finish; the schedule points that pass meanwhile are missed, not queued, so the sender never
-  builds a backlog and a level ends on time however overloaded. A level is OVERLOAD when > 1% of
-  its sends were missed: the device (or the host) cannot sustain that rate, and a rate sweep
-  stops there. Latency then includes the wait for a slot. Late sends alone are jitter (a busy
-  loop, a noisy machine); more than 10% late gets a warning.
+  the loop every 4 sends). When --max-in-flight runs are outstanding the sender waits for one to
+  finish; the schedule points that pass meanwhile are missed, not queued. Points more than 10 ms
+  overdue are missed too (the host cannot send that fast). So the sender never builds a backlog,
+  latency stays the latency of the runs that went out, and a level ends on time however
+  overloaded. A level is OVERLOAD when > 1% of its sends were missed: the device (or the host)
+  cannot sustain that rate, and a rate sweep stops there. Latency then includes the wait for a
+  slot. Late sends alone are jitter (a busy loop, a noisy machine); more than 10% late gets a
+  warning.
 pN ms
   the nearest-rank percentile of the measured runs' latencies: the smallest observed latency with
   at least N% of runs at or below it. Closed loop: from the call to its result. Open loop: from

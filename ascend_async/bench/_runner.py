@@ -10,8 +10,8 @@ in flight finish; open loop only, at most ``max_in_flight`` of them).
 from __future__ import annotations
 
 import functools
+import gc
 import os
-import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -44,7 +44,10 @@ MIN_TAIL = 10
 LATE_NS = 1_000_000
 _LAG_PERIOD_S = 0.001
 #: An open-loop sender behind its schedule sends at most this many runs between checkpoints.
-BURST = 8
+BURST = 4
+#: A schedule point this overdue (ns) is missed: the sender resumes the schedule at the present,
+#: so an overloaded host does not build a backlog that grows for the whole level.
+BEHIND_NS = 10_000_000
 #: In async mode one measured run in this many is profiled (device events between its stages).
 PROFILE_EVERY = 16
 
@@ -360,6 +363,61 @@ async def _closed_level(
     return state
 
 
+class Schedule:
+    """The send times of an open-loop level from ``start_ns``: constant gaps, or Poisson gaps
+    drawn in blocks from a generator seeded with ``seed`` (the same schedule on every run).
+    ``skip`` passes any number of points in O(blocks), so an overloaded sender never spends its
+    loop's time counting the points it missed one by one."""
+
+    BLOCK = 4096
+
+    def __init__(self, start_ns: float, rate: float, poisson: bool, seed: int) -> None:
+        self.gap = 1e9 / rate
+        self.t = float(start_ns)  # the next point not yet sent or skipped
+        self._rng = np.random.default_rng(seed) if poisson else None
+        self._gaps = np.empty(0)
+        self._i = 0
+
+    def _block(self) -> np.ndarray:
+        """The Poisson gaps not used yet (refilled when spent)."""
+        assert self._rng is not None
+        if self._i >= self._gaps.size:
+            self._gaps = self._rng.exponential(self.gap, self.BLOCK)
+            self._i = 0
+        return self._gaps[self._i :]
+
+    def advance(self) -> None:
+        """Move past the current point (sent)."""
+        if self._rng is None:
+            self.t += self.gap
+        else:
+            self.t += float(self._block()[0])
+            self._i += 1
+
+    def skip(self, now: float, end: float | None = None) -> int:
+        """Pass every point at or before ``now`` (and before ``end``); returns how many."""
+        limit = now if end is None else min(now, float(np.nextafter(end, -np.inf)))
+        if self.t > limit:
+            return 0
+        if self._rng is None:
+            n = int((limit - self.t) // self.gap) + 1
+            self.t += n * self.gap
+            return n
+        n = 0
+        while self.t <= limit:
+            gaps = self._block()
+            after = self.t + np.cumsum(gaps)  # the points after the current one
+            k = int(np.searchsorted(after, limit, side="right"))  # of them, how many are passed too
+            n += 1 + min(k, gaps.size - 1)
+            if k < gaps.size:
+                self.t = float(after[k])
+                self._i += k + 1
+                return n
+            self.t = float(after[-1])  # the whole block passed: its last point is current now
+            self._i += gaps.size
+        return n
+
+
 async def _open_level(
     cfg: BenchConfig, submit: Submit, rate: float, res: LevelResult, show: Any, **state_kw: Any
 ) -> LevelState:
@@ -368,17 +426,18 @@ async def _open_level(
     loop: it sleeps until the next send or, when behind, catches up yielding every ``BURST``
     sends. A send more than 1 ms after its time is *late*. At most ``max_in_flight`` runs are in
     flight; when the sender had to wait for a slot, it resumes the schedule at the present and
-    the points that fell due meanwhile are *missed*, so it never builds a backlog beyond the
-    cap, and a level ends on time however overloaded.
-    Latency counts from the intended send time, so waiting for a slot shows in the figures."""
+    the points that fell due meanwhile are *missed*; so are points more than ``BEHIND_NS``
+    overdue (a host that cannot send that fast). It never builds a backlog, and a level ends on
+    time however overloaded.
+    Latency counts from the intended send time, so waiting for a slot shows in the figures.
+
+    The runs go to ``max_in_flight`` worker tasks started before the schedule begins, through an
+    unbuffered stream: a send hands its time to an idle worker (no task is spawned per send,
+    which would cost the loop more than the run's own submission), and "no worker idle" is the
+    in-flight cap."""
     state = LevelState(cfg, res, **state_kw)
     res.max_in_flight = cfg.max_in_flight
-    slots = anyio.Semaphore(cfg.max_in_flight)
-    rng = random.Random(cfg.seed)
-    gap_ns = 1e9 / rate
-
-    def next_gap() -> float:
-        return rng.expovariate(rate) * 1e9 if cfg.poisson else gap_ns
+    send, receive = anyio.create_memory_object_stream[tuple[int, bool]](0)
 
     async def one(intended: int, measured: bool) -> None:
         try:
@@ -387,7 +446,6 @@ async def _open_level(
             state.fail(exc)
             return
         finally:
-            slots.release()
             state.in_flight -= 1
         e = time.perf_counter_ns()
         state.done += 1
@@ -397,18 +455,24 @@ async def _open_level(
             if (cfg.count is not None or cfg.stable) and state.should_stop():
                 state.request_stop()
 
-    t_next = float(state.t_start)  # the next point of the schedule not yet sent or skipped
+    async def worker() -> None:
+        async for intended, measured in receive:
+            await one(intended, measured)
+
     end_ns: float | None = None  # the window's end on the schedule (duration mode)
     timed = cfg.duration is not None and not cfg.stable and cfg.count is None
+    schedule: Schedule | None = None
 
-    async def sender(tg: anyio.abc.TaskGroup) -> None:
-        nonlocal t_next, end_ns
-        sent = burst = 0
-        w = cfg.warmup
+    async def sender() -> None:
+        nonlocal end_ns, schedule
+        state.t_start = time.perf_counter_ns()  # the workers are ready: the schedule starts now
+        schedule = Schedule(state.t_start, rate, cfg.poisson, cfg.seed)
+        passed = burst = 0  # schedule points sent or missed: a warm-up in runs counts points,
+        w = cfg.warmup  # so the measured window starts at the same point on every run
         while True:
-            t = t_next
+            t = schedule.t
             if not state.measuring and (
-                (w.runs is not None and sent >= w.runs)
+                (w.runs is not None and passed >= w.runs)
                 or (w.runs is None and t - state.t_start >= (w.seconds or 0.0) * 1e9)
             ):
                 state.start_measuring(int(t))
@@ -423,46 +487,59 @@ async def _open_level(
             if t > now:
                 await anyio.sleep((t - now) / 1e9)
                 burst = 0
-            elif burst >= BURST:
-                await anyio.lowlevel.checkpoint()  # behind schedule: catch up, but let the loop run
-                burst = 0
-            waited = slots.value == 0
-            if waited:
-                await slots.acquire()  # max_in_flight reached: this send will be late
             else:
-                slots.acquire_nowait()
-            s = time.perf_counter_ns()
+                if burst >= BURST:
+                    await anyio.lowlevel.checkpoint()  # behind schedule: catch up, but let the loop run
+                    burst = 0
+                    now = time.perf_counter_ns()
+                if now - t > BEHIND_NS:  # too far behind: the host cannot keep this rate
+                    skipped = schedule.skip(now - BEHIND_NS, end_ns)
+                    passed += skipped
+                    if state.measuring:
+                        res.missed += skipped
+                    continue
             measured = state.measuring
             state.in_flight += 1
-            sent += 1
+            try:
+                send.send_nowait((int(t), measured))
+                waited = False
+            except anyio.WouldBlock:  # every worker busy: max_in_flight reached, this send is late
+                waited = True
+                try:
+                    await send.send((int(t), measured))
+                except BaseException:
+                    state.in_flight -= 1
+                    raise
+            s = time.perf_counter_ns()
+            passed += 1
             burst += 1
-            tg.start_soon(one, int(t), measured)
-            t_next = t + next_gap()
+            schedule.advance()
             if measured:
                 res.sent += 1
                 if s - t > LATE_NS:
                     res.late_sends += 1
             if waited:  # the points that fell due while no slot was free are missed
-                while t_next <= s and (end_ns is None or t_next < end_ns):
-                    if state.measuring:
-                        res.missed += 1
-                    t_next += next_gap()
+                skipped = schedule.skip(s, end_ns)
+                passed += skipped
+                if state.measuring:
+                    res.missed += skipped
 
     async def body() -> None:
-        async with anyio.create_task_group() as tg:
-            with anyio.CancelScope() as scope:
-                state.sender_scope = scope
-                await sender(tg)
-            state.sender_scope = None
-            if state.measuring:
-                state.phase = "drain"
+        with receive:
+            async with anyio.create_task_group() as tg:
+                for _ in range(cfg.max_in_flight):
+                    tg.start_soon(worker)
+                await anyio.lowlevel.checkpoint()  # the workers wait for their first run
+                with send, anyio.CancelScope() as scope:  # closing the stream lets the workers finish
+                    state.sender_scope = scope
+                    await sender()
+                state.sender_scope = None
+                if state.measuring:
+                    state.phase = "drain"
 
     await _drive(cfg, state, [body], show)
-    if end_ns is not None:
-        t = t_next  # the window closed before the sender reached these points
-        while t < end_ns:
-            res.missed += 1
-            t += next_gap()
+    if end_ns is not None and schedule is not None:  # points the sender never reached: missed
+        res.missed += schedule.skip(end_ns, end_ns)
     res.intended = res.sent + res.missed
     window_s = cfg.duration if end_ns is not None else res.elapsed_s
     res.sent_per_s = res.sent / window_s if window_s else 0.0
@@ -880,6 +957,18 @@ def run_benchmark(
                     check_outputs([await one(None) for _ in samples.sets])
             except aa.AscendError as exc:
                 raise BenchError(f"{cfg.model}: the first run failed: {exc}") from exc
+            # The heap built so far (onnx, numpy, the model, the interpreter's own objects) is
+            # frozen, as latency-sensitive services do after startup: a full collection of it
+            # takes ~10 ms here and would land in some level's latencies and loop lag. What the
+            # runs themselves allocate is still collected.
+            gc.collect()
+            gc.freeze()
+            try:
+                await _levels()
+            finally:
+                gc.unfreeze()
+
+        async def _levels() -> None:
             for value in levels:
                 res = LevelResult(cfg.load, value, batch=samples.batch)
                 limit = int(value) if cfg.load == "concurrency" else cfg.max_in_flight
