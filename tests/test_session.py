@@ -185,10 +185,18 @@ def _bad_inputs() -> list[tuple[str, object, str]]:
     ]
 
 
+@pytest.mark.parametrize("primed", [False, True], ids=["fresh", "after-a-good-run"])
 @pytest.mark.parametrize(("case", "inputs", "fragment"), _bad_inputs(), ids=[c[0] for c in _bad_inputs()])
-async def test_bad_inputs_raise_before_submitting(case: str, inputs: object, fragment: str) -> None:
+async def test_bad_inputs_raise_before_submitting(case: str, inputs: object, fragment: str, primed: bool) -> None:
+    """Fresh, and after a good run with float32[2, 4] inputs: bind's fast path (the signature
+    it accepted last) must still refuse every one of these."""
     async with ascend_async.Session() as s:
         g = add_model(s)
+        good = 0
+        if primed:
+            x = np.ones((2, 4), np.float32)
+            await s.run(g, {"x": x, "y": x})
+            good = 1
         before = sim_stats()["tasks_submitted"]
         with pytest.raises(ascend_async.InputError) as info:
             await s.run(g, inputs)  # type: ignore[arg-type]
@@ -197,7 +205,39 @@ async def test_bad_inputs_raise_before_submitting(case: str, inputs: object, fra
             s.run_sync(g, inputs)  # type: ignore[arg-type]
         assert sim_stats()["tasks_submitted"] == before
         st = s.statistics()
-        assert st.in_flight == 0 and st.completed == 0 and st.failed == 0
+        assert st.in_flight == 0 and st.completed == good and st.failed == 0
+
+
+async def test_a_closed_device_tensor_is_refused_after_it_ran() -> None:
+    async with ascend_async.Session() as s:
+        g = add_model(s)
+        x = ascend_async.DeviceTensor.from_numpy(s, np.ones((2, 4), np.float32))
+        await s.run(g, {"x": x, "y": x})  # bind accepts this signature: its fast path is primed
+        x.close()
+        with pytest.raises(ascend_async.SessionClosedError, match="closed"):
+            await s.run(g, {"x": x, "y": x})
+
+
+async def test_signatures_alternate_on_reused_descriptors() -> None:
+    """A descriptor keeps its last signature (input tensors, output shapes): runs that switch
+    batch sizes, and between host arrays and DeviceTensors, each get their own results."""
+    rng = np.random.default_rng(1)
+    async with ascend_async.Session(streams=1) as s:
+        g = s.add_graph(matmul_model())
+        b = rng.standard_normal((3, 5)).astype(np.float32)
+        b_dev = ascend_async.DeviceTensor.from_numpy(s, b)
+        for n in (2, 2, 5, 2, 1, 5, 5):
+            a = rng.standard_normal((n, 3)).astype(np.float32)
+            for inputs in (
+                {"a": a, "b": b},
+                {"a": a, "b": b_dev},
+                {"a": ascend_async.DeviceTensor.from_numpy(s, a), "b": b},
+            ):
+                out = await s.run(g, inputs)
+                assert out["p"].shape == (n, 5) and out["q"].shape == (n, 3)
+                np.testing.assert_allclose(out["p"], a @ b, rtol=1e-5, atol=1e-5)
+                np.testing.assert_array_equal(out["q"], a)
+        b_dev.close()
 
 
 def test_graph_errors(tmp_path: object) -> None:

@@ -7,6 +7,7 @@ everything it made so the conftest leak check reads zero.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -744,3 +745,18 @@ def _dev_block() -> Any:
 def _free_dev_block() -> None:
     while _blocks:
         assert lib.aclrtFree(_blocks.pop()) == 0
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="thread names are read from Linux /proc")
+def test_device_threads_are_named_for_the_device(res: Res) -> None:
+    """The simulated device's worker threads carry its name (``aa-sim-dev0``), so its CPU time
+    can be told from the host's (the benchmarks subtract it: on an NPU it is not host CPU)."""
+    s = res.stream()
+    ok(lib.aclrtSynchronizeStream(s))
+    cfg = ffi.new("aa_sim_config*")
+    lib.aa_sim_get_config(cfg)
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            names.append(f.read().strip())
+    assert names.count("aa-sim-dev0") == cfg.workers
