@@ -759,4 +759,5 @@ def test_device_threads_are_named_for_the_device(res: Res) -> None:
     for tid in os.listdir("/proc/self/task"):
         with open(f"/proc/self/task/{tid}/comm") as f:
             names.append(f.read().strip())
-    assert names.count("aa-sim-dev0") == cfg.workers
+    # At least this runtime's workers (the CANN stand-in tests may load a second copy of the sim).
+    assert names.count("aa-sim-dev0") >= cfg.workers

@@ -456,7 +456,14 @@ async def _open_level(
                 state.request_stop()
 
     async def worker() -> None:
+        # Counted here, where a run is known to have gone out: a send cancelled at the
+        # window's end may still have handed its item over.
         async for intended, measured in receive:
+            state.in_flight += 1
+            if measured:
+                res.sent += 1
+                if time.perf_counter_ns() - intended > LATE_NS:
+                    res.late_sends += 1
             await one(intended, measured)
 
     end_ns: float | None = None  # the window's end on the schedule (duration mode)
@@ -498,26 +505,17 @@ async def _open_level(
                     if state.measuring:
                         res.missed += skipped
                     continue
-            measured = state.measuring
-            state.in_flight += 1
+            item = (int(t), state.measuring)
             try:
-                send.send_nowait((int(t), measured))
+                send.send_nowait(item)
                 waited = False
             except anyio.WouldBlock:  # every worker busy: max_in_flight reached, this send is late
                 waited = True
-                try:
-                    await send.send((int(t), measured))
-                except BaseException:
-                    state.in_flight -= 1
-                    raise
+                await send.send(item)
             s = time.perf_counter_ns()
             passed += 1
             burst += 1
             schedule.advance()
-            if measured:
-                res.sent += 1
-                if s - t > LATE_NS:
-                    res.late_sends += 1
             if waited:  # the points that fell due while no slot was free are missed
                 skipped = schedule.skip(s, end_ns)
                 passed += skipped

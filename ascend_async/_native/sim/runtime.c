@@ -184,6 +184,8 @@ struct sim_device {
     uint32_t n_threads;
     uint32_t idle;            /* device threads waiting on work_cv */
     uint32_t waking;          /* signals sent to idle threads not yet awake */
+    uint32_t spinning;        /* threads that found no work and look again before sleeping */
+    uint64_t enqueued;        /* tasks enqueued so far (atomic reads by spinning threads) */
     int shutdown;
     uint64_t capacity;
     uint64_t used;
@@ -731,7 +733,8 @@ static void enqueue_locked(sim_stream *s, sim_task *t) {
     /* Ring the doorbell only when it helps: a thread already running this stream takes the
      * task next, and a thread already being woken will find it. Saves a futex wake per task
      * when a run's copies, graph and event are enqueued back to back. */
-    if (!s->running && d->idle > d->waking) {
+    __atomic_store_n(&d->enqueued, d->enqueued + 1, __ATOMIC_RELEASE);
+    if (!s->running && !d->spinning && d->idle > d->waking) {
         d->waking++;
         pthread_cond_signal(&d->work_cv);
     }
@@ -828,6 +831,11 @@ static void report_push_locked(sim_device *d, sim_task *t, const sim_stream *s, 
     if (done_flag) *done_flag = 1; /* nobody listens any more */
 }
 
+/* How long a device thread that ran out of work looks for more before it sleeps: the gaps
+ * between the tasks of one host submission (measured: 5 us is too short, 10-20 us catches
+ * them; c=64 on a tiny graph went from ~27k to ~32k runs/s, with less CPU per run). */
+#define SPIN_NS 20000u
+
 static void *device_thread(void *arg) {
     sim_device *d = arg;
     char err[1024];
@@ -837,15 +845,39 @@ static void *device_thread(void *arg) {
     snprintf(name, sizeof name, "aa-sim-dev%d", (int)d->id);
     pthread_setname_np(pthread_self(), name);
     pthread_mutex_lock(&d->lock);
+    int spun = 0;
     for (;;) {
         sim_stream *s = pick_locked(d);
+        if (!s && !spun && !d->spinning) {
+            /* A host enqueues a run as a few tasks back to back (copies, graph, event): look
+             * again for a few microseconds before sleeping, so those tasks need no futex wake
+             * each (a doorbell on an NPU is one register write). One thread at a time. */
+            uint64_t seen = d->enqueued;
+            d->spinning = 1;
+            pthread_mutex_unlock(&d->lock);
+            uint64_t t0 = sim_now_ns();
+            while (__atomic_load_n(&d->enqueued, __ATOMIC_ACQUIRE) == seen && sim_now_ns() - t0 < SPIN_NS) {
+            }
+            pthread_mutex_lock(&d->lock);
+            d->spinning = 0;
+            spun = 1;
+            /* Enqueues skipped the doorbell meanwhile: if more streams became runnable than
+             * this thread takes, wake a sleeping one. */
+            if (d->idle > d->waking && runnable_count_locked(d) > 1) {
+                d->waking++;
+                pthread_cond_signal(&d->work_cv);
+            }
+            continue;
+        }
         if (!s) {
             d->idle++;
             pthread_cond_wait(&d->work_cv, &d->lock);
             d->idle--;
             if (d->waking) d->waking--;
+            spun = 0;
             continue;
         }
+        spun = 0;
         sim_task *t = s->head;
         s->head = t->next;
         if (!s->head) s->tail = NULL;
