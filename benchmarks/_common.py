@@ -150,6 +150,7 @@ class HandOff:
 
 _runs_var: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("bench_runs", default=None)
 _stamps: dict[int, int] = {}
+_complete_ns: dict[int, int] = {}  # how long Run.complete took (read-back, recycle, wake)
 _tracked: set[int] = set()
 _orig_submit = Run.submit
 _orig_complete = Run.complete
@@ -164,12 +165,17 @@ def _hooked_submit(self: Run, values: list[Any], watcher: Any, profile: bool) ->
 
 
 def _hooked_complete(self: Run, code: int, noticed_ns: int, on_loop: bool) -> None:
-    if self.token in _tracked:
-        lib, ffi = self.replica.device.backend.lib, self.replica.device.backend.ffi
-        ts = ffi.new("uint64_t*")
-        if lib.aclrtEventGetTimestamp(self.event, ts) == 0:  # before the event goes back to the pool
-            _stamps[self.token] = int(ts[0])
+    if self.token not in _tracked:
+        _orig_complete(self, code, noticed_ns, on_loop)
+        return
+    lib, ffi = self.replica.device.backend.lib, self.replica.device.backend.ffi
+    ts = ffi.new("uint64_t*")
+    if lib.aclrtEventGetTimestamp(self.event, ts) == 0:  # before the event goes back to the pool
+        _stamps[self.token] = int(ts[0])
+    token = self.token
+    t = time.perf_counter_ns()
     _orig_complete(self, code, noticed_ns, on_loop)
+    _complete_ns[token] = time.perf_counter_ns() - t
 
 
 @contextmanager
@@ -185,11 +191,13 @@ def completion_stamps() -> Iterator[None]:
         Run.submit = _orig_submit  # type: ignore[method-assign]
         Run.complete = _orig_complete  # type: ignore[method-assign]
         _stamps.clear()
+        _complete_ns.clear()
         _tracked.clear()
 
 
-async def tracked_run(s: aa.Session, g: aa.Graph) -> tuple[int, int] | None:
-    """One ``await s.run`` -> (resume - device completion ns, resume - completion noticed ns)."""
+async def tracked_run(s: aa.Session, g: aa.Graph) -> tuple[int, int, int] | None:
+    """One ``await s.run`` -> (resume - device completion ns, resume - completion noticed ns,
+    ns spent in ``Run.complete``)."""
     box: list[Any] = []
     token = _runs_var.set(box)
     try:
@@ -202,9 +210,10 @@ async def tracked_run(s: aa.Session, g: aa.Graph) -> tuple[int, int] | None:
     run = box[0]
     _tracked.discard(run.token)
     ts = _stamps.pop(run.token, None)
+    spent = _complete_ns.pop(run.token, 0)
     if ts is None:
         return None
-    return now - ts, now - int(run.noticed_ns)
+    return now - ts, now - int(run.noticed_ns), spent
 
 
 # -- raw pieces: naive loop polling and the C floor -----------------------------------------------

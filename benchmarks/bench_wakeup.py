@@ -38,20 +38,21 @@ def run(quick: bool = False) -> list[Row]:
 
                 async def measure(
                     s: aa.Session = s, g: aa.Graph = g
-                ) -> tuple[list[int], list[int], list[int], dict[str, float]]:
+                ) -> tuple[list[int], list[int], list[int], list[int], dict[str, float]]:
                     for _ in range(50):
                         await s.run(g, {"x": X})
-                    dev, noticed, ho = [], [], []
+                    dev, noticed, spent, ho = [], [], [], []
                     for _ in range(n):
                         r = await tracked_run(s, g)
                         if r is not None:
                             dev.append(r[0])
                             noticed.append(r[1])
+                            spent.append(r[2])
                         ho.append((await hand.once())[1])
                     c64 = await closed_loop(lambda: s.run(g, {"x": X}), 64, 0.5 if quick else 1.5)
-                    return dev, noticed, ho, c64
+                    return dev, noticed, spent, ho, c64
 
-                dev, noticed, ho, c64 = run_on(loop, measure)
+                dev, noticed, spent, ho, c64 = run_on(loop, measure)
             d = np.asarray(dev) / 1e3
             w = np.asarray(noticed) / 1e3
             h = np.asarray(ho) / 1e3
@@ -80,6 +81,14 @@ def run(quick: bool = False) -> list[Row]:
                     "2 wake-up",
                     f"{loop}: of which watcher noticed -> resume p50/p99",
                     f"{np.percentile(w, 50):.1f} / {np.percentile(w, 99):.1f} us",
+                )
+            )
+            c50 = float(np.percentile(np.asarray(spent) / 1e3, 50)) if spent else 0.0
+            rows.append(
+                Row(
+                    "2 wake-up",
+                    f"{loop}: of which Run.complete on the loop (read-back, release, wake) p50",
+                    f"{c50:.1f} us; hand-off + that = {(h50 + c50) / h50:.2f}x hand-off",
                 )
             )
             per = c64["wakeups"] / max(c64["runs"], 1)
