@@ -306,6 +306,9 @@ max ms
 loop lag p99 ms
   a task sleeps 1 ms in a loop on the same event loop; lag is how much later than asked it woke.
   p99 over the window. High lag means the loop is too busy to serve anything else promptly.
+  Before the first level the runner freezes the heap built at startup (gc.freeze(), as
+  latency-sensitive services do), so a full collection of it does not land in a level; what
+  the runs allocate is still collected.
 where a run's time goes  (async mode; 1 measured run in 16 is run with run_profiled)
   submit    host time of the submit call
   queued    from the end of submit until the device started the run (streams busy)
