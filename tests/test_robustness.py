@@ -538,6 +538,45 @@ def test_configure_watcher_accepts_its_documented_keys() -> None:
         cb.wait()
 
 
+def _watch_config_in_effect(**config: int) -> dict[str, int]:
+    ascend_async.configure_watcher(0, "poll", **config)
+    with ascend_async.Session() as s:
+        g = add_model(s)
+        cb = Callback()
+        s.run_with_callback(g, [X, X], cb)  # starts the device's watcher
+        cb.wait()
+        w = s._device.watcher
+        assert w is not None
+        cfg = w.backend.ffi.new("aa_watch_config*")
+        w.backend.lib.aa_watch_get_config(w.handle, cfg)
+        return {k: int(getattr(cfg, k)) for k in ("spin_us", "min_sleep_us", "max_sleep_us", "wake_after_us")}
+
+
+@pytest.mark.usefixtures("watch_configs")
+def test_configure_watcher_keys_take_effect_alone() -> None:
+    """spin_us=0 alone means no spinning (the C watch takes the spin and sleep keys together:
+    the others keep their defaults); an unset key keeps its default."""
+    assert _watch_config_in_effect(spin_us=0) == {
+        "spin_us": 0,
+        "min_sleep_us": 20,
+        "max_sleep_us": 500,
+        "wake_after_us": 1000,
+    }
+    assert _watch_config_in_effect(max_sleep_us=10)["max_sleep_us"] == 10
+    assert _watch_config_in_effect(min_sleep_us=800) == {
+        "spin_us": 50,
+        "min_sleep_us": 800,
+        "max_sleep_us": 800,
+        "wake_after_us": 1000,
+    }
+    assert _watch_config_in_effect(wake_after_us=300) == {
+        "spin_us": 50,
+        "min_sleep_us": 20,
+        "max_sleep_us": 500,
+        "wake_after_us": 300,
+    }
+
+
 async def test_run_graph_argument_is_checked() -> None:
     async with ascend_async.Session() as s:
         g = add_model(s)

@@ -70,6 +70,8 @@ void aa_watch_close(aa_watch *watch);
  * with `code`. */
 void aa_watch_fail_stream(aa_watch *watch, aclrtStream stream, int32_t code);
 void aa_watch_get_stats(aa_watch *watch, aa_watch_stats *stats);
+/* The configuration in effect (defaults filled in). */
+void aa_watch_get_config(aa_watch *watch, aa_watch_config *config);
 void aa_watch_destroy(aa_watch *watch);
 uint64_t aa_monotonic_ns(void);
 

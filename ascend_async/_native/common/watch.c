@@ -641,6 +641,8 @@ void aa_watch_fail_stream(aa_watch *w, aclrtStream stream, int32_t code) {
     pthread_mutex_unlock(&w->mu);
 }
 
+void aa_watch_get_config(aa_watch *w, aa_watch_config *config) { *config = w->cfg; }
+
 void aa_watch_get_stats(aa_watch *w, aa_watch_stats *stats) {
     pthread_mutex_lock(&w->mu);
     *stats = w->st;
