@@ -72,6 +72,9 @@ class Event:
 
     def _live(self) -> Any:
         if self._handle is None or not self._device.alive:
+            from ._device import check_not_forked
+
+            check_not_forked()  # in a forked child, say so: that is why the event is gone
             raise SessionClosedError("the event was closed")
         self._device.ensure_current()
         return self._handle

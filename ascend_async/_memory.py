@@ -79,6 +79,9 @@ class DeviceTensor:
 
     def check_open(self) -> None:
         if self._closed:
+            from ._device import check_not_forked
+
+            check_not_forked()  # in a forked child, say so: that is why the tensor is gone
             raise SessionClosedError("the DeviceTensor was closed")
 
     def ge_input(self) -> Any:

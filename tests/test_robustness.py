@@ -338,6 +338,9 @@ def child_try(results, s, g_sync, g_async):
         "new_session": lambda: ascend_async.Session(),
         "streams": lambda: s.streams,
         "synchronize": lambda: stream.synchronize(),
+        "event_query": lambda: event.query(),
+        "event_wait": lambda: asyncio.run(event.wait()),
+        "tensor_numpy": lambda: tensor.numpy(),
         "close": s.close,
         "run_after_close": lambda: s.run_sync(g_sync, [X, X]),
     }
@@ -355,6 +358,8 @@ g_sync, g_async = add_model(s), add_model(s)
 s.run_sync(g_sync, [X, X])
 asyncio.run(s.run(g_async, [X, X]))
 stream = s.streams[0]
+event = stream.record()
+tensor = ascend_async.DeviceTensor.from_numpy(s, X)
 r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
@@ -373,6 +378,9 @@ _, status = os.waitpid(pid, 0)
 # The parent is untouched by its child.
 assert (s.run_sync(g_sync, [X, X])["z"] == 2).all()
 assert (asyncio.run(s.run(g_async, [X, X]))["z"] == 2).all()
+assert (tensor.numpy() == X).all()
+event.close()
+tensor.close()
 s.close()
 print(json.dumps({"child": json.loads(data), "exit": os.waitstatus_to_exitcode(status)}))
 """
@@ -388,6 +396,9 @@ def test_forked_child_gets_a_clear_error_and_never_hangs() -> None:
         "new_session": "fork",
         "streams": "fork",
         "synchronize": "fork",
+        "event_query": "fork",
+        "event_wait": "fork",
+        "tensor_numpy": "fork",
         "close": "ok",  # a no-op there: the parent owns the device
         "run_after_close": "fork",
     }
