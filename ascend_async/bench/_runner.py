@@ -455,10 +455,13 @@ async def _open_level(
             if (cfg.count is not None or cfg.stable) and state.should_stop():
                 state.request_stop()
 
+    received = [0]  # the intended time of the last run a worker took
+
     async def worker() -> None:
         # Counted here, where a run is known to have gone out: a send cancelled at the
         # window's end may still have handed its item over.
         async for intended, measured in receive:
+            received[0] = intended
             state.in_flight += 1
             if measured:
                 res.sent += 1
@@ -537,6 +540,8 @@ async def _open_level(
 
     await _drive(cfg, state, [body], show)
     if end_ns is not None and schedule is not None:  # points the sender never reached: missed
+        if int(schedule.t) == received[0]:  # its send was cancelled after a worker took it: sent
+            schedule.advance()
         res.missed += schedule.skip(end_ns, end_ns)
     res.intended = res.sent + res.missed
     window_s = cfg.duration if end_ns is not None else res.elapsed_s
