@@ -260,16 +260,10 @@ class Raw:
         async with self.limit:
             await self._naive_run()
 
-    async def _naive_run(self) -> None:
+    async def _record_and_poll(self) -> None:
+        """Record an event behind the enqueued work and poll it from the loop, ``await sleep(0)``
+        between polls, until it completed."""
         dev, lib, ffi = self.dev, self.lib, self.ffi
-        dev.ensure_current()
-        dout = dev.alloc(dev.device_pool, X.nbytes, "bench output")
-        tout = self._tensor(dout)
-        rc = lib.aa_session_run_graph_with_stream_async(
-            self.s._handle, self.gid, self.stream.handle, self.tin, 1, tout, 1
-        )
-        if rc:
-            raise RuntimeError(f"RunGraphWithStreamAsync: {rc}")
         ev = dev.take_event()
         lib.aclrtRecordEvent(ev, self.stream.handle)
         st = ffi.new("aclrtEventRecordedStatus*")
@@ -279,6 +273,18 @@ class Raw:
                 break
             await anyio.lowlevel.checkpoint()
         dev.give_event(ev)
+
+    async def _naive_run(self) -> None:
+        dev, lib = self.dev, self.lib
+        dev.ensure_current()
+        dout = dev.alloc(dev.device_pool, X.nbytes, "bench output")
+        tout = self._tensor(dout)
+        rc = lib.aa_session_run_graph_with_stream_async(
+            self.s._handle, self.gid, self.stream.handle, self.tin, 1, tout, 1
+        )
+        if rc:
+            raise RuntimeError(f"RunGraphWithStreamAsync: {rc}")
+        await self._record_and_poll()
         lib.aa_pool_free(dev.device_pool, dout)
 
     async def naive_run_host(self) -> np.ndarray:
@@ -303,15 +309,7 @@ class Raw:
         if rc:
             raise RuntimeError(f"RunGraphWithStreamAsync: {rc}")
         lib.aclrtMemcpyAsync(h_out, n, d_out, n, lib.ACL_MEMCPY_DEVICE_TO_HOST, self.stream.handle)
-        ev = dev.take_event()
-        lib.aclrtRecordEvent(ev, self.stream.handle)
-        st = ffi.new("aclrtEventRecordedStatus*")
-        while True:
-            lib.aclrtQueryEventStatus(ev, st)
-            if st[0] == lib.ACL_EVENT_RECORDED_STATUS_COMPLETE:
-                break
-            await anyio.lowlevel.checkpoint()
-        dev.give_event(ev)
+        await self._record_and_poll()
         out = np.empty(X.shape, X.dtype)
         ffi.memmove(out, h_out, n)
         for pool, block in ((dev.host_pool, h_in), (dev.device_pool, d_in)):
