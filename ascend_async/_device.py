@@ -187,10 +187,6 @@ _WATCH_KEYS = {
     "takeover_us": 1,
 }
 _WATCH_MAX = 60_000_000  # a minute: more is a mistake, not a tuning
-#: The C watch's spin and back-off defaults (watch.c). It takes these three together, and only
-#: when one is non-zero; a call that sets some of them gets the others filled from here, so
-#: that spin_us=0 alone means no spinning.
-_SLEEP_DEFAULTS = {"spin_us": 50, "min_sleep_us": 20, "max_sleep_us": 500}
 
 
 def configure_watcher(device_id: int = 0, strategy: str = "poll", **config: int) -> None:
@@ -218,12 +214,7 @@ def configure_watcher(device_id: int = 0, strategy: str = "poll", **config: int)
     lo, hi = config.get("min_sleep_us"), config.get("max_sleep_us")
     if lo is not None and hi is not None and hi < lo:
         raise ValueError(f"configure_watcher: max_sleep_us={hi} is below min_sleep_us={lo}")
-    config = dict(config)
-    if any(k in config for k in _SLEEP_DEFAULTS):
-        config.setdefault("max_sleep_us", max(_SLEEP_DEFAULTS["max_sleep_us"], config.get("min_sleep_us", 0)))
-        config.setdefault("min_sleep_us", min(_SLEEP_DEFAULTS["min_sleep_us"], config["max_sleep_us"]))
-        config.setdefault("spin_us", _SLEEP_DEFAULTS["spin_us"])
-    _watch_configs[device_id] = (strategy, config)
+    _watch_configs[device_id] = (strategy, dict(config))
 
 
 # -- fork ------------------------------------------------------------------------------------------

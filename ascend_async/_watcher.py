@@ -78,10 +78,15 @@ class Watcher:
     def __init__(self, backend: Any, context: Any, device_id: int, strategy: int, config: dict[str, int]) -> None:
         self._ffi, self._lib = backend.ffi, backend.lib
         self.backend = backend
+        # From the C watch's defaults, so that every key set here takes effect alone (the watch
+        # reads a zero as "default", and spin_us=0 means no spinning).
         cfg = self._ffi.new("aa_watch_config*")
+        self._lib.aa_watch_default_config(cfg)
         cfg.strategy = strategy
         for key, value in config.items():
             setattr(cfg, key, value)
+        if "max_sleep_us" in config and "min_sleep_us" not in config:
+            cfg.min_sleep_us = min(cfg.min_sleep_us, cfg.max_sleep_us)  # a lower cap alone lowers the floor
         self.handle = self._lib.aa_watch_create(context, cfg)
         self._context = context
         self.pending: dict[int, Completion] = {}

@@ -747,7 +747,6 @@ def _free_dev_block() -> None:
         assert lib.aclrtFree(_blocks.pop()) == 0
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="thread names are read from Linux /proc")
 def test_device_threads_are_named_for_the_device(res: Res) -> None:
     """The simulated device's worker threads carry its name (``aa-sim-dev0``), so its CPU time
     can be told from the host's (the benchmarks subtract it: on an NPU it is not host CPU)."""

@@ -70,6 +70,8 @@ void aa_watch_close(aa_watch *watch);
  * with `code`. */
 void aa_watch_fail_stream(aa_watch *watch, aclrtStream stream, int32_t code);
 void aa_watch_get_stats(aa_watch *watch, aa_watch_stats *stats);
+/* The defaults aa_watch_create fills in for zero fields. */
+void aa_watch_default_config(aa_watch_config *config);
 /* The configuration in effect (defaults filled in). */
 void aa_watch_get_config(aa_watch *watch, aa_watch_config *config);
 void aa_watch_destroy(aa_watch *watch);

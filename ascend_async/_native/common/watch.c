@@ -195,6 +195,11 @@ static uint64_t check_channels_locked(aa_watch *w, uint64_t now) {
 
 static void *report_main(void *arg);
 
+/* strategy, spin_us, min_sleep_us, max_sleep_us, fault_probe_us, wake_after_us, takeover_us */
+static const aa_watch_config DEFAULTS = {AA_WATCH_POLL, 50, 20, 500, 2000, 1000, 50000};
+
+void aa_watch_default_config(aa_watch_config *config) { *config = DEFAULTS; }
+
 aa_watch *aa_watch_create(aclrtContext context, const aa_watch_config *config) {
     aa_watch *w = calloc(1, sizeof *w);
     pthread_mutex_init(&w->mu, NULL);
@@ -204,7 +209,7 @@ aa_watch *aa_watch_create(aclrtContext context, const aa_watch_config *config) {
     pthread_cond_init(&w->cv, &a);
     pthread_condattr_destroy(&a);
     w->ctx = context;
-    aa_watch_config c = {AA_WATCH_POLL, 50, 20, 500, 2000, 1000, 50000};
+    aa_watch_config c = DEFAULTS;
     if (config) {
         if (config->wake_after_us) c.wake_after_us = config->wake_after_us;
         if (config->takeover_us) c.takeover_us = config->takeover_us;
