@@ -477,6 +477,7 @@ async def _open_level(
         nonlocal end_ns, schedule
         state.t_start = time.perf_counter_ns()  # the workers are ready: the schedule starts now
         schedule = Schedule(state.t_start, rate, cfg.poisson, cfg.seed)
+        skipped_last = False
         passed = burst = 0  # schedule points sent or missed: a warm-up in runs counts points,
         w = cfg.warmup  # so the measured window starts at the same point on every run
         while True:
@@ -502,12 +503,14 @@ async def _open_level(
                     await anyio.lowlevel.checkpoint()  # behind schedule: catch up, but let the loop run
                     burst = 0
                     now = time.perf_counter_ns()
-                if now - t > BEHIND_NS:  # too far behind: the host cannot keep this rate
+                if now - t > BEHIND_NS and not skipped_last:  # too far behind: the host cannot keep this rate
                     skipped = schedule.skip(now - BEHIND_NS, end_ns)
                     passed += skipped
                     if state.measuring:
                         res.missed += skipped
+                    skipped_last = True  # the next point goes out whatever: a skip cannot chase the clock
                     continue
+            skipped_last = False
             item = (int(t), state.measuring)
             try:
                 send.send_nowait(item)
