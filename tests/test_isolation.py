@@ -502,3 +502,46 @@ def test_valid_models_still_pass_the_checks() -> None:
             _model([helper.make_node("Add", ["x", "c"], ["y"])], [_vi("x", [2]), _vi("c", [2])], [_vi("y", [2])], [c])
         )
         s.add_graph(_passthrough())
+
+
+def _huge_matmul() -> onnx.ModelProto:
+    return _model(
+        [helper.make_node("MatMul", ["a", "b"], ["y"])],
+        [_vi("a", ["M", "K"]), _vi("b", ["K", "N"])],
+        [_vi("y", ["M", "N"])],
+    )
+
+
+def _zero_size(shape: tuple[int, ...]) -> np.ndarray:
+    return np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape, (0,) * len(shape))
+
+
+@pytest.mark.anyio
+async def test_an_output_larger_than_the_device_is_refused_at_submit_in_every_mode() -> None:
+    """The output's size follows from the input shapes (4 TiB from empty inputs): refused before
+    the graph runs, in every run mode, and the session goes on."""
+    from helpers import sim_stats
+
+    feeds = {"a": _zero_size((2**40, 0)), "b": _zero_size((0, 1))}
+    async with aa.Session(streams=1) as s:
+        graphs = {mode: s.add_graph(_huge_matmul(), name=mode) for mode in ("run", "sync", "cb")}
+        runs = sim_stats()["graph_runs"]
+        with pytest.raises(aa.AscendError, match="more than the device's memory"):
+            await s.run(graphs["run"], feeds)
+        with pytest.raises(aa.AscendError, match="more than the device's memory"):
+            s.run_sync(graphs["sync"], feeds)
+        with pytest.raises(aa.AscendError, match="more than the device's memory"):
+            s.run_with_callback(graphs["cb"], feeds, lambda out, err: None)
+        assert sim_stats()["graph_runs"] == runs  # nothing ran
+        small = {"a": np.ones((2, 3), np.float32), "b": np.ones((3, 2), np.float32)}
+        _same(await s.run(graphs["run"], small), _ort(_huge_matmul(), small))
+
+
+def test_the_sim_refuses_a_graph_without_outputs_at_the_abi() -> None:
+    """A direct ABI caller gets AddGraph FAILED too (onnxruntime itself accepts the model)."""
+    import _simrun
+
+    model = _model([helper.make_node("Neg", ["x"], ["y"])], [_vi("x", [2])], []).SerializeToString()
+    ort.InferenceSession(model, providers=["CPUExecutionProvider"])  # onnxruntime accepts it
+    with pytest.raises(_simrun.AddGraphError, match="no outputs"):
+        _simrun.run_case(model, [np.ones(2, np.float32)])

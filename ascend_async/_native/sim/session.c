@@ -299,7 +299,17 @@ aa_status aa_session_add_graph_onnx(aa_session *session, uint32_t graph_id, cons
         ge_error("%s: graph %u: %s%s", api, graph_id, not_implemented ? "E10062: unsupported operator: " : "", err);
         return not_implemented ? GE_UNSUPPORTED : GE_FAILED;
     }
+    if (!sim_model_n_outputs(m)) { /* onnxruntime accepts it; a GE graph needs an output to run */
+        ge_error("%s: graph %u has no outputs", api, graph_id);
+        sim_model_release(m);
+        return GE_FAILED;
+    }
     graph_node *g = calloc(1, sizeof *g);
+    if (!g) {
+        ge_error("%s: graph %u: out of host memory", api, graph_id);
+        sim_model_release(m);
+        return GE_FAILED;
+    }
     g->id = graph_id;
     g->refs = 1;
     g->model = m;
