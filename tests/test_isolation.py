@@ -186,6 +186,15 @@ def _empty() -> onnx.ModelProto:
     return _model([], [_vi("x", ["n", 4])], [_vi("x", ["n", 4])])
 
 
+def _passthrough_dynamic() -> onnx.ModelProto:
+    """x passed through beside a value-dependent output (NonZero): outputs placed after the run."""
+    return _model(
+        [helper.make_node("NonZero", ["x"], ["nz"])],
+        [_vi("x", ["n", 4])],
+        [_vi("x", ["n", 4]), helper.make_tensor_value_info("nz", TensorProto.INT64, [2, None])],
+    )
+
+
 def _stale_add() -> onnx.ModelProto:
     return _model(
         [helper.make_node("Add", ["a", "b"], ["c"])], [_vi("a", ["n", 4]), _vi("b", ["n", 4])], [_vi("c", ["n", 4])]
@@ -208,7 +217,7 @@ def _callback_run(session: aa.Session, graph: aa.Graph, feeds: dict[str, np.ndar
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("make", [_passthrough, _empty], ids=["passthrough", "empty"])
+@pytest.mark.parametrize("make", [_passthrough, _empty, _passthrough_dynamic], ids=["passthrough", "empty", "dynamic"])
 async def test_pass_through_outputs_carry_this_runs_input_beside_another_session(make: Any) -> None:
     """Session A keeps running on blocks full of 4242.0; session B's pass-through outputs must
     be B's own input in every run mode, never A's data nor a stale block."""
