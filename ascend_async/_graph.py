@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
@@ -36,17 +36,21 @@ class TensorSpec:
         return f"{self.name}: {self.dtype}[{dims}]"
 
 
-def _load_model(source: GraphSource) -> tuple[onnx.ModelProto, bytes]:
+def _load_model(source: GraphSource) -> tuple[onnx.ModelProto, bytes, str | None]:
+    """The model, its serialized bytes, and the folder of the file it came from (None for
+    bytes and ModelProto: they have no folder)."""
     import onnx
 
+    folder: str | None = None
     try:
         if isinstance(source, onnx.ModelProto):
-            return source, source.SerializeToString()
+            return source, source.SerializeToString(), None
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
         elif isinstance(source, (str, os.PathLike)):
             with open(source, "rb") as f:
                 data = f.read()
+            folder = os.path.dirname(os.path.abspath(os.fspath(source)))
         else:
             raise GraphError(f"cannot read a graph from {type(source).__name__}: pass a path, bytes or onnx.ModelProto")
         model = onnx.load_model_from_string(data)
@@ -58,7 +62,191 @@ def _load_model(source: GraphSource) -> tuple[onnx.ModelProto, bytes]:
         raise GraphError(f"not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
     if not model.graph.node and not model.graph.output:
         raise GraphError("not a valid ONNX model: it has no graph")
-    return model, data
+    return model, data, folder
+
+
+#: AddGraph options of our own (cdefs/sim.h): the folder a model's external data is read from,
+#: and a stamp of the weight files (part of the sim's compiled-model key).
+OPTION_EXTERNAL_DATA_DIR = b"ascend_async.external_data_dir"
+OPTION_EXTERNAL_DATA_STAMP = b"ascend_async.external_data_stamp"
+
+#: ONNX element types a GE tensor can carry (the sim's engine maps exactly these).
+_GE_ELEM_TYPES = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 16})
+#: GE tensors have at most this many dims (AA_MAX_DIMS, cdefs/ge_session.h).
+_MAX_DIMS = 25
+
+
+def _tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
+    """Every tensor the model holds, with a label: initializers (sparse ones too) and tensor
+    attributes, in the main graph, every subgraph and every local function."""
+
+    def in_nodes(nodes: Any, where: str) -> Iterator[tuple[str, onnx.TensorProto]]:
+        for index, node in enumerate(nodes):
+            label = f"{node.op_type} node {node.name or f'#{index}'}{where}"
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield f"attribute {attr.name!r} of {label}", attr.t
+                for t in attr.tensors:
+                    yield f"attribute {attr.name!r} of {label}", t
+                if attr.HasField("sparse_tensor"):
+                    yield f"attribute {attr.name!r} of {label}", attr.sparse_tensor.values
+                    yield f"attribute {attr.name!r} of {label}", attr.sparse_tensor.indices
+                for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                    yield from in_graph(sub, f" in a subgraph of {label}")
+
+    def in_graph(graph: onnx.GraphProto, where: str) -> Iterator[tuple[str, onnx.TensorProto]]:
+        for t in graph.initializer:
+            yield f"initializer {t.name!r}{where}", t
+        for st in graph.sparse_initializer:
+            yield f"initializer {st.values.name!r}{where}", st.values
+            yield f"initializer {st.indices.name or st.values.name!r} (indices){where}", st.indices
+        yield from in_nodes(graph.node, where)
+
+    yield from in_graph(model.graph, "")
+    for f in model.functions:
+        yield from in_nodes(f.node, f" in function {f.name!r}")
+
+
+def _external_data(model: onnx.ModelProto, base: str | None) -> tuple[str, str] | None:
+    """For a model with external data: (the folder, a stamp of its weight files); None for a
+    model without any.
+
+    Every location must name a file inside ``base`` (the model's folder): absolute paths, ``..``
+    and symlinks that leave it are refused, as are missing files and ranges past a file's end.
+
+    :raises GraphError: naming every tensor whose location is refused, and the location; or,
+        without a ``base``, saying that bytes and ModelProto need ``base_dir=``.
+    """
+    import onnx
+
+    external: list[tuple[str, dict[str, str]]] = []
+    for label, t in _tensors(model):
+        if t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL:
+            external.append((label, {e.key: e.value for e in t.external_data}))
+    if not external:
+        return None
+    if base is None:
+        first = external[0]
+        raise GraphError(
+            f"the model keeps {len(external)} tensor(s) in external data ({first[0]} at "
+            f"{first[1].get('location', '')!r}); a model given as bytes or an onnx.ModelProto has no folder "
+            "to read them from: pass base_dir= (the folder the weight files are in), or add the model by its path"
+        )
+    root = os.path.realpath(base)
+    if not os.path.isdir(root):
+        raise GraphError(f"base_dir {base!r} is not a folder")
+    problems: list[str] = []
+    stamps: dict[str, str] = {}
+    for label, info in external:
+        location = info.get("location", "")
+        where = f"{label}: external data location {location!r}"
+        parts = location.replace("\\", "/").split("/")
+        if not location:
+            problems.append(f"{label}: external data without a location")
+            continue
+        if os.path.isabs(location) or location.startswith(("/", "\\")) or (len(location) > 1 and location[1] == ":"):
+            problems.append(f"{where} is an absolute path (locations are relative to the model's folder {root!r})")
+            continue
+        if ".." in parts:
+            problems.append(f"{where} contains '..' (locations must stay inside the model's folder {root!r})")
+            continue
+        path = os.path.realpath(os.path.join(root, location))
+        if os.path.commonpath([root, path]) != root:
+            problems.append(
+                f"{where} resolves to {path!r}, outside the model's folder {root!r} (a symlink that leaves it)"
+            )
+            continue
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            problems.append(f"{where}: cannot read {path!r} ({exc.strerror or exc})")
+            continue
+        if not os.path.isfile(path):
+            problems.append(f"{where}: {path!r} is not a regular file")
+            continue
+        try:
+            offset = int(info.get("offset", "0") or 0)
+            length = int(info["length"]) if info.get("length") else st.st_size - offset
+        except ValueError:
+            problems.append(f"{where}: offset {info.get('offset')!r} or length {info.get('length')!r} is not a number")
+            continue
+        if offset < 0 or length < 0 or offset + length > st.st_size:
+            problems.append(
+                f"{where}: bytes {offset}..{offset + length} lie outside the {st.st_size}-byte file {path!r}"
+            )
+            continue
+        stamps[location] = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    if problems:
+        raise GraphError(f"{len(problems)} external data location(s) refused: " + "; ".join(problems))
+    return root, ";".join(f"{k}={v}" for k, v in sorted(stamps.items()))
+
+
+def _structure_problems(model: onnx.ModelProto) -> list[str]:
+    """What GE's rules forbid in the graph's structure, all of it (empty: nothing): no outputs,
+    duplicate or empty names, a name produced twice, an output nothing produces, and inputs or
+    outputs GE tensors cannot carry (not a tensor, an element type GE has no dtype for, more
+    than 25 dims). onnxruntime accepts some of these; GE refuses them or cannot return them."""
+    from onnx import TensorProto
+
+    g = model.graph
+    problems: list[str] = []
+    init_names = [t.name for t in g.initializer] + [t.values.name for t in g.sparse_initializer]
+
+    def dups(kind: str, names: list[str]) -> None:
+        seen: set[str] = set()
+        for n in names:
+            if n in seen:
+                problems.append(f"{kind} name {n!r} is used more than once")
+            seen.add(n)
+        if any(not n for n in names):
+            problems.append(f"a graph {kind} has an empty name")
+
+    if not g.output:
+        problems.append("the graph has no outputs (GE needs at least one)")
+    dups("input", [v.name for v in g.input])
+    dups("output", [v.name for v in g.output])
+    dups("initializer", init_names)
+
+    produced: dict[str, str] = {}
+    for n in [v.name for v in g.input] + init_names:
+        produced.setdefault(n, "a graph input" if n not in init_names else "an initializer")
+    for index, node in enumerate(g.node):
+        label = f"{node.op_type} node {node.name or f'#{index}'}"
+        for out in node.output:
+            if not out:
+                continue  # an optional output left out
+            if out in produced:
+                problems.append(f"{out!r} is produced by {label} but is already {produced[out]}")
+            else:
+                produced[out] = label
+    problems.extend(
+        f"output {v.name!r} is not produced by any node, input or initializer"
+        for v in g.output
+        if v.name and v.name not in produced
+    )
+
+    init_set = set(init_names)
+    for kind, vis in (("input", [v for v in g.input if v.name not in init_set]), ("output", list(g.output))):
+        for vi in vis:
+            which = vi.type.WhichOneof("value")
+            if which != "tensor_type":
+                problems.append(
+                    f"{kind} {vi.name!r} is a {which or 'value of no type'}, not a tensor "
+                    "(GE graphs take and return tensors only)"
+                )
+                continue
+            tt = vi.type.tensor_type
+            if tt.elem_type not in _GE_ELEM_TYPES:
+                try:
+                    type_name = TensorProto.DataType.Name(tt.elem_type).lower()
+                except ValueError:
+                    type_name = f"element type {tt.elem_type}"
+                problems.append(f"{kind} {vi.name!r} has dtype {type_name}, which GE tensors cannot carry")
+            if tt.HasField("shape") and len(tt.shape.dim) > _MAX_DIMS:
+                problems.append(
+                    f"{kind} {vi.name!r} has rank {len(tt.shape.dim)}; GE tensors have at most {_MAX_DIMS} dims"
+                )
+    return problems
 
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -142,20 +330,56 @@ class Graph:
 
     Build it from a path, the serialized bytes or an ``onnx.ModelProto``. The signature
     (``inputs``/``outputs``) is known before anything runs; symbolic dims resolve per run.
+
+    External data is read from the model's own folder (a path's directory), or from
+    ``base_dir`` (required for bytes and ModelProto that have external data); never from the
+    working directory. Every location must stay inside that folder.
+
+    :raises GraphError: an unreadable model; one error listing every structural problem GE
+        refuses (see ``_structure_problems``); or every refused external-data location.
     """
 
-    def __init__(self, source: GraphSource, *, name: str | None = None) -> None:
-        model, data = _load_model(source)
+    def __init__(
+        self, source: GraphSource, *, name: str | None = None, base_dir: str | os.PathLike[str] | None = None
+    ) -> None:
+        model, data, folder = _load_model(source)
         init_names = {t.name for t in model.graph.initializer}
+        self.name: str = name or model.graph.name or "graph"
+        problems = _structure_problems(model)
+        if problems:
+            raise GraphError(f"{self.name}: {len(problems)} problem(s) GE refuses: " + "; ".join(problems))
+        try:
+            external = _external_data(model, os.fspath(base_dir) if base_dir is not None else folder)
+        except GraphError as exc:
+            raise GraphError(f"{self.name}: {exc}") from None
         #: The serialized model: what AddGraph parses (the weights are kept once, here).
         self.model_bytes: bytes = data
-        self.name: str = name or model.graph.name or "graph"
+        #: For a model with external data: the folder its weights are read from (the model's
+        #: own folder, or ``base_dir``), never the working directory; None otherwise.
+        self.external_data_dir: str | None = external[0] if external else None
+        self._external_stamp: str | None = external[1] if external else None
         self.inputs: tuple[TensorSpec, ...] = tuple(_spec(vi) for vi in model.graph.input if vi.name not in init_names)
         self.outputs: tuple[TensorSpec, ...] = tuple(_spec(vi) for vi in model.graph.output)
         self._input_names = tuple(s.name for s in self.inputs)
         # The last signature bind accepted, as (dtype, shape) per input: a call that matches it
         # needs no checks beyond the comparison (bind's fast path; races only cost a re-check).
         self._accepted: tuple[tuple[np.dtype[Any], tuple[int, ...]], ...] | None = None
+
+    def _add_options(self, ffi: Any) -> tuple[Any, int, Any]:
+        """AddGraph's options for this graph: (an aa_option array or NULL, its length, what
+        keeps its strings alive: hold it until AddGraph returns). Only a model with external
+        data has any: its folder and the stamp of its weight files."""
+        if self.external_data_dir is None:
+            return ffi.NULL, 0, None
+        keep = [
+            ffi.new("char[]", OPTION_EXTERNAL_DATA_DIR),
+            ffi.new("char[]", os.fsencode(self.external_data_dir)),
+            ffi.new("char[]", OPTION_EXTERNAL_DATA_STAMP),
+            ffi.new("char[]", (self._external_stamp or "").encode()),
+        ]
+        opts = ffi.new("aa_option[2]")
+        opts[0].key, opts[0].value, opts[1].key, opts[1].value = keep
+        return opts, 2, keep
 
     @property
     def model(self) -> onnx.ModelProto:

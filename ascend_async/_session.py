@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -295,18 +296,31 @@ class Session:
 
     # -- graphs ------------------------------------------------------------------------------
 
-    def add_graph(self, source: GraphSource | Graph, *, name: str | None = None) -> Graph:
+    def add_graph(
+        self,
+        source: GraphSource | Graph,
+        *,
+        name: str | None = None,
+        base_dir: str | os.PathLike[str] | None = None,
+    ) -> Graph:
         """Add an ONNX model (path, bytes, ModelProto or Graph) and return its Graph.
 
         Parsing and lowering happen here, on the calling thread; for big models prefer
         :meth:`add_graph_async`. Compile and load happen later, off the event loop.
 
-        :raises GraphError: unreadable model, or an op/attribute/dtype the backend refuses.
+        External data is read from the model's own folder (a path's directory) or from
+        ``base_dir``, which bytes and ModelProto with external data need; never from the
+        working directory (see :class:`Graph`).
+
+        :raises GraphError: unreadable model, every structural problem GE refuses, an external
+            data location outside the folder, or an op/attribute/dtype the backend refuses.
         """
         self._check_open()
         if source is None:
             raise TypeError("add_graph: source is None (expected a path, bytes, an onnx.ModelProto or a Graph)")
-        graph = source if isinstance(source, Graph) else Graph(source, name=name)
+        if isinstance(source, Graph) and base_dir is not None:
+            raise TypeError("add_graph: base_dir applies when a model is read; pass it to Graph(...) instead")
+        graph = source if isinstance(source, Graph) else Graph(source, name=name, base_dir=base_dir)
         with self._lock:
             if id(graph) in self._graphs:
                 return graph
@@ -317,9 +331,15 @@ class Session:
             self._graphs[id(graph)] = state
         return graph
 
-    async def add_graph_async(self, source: GraphSource | Graph, *, name: str | None = None) -> Graph:
+    async def add_graph_async(
+        self,
+        source: GraphSource | Graph,
+        *,
+        name: str | None = None,
+        base_dir: str | os.PathLike[str] | None = None,
+    ) -> Graph:
         """:meth:`add_graph` on a worker thread."""
-        return await anyio.to_thread.run_sync(lambda: self.add_graph(source, name=name))
+        return await anyio.to_thread.run_sync(lambda: self.add_graph(source, name=name, base_dir=base_dir))
 
     def remove_graph(self, graph: Graph) -> None:
         """Remove the graph (all its replicas); its run mode is forgotten."""
@@ -358,7 +378,9 @@ class Session:
         b = self._device.backend
         self._device.ensure_current()
         data = state.graph.model_bytes
-        status = self._lib.aa_session_add_graph_onnx(self._handle, gid, data, len(data), b.ffi.NULL, 0)
+        options, n_options, keep = state.graph._add_options(b.ffi)
+        status = self._lib.aa_session_add_graph_onnx(self._handle, gid, data, len(data), options, n_options)
+        del keep  # the option strings lived through AddGraph
         if status:
             err = b.ge_error(status, "AddGraph")
             raise GraphError(f"{state.graph.name}: {state.graph.explain_refusal(str(err))}") from err

@@ -14,6 +14,10 @@ from helpers import sim_leaks
 # The sim exposes this many devices to the test process (read when its runtime starts): the
 # DevicePool tests need several. Sessions still default to device 0.
 os.environ.setdefault("ASCEND_ASYNC_SIM_DEVICES", "4")
+# The sim fills every block it hands out and every block given back with a poison pattern (NaN
+# in every float type): a run that reads a stale block gets a wrong answer the tests see, not
+# plausible data (read when the sim's runtime starts; subprocesses inherit it).
+os.environ.setdefault("ASCEND_ASYNC_SIM_POISON", "1")
 
 try:
     import uvloop

@@ -484,6 +484,14 @@ aa_status aa_session_add_graph_onnx(aa_session *session, uint32_t graph_id, cons
     if (!to_options(options, n_options, opts, "AddGraph")) {
       return kParamInvalid;
     }
+    /* A model with external data: GE's parser resolves its locations only when it parses a
+     * file (aclgrphParseONNX, against the file's folder); from memory they would resolve against
+     * the working directory. Refused rather than read from the wrong place (docs/cann.md). */
+    if (opts.count(ge::AscendString("ascend_async.external_data_dir")) != 0U) {
+      return fail(kParamInvalid, "AddGraph: graph " + std::to_string(graph_id) +
+                                     " keeps tensors in external data; the CANN shim parses ONNX from memory "
+                                     "(aclgrphParseONNXFromMem), which cannot read them from the model's folder");
+    }
     ge::Graph graph;
     {
       /* Serialized, as the GE triton backend does around the parser. */

@@ -11,6 +11,10 @@ typedef struct aa_sim_config {
     uint64_t memory_bytes;      /* device memory capacity per device, default 4 GiB */
     uint32_t max_events;        /* hardware events per device, default 1023 */
     uint32_t engine_threads;    /* onnxruntime intra-op threads per graph run, default 1 */
+    uint32_t poison;            /* 1: fill every device and pinned block the sim hands out, and
+                                   every block given back (aclrtFree/FreeHost, the caching pool),
+                                   with the poison pattern; default 0, or 1 when
+                                   ASCEND_ASYNC_SIM_POISON=1 (the test suite sets it) */
 } aa_sim_config;
 
 /* ASCEND_RT_VISIBLE_DEVICES, read when the runtime starts, works as in ACL: a comma-separated
@@ -68,6 +72,14 @@ void aa_sim_get_stats(aa_sim_stats *stats);
  * with a message in err. AddGraph (aa_session_add_graph_onnx) fails until it succeeded.
  */
 int aa_sim_engine_open(const char *library_path, char *err, size_t err_len);
+/* AddGraph options the sim reads (aa_session_add_graph_onnx; the Python layer passes them only
+ * for a model with external data, after checking every location stays inside the folder):
+ *   "ascend_async.external_data_dir"   the folder external data is resolved against (the
+ *                                      model's own folder; never the working directory);
+ *   "ascend_async.external_data_stamp" a description of the weight files (sizes, times), part
+ *                                      of the compiled-model cache's key.
+ * The compiled-model cache keys by SHA-256 and compares the bytes on a digest hit. */
+void aa_sim_sha256(const void *data, size_t n, unsigned char *out);
 /* The output count of a graph added to `session` (what GE's compiled-graph summary reports),
  * or -1 if the session has no such graph. */
 int64_t aa_sim_session_graph_outputs(aa_session *session, uint32_t graph_id);

@@ -11,6 +11,17 @@
 
 #include "../ascend_async.h"
 
+/* The sim's poisoning (sim/runtime.c, aa_sim_config.poison): a cached block handed out again,
+ * and a block given back to the cache, are filled with the poison pattern, as the sim's
+ * allocator does for the blocks it hands out and takes back, so a stale read through the pool
+ * shows up as a wrong answer. A weak reference: the CANN module has no sim, and nothing is
+ * filled there. In the sim, device memory is host memory, so the fill is a plain write. */
+extern void sim_poison_fill(void *ptr, size_t n) __attribute__((weak));
+
+static void poison(void *ptr, size_t n) {
+    if (sim_poison_fill) sim_poison_fill(ptr, n);
+}
+
 typedef struct bucket {
     size_t size;
     void **v;
@@ -132,6 +143,7 @@ void *aa_pool_alloc(aa_pool *p, size_t size, aclError *error) {
         p->st.hits++;
         live_put_locked(p, (uintptr_t)ptr, cls);
         pthread_mutex_unlock(&p->mu);
+        poison(ptr, cls); /* ours alone now: no other thread holds it */
         if (error) *error = ACL_SUCCESS;
         return ptr;
     }
@@ -168,9 +180,10 @@ void aa_pool_free(aa_pool *p, void *ptr) {
     p->st.live_bytes -= (int64_t)cls;
     if ((uint64_t)p->st.cached_bytes + cls > p->max_cached) {
         pthread_mutex_unlock(&p->mu);
-        raw_free(p, ptr);
+        raw_free(p, ptr); /* the runtime poisons what it takes back */
         return;
     }
+    poison(ptr, cls); /* under mu: once cached, another thread may take it */
     bucket *b = bucket_of_locked(p, cls, 1);
     if (b->n == b->cap) {
         b->cap = b->cap ? b->cap * 2 : 8;

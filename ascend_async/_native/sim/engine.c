@@ -34,16 +34,30 @@ typedef struct sim_io {
     char *symbols[AA_MAX_DIMS];    /* the dim's name, or NULL */
 } sim_io;
 
+/* Where a run's output comes from when onnxruntime will not write it into a bound buffer. */
+enum { OUT_WRITTEN = 0, OUT_ALIASED = 1 };
+
 struct sim_model {
     sim_model *next; /* cache list, under g_eng.lock */
-    uint64_t hash;
+    /* The identity: SHA-256 of the bytes, the bytes themselves (compared on a digest hit), the
+     * thread count and, for a model with external data, the folder its weights are read from
+     * and the caller's stamp of those files. */
+    unsigned char digest[32];
+    void *bytes;
     size_t size;
     uint32_t threads;
+    char *data_dir;   /* NULL: no external data */
+    char *data_stamp; /* NULL or the caller's description of the weight files */
     int refs; /* under g_eng.lock */
     OrtSession *session;
     size_t n_in, n_out;
     sim_io *in, *out;
     const char **in_names, **out_names;
+    /* Per output: OUT_ALIASED when it is also a graph input or listed more than once. For such
+     * outputs onnxruntime returns a value of its own (the input, or one shared value) and never
+     * writes a buffer bound to it, so the run copies that value into the output block. */
+    unsigned char *out_kind;
+    size_t n_aliased;
 };
 
 static struct {
@@ -175,18 +189,85 @@ static int32_t ge_dtype(int onnx_type) {
 /* ------------------------------------------------------------------------------------------ */
 /* Models                                                                                      */
 
-static uint64_t hash_bytes(const void *data, size_t n) {
-    /* FNV-1a over 8-byte words, then the tail: a cache key, not a defence. */
-    const unsigned char *p = data;
-    uint64_t h = 1469598103934665603ull;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, p + i, 8);
-        h = (h ^ w) * 1099511628211ull;
+/* SHA-256 (FIPS 180-4): the model cache's key. A digest hit is confirmed by comparing the
+ * bytes, so identity never rests on the digest alone. */
+typedef struct sha256_ctx {
+    uint32_t h[8];
+    uint64_t total; /* bytes fed so far */
+    unsigned char buf[64];
+    size_t used;
+} sha256_ctx;
+
+static const uint32_t SHA256_K[64] = {
+    0x428a2f98u, 0x71374491u, 0xb5c0fbcfu, 0xe9b5dba5u, 0x3956c25bu, 0x59f111f1u, 0x923f82a4u, 0xab1c5ed5u,
+    0xd807aa98u, 0x12835b01u, 0x243185beu, 0x550c7dc3u, 0x72be5d74u, 0x80deb1feu, 0x9bdc06a7u, 0xc19bf174u,
+    0xe49b69c1u, 0xefbe4786u, 0x0fc19dc6u, 0x240ca1ccu, 0x2de92c6fu, 0x4a7484aau, 0x5cb0a9dcu, 0x76f988dau,
+    0x983e5152u, 0xa831c66du, 0xb00327c8u, 0xbf597fc7u, 0xc6e00bf3u, 0xd5a79147u, 0x06ca6351u, 0x14292967u,
+    0x27b70a85u, 0x2e1b2138u, 0x4d2c6dfcu, 0x53380d13u, 0x650a7354u, 0x766a0abbu, 0x81c2c92eu, 0x92722c85u,
+    0xa2bfe8a1u, 0xa81a664bu, 0xc24b8b70u, 0xc76c51a3u, 0xd192e819u, 0xd6990624u, 0xf40e3585u, 0x106aa070u,
+    0x19a4c116u, 0x1e376c08u, 0x2748774cu, 0x34b0bcb5u, 0x391c0cb3u, 0x4ed8aa4au, 0x5b9cca4fu, 0x682e6ff3u,
+    0x748f82eeu, 0x78a5636fu, 0x84c87814u, 0x8cc70208u, 0x90befffau, 0xa4506cebu, 0xbef9a3f7u, 0xc67178f2u,
+};
+
+static uint32_t rotr32(uint32_t x, unsigned n) { return (x >> n) | (x << (32 - n)); }
+
+static void sha256_block(uint32_t h[8], const unsigned char *p) {
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = rotr32(w[i - 15], 7) ^ rotr32(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = rotr32(w[i - 2], 17) ^ rotr32(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
     }
-    for (; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
-    return h ^ n;
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = k + (rotr32(e, 6) ^ rotr32(e, 11) ^ rotr32(e, 25)) + ((e & f) ^ (~e & g)) + SHA256_K[i] + w[i];
+        uint32_t t2 = (rotr32(a, 2) ^ rotr32(a, 13) ^ rotr32(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        k = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
+    }
+    h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += k;
+}
+
+static void sha256_init(sha256_ctx *c) {
+    static const uint32_t iv[8] = {0x6a09e667u, 0xbb67ae85u, 0x3c6ef372u, 0xa54ff53au,
+                                   0x510e527fu, 0x9b05688cu, 0x1f83d9abu, 0x5be0cd19u};
+    memcpy(c->h, iv, sizeof iv);
+    c->total = 0;
+    c->used = 0;
+}
+
+static void sha256_update(sha256_ctx *c, const void *data, size_t n) {
+    const unsigned char *p = data;
+    c->total += n;
+    if (c->used) {
+        size_t take = 64 - c->used < n ? 64 - c->used : n;
+        memcpy(c->buf + c->used, p, take);
+        c->used += take, p += take, n -= take;
+        if (c->used < 64) return;
+        sha256_block(c->h, c->buf);
+        c->used = 0;
+    }
+    for (; n >= 64; p += 64, n -= 64) sha256_block(c->h, p);
+    memcpy(c->buf, p, n);
+    c->used = n;
+}
+
+static void sha256_final(sha256_ctx *c, unsigned char out[32]) {
+    uint64_t bits = c->total * 8; /* the length modulo 2^64, as the standard says */
+    unsigned char pad[72] = {0x80};
+    size_t pad_len = (c->used < 56 ? 56 : 120) - c->used;
+    for (int i = 0; i < 8; i++) pad[pad_len + (size_t)i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha256_update(c, pad, pad_len + 8);
+    for (int i = 0; i < 8; i++)
+        for (int j = 0; j < 4; j++) out[4 * i + j] = (unsigned char)(c->h[i] >> (24 - 8 * j));
+}
+
+void aa_sim_sha256(const void *data, size_t n, unsigned char *out) {
+    sha256_ctx c;
+    sha256_init(&c);
+    if (n) sha256_update(&c, data, n);
+    sha256_final(&c, out);
 }
 
 static void model_free(sim_model *m) {
@@ -202,6 +283,10 @@ static void model_free(sim_model *m) {
     }
     free(m->in_names);
     free(m->out_names);
+    free(m->out_kind);
+    free(m->bytes);
+    free(m->data_dir);
+    free(m->data_stamp);
     free(m);
 }
 
@@ -217,6 +302,10 @@ static int read_io(sim_model *m, int output, size_t i, sim_io *io, char *err, si
     if (take(get_name(m->session, i, alloc, &name), "name", err, len)) return -1;
     io->name = strdup(name);
     ORT(AllocatorFree)(alloc, name);
+    if (!io->name) {
+        put_err(err, len, "out of host memory");
+        return -1;
+    }
 
     OrtTypeInfo *ti = NULL;
     ort_SessionGetTypeInfo_fn get_type = output ? ORT_AS(ort_SessionGetTypeInfo_fn, SessionGetOutputTypeInfo)
@@ -259,8 +348,8 @@ done:
     return rc;
 }
 
-static sim_model *model_create(const void *bytes, size_t size, uint32_t threads, int *not_implemented, char *err,
-                               size_t len) {
+static sim_model *model_create(const void *bytes, size_t size, uint32_t threads, const char *data_dir,
+                               int *not_implemented, char *err, size_t len) {
     OrtSessionOptions *so = NULL;
     sim_model *m = calloc(1, sizeof *m);
     if (!m) {
@@ -284,6 +373,11 @@ static sim_model *model_create(const void *bytes, size_t size, uint32_t threads,
         if (!code) code = take(set_int(so, ORT_LOG_FATAL), "log level", err, len);
         if (!code) code = take(ORT(AddSessionConfigEntry)(so, "session.intra_op.allow_spinning", "0"), "spin", err, len);
         if (!code) code = take(ORT(AddSessionConfigEntry)(so, "session.inter_op.allow_spinning", "0"), "spin", err, len);
+        /* A model from bytes has no path: without this entry onnxruntime would resolve its
+         * external data against the process's working directory. */
+        if (!code && data_dir)
+            code = take(ORT(AddSessionConfigEntry)(so, "session.model_external_initializers_file_folder_path", data_dir),
+                        "external data folder", err, len);
     }
     if (!code) code = take(ORT(CreateSessionFromArray)(g_eng.env, bytes, size, so, &m->session), "onnxruntime", err, len);
     if (so) ORT_AS(ort_Release_fn, ReleaseSessionOptions)(so);
@@ -299,7 +393,8 @@ static sim_model *model_create(const void *bytes, size_t size, uint32_t threads,
     m->out = calloc(m->n_out ? m->n_out : 1, sizeof(sim_io));
     m->in_names = calloc(m->n_in ? m->n_in : 1, sizeof(char *));
     m->out_names = calloc(m->n_out ? m->n_out : 1, sizeof(char *));
-    if (!m->in || !m->out || !m->in_names || !m->out_names) {
+    m->out_kind = calloc(m->n_out ? m->n_out : 1, 1);
+    if (!m->in || !m->out || !m->in_names || !m->out_names || !m->out_kind) {
         put_err(err, len, "out of host memory");
         goto fail;
     }
@@ -311,6 +406,16 @@ static sim_model *model_create(const void *bytes, size_t size, uint32_t threads,
         if (read_io(m, 1, i, &m->out[i], err, len)) goto fail;
         m->out_names[i] = m->out[i].name;
     }
+    /* Outputs onnxruntime will not write into a bound buffer: a graph input passed through,
+     * and every occurrence of a name listed more than once (which one onnxruntime would write
+     * is its own business; all of them are copied). */
+    for (size_t o = 0; o < m->n_out; o++) {
+        for (size_t i = 0; i < m->n_in && !m->out_kind[o]; i++)
+            if (!strcmp(m->out[o].name, m->in[i].name)) m->out_kind[o] = OUT_ALIASED;
+        for (size_t p = 0; p < m->n_out && !m->out_kind[o]; p++)
+            if (p != o && !strcmp(m->out[o].name, m->out[p].name)) m->out_kind[o] = OUT_ALIASED;
+        m->n_aliased += m->out_kind[o] == OUT_ALIASED;
+    }
     m->size = size;
     m->threads = threads;
     return m;
@@ -319,8 +424,24 @@ fail:
     return NULL;
 }
 
-sim_model *sim_model_get(const void *bytes, size_t size, uint32_t threads, int *not_implemented, char *err,
-                         size_t err_len) {
+static int str_eq(const char *a, const char *b) { return a == b || (a && b && !strcmp(a, b)); }
+
+/* Is `m` the model these arguments describe? Under g_eng.lock. */
+static int model_is(const sim_model *m, const unsigned char digest[32], const void *bytes, size_t size,
+                    uint32_t threads, const char *data_dir, const char *data_stamp) {
+    return m->size == size && m->threads == threads && !memcmp(m->digest, digest, 32) &&
+           str_eq(m->data_dir, data_dir) && str_eq(m->data_stamp, data_stamp) && !memcmp(m->bytes, bytes, size);
+}
+
+static sim_model *cache_find_locked(const unsigned char digest[32], const void *bytes, size_t size, uint32_t threads,
+                                    const char *data_dir, const char *data_stamp) {
+    for (sim_model *m = g_eng.models; m; m = m->next)
+        if (model_is(m, digest, bytes, size, threads, data_dir, data_stamp)) return m;
+    return NULL;
+}
+
+sim_model *sim_model_get(const void *bytes, size_t size, uint32_t threads, const char *data_dir,
+                         const char *data_stamp, int *not_implemented, char *err, size_t err_len) {
     if (not_implemented) *not_implemented = 0;
     if (!sim_engine_is_open()) {
         put_err(err, err_len, "the sim's graph engine (onnxruntime) is not loaded");
@@ -330,29 +451,38 @@ sim_model *sim_model_get(const void *bytes, size_t size, uint32_t threads, int *
         put_err(err, err_len, "the model is empty");
         return NULL;
     }
+    if (data_dir && !data_dir[0]) data_dir = NULL;
+    if (data_stamp && !data_stamp[0]) data_stamp = NULL;
     if (!threads) threads = 1;
-    uint64_t h = hash_bytes(bytes, size);
+    unsigned char digest[32];
+    aa_sim_sha256(bytes, size, digest);
     pthread_mutex_lock(&g_eng.lock);
-    for (sim_model *m = g_eng.models; m; m = m->next)
-        if (m->hash == h && m->size == size && m->threads == threads) {
-            m->refs++;
-            pthread_mutex_unlock(&g_eng.lock);
-            return m;
-        }
+    sim_model *hit = cache_find_locked(digest, bytes, size, threads, data_dir, data_stamp);
+    if (hit) hit->refs++;
     pthread_mutex_unlock(&g_eng.lock);
+    if (hit) return hit;
 
     /* Compile outside the lock: it can take seconds, and other graphs may be added meanwhile. */
-    sim_model *made = model_create(bytes, size, threads, not_implemented, err, err_len);
+    sim_model *made = model_create(bytes, size, threads, data_dir, not_implemented, err, err_len);
     if (!made) return NULL;
-    made->hash = h;
+    memcpy(made->digest, digest, sizeof digest);
+    made->bytes = malloc(size);
+    made->data_dir = data_dir ? strdup(data_dir) : NULL;
+    made->data_stamp = data_stamp ? strdup(data_stamp) : NULL;
+    if (!made->bytes || (data_dir && !made->data_dir) || (data_stamp && !made->data_stamp)) {
+        put_err(err, err_len, "out of host memory (keeping a copy of the %zu-byte model)", size);
+        model_free(made);
+        return NULL;
+    }
+    memcpy(made->bytes, bytes, size);
     pthread_mutex_lock(&g_eng.lock);
-    for (sim_model *m = g_eng.models; m; m = m->next)
-        if (m->hash == h && m->size == size && m->threads == threads) { /* another thread won the race */
-            m->refs++;
-            pthread_mutex_unlock(&g_eng.lock);
-            model_free(made);
-            return m;
-        }
+    hit = cache_find_locked(digest, bytes, size, threads, data_dir, data_stamp);
+    if (hit) { /* another thread won the race */
+        hit->refs++;
+        pthread_mutex_unlock(&g_eng.lock);
+        model_free(made);
+        return hit;
+    }
     made->refs = 1;
     made->next = g_eng.models;
     g_eng.models = made;
@@ -501,6 +631,29 @@ static int make_value(const sim_io *io, const aa_tensor *t, OrtValue **out, char
     return 0;
 }
 
+/* The byte count of a value onnxruntime returned, from its own shape. Returns 0 or -1. */
+static int value_bytes(const sim_io *io, OrtValue *v, size_t *nbytes, char *err, size_t len) {
+    OrtTensorTypeAndShapeInfo *info = NULL;
+    size_t ndim = 0;
+    int64_t dims[AA_MAX_DIMS];
+    int bad = take(ORT(GetTensorTypeAndShape)(v, &info), io->name, err, len) ||
+              take(ORT(GetDimensionsCount)(info, &ndim), io->name, err, len);
+    if (!bad && ndim > AA_MAX_DIMS) {
+        put_err(err, len, "output '%s' came out with rank %zu (at most %d)", io->name, ndim, AA_MAX_DIMS);
+        bad = 1;
+    }
+    if (!bad && ndim) bad = take(ORT(GetDimensions)(info, dims, ndim), io->name, err, len);
+    if (info) ORT_AS(ort_Release_fn, ReleaseTensorTypeAndShapeInfo)(info);
+    if (bad) return -1;
+    int ok;
+    *nbytes = sim_shape_nbytes(io->dtype, (uint32_t)ndim, dims, &ok);
+    if (!ok) {
+        put_err(err, len, "output '%s' came out with a bad shape", io->name);
+        return -1;
+    }
+    return 0;
+}
+
 int sim_model_run(const sim_model *m, const aa_tensor *inputs, size_t n_inputs, const aa_tensor *outputs,
                   size_t n_outputs, sim_place_fn place, void *ctx, char *err, size_t len) {
     if (n_inputs != m->n_in || n_outputs != m->n_out) {
@@ -519,11 +672,31 @@ int sim_model_run(const sim_model *m, const aa_tensor *inputs, size_t n_inputs, 
         if (make_value(&m->in[i], &inputs[i], &vin[i], err, len)) goto out;
     if (!place)
         for (size_t o = 0; o < m->n_out; o++)
-            if (make_value(&m->out[o], &outputs[o], &vout[o], err, len)) goto out;
+            if (m->out_kind[o] != OUT_ALIASED && make_value(&m->out[o], &outputs[o], &vout[o], err, len)) goto out;
     if (take(ORT(Run)(m->session, NULL, m->in_names, (const OrtValue *const *)vin, m->n_in, m->out_names, m->n_out,
                       vout),
              "onnxruntime", err, len))
         goto out;
+    /* Bound outputs that onnxruntime answers with a value of its own: copy it in, so every
+     * output block holds what this run computed (never what the block held before). */
+    for (size_t o = 0; !place && m->n_aliased && o < m->n_out; o++) {
+        if (m->out_kind[o] != OUT_ALIASED) continue;
+        int ok;
+        size_t want = sim_shape_nbytes(outputs[o].dtype, outputs[o].ndim, outputs[o].dims, &ok), got = 0;
+        if (!ok || !vout[o]) {
+            put_err(err, len, "output '%s': %s", m->out[o].name, ok ? "onnxruntime returned no value" : "bad shape");
+            goto out;
+        }
+        if (value_bytes(&m->out[o], vout[o], &got, err, len)) goto out;
+        if (got != want) {
+            put_err(err, len, "output '%s': onnxruntime returned %zu bytes for a %zu-byte output", m->out[o].name, got,
+                    want);
+            goto out;
+        }
+        void *src = NULL;
+        if (want && take(ORT(GetTensorMutableData)(vout[o], &src), m->out[o].name, err, len)) goto out;
+        if (want && src != outputs[o].addr) memmove(outputs[o].addr, src, want);
+    }
     if (place) {
         for (size_t o = 0; o < m->n_out; o++) {
             OrtTensorTypeAndShapeInfo *info = NULL;

@@ -2,8 +2,9 @@
  *
  * A sim_model is one ONNX model compiled by onnxruntime (an OrtSession on the CPU provider)
  * plus its input/output signature. Models are shared: every graph id of every session on the
- * process that adds the same bytes with the same thread count gets the same model (GE's graph
- * replicas on several streams are one model here), reference counted.
+ * process that adds the same model (the same bytes, compared, with the same thread count and
+ * external-data folder) gets the same compiled model (GE's graph replicas on several streams
+ * are one model here), reference counted.
  *
  * Threads: sim_model_get runs on the adding host thread (it can take seconds: onnxruntime
  * parses, optimises and plans the graph there). sim_model_resolve runs on the submitting
@@ -29,9 +30,15 @@ int sim_engine_is_open(void);
 
 /* The compiled model for these ONNX bytes (shared, with a reference for the caller), or NULL
  * with onnxruntime's message in err. `not_implemented` is set when onnxruntime refused an op
- * it has no kernel for. */
-sim_model *sim_model_get(const void *bytes, size_t size, uint32_t threads, int *not_implemented, char *err,
-                         size_t err_len);
+ * it has no kernel for.
+ *
+ * `data_dir` (NULL: none) is the folder the model's external data is read from; onnxruntime
+ * refuses locations that leave it. `data_stamp` (NULL: none) is the caller's description of
+ * those files (their sizes and times), so a weight file changed on disk is a new model.
+ * Models are shared only when they are the same model: equal SHA-256 digests, equal bytes
+ * (compared, never assumed from the digest), thread count, data_dir and data_stamp. */
+sim_model *sim_model_get(const void *bytes, size_t size, uint32_t threads, const char *data_dir,
+                         const char *data_stamp, int *not_implemented, char *err, size_t err_len);
 void sim_model_release(sim_model *model);
 
 size_t sim_model_n_inputs(const sim_model *model);

@@ -213,6 +213,27 @@ static struct {
 
 static __thread sim_context *tls_ctx;
 
+/* ------------------------------------------------------------------------------------------ */
+/* Poisoning (aa_sim_config.poison): every block handed out and every block given back is
+ * filled with the bytes F5 FF repeated. The allocator does not know dtypes, so the pattern is
+ * one that reads as NaN in every float type a block can hold (float16, bfloat16, float32 and
+ * float64 all see an all-ones exponent and a non-zero mantissa at their natural alignment) and
+ * as implausible integers otherwise (int8 -11/-1, int32 -655371, ...). A stale read then shows
+ * up as a wrong answer, never as plausible data. Fixed when the runtime starts. */
+static int g_poison;
+
+int sim_poison_enabled(void) { return __atomic_load_n(&g_poison, __ATOMIC_RELAXED); }
+
+void sim_poison_fill(void *ptr, size_t n) {
+    if (!ptr || !__atomic_load_n(&g_poison, __ATOMIC_RELAXED)) return;
+    unsigned char *p = ptr;
+    const uint64_t word = 0xFFF5FFF5FFF5FFF5ull; /* little-endian bytes F5 FF F5 FF ... */
+    size_t i = 0;
+    /* Blocks start 64-byte aligned, so the pattern's phase matches every element's alignment. */
+    for (; i + 8 <= n; i += 8) memcpy(p + i, &word, 8);
+    for (; i < n; i++) p[i] = (i & 1) ? 0xFF : 0xF5;
+}
+
 static void *device_thread(void *arg);
 
 int aa_sim_configure(const aa_sim_config *config) {
@@ -307,6 +328,9 @@ static void runtime_start(void) {
     }
     const char *env_count = getenv("ASCEND_ASYNC_SIM_DEVICES");
     if (!g_rt.configured && env_count && atoi(env_count) > 0) g_rt.cfg.device_count = (uint32_t)atoi(env_count);
+    const char *env_poison = getenv("ASCEND_ASYNC_SIM_POISON");
+    if (env_poison && !strcmp(env_poison, "1")) g_rt.cfg.poison = 1; /* turns it on, whatever was configured */
+    __atomic_store_n(&g_poison, g_rt.cfg.poison ? 1 : 0, __ATOMIC_RELAXED);
     uint32_t *phys = calloc(g_rt.cfg.device_count, sizeof(uint32_t));
     uint32_t n = g_rt.n_visible = visible_devices(g_rt.cfg.device_count, phys);
     g_rt.devs = calloc(n ? n : 1, sizeof(sim_device));
@@ -1278,6 +1302,7 @@ aclError sim_device_alloc(int32_t device_id, size_t size, void **out) {
         pthread_mutex_unlock(&d->lock);
         FAIL(ACL_ERROR_RT_MEMORY_ALLOCATION, "device %d: host allocation for %zu bytes failed", (int)device_id, size);
     }
+    sim_poison_fill(p, charged);
     mem_insert((mem_block){(uintptr_t)p, size, charged, device_id});
     SIM_STAT_ADD(device_allocations, 1);
     SIM_STAT_ADD(device_bytes, (int64_t)charged);
@@ -1294,6 +1319,7 @@ aclError sim_device_free(void *ptr) {
     pthread_mutex_unlock(&d->lock);
     SIM_STAT_ADD(device_allocations, -1);
     SIM_STAT_ADD(device_bytes, -(int64_t)b.charged);
+    sim_poison_fill(ptr, b.charged);
     free(ptr);
     return ACL_SUCCESS;
 }
@@ -1318,6 +1344,7 @@ aclError aclrtMallocHost(void **hostPtr, size_t size) {
     void *p = NULL;
     if (posix_memalign(&p, 64, charge_of(size)))
         FAIL(ACL_ERROR_RT_MEMORY_ALLOCATION, "aclrtMallocHost: %zu bytes failed", size);
+    sim_poison_fill(p, charge_of(size));
     mem_insert((mem_block){(uintptr_t)p, size, charge_of(size), -1});
     SIM_STAT_ADD(host_allocations, 1);
     *hostPtr = p;
@@ -1330,6 +1357,7 @@ aclError aclrtFreeHost(void *hostPtr) {
     if (!mem_remove((uintptr_t)hostPtr, 1, &b))
         FAIL(ACL_ERROR_RT_PARAM_INVALID, "aclrtFreeHost: %p is not a live page-locked allocation", hostPtr);
     SIM_STAT_ADD(host_allocations, -1);
+    sim_poison_fill(hostPtr, b.charged);
     free(hostPtr);
     return ACL_SUCCESS;
 }

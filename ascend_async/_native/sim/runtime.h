@@ -53,6 +53,10 @@ int32_t sim_stream_device(aclrtStream stream);
 /* Device memory without a context (charged to `device_id`), for GE's own blocks. */
 aclError sim_device_alloc(int32_t device_id, size_t size, void **out);
 aclError sim_device_free(void *ptr);
+/* Poisoning (aa_sim_config.poison): is it on, and fill [ptr, ptr+n) with the pattern when it
+ * is (a no-op otherwise). common/pool.c reaches sim_poison_fill through a weak reference. */
+int sim_poison_enabled(void);
+void sim_poison_fill(void *ptr, size_t n);
 /* The device's memory capacity in bytes (0 for an unknown device). */
 uint64_t sim_device_capacity(int32_t device_id);
 

@@ -23,6 +23,10 @@
 #include "engine.h"
 #include "runtime.h"
 
+/* AddGraph options of our own (not GE's): see cdefs/sim.h. */
+#define AA_OPTION_EXTERNAL_DATA_DIR "ascend_async.external_data_dir"
+#define AA_OPTION_EXTERNAL_DATA_STAMP "ascend_async.external_data_stamp"
+
 #define GE_OK AA_GE_SUCCESS
 #define GE_FAILED ((aa_status)AA_GE_FAILED)
 #define GE_UNSUPPORTED ((aa_status)AA_GE_UNSUPPORTED)
@@ -284,13 +288,28 @@ aa_status aa_session_add_graph_onnx(aa_session *session, uint32_t graph_id, cons
     aa_sim_get_config(&cfg);
     char err[2048];
     int not_implemented = 0;
+    /* A model with external data names the folder its weights are read from (the caller
+     * checked every location against it); without one, external data fails to load. */
+    const char *data_dir = find_option(options, n_options, AA_OPTION_EXTERNAL_DATA_DIR);
+    const char *data_stamp = find_option(options, n_options, AA_OPTION_EXTERNAL_DATA_STAMP);
     /* The parse: onnxruntime reads, checks and compiles the model here (outside any lock). */
-    sim_model *m = sim_model_get(model, model_size, cfg.engine_threads, &not_implemented, err, sizeof err);
+    sim_model *m = sim_model_get(model, model_size, cfg.engine_threads, data_dir, data_stamp, &not_implemented, err,
+                                 sizeof err);
     if (!m) {
         ge_error("%s: graph %u: %s%s", api, graph_id, not_implemented ? "E10062: unsupported operator: " : "", err);
         return not_implemented ? GE_UNSUPPORTED : GE_FAILED;
     }
+    if (!sim_model_n_outputs(m)) { /* onnxruntime accepts it; a GE graph needs an output to run */
+        ge_error("%s: graph %u has no outputs", api, graph_id);
+        sim_model_release(m);
+        return GE_FAILED;
+    }
     graph_node *g = calloc(1, sizeof *g);
+    if (!g) {
+        ge_error("%s: graph %u: out of host memory", api, graph_id);
+        sim_model_release(m);
+        return GE_FAILED;
+    }
     g->id = graph_id;
     g->refs = 1;
     g->model = m;
