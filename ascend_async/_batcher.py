@@ -15,6 +15,11 @@ Cross-thread hand-offs (the only ones): :meth:`Batcher.configure` called from an
 wakes each loop's worker through that loop's thread-safe entry (``call_soon_threadsafe`` /
 ``TrioToken.run_sync_soon``), so a shorter delay applies at once; statistics are read under
 ``_stats_lock``.
+
+Every request ends in exactly one outcome (completed, failed, cancelled, timed out), and the first
+party to settle it owns it: its caller (a cancellation, or its deadline) or its batch (a result,
+or an error). Both run on the loop thread that owns the request's queue, so settling is a plain
+check-and-set of ``_Request.outcome`` there, with no lock; only the counters it bumps are shared.
 """
 
 from __future__ import annotations
@@ -70,6 +75,14 @@ class BatcherStatistics:
     ``padded_rows`` counts the zero rows added for static or preferred sizes;
     ``queue_delay_ms`` has ``mean``, ``p50``, ``p99`` and ``max`` of the time from ``run`` to the
     batch's submission, over the last 4096 requests.
+
+    Every request is counted once, by the outcome that settled it first: ``requests`` equals
+    ``completed + failed + cancelled + timed_out`` plus the requests still waiting (queued, or in a
+    batch in flight). A request cancelled (or past its deadline) before its batch settled it is
+    cancelled (timed out), even though its batch runs on; one whose batch settled it first stays
+    completed (or failed), even if its caller was cancelled before it resumed. A deadline that
+    passes after the result arrived returns the result. Requests refused with ``InputError`` or
+    cancelled on entry were never queued and are not counted.
     """
 
     requests: int
@@ -87,7 +100,9 @@ class BatcherStatistics:
     config: BatcherConfig
 
 
-_QUEUED, _TAKEN, _GONE = 0, 1, 2
+_QUEUED, _TAKEN, _GONE = 0, 1, 2  # where a request is: in its loop's queue, in a batch, left the queue
+# How a request ended; set once, by whoever settles it first (see the module docstring).
+_PENDING, _COMPLETED, _FAILED, _CANCELLED, _TIMED_OUT = 0, 1, 2, 3, 4
 
 
 @dataclass(eq=False)
@@ -101,6 +116,7 @@ class _Request:
     enqueued_ns: int
     done: anyio.Event = field(default_factory=anyio.Event)
     state: int = _QUEUED
+    outcome: int = _PENDING
     result: dict[str, np.ndarray] | None = None
     error: BaseException | None = None
 
@@ -443,23 +459,57 @@ class Batcher:
             if timeout is None:
                 await req.done.wait()
             else:
-                with anyio.fail_after(timeout):
+                with anyio.move_on_after(timeout):
                     await req.done.wait()
-        except BaseException as exc:
-            if req.state == _QUEUED:  # still queued: leave the queue, nothing else changes
-                req.state = _GONE
-                lq.live -= 1
-                lq.wake()
-            with self._stats_lock:
-                if isinstance(exc, TimeoutError):
-                    self._timed_out += 1
-                else:
-                    self._cancelled += 1
+        except BaseException:
+            self._abandon(lq, req, _CANCELLED)
             raise
+        if req.outcome == _PENDING:  # the deadline passed before the batch settled it
+            self._abandon(lq, req, _TIMED_OUT)
+            raise TimeoutError(f"{self.graph.name}: the request got no result within its timeout of {timeout} s")
         if req.error is not None:
             raise req.error
         assert req.result is not None
         return req.result
+
+    def _abandon(self, lq: _LoopQueue, req: _Request, outcome: int) -> None:
+        """On the loop thread: the caller gives up (cancelled, or past its deadline). Settles the
+        request unless its batch already did; a queued request leaves the queue, and nothing
+        else changes; one in a batch runs on, and its rows are dropped when the batch ends."""
+        if req.outcome != _PENDING:  # its batch settled it first: counted there
+            return
+        req.outcome = outcome
+        with self._stats_lock:
+            if outcome == _TIMED_OUT:
+                self._timed_out += 1
+            else:
+                self._cancelled += 1
+        if req.state == _QUEUED:
+            req.state = _GONE
+            lq.live -= 1
+            lq.wake()
+
+    def _settle(
+        self, reqs: Sequence[_Request], results: Sequence[dict[str, np.ndarray]] | None, error: BaseException | None
+    ) -> None:
+        """On the loop thread: a batch (or the worker) ends its requests, with their results or
+        one error. A request its caller already gave up is not counted again, and its result is
+        dropped; every waiter is woken."""
+        won = 0
+        for i, r in enumerate(reqs):
+            if r.outcome == _PENDING:
+                won += 1
+                if error is None:
+                    assert results is not None
+                    r.outcome, r.result = _COMPLETED, results[i]
+                else:
+                    r.outcome, r.error = _FAILED, error
+            r.done.set()
+        with self._stats_lock:
+            if error is None:
+                self._completed += won
+            else:
+                self._failed += won
 
     # -- the worker (one per loop while it has work) --------------------------------------------
 
@@ -487,11 +537,10 @@ class Batcher:
             lq.wake_event = None
             # The loop is going away (or a bug): fail what is still queued rather than hang it.
             err = exc if isinstance(exc, Exception) else anyio.BrokenResourceError("the batcher's worker was stopped")
-            for req in lq.heap:
-                if req.state == _QUEUED:
-                    req.state = _GONE
-                    req.error = err
-                    req.done.set()
+            queued = [req for req in lq.heap if req.state == _QUEUED]
+            for req in queued:
+                req.state = _GONE
+            self._settle(queued, None, err)
             lq.heap.clear()
             lq.live = 0
             if not isinstance(exc, Exception):
@@ -572,26 +621,16 @@ class Batcher:
             out = await self._target.run(self.graph, inputs)
             results = self._split(out, batch)
         except Exception as exc:
-            for r in reqs:
-                r.error = exc
-                r.done.set()
-            with self._stats_lock:
-                self._failed += len(reqs)
+            self._settle(reqs, None, exc)
             return
         except BaseException:
             err = anyio.BrokenResourceError("the batcher's worker was stopped (its event loop is shutting down)")
-            for r in reqs:
-                r.error = err
-                r.done.set()
+            self._settle(reqs, None, err)
             raise
         finally:
             lq.in_flight -= 1
             lq.wake()
-        for r, res in zip(reqs, results, strict=True):
-            r.result = res
-            r.done.set()
-        with self._stats_lock:
-            self._completed += len(reqs)
+        self._settle(reqs, results, None)
 
     def _split(self, out: Mapping[str, Any], batch: _Batch) -> list[dict[str, np.ndarray]]:
         results: list[dict[str, np.ndarray]] = [{} for _ in batch.requests]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
+from ._dtypes import CARRIED, DT_BF16, GE_TO_NUMPY, NUMPY_TO_GE, ge_dtype
 from ._errors import GraphError, InputError
 from ._memory import DeviceTensor
 
@@ -304,11 +304,15 @@ def unsupported_nodes(model: onnx.ModelProto) -> list[str]:
 
 
 def _spec(vi: Any) -> TensorSpec:
-    from onnx import helper
+    from onnx import TensorProto, helper
 
     tt = vi.type.tensor_type
-    try:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+    try:  # bfloat16 by its ge::DataType: older onnx releases name it uint16, its storage type
+        dtype = (
+            GE_TO_NUMPY[DT_BF16]
+            if tt.elem_type == TensorProto.BFLOAT16
+            else np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        )
     except Exception as exc:
         raise GraphError(f"{vi.name!r} has an unsupported element type {tt.elem_type}") from exc
     shape: tuple[Dim, ...] | None = None
@@ -360,6 +364,14 @@ class Graph:
         self._external_stamp: str | None = external[1] if external else None
         self.inputs: tuple[TensorSpec, ...] = tuple(_spec(vi) for vi in model.graph.input if vi.name not in init_names)
         self.outputs: tuple[TensorSpec, ...] = tuple(_spec(vi) for vi in model.graph.output)
+        uncarried = [
+            f"{k} {s}"
+            for k, ss in (("input", self.inputs), ("output", self.outputs))
+            for s in ss
+            if ge_dtype(s.dtype) is None
+        ]
+        if uncarried:  # refused here, before add_graph: nothing could pass or read them back
+            raise GraphError(f"{self.name}: GE tensors cannot carry {'; '.join(uncarried)} (they carry {CARRIED})")
         self._input_names = tuple(s.name for s in self.inputs)
         # The last signature bind accepted, as (dtype, shape) per input: a call that matches it
         # needs no checks beyond the comparison (bind's fast path; races only cost a re-check).

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._dtypes import NUMPY_TO_GE
-from ._errors import SessionClosedError
+from ._dtypes import CARRIED, NUMPY_TO_GE, ge_dtype
+from ._errors import InputError, SessionClosedError
 
 if TYPE_CHECKING:
     from ._device import Device
@@ -46,11 +46,16 @@ class DeviceTensor:
 
     @classmethod
     def from_numpy(cls, session: Any, array: np.ndarray) -> DeviceTensor:
-        """Copy ``array`` to the session's device (blocks until the copy is done)."""
+        """Copy ``array`` to the session's device (blocks until the copy is done).
+
+        :raises InputError: a dtype GE tensors cannot carry (before anything is allocated).
+        """
         device: Device = session._device_for_tensors()
         array = np.ascontiguousarray(array)
-        if array.dtype not in NUMPY_TO_GE:
-            raise TypeError(f"dtype {array.dtype} has no device equivalent")
+        if ge_dtype(array.dtype) is None:
+            raise InputError(
+                f"DeviceTensor.from_numpy: dtype {array.dtype} has no ge::DataType (GE tensors carry {CARRIED})"
+            )
         b = device.backend
         nbytes = max(array.nbytes, 1)
         device.ensure_current()

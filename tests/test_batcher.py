@@ -5,6 +5,7 @@ only when full) and held streams; nothing asserts a duration."""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -232,7 +233,10 @@ async def test_cancel_after_submission_follows_the_session_contract() -> None:
                     _sim.lib.aa_sim_stream_release(st.handle)
         assert "a" not in out
         np.testing.assert_array_equal(out["b"], xb + xb)
-        assert b.statistics().batch_sizes == {2: 1}
+        st = b.statistics()
+        assert st.batch_sizes == {2: 1}
+        # `a` gave up before its batch settled it: cancelled, and not also completed
+        assert (st.requests, st.completed, st.cancelled, st.failed, st.timed_out) == (2, 1, 1, 0, 0), st
 
 
 async def test_deadline_fails_only_that_request() -> None:
@@ -393,3 +397,67 @@ def test_loops_in_two_threads_are_kept_apart() -> None:
         assert not errors, errors
         st = b.statistics()
         assert st.batch_sizes == {4: 2} and st.completed == 8
+
+
+@contextmanager
+def sim_timing(min_graph_us: int) -> Iterator[None]:
+    """Every graph run lasts at least ``min_graph_us`` on the sim (so batches are in flight while
+    requests time out or are cancelled); reset on the way out."""
+    timing = _sim.ffi.new("aa_sim_timing*")
+    timing.min_graph_us = min_graph_us
+    _sim.lib.aa_sim_set_timing(timing)
+    try:
+        yield
+    finally:
+        timing.min_graph_us = 0
+        _sim.lib.aa_sim_set_timing(timing)
+
+
+@pytest.mark.slow
+async def test_storm_of_timeouts_and_cancellations_counts_every_request_once() -> None:
+    """Thousands of requests, a third with a random deadline and a third cancelled after a random
+    delay, so deadlines and cancellations land in every phase: queued, in a batch on the device,
+    and after the batch settled but before the caller resumed. Every request is counted exactly
+    once, and every result a caller gets is exactly its rows (numpy reference)."""
+    n = 3000
+    rng = np.random.default_rng(17)
+    plan = [(int(rng.integers(3)), float(rng.uniform(0, 0.004)), float(rng.uniform(0, 0.003))) for _ in range(n)]
+    xs = [rows(1 + i % 3, i) for i in range(n)]
+    received = timeouts = cancels = 0
+    with sim_timing(400):
+        async with aa.Session() as s:
+            g = s.add_graph(double_model())
+            await s.load(g)
+            b = s.batcher(g, max_batch_size=16, max_delay_ms=0.5)
+
+            async def one(i: int) -> None:
+                nonlocal received, timeouts, cancels
+                kind, limit, start = plan[i]
+                await anyio.sleep(start)  # arrivals spread over a few ms
+                x = xs[i]
+                with anyio.move_on_after(limit if kind == 2 else math.inf) as scope:
+                    try:
+                        out = await b.run({"x": x}, timeout=limit if kind == 1 else None)
+                    except TimeoutError:
+                        timeouts += 1
+                        return
+                if scope.cancelled_caught:
+                    cancels += 1
+                    return
+                np.testing.assert_array_equal(out["y"], x + x)
+                np.testing.assert_array_equal(out["z"], x * x)
+                received += 1
+
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(one, i)
+            st = b.statistics()
+    assert received + timeouts + cancels == n
+    assert timeouts and cancels and received  # the storm did reach every outcome
+    on_entry = n - st.requests  # cancelled on entry (a deadline already past): never queued, not counted
+    assert 0 <= on_entry <= cancels and st.queued == 0 and st.in_flight_batches == 0
+    assert st.requests == st.completed + st.failed + st.cancelled + st.timed_out, st
+    assert st.failed == 0 and st.timed_out == timeouts, st
+    # a cancellation that came after its batch settled the request leaves it counted completed
+    assert st.completed + st.cancelled == received + cancels - on_entry, st
+    assert st.completed >= received and st.cancelled <= cancels - on_entry, st
