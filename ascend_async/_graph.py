@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from ._dtypes import CARRIED, DT_BF16, GE_TO_NUMPY, NUMPY_TO_GE, ge_dtype
+from ._dtypes import DT_BF16, GE_TO_NUMPY, NUMPY_TO_GE
 from ._errors import GraphError, InputError
 from ._memory import DeviceTensor
 
@@ -364,14 +364,6 @@ class Graph:
         self._external_stamp: str | None = external[1] if external else None
         self.inputs: tuple[TensorSpec, ...] = tuple(_spec(vi) for vi in model.graph.input if vi.name not in init_names)
         self.outputs: tuple[TensorSpec, ...] = tuple(_spec(vi) for vi in model.graph.output)
-        uncarried = [
-            f"{k} {s}"
-            for k, ss in (("input", self.inputs), ("output", self.outputs))
-            for s in ss
-            if ge_dtype(s.dtype) is None
-        ]
-        if uncarried:  # refused here, before add_graph: nothing could pass or read them back
-            raise GraphError(f"{self.name}: GE tensors cannot carry {'; '.join(uncarried)} (they carry {CARRIED})")
         self._input_names = tuple(s.name for s in self.inputs)
         # The last signature bind accepted, as (dtype, shape) per input: a call that matches it
         # needs no checks beyond the comparison (bind's fast path; races only cost a re-check).
