@@ -42,7 +42,7 @@ def test_table_names_its_sources_and_keys():
     assert not reg.versions("ai.onnx", "QuantizeLinear")
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "transformer"])
 def test_bundled_models_are_accepted(name):
     check = check_model(aa.models.path(name))
     assert check.ok, check.format()
