@@ -12,6 +12,8 @@ from ._backend import backend_info as backend_info
 from ._batcher import Batcher as Batcher
 from ._batcher import BatcherConfig as BatcherConfig
 from ._batcher import BatcherStatistics as BatcherStatistics
+from ._cann_check import ModelCheck as ModelCheck
+from ._cann_check import check_model as check_model
 from ._device import configure_watcher as configure_watcher
 from ._errors import AclError as AclError
 from ._errors import AscendError as AscendError
@@ -61,6 +63,7 @@ __all__ = (
     "GraphError",
     "InputError",
     "ModeConflictError",
+    "ModelCheck",
     "PoolDeviceStatistics",
     "PoolStatistics",
     "PrometheusExporter",
@@ -72,6 +75,7 @@ __all__ = (
     "TensorSpec",
     "WatcherError",
     "backend_info",
+    "check_model",
     "configure_watcher",
     "device_count",
     "models",

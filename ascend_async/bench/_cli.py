@@ -1,5 +1,5 @@
-"""``ascend-async bench MODEL.onnx | --demo``, ``ascend-async bench compare A.json B.json`` and
-``ascend-async doctor``."""
+"""``ascend-async bench MODEL.onnx | --demo``, ``ascend-async bench compare A.json B.json``,
+``ascend-async check MODEL.onnx`` and ``ascend-async doctor``."""
 
 from __future__ import annotations
 
@@ -209,7 +209,49 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--details", action="store_true", help="also show host and loop costs per level")
     out.add_argument("--quiet", action="store_true", help="no progress line")
     sub.add_parser("doctor", help="which backend, why, and what is installed")
+    c = sub.add_parser(
+        "check",
+        help="would CANN's ONNX parser accept this model? (exit 1 if not)",
+        description="Every node's key as GE's ONNX parser looks it up (domain::model opset::op type) against the "
+        "op plugins CANN registers publicly, the dtypes GE cannot carry, unknown dims, external data and the "
+        "2 GiB protobuf limit. Exit 0: accepted; 1: refused; 2: usage or unreadable model.",
+    )
+    c.add_argument("model", help="an .onnx model")
+    c.add_argument("--json", action="store_true", help="the verdict as JSON on stdout (for CI)")
+    c.add_argument(
+        "--fix",
+        metavar="OUT.onnx",
+        help="convert to the highest opset at which every op is registered, run both on the sim with seeded "
+        "inputs, and write OUT.onnx only if the outputs agree",
+    )
+    c.add_argument("--seed", type=int, default=0, help="seed of the inputs --fix compares with (default 0)")
     return p
+
+
+def _check(args: argparse.Namespace) -> int:
+    import json
+
+    from .._cann_check import check_model, fix_model
+    from .._errors import GraphError
+
+    try:
+        result = check_model(args.model)
+    except GraphError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    doc = result.to_dict()
+    code = 0 if result.ok else 1
+    if args.fix:
+        fixed = fix_model(args.model, args.fix, seed=args.seed)
+        doc["fix"] = {"written": fixed.written, "opset": fixed.opset, "message": fixed.message}
+        code = 0 if fixed.written else 1
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(result.format())
+        if args.fix:
+            print(("fixed: " if doc["fix"]["written"] else "not fixed: ") + doc["fix"]["message"])
+    return code
 
 
 def _compare_parser() -> argparse.ArgumentParser:
@@ -502,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0) if isinstance(exc.code, int) else 2
     if args.command == "doctor":
         return _doctor()
+    if args.command == "check":
+        return _check(args)
     return _bench(args, args_list)
 
 
