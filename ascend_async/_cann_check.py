@@ -265,7 +265,7 @@ def check_model(source: ModelSource, *, table: str | None = None) -> ModelCheck:
 
     :raises GraphError: when ``source`` is not an ONNX model at all.
     """
-    from ._dtypes import GE_TO_NUMPY
+    from ._dtypes import numpy_dtype
 
     model, label, size = _load(source)
     reg = cann_registrations(table)
@@ -324,7 +324,7 @@ def check_model(source: ModelSource, *, table: str | None = None) -> ModelCheck:
                         f"{role} {vi.name!r} is {_dtype_name(et)}: GE's ONNX parser has no ge::DataType for it",
                     )
                 )
-            elif _ONNX_TO_GE[et] not in GE_TO_NUMPY:
+            elif numpy_dtype(_ONNX_TO_GE[et]) is None:
                 problems.append(
                     Problem(
                         "dtype",

@@ -154,6 +154,11 @@ def test_graph_level_problems():
     assert "output 'y' is STRING: GE carries it, but ascend_async cannot pass it from numpy" in text
     fnuz = _model([helper.make_node("Identity", ["x"], ["y"])], [_vi("x", TensorProto.FLOAT8E4M3FNUZ)], [_vi("y", 18)])
     assert "GE's ONNX parser has no ge::DataType" in check_model(fnuz).summary()
+    # bfloat16 crosses both GE's parser and the library (ml_dtypes), in a fresh process too
+    bf16 = _model([helper.make_node("Identity", ["x"], ["y"])], [_vi("x", TensorProto.BFLOAT16)], [_vi("y", 16)])
+    assert check_model(bf16).ok
+    code = "import sys, ascend_async as aa; sys.exit(0 if aa.check_model(sys.stdin.buffer.read()).ok else 1)"
+    assert subprocess.run([sys.executable, "-c", code], input=bf16.SerializeToString()).returncode == 0
     no_out = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x")], [])
     assert "no output (GE's parser: E16001)" in check_model(no_out).summary()
 
