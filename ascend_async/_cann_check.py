@@ -24,8 +24,17 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
+from ._dtypes import numpy_dtype
+from ._errors import GraphError
+
 if TYPE_CHECKING:
     import onnx
+
+#: Session option (and environment variable) choosing what the sim does at add_graph with a model
+#: CANN's parser would refuse: "warn" (an AscendWarning, the default), "error" (GraphError), "off".
+CHECK_OPTION = "sim.cann_check"
+CHECK_ENV = "ASCEND_ASYNC_CANN_CHECK"
+CHECK_MODES = ("warn", "error", "off")
 
 __all__ = ["FixResult", "ModelCheck", "NodeVerdict", "Problem", "cann_registrations", "check_model", "fix_model"]
 
@@ -152,6 +161,20 @@ class ModelCheck:
         """The nodes whose key no public plugin registers."""
         return tuple(n for n in self.nodes if n.refused)
 
+    def refusal(self) -> str:
+        """One line for a warning or an error: every error, the refused nodes by name, the fix."""
+        errors = [p.message for p in self.problems if p.severity == "error"]
+        named = ", ".join(f"{n.name} ({n.key})" for n in self.refused[:8])
+        more = f" and {len(self.refused) - 8} more" if len(self.refused) > 8 else ""
+        nodes = f" Nodes: {named}{more}." if named else ""
+        return (
+            f"CANN's ONNX parser would refuse {self.source}: "
+            + "; ".join(errors)
+            + "."
+            + nodes
+            + " See `ascend-async check MODEL.onnx` (and --fix)."
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -198,8 +221,6 @@ def _fmt_opsets(opsets: dict[str, int]) -> str:
 def _load(source: ModelSource) -> tuple[onnx.ModelProto, str, int | None]:
     """The model (external data not loaded), a label for it, and its serialized size if known."""
     import onnx
-
-    from ._errors import GraphError
 
     if isinstance(source, onnx.ModelProto):
         return source, source.graph.name or "model", None
@@ -265,10 +286,11 @@ def check_model(source: ModelSource, *, table: str | None = None) -> ModelCheck:
 
     :raises GraphError: when ``source`` is not an ONNX model at all.
     """
-    from ._dtypes import numpy_dtype
-
     model, label, size = _load(source)
-    reg = cann_registrations(table)
+    return _check(model, label, size, cann_registrations(table))
+
+
+def _check(model: onnx.ModelProto, label: str, size: int | None, reg: Registrations) -> ModelCheck:
     opsets = {(i.domain or "ai.onnx"): int(i.version) for i in model.opset_import}
     local = {(f.domain or "ai.onnx", f.name) for f in model.functions}
     nodes: list[NodeVerdict] = []

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+from ._cann_check import ModelCheck, _check, cann_registrations
 from ._dtypes import DT_BF16, GE_TO_NUMPY, NUMPY_TO_GE
 from ._errors import GraphError, InputError
 from ._memory import DeviceTensor
@@ -358,6 +359,10 @@ class Graph:
             raise GraphError(f"{self.name}: {exc}") from None
         #: The serialized model: what AddGraph parses (the weights are kept once, here).
         self.model_bytes: bytes = data
+        label = os.path.basename(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else self.name
+        # What CANN's ONNX parser would make of it (node keys against the registered plugins):
+        # computed from the model parsed here, so add_graph on the sim needs no second parse.
+        self._cann_check = _check(model, label, len(data), cann_registrations())
         #: For a model with external data: the folder its weights are read from (the model's
         #: own folder, or ``base_dir``), never the working directory; None otherwise.
         self.external_data_dir: str | None = external[0] if external else None
@@ -384,6 +389,11 @@ class Graph:
         opts = ffi.new("aa_option[2]")
         opts[0].key, opts[0].value, opts[1].key, opts[1].value = keep
         return opts, 2, keep
+
+    @property
+    def cann_check(self) -> ModelCheck:
+        """What CANN's ONNX parser would make of this model (see :func:`ascend_async.check_model`)."""
+        return self._cann_check
 
     @property
     def model(self) -> onnx.ModelProto:

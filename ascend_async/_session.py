@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,9 +17,10 @@ import anyio.lowlevel
 import numpy as np
 
 from . import _metrics
+from ._cann_check import CHECK_ENV, CHECK_MODES, CHECK_OPTION
 from ._device import Device, acquire_device, check_not_forked, release_device
 from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
-from ._errors import GraphError, SessionClosedError, ge_error
+from ._errors import AscendWarning, GraphError, SessionClosedError, ge_error
 from ._event import Event
 from ._graph import Graph, GraphSource
 from ._loop import current_bridge
@@ -109,6 +111,7 @@ class Session:
         _check_count("max_in_flight", max_in_flight, 1)
         if options is not None and (not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options)):
             raise TypeError(f"options must be a mapping of str keys to values, not {options!r}")
+        options, self._cann_check_mode = _sim_options(options)
         self._closed = False
         self._forked = False
         self._closer: int | None = None  # the thread tearing the session down
@@ -324,12 +327,27 @@ class Session:
         with self._lock:
             if id(graph) in self._graphs:
                 return graph
+        self._apply_cann_check(graph)
         state = _GraphState(graph)
         with self._working():
             self._add_replica(state, self._pool.streams[0])
         with self._lock:
             self._graphs[id(graph)] = state
         return graph
+
+    def _apply_cann_check(self, graph: Graph) -> None:
+        """On the sim, say now what CANN's ONNX parser would refuse (on CANN, GE's parser decides)."""
+        mode = self._cann_check_mode
+        if mode == "off" or self._device.backend.name != "sim" or graph.cann_check.ok:
+            return
+        text = graph.cann_check.refusal()
+        if mode == "error":
+            raise GraphError(f"{graph.name}: {text} (the sim refuses it: {CHECK_OPTION}='error')")
+        warnings.warn(
+            f"{graph.name}: {text} The sim runs it; set {CHECK_OPTION}='error' (or {CHECK_ENV}=error) to refuse.",
+            AscendWarning,
+            stacklevel=3,
+        )
 
     async def add_graph_async(
         self,
@@ -719,6 +737,24 @@ def _check_count(name: str, value: object, least: int) -> None:
         raise TypeError(f"{name} must be an int, not {value!r}")
     if value < least:
         raise ValueError(f"{name} must be >= {least}, not {value}")
+
+
+def _sim_options(options: Mapping[str, str] | None) -> tuple[dict[str, str], str]:
+    """The options for GE, and the sim's own ("sim.*": never passed to GE, which would refuse
+    them on CANN): the add_graph CANN check's mode, from the option, else the environment."""
+    ge: dict[str, str] = {}
+    mode = os.environ.get(CHECK_ENV) or "warn"
+    source = f"the environment variable {CHECK_ENV}"
+    for key, value in (options or {}).items():
+        if key == CHECK_OPTION:
+            mode, source = value, f"option {CHECK_OPTION!r}"
+        elif key.startswith("sim."):
+            raise ValueError(f"unknown sim option {key!r} (the sim's options: {CHECK_OPTION!r})")
+        else:
+            ge[key] = value
+    if mode not in CHECK_MODES:
+        raise ValueError(f"{source} is {mode!r}; expected one of {', '.join(map(repr, CHECK_MODES))}")
+    return ge, mode
 
 
 def _options(ffi: Any, opts: Mapping[str, str]) -> tuple[list[Any], Any]:

@@ -7,6 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -104,16 +107,19 @@ def test_fix_leaves_an_accepted_model_alone(tmp_path):
     assert not result.written and "nothing to fix" in result.message and not out.exists()
 
 
-def test_quantizelinear_at_13_is_refused_by_name():
+def _quantize_model() -> onnx.ModelProto:
     init = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.5]), helper.make_tensor("z", TensorProto.UINT8, [], [0])]
-    model = _model(
+    return _model(
         [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="quant_in")],
         [_vi("x")],
         [_vi("q", TensorProto.UINT8)],
         opset=13,
         initializer=init,
     )
-    check = check_model(model)
+
+
+def test_quantizelinear_at_13_is_refused_by_name():
+    check = check_model(_quantize_model())
     assert not check.ok
     (node,) = check.refused
     assert (node.name, node.key, node.verdict) == ("quant_in", "ai.onnx::13::QuantizeLinear", "not registered")
@@ -219,6 +225,17 @@ def test_cli_exit_status_and_json(tmp_path, capsys):
     assert main(["check", str(bad)]) == 2
 
 
+def test_doctor_and_bench_say_the_verdict(tmp_path, capsys):
+    assert main(["doctor", str(aa.models.path("cnn"))]) == 0
+    assert "CANN check: CANN's ONNX parser would accept it" in capsys.readouterr().out
+    refused = tmp_path / "q.onnx"
+    onnx.save(_quantize_model(), refused)
+    assert main(["doctor", str(refused)]) == 1
+    assert "quant_in (ai.onnx::13::QuantizeLinear)" in capsys.readouterr().out
+    assert main(["bench", "--demo", "--duration", "0.2", "--concurrency", "1", "--quiet"]) == 0
+    assert "CANN check: CANN's ONNX parser would accept this model" in capsys.readouterr().out
+
+
 def test_docs_table_is_current():
     doc = (ROOT / "docs" / "ops.md").read_text(encoding="utf-8")
     begin, end = "<!-- cann-ops:begin -->\n", "<!-- cann-ops:end -->"
@@ -250,3 +267,62 @@ def test_table_script_reads_both_forms(tmp_path):
     assert "#   x/ops at commit" in text
     reg = cann_registrations(str(out))
     assert ("ai.onnx", 9, "Foo") in reg and ("ai.onnx", 12, "Commented") not in reg
+
+
+# -- the sim applies the check at add_graph -------------------------------------------------------
+
+
+def test_add_graph_warns_by_default_naming_the_node_and_still_runs(monkeypatch):
+    monkeypatch.delenv("ASCEND_ASYNC_CANN_CHECK")
+    x = np.array([[1.0, 2.2, -3.0], [4.6, 100.0, 0.0]], np.float32)
+    with aa.Session() as s:
+        with pytest.warns(aa.AscendWarning, match=r"quant_in \(ai\.onnx::13::QuantizeLinear\).*--fix"):
+            g = s.add_graph(_quantize_model())
+        got = s.run_sync(g, {"x": x})["q"]
+        want = ort.InferenceSession(_quantize_model().SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x}
+        )[0]
+        np.testing.assert_array_equal(got, want)
+        with warnings_as_errors():  # an accepted model: no warning
+            s.add_graph(aa.models.path("mlp"))
+
+
+def test_add_graph_refuses_in_error_mode_before_anything_is_added(monkeypatch):
+    from helpers import sim_stats
+
+    monkeypatch.delenv("ASCEND_ASYNC_CANN_CHECK")
+    with aa.Session(options={"sim.cann_check": "error"}) as s:
+        before = sim_stats()["graphs"]
+        with pytest.raises(aa.GraphError, match=r"quant_in \(ai\.onnx::13::QuantizeLinear\)"):
+            s.add_graph(_quantize_model())
+        assert sim_stats()["graphs"] == before
+        s.add_graph(aa.models.path("cnn"))
+    monkeypatch.setenv("ASCEND_ASYNC_CANN_CHECK", "error")
+    with aa.Session() as s, pytest.raises(aa.GraphError, match="would refuse"):
+        s.add_graph(_quantize_model())
+    with aa.Session(options={"sim.cann_check": "off"}) as s, warnings_as_errors():
+        s.add_graph(_quantize_model())  # the option wins over the environment
+
+
+@pytest.mark.parametrize(
+    ("options", "env", "match"),
+    [
+        ({"sim.cann_check": "strict"}, None, r"option 'sim.cann_check' is 'strict'; expected one of 'warn'"),
+        ({}, "loud", r"environment variable ASCEND_ASYNC_CANN_CHECK is 'loud'"),
+        ({"sim.typo": "1"}, None, r"unknown sim option 'sim.typo'"),
+    ],
+)
+def test_check_mode_is_validated(monkeypatch, options, env, match):
+    if env is None:
+        monkeypatch.delenv("ASCEND_ASYNC_CANN_CHECK")
+    else:
+        monkeypatch.setenv("ASCEND_ASYNC_CANN_CHECK", env)
+    with pytest.raises(ValueError, match=match):
+        aa.Session(options=options)
+
+
+@contextmanager
+def warnings_as_errors() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield

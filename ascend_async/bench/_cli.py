@@ -208,7 +208,8 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--plot", metavar="PATH.png", help="latency-throughput curve (needs matplotlib: the [plot] extra)")
     out.add_argument("--details", action="store_true", help="also show host and loop costs per level")
     out.add_argument("--quiet", action="store_true", help="no progress line")
-    sub.add_parser("doctor", help="which backend, why, and what is installed")
+    d = sub.add_parser("doctor", help="which backend, why, and what is installed")
+    d.add_argument("model", nargs="?", help="also say whether CANN's ONNX parser would accept this .onnx model")
     c = sub.add_parser(
         "check",
         help="would CANN's ONNX parser accept this model? (exit 1 if not)",
@@ -270,7 +271,7 @@ def _compare_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _doctor() -> int:
+def _doctor(model: str | None = None) -> int:
     from ._report import environment
 
     env = environment(["doctor"])
@@ -301,6 +302,16 @@ def _doctor() -> int:
     for mod, extra in extras.items():
         have = importlib.util.find_spec(mod) is not None
         print(f"optional {mod}: {'yes' if have else f'no (pip install ascend-async{extra})'}")
+    if model is not None:
+        from .._cann_check import check_model
+
+        try:
+            check = check_model(model)
+        except aa.GraphError as exc:
+            print(f"CANN check: cannot read {model}: {exc}")
+            return 1
+        print("CANN check: " + ("CANN's ONNX parser would accept it" if check.ok else check.refusal()))
+        return 0 if check.ok else 1
     return 0
 
 
@@ -543,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: usage error or --help
         return int(exc.code or 0) if isinstance(exc.code, int) else 2
     if args.command == "doctor":
-        return _doctor()
+        return _doctor(args.model)
     if args.command == "check":
         return _check(args)
     return _bench(args, args_list)

@@ -836,6 +836,10 @@ def run_benchmark(
     facts = RunFacts(
         inputs=samples.describe(), input_source=samples.source, batch=samples.batch, notes=list(samples.notes)
     )
+    check = graph.cann_check
+    facts.notes.append(
+        "CANN check: CANN's ONNX parser would accept this model" if check.ok else "CANN check: " + check.refusal()
+    )
     if len(samples.sets) > 1:
         facts.notes.append(f"{len(samples.sets)} input sets, used in turn")
     if cfg.batch_max is not None:
