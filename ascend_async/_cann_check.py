@@ -242,6 +242,11 @@ def _load(source: ModelSource) -> tuple[onnx.ModelProto, str, int | None]:
         raise GraphError(f"{label}: not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
 
 
+def _str(value: str | bytes) -> str:
+    """A protobuf string field as text: a corrupt model can hold bytes that are not UTF-8."""
+    return value if isinstance(value, str) else bytes(value).decode("utf-8", "replace")
+
+
 def _graphs(graph: onnx.GraphProto, where: str) -> Iterator[tuple[str, onnx.GraphProto]]:
     """The graph and every subgraph (If/Loop/Scan bodies), each with a path naming it."""
     yield where, graph
@@ -249,7 +254,7 @@ def _graphs(graph: onnx.GraphProto, where: str) -> Iterator[tuple[str, onnx.Grap
         for attr in node.attribute:
             subs = [attr.g] if attr.HasField("g") else list(attr.graphs)
             for sub in subs:
-                yield from _graphs(sub, f"{where}/{node.name or f'#{index}'}.{attr.name}")
+                yield from _graphs(sub, f"{where}/{_str(node.name) or f'#{index}'}.{_str(attr.name)}")
 
 
 def _verdict(reg: Registrations, domain: str, opset: int | None, op_type: str) -> tuple[Verdict, str]:
@@ -291,20 +296,20 @@ def check_model(source: ModelSource, *, table: str | None = None) -> ModelCheck:
 
 
 def _check(model: onnx.ModelProto, label: str, size: int | None, reg: Registrations) -> ModelCheck:
-    opsets = {(i.domain or "ai.onnx"): int(i.version) for i in model.opset_import}
-    local = {(f.domain or "ai.onnx", f.name) for f in model.functions}
+    opsets = {(_str(i.domain) or "ai.onnx"): int(i.version) for i in model.opset_import}
+    local = {(_str(f.domain) or "ai.onnx", _str(f.name)) for f in model.functions}
     nodes: list[NodeVerdict] = []
     problems: list[Problem] = []
 
     for where, graph in _graphs(model.graph, "main"):
         for index, node in enumerate(graph.node):
-            domain = node.domain or "ai.onnx"
+            domain, op_type = _str(node.domain) or "ai.onnx", _str(node.op_type)
             opset = opsets.get(domain)
-            verdict, detail = _verdict(reg, domain, opset, node.op_type)
-            if verdict != "registered" and (domain, node.op_type) in local:
+            verdict, detail = _verdict(reg, domain, opset, op_type)
+            if verdict != "registered" and (domain, op_type) in local:
                 detail = "a model-local function: GE does not expand it (inline it: onnx.inliner)"
-            name = node.name or f"{node.op_type}_{index}"
-            nodes.append(NodeVerdict(where, name, domain, opset, node.op_type, verdict, detail))
+            name = _str(node.name) or f"{op_type}_{index}"
+            nodes.append(NodeVerdict(where, name, domain, opset, op_type, verdict, detail))
 
     refused = [n for n in nodes if n.refused]
     if refused:
@@ -322,8 +327,8 @@ def _check(model: onnx.ModelProto, label: str, size: int | None, reg: Registrati
         )
 
     g = model.graph
-    inits = {t.name for t in g.initializer}
-    real_inputs = [vi for vi in g.input if vi.name not in inits]
+    inits = {_str(t.name) for t in g.initializer}
+    real_inputs = [vi for vi in g.input if _str(vi.name) not in inits]
     if not real_inputs:
         problems.append(Problem("graph", "error", "inputs", "the graph has no input (GE's parser: E16001)"))
     if not g.output:
@@ -333,7 +338,12 @@ def _check(model: onnx.ModelProto, label: str, size: int | None, reg: Registrati
         for vi in vis:
             if not vi.type.HasField("tensor_type"):
                 problems.append(
-                    Problem("dtype", "error", vi.name, f"{role} {vi.name!r} is not a tensor: GE tensors carry tensors")
+                    Problem(
+                        "dtype",
+                        "error",
+                        _str(vi.name),
+                        f"{role} {_str(vi.name)!r} is not a tensor: GE tensors carry tensors",
+                    )
                 )
                 continue
             et = vi.type.tensor_type.elem_type
@@ -342,8 +352,8 @@ def _check(model: onnx.ModelProto, label: str, size: int | None, reg: Registrati
                     Problem(
                         "dtype",
                         "error",
-                        vi.name,
-                        f"{role} {vi.name!r} is {_dtype_name(et)}: GE's ONNX parser has no ge::DataType for it",
+                        _str(vi.name),
+                        f"{role} {_str(vi.name)!r} is {_dtype_name(et)}: GE's ONNX parser has no ge::DataType for it",
                     )
                 )
             elif numpy_dtype(_ONNX_TO_GE[et]) is None:
@@ -351,8 +361,8 @@ def _check(model: onnx.ModelProto, label: str, size: int | None, reg: Registrati
                     Problem(
                         "dtype",
                         "error",
-                        vi.name,
-                        f"{role} {vi.name!r} is {_dtype_name(et)}: GE carries it, but ascend_async "
+                        _str(vi.name),
+                        f"{role} {_str(vi.name)!r} is {_dtype_name(et)}: GE carries it, but ascend_async "
                         "cannot pass it from numpy",
                     )
                 )
@@ -360,8 +370,8 @@ def _check(model: onnx.ModelProto, label: str, size: int | None, reg: Registrati
         Problem(
             "dtype",
             "error",
-            t.name,
-            f"initializer {t.name!r} is {_dtype_name(t.data_type)}: GE's ONNX parser has no ge::DataType",
+            _str(t.name),
+            f"initializer {_str(t.name)!r} is {_dtype_name(t.data_type)}: GE's ONNX parser has no ge::DataType",
         )
         for t in g.initializer
         if t.data_type not in _ONNX_TO_GE
@@ -371,7 +381,9 @@ def _check(model: onnx.ModelProto, label: str, size: int | None, reg: Registrati
         tt = vi.type.tensor_type
         if not tt.HasField("shape"):
             problems.append(
-                Problem("shape", "warning", vi.name, f"input {vi.name!r} has no declared rank: GE needs one")
+                Problem(
+                    "shape", "warning", _str(vi.name), f"input {_str(vi.name)!r} has no declared rank: GE needs one"
+                )
             )
             continue
         unknown = [
@@ -384,8 +396,8 @@ def _check(model: onnx.ModelProto, label: str, size: int | None, reg: Registrati
                 Problem(
                     "shape",
                     "info",
-                    vi.name,
-                    f"input {vi.name!r} has unknown dim(s) {', '.join(unknown)}: on an NPU GE builds a "
+                    _str(vi.name),
+                    f"input {_str(vi.name)!r} has unknown dim(s) {', '.join(unknown)}: on an NPU GE builds a "
                     "dynamic-shape graph (slower), unless you give static shapes or gears "
                     "(ge.inputShape / ge.dynamicDims)",
                 )
@@ -393,7 +405,7 @@ def _check(model: onnx.ModelProto, label: str, size: int | None, reg: Registrati
 
     external = sorted(
         {
-            next((e.value for e in t.external_data if e.key == "location"), "?")
+            next((_str(e.value) for e in t.external_data if e.key == "location"), "?")
             for where, graph in _graphs(model.graph, "main")
             for t in graph.initializer
             if t.data_location == 1  # TensorProto.EXTERNAL
@@ -466,10 +478,10 @@ def _fix_hint(reg: Registrations, model: onnx.ModelProto, opsets: dict[str, int]
 
 def _standard_ops(model: onnx.ModelProto) -> set[str]:
     return {
-        node.op_type
+        _str(node.op_type)
         for _, graph in _graphs(model.graph, "main")
         for node in graph.node
-        if (node.domain or "ai.onnx") == "ai.onnx" and node.op_type not in _INTERNAL_OPS
+        if (_str(node.domain) or "ai.onnx") == "ai.onnx" and _str(node.op_type) not in _INTERNAL_OPS
     }
 
 

@@ -320,9 +320,12 @@ def _spec(vi: Any) -> TensorSpec:
     if tt.HasField("shape"):
         dims: list[Dim] = []
         for d in tt.shape.dim:
+            # Unknown, each on its own (as onnxruntime and GE read them): no value or name, a
+            # negative value (paddle2onnx writes -1), and the names "" and "?". Only a real name
+            # ties dims across inputs.
             if d.HasField("dim_value"):
-                dims.append(int(d.dim_value))
-            elif d.HasField("dim_param"):
+                dims.append(int(d.dim_value) if d.dim_value >= 0 else None)
+            elif d.HasField("dim_param") and d.dim_param not in ("", "?"):
                 dims.append(d.dim_param)
             else:
                 dims.append(None)

@@ -28,6 +28,8 @@ from ._runner import LOOPS, MODES, BenchConfig, LevelResult, run_benchmark
 __all__ = ["config_from_args", "main"]
 
 DEMO_MODEL = "mlp"
+#: Shapes for a demo model's non-batch symbolic dims (the runner does not guess those).
+DEMO_SHAPES = {"transformer": ["x:1,16,64"]}
 DEFAULT_CONCURRENCY = "1,4,16,64"
 
 
@@ -374,7 +376,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         percentiles=parse_percentiles(args.percentiles),
         latency_threshold=parse_threshold(args.latency_threshold) if args.latency_threshold else None,
         max_in_flight=args.max_in_flight,
-        shapes=parse_shapes(args.shape),
+        shapes=parse_shapes(args.shape or (DEMO_SHAPES.get(args.demo, []) if args.demo else [])),
         inputs=list(args.input),
         batch_size=args.batch_size,
         save_outputs=args.save_outputs,

@@ -84,16 +84,26 @@ def _generate(
         else:
             if declared is None:
                 raise BenchError(f"input {spec} has no declared rank: give it with --shape {spec.name}:D0,D1,...")
+            unknown = [f"dim {i} ({d or '?'})" for i, d in enumerate(declared) if i > 0 and not isinstance(d, int)]
+            if unknown:
+                # Only a batch (first) dim has a safe default; a spatial or sequence dim the
+                # runner guessed would measure a model nobody runs.
+                example = ",".join(
+                    str(d) if isinstance(d, int) else "1" if i == 0 else "32" for i, d in enumerate(declared)
+                )
+                raise BenchError(
+                    f"input {spec} has unknown {', '.join(unknown)}: give the shape to run, "
+                    f"e.g. --shape {spec.name}:{example}"
+                )
             dims = []
-            for i, d in enumerate(declared):
+            for d in declared:
                 if isinstance(d, int):
                     dims.append(d)
-                elif i == 0 and batch is not None:
+                elif batch is not None:
                     dims.append(batch)
                 else:
                     dims.append(1)
-                    hint = "--batch-size or --shape" if i == 0 else "--shape"
-                    notes.append(f"{spec.name}: symbolic dim {d or '?'} set to 1 (use {hint})")
+                    notes.append(f"{spec.name}: batch dim {d or '?'} set to 1 (use --batch-size or --shape)")
             shape = tuple(dims)
         dtype = np.dtype(spec.dtype)
         if fill == "zeros":

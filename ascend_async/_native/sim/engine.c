@@ -340,8 +340,16 @@ static int read_io(sim_model *m, int output, size_t i, sim_io *io, char *err, si
     if (ndim && (take(ORT(GetDimensions)(tt, io->dims, ndim), "dims", err, len) ||
                  take(ORT(GetSymbolicDimensions)(tt, syms, ndim), "symbolic dims", err, len)))
         goto done;
-    for (size_t d = 0; d < ndim; d++)
-        if (io->dims[d] < 0 && syms[d] && syms[d][0]) io->symbols[d] = strdup(syms[d]);
+    /* Only a real name ties dims together, as in onnxruntime and GE: a dim stored as -1, an
+     * empty name and "?" (what several exporters write for "unknown") are each independent. */
+    for (size_t d = 0; d < ndim; d++) {
+        if (io->dims[d] >= 0 || !syms[d] || !syms[d][0] || !strcmp(syms[d], "?")) continue;
+        io->symbols[d] = strdup(syms[d]);
+        if (!io->symbols[d]) {
+            put_err(err, len, "out of host memory reading %s '%s'", kind, io->name);
+            goto done;
+        }
+    }
     rc = 0;
 done:
     ORT_AS(ort_Release_fn, ReleaseTypeInfo)(ti);
