@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ import numpy as np
 from . import _metrics
 from ._device import Device, acquire_device, check_not_forked, release_device
 from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
-from ._errors import GraphError, SessionClosedError, ge_error
+from ._errors import AscendWarning, GraphError, SessionClosedError, ge_error
 from ._event import Event
 from ._graph import Graph, GraphSource
 from ._loop import current_bridge
@@ -127,6 +128,17 @@ class Session:
             self._handle = out[0]
             # GeSession's constructor switched this thread's context; set ours again.
             b.lib.aclrtSetCurrentContext(self._device.context)
+            budget = self._device.events.limit
+            if max_in_flight > budget:
+                warnings.warn(
+                    AscendWarning(
+                        f"Session(max_in_flight={max_in_flight}) is above device {device_id}'s event budget "
+                        f"({budget} hardware events, shared by every session and loop on the device); "
+                        f"using max_in_flight={budget}"
+                    ),
+                    stacklevel=2,
+                )
+                max_in_flight = budget
             self._max_in_flight = max_in_flight
             self._lock = threading.Lock()
             self._sync_lock = threading.Lock()
@@ -468,6 +480,17 @@ class Session:
             limiter.acquire_nowait()
         except anyio.WouldBlock:
             await limiter.acquire()
+        # The device's event budget, shared with every loop, session and pool on the device: a
+        # run that does not fit waits here, on this loop, never inside aclrtRecordEvent.
+        need = 4 if profile else 1  # a profiled run records three stage events too
+        events = self._device.events
+        run: Run | None = None
+        try:
+            if not events.try_take(need):
+                await events.take(need, bridge)
+        except BaseException:
+            limiter.release()
+            raise
         try:
             if not bridge.take_budget():
                 await bridge.admit()  # this loop iteration's submissions are spent: wait for the next
@@ -480,6 +503,7 @@ class Session:
                     lane = self._pool.pick(stream)
                     replica = state.replicas.get(lane)
             run = Run(replica, self._pool, self._account, bridge, outputs == "device")
+            run.slots, need = need, 0  # the run gives them back when it is recycled
             t_submit = time.perf_counter_ns()
             with self._lock:  # counted as pending: close() waits for it from here
                 self._check_open()
@@ -493,6 +517,10 @@ class Session:
                 raise
             submit_ns = time.perf_counter_ns() - t_submit
         except BaseException:
+            if run is not None:
+                run._give_slots()  # a no-op once a failed submit recycled the run
+            if need:
+                events.give(need)
             limiter.release()
             raise
         run.limiter = limiter
