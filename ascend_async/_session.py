@@ -79,6 +79,7 @@ class _GraphState:
         self.loaded: set[Stream] = set()
         self.replicas: dict[Stream, Replica] = {}  # loaded replicas, with their run descriptors
         self.mode: str | None = None
+        self.removed = False  # remove_graph succeeded: no replica may be added again
         self.lock = threading.Lock()
 
 
@@ -266,7 +267,8 @@ class Session:
         lib = dev.backend.lib
         dev.ensure_current()
         for ev in list(getattr(self, "_events", ())):
-            ev.close()
+            # Its waiters wake with this error; nothing else on its stream is failed for it.
+            ev._close("the session was closed while a task awaited the event")
         if self._handle is not None:
             for st in getattr(self, "_graphs", {}).values():
                 for gid in st.ids.values():
@@ -334,18 +336,44 @@ class Session:
         return await anyio.to_thread.run_sync(lambda: self.add_graph(source, name=name))
 
     def remove_graph(self, graph: Graph) -> None:
-        """Remove the graph (all its replicas); its run mode is forgotten."""
+        """Remove the graph (all its replicas); its run mode is forgotten.
+
+        Transactional: GE refuses while runs of the graph are still on the device; the graph
+        then stays added and fully usable (a replica already removed is added again by its
+        stream's next run), and a later call removes it once those runs finished.
+
+        :raises GraphError: the graph is not added to this session.
+        :raises GeError: GE refused (runs in flight); nothing was forgotten.
+        """
         self._check_open()
         if not isinstance(graph, Graph):
             raise TypeError(f"graph must be a Graph from session.add_graph, not {type(graph).__name__}")
         with self._lock:
-            state = self._graphs.pop(id(graph), None)
-        if state is None:
+            state = self._graphs.get(id(graph))
+        if state is None or state.graph is not graph:
             raise GraphError(f"{graph.name}: not added to this session")
-        with self._working():
+        with self._working(), state.lock:  # no replica is added meanwhile (_ensure_loaded)
+            if state.removed:
+                raise GraphError(f"{graph.name}: not added to this session")
             self._device.ensure_current()
-            for gid in state.ids.values():
-                self._device.backend.check_ge(self._lib.aa_session_remove_graph(self._handle, gid), "RemoveGraph")
+            for stream, gid in list(state.ids.items()):
+                # Out of the run path first (a run that finds no replica waits for state.lock),
+                # put back if GE refuses.
+                replica = state.replicas.pop(stream, None) if stream is not None else None
+                was_loaded = stream in state.loaded
+                state.loaded.discard(stream)  # type: ignore[arg-type]
+                status = self._lib.aa_session_remove_graph(self._handle, gid)
+                if status:
+                    if replica is not None:
+                        state.replicas[stream] = replica  # type: ignore[index]
+                    if was_loaded:
+                        state.loaded.add(stream)  # type: ignore[arg-type]
+                    self._device.backend.check_ge(status, "RemoveGraph")
+                del state.ids[stream]
+            state.removed = True
+            with self._lock:
+                if self._graphs.get(id(graph)) is state:
+                    del self._graphs[id(graph)]
 
     async def load(self, graph: Graph) -> None:
         """Compile and load the graph on every stream now (on a worker thread), so the first
@@ -381,6 +409,8 @@ class Session:
         """On a worker thread: the graph's replica on ``stream``, compiled and loaded; None for
         a faulted stream (it is retired, with its replicas, once drained: none is added)."""
         with self._working(), state.lock:
+            if state.removed:
+                raise GraphError(f"{state.graph.name}: not added to this session (it was removed)")
             if stream.fault:
                 return None
             gid = state.ids.get(stream)
@@ -562,6 +592,8 @@ class Session:
 
     def _primary_id(self, state: _GraphState) -> int:
         with state.lock:
+            if state.removed:
+                raise GraphError(f"{state.graph.name}: not added to this session (it was removed)")
             gid = state.ids.get(None)
             if gid is None:
                 gid = self._add_replica(state, None)
