@@ -219,8 +219,11 @@ class Event:
         self._device.ensure_current()
         status = b.ffi.new("aclrtEventRecordedStatus*")
         rc = b.lib.aclrtQueryEventStatus(h, status)
-        watcher = self._device.watcher
-        if rc or int(status[0]) == b.lib.ACL_EVENT_RECORDED_STATUS_COMPLETE or watcher is None or watcher.closed:
+        if rc or int(status[0]) == b.lib.ACL_EVENT_RECORDED_STATUS_COMPLETE:
+            self._destroy(h)
+            return
+        watcher = self._device.get_watcher()
+        if watcher.closed or watcher.broken is not None:
             self._destroy(h)
             return
         with self._lock:

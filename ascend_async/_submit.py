@@ -322,8 +322,18 @@ class Run:
 
     def fail(self, error: BaseException) -> None:
         """The watcher shut down or died before the run completed. Its blocks may still be in
-        use on the device: they are not given back (the device's pools free them at shutdown)."""
+        use on the device: they are given back when the session closes, after its streams
+        drained. Its event is destroyed (ACL frees it once its work is done), never pooled."""
         self.error = error
+        desc, self.desc = self.desc, None
+        if desc is not None:
+            lib = self.replica.device.backend.lib
+            self.pool.orphan(lambda: lib.aa_run_release(desc.run))
+        if self.event is not None:
+            self.replica.device.destroy_event(self.event)
+            self.event = None
+        if self.stages is not None:
+            self.stages.close()
         self.pool.finished(self.replica.stream, 0)
         self._give_slots()  # nothing more is admitted on a dead watcher: waiting runs learn so
         self.account(1, self.abandoned)  # a failure, not a cancellation

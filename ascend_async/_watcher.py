@@ -216,7 +216,8 @@ class Watcher:
                 self._exited = True
                 orphan, self._orphan = self._orphan, None
             if orphan is not None:  # close() gave up waiting for this thread: free it now
-                self._destroy(orphan)
+                # (no context switch: the device may be reset by now; a poll watch needs none)
+                self._lib.aa_watch_destroy(orphan)
 
     def _loop(self, handle: Any, tokens: Any, codes: Any, noticed: Any, wake: int) -> None:
         lib = self._lib
