@@ -36,6 +36,7 @@ _MODE_API = {"stream": "RunGraphWithStreamAsync", "sync": "RunGraph", "callback"
 
 _ge_lock = threading.Lock()
 _ge_ready = False
+_DEFAULT_MAX_IN_FLIGHT = 512
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,12 @@ class Session:
     thread; several event loops may share one session. A child process forked after the
     first session was opened cannot use sessions (:class:`BackendUnavailableError`).
 
+    ``max_in_flight`` caps the runs each event loop has in flight in this session; the
+    device's hardware events are one budget for every loop, session and pool instance on it
+    (1023 on the sim and, unless ``ASCEND_ASYNC_EVENT_BUDGET`` says otherwise, on CANN), and a
+    run that does not fit waits on its loop for events to come back. A ``max_in_flight`` above
+    the budget is clamped to it with an :class:`AscendWarning` (the default, silently).
+
     .. code-block:: python
 
         async with ascend_async.Session(device_id=0) as session:
@@ -103,7 +110,7 @@ class Session:
         *,
         streams: int = 2,
         options: Mapping[str, str] | None = None,
-        max_in_flight: int = 512,
+        max_in_flight: int = _DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         _check_count("device_id", device_id, 0)
         _check_count("streams", streams, 1)
@@ -130,7 +137,7 @@ class Session:
             # GeSession's constructor switched this thread's context; set ours again.
             b.lib.aclrtSetCurrentContext(self._device.context)
             budget = self._device.events.limit
-            if max_in_flight > budget:
+            if max_in_flight > budget and max_in_flight != _DEFAULT_MAX_IN_FLIGHT:
                 warnings.warn(
                     AscendWarning(
                         f"Session(max_in_flight={max_in_flight}) is above device {device_id}'s event budget "
@@ -139,8 +146,7 @@ class Session:
                     ),
                     stacklevel=2,
                 )
-                max_in_flight = budget
-            self._max_in_flight = max_in_flight
+            self._max_in_flight = min(max_in_flight, budget)
             self._lock = threading.Lock()
             self._sync_lock = threading.Lock()
             self._idle = threading.Condition(self._lock)

@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import numpy as np
 import pytest
-from helpers import add_model, add_model_proto, wait_for
+from helpers import add_model, add_model_proto, sim_stats, wait_for
 
 import ascend_async
 from ascend_async._native import _sim
@@ -38,6 +38,12 @@ STALL_BOUND_S = 1.0  # generous: a record waiting for a free event blocked 5 s
 
 def _budget(dev: Any) -> dict[str, int]:
     return dict(dev.events.stats())
+
+
+def _full(dev: Any, waiting: int) -> bool:
+    """The budget is full and ``waiting`` runs wait for events."""
+    b = _budget(dev)
+    return b["used"] == LIMIT and b["waiting"] == waiting
 
 
 class Ticker:
@@ -103,10 +109,7 @@ async def _saturate_then_release(
         async with anyio.create_task_group() as tg:
             with held_many([st for s in sessions for st in s.streams]):
                 tg.start_soon(push)
-                await wait_for(
-                    lambda: _budget(dev)["used"] == LIMIT and _budget(dev)["waiting"] == waiting,
-                    "the budget fills and the rest wait",
-                )
+                await wait_for(lambda: _full(dev, waiting), "the budget fills and the rest wait")
         ticker.stop = True
     return ticker
 
@@ -214,8 +217,8 @@ def test_two_loops_on_two_threads_share_one_session(pair: tuple[str, str]) -> No
             for t in threads:
                 t.start()
             deadline = time.monotonic() + 30
-            while not (_budget(dev)["used"] == LIMIT and _budget(dev)["waiting"] == 2 * PER_LOOP - LIMIT):
-                assert time.monotonic() < deadline, f"the budget never filled: {_budget(dev)} {errors[:3]}"
+            while not _full(dev, 2 * PER_LOOP - LIMIT):
+                assert time.monotonic() < deadline, f"the budget never filled: {errors[:3]}"
                 time.sleep(0.005)
         for t in threads:
             t.join(60)
@@ -226,3 +229,130 @@ def test_two_loops_on_two_threads_share_one_session(pair: tuple[str, str]) -> No
     assert not errors, errors[:3]
     assert not wrong
     assert worst < STALL_BOUND_S
+
+
+async def test_waiting_runs_are_admitted_in_order_and_a_cancelled_one_takes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Budget 4: four runs of one session fill it; then another session's run, a run cancelled
+    while it waits, and a profiled run (four events) wait, and are admitted in that order as
+    events come back."""
+    monkeypatch.setenv("ASCEND_ASYNC_EVENT_BUDGET", "4")
+    async with ascend_async.Session(streams=1) as a, ascend_async.Session(streams=1) as b:
+        ga, gb = add_model(a), add_model(b)
+        await a.load(ga)
+        await b.load(gb)
+        dev = a._device
+        assert dev.events.limit == 4
+        order: list[int] = []
+        profiles: list[Any] = []
+
+        async def one(s: ascend_async.Session, g: Any, i: int, profiled: bool = False) -> None:
+            if profiled:
+                out, prof = await s.run_profiled(g, _inputs(i))
+                profiles.append(prof)
+            else:
+                out = await s.run(g, _inputs(i))
+            np.testing.assert_array_equal(out["z"], _expected(i))
+            order.append(i)
+
+        async with anyio.create_task_group() as tg:
+            with held_many([a.streams[0], b.streams[0]]):
+                for i in range(4):
+                    tg.start_soon(one, a, ga, i)
+                await anyio.wait_all_tasks_blocked()
+                assert _budget(dev)["used"] == 4
+                tg.start_soon(one, b, gb, 10)
+                await anyio.wait_all_tasks_blocked()
+                with anyio.CancelScope() as cancelled:
+                    async with anyio.create_task_group() as inner:
+                        inner.start_soon(one, b, gb, 11)
+                        await anyio.wait_all_tasks_blocked()
+                        tg.start_soon(one, b, gb, 12, True)
+                        await anyio.wait_all_tasks_blocked()
+                        assert _budget(dev)["waiting"] == 3
+                        cancelled.cancel()
+                assert _budget(dev)["waiting"] == 2
+                assert _budget(dev)["used"] == 4  # the cancelled wait took nothing
+        assert sorted(order) == [0, 1, 2, 3, 10, 12]
+        assert [i for i in order if i >= 10] == [10, 12]  # admitted first come, first served
+        assert len(profiles) == 1 and profiles[0].compute_ms >= 0
+        st = _budget(dev)
+        assert (st["used"], st["waiting"], st["peak"], st["waited"]) == (0, 0, 4, 3)
+
+
+async def test_a_recorded_event_counts_and_is_refused_at_once_when_none_is_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ASCEND_ASYNC_EVENT_BUDGET", "4")
+    async with ascend_async.Session(streams=1) as s:
+        g = add_model(s)
+        await s.load(g)
+        lane = s.streams[0]
+        async with anyio.create_task_group() as tg:
+            with held_many([lane]):
+                kept = lane.record()  # holds one event of the four
+                for i in range(3):
+                    tg.start_soon(s.run, g, _inputs(i))
+                await anyio.wait_all_tasks_blocked()
+                assert _budget(s._device)["used"] == 4
+                with pytest.raises(ascend_async.AclError, match="207007") as info:
+                    lane.record()  # refused now, not after the runtime's wait
+                assert info.value.code == 207007 and "close the events" in str(info.value)
+        await kept.wait()
+        kept.close()
+        assert _budget(s._device)["used"] == 0
+        again = lane.record()
+        await again.wait()
+        again.close()
+
+
+async def test_a_failed_record_never_poisons_the_event_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another user of the device holds every hardware event: a run fails with 207007 after the
+    runtime's wait (shortened here) for a free one. Its event, which holds no hardware event,
+    is destroyed, not pooled, where the next runs would take it first and fail the same way."""
+    monkeypatch.setenv("ASCEND_ASYNC_SIM_EVENT_WAIT_MS", "20")
+    lib, ffi = _sim.lib, _sim.ffi
+    async with ascend_async.Session(streams=1) as s:
+        g = add_model(s)
+        await s.load(g)
+        dev = s._device
+        dev.ensure_current()
+        other = ffi.new("aclrtStream*")
+        assert lib.aclrtCreateStream(other) == 0
+        assert lib.aa_sim_stream_hold(other[0]) == 0
+        taken: list[Any] = []
+        try:
+            while True:  # the other user takes every hardware event
+                ev = ffi.new("aclrtEvent*")
+                assert lib.aclrtCreateEvent(ev) == 0
+                taken.append(ev[0])
+                rc = lib.aclrtRecordEvent(ev[0], other[0])
+                if rc:
+                    assert rc == 207007
+                    break
+            events = sim_stats()["events"]
+            with pytest.raises(ascend_async.AclError) as info:
+                await s.run(g, _inputs(1))
+            assert info.value.code == 207007
+            assert sim_stats()["events"] == events  # its event was destroyed ...
+            assert dev._events == []  # ... not pooled
+            assert _budget(dev)["used"] == 0
+        finally:
+            lib.aa_sim_stream_release(other[0])
+            lib.aclrtSynchronizeStream(other[0])
+            for ev in taken:
+                lib.aclrtDestroyEvent(ev)
+            lib.aclrtDestroyStream(other[0])
+            lib.aclGetRecentErrMsg()
+        got: dict[int, Any] = {}
+
+        async def one(i: int) -> None:
+            got[i] = (await s.run(g, _inputs(i)))["z"]
+
+        async with anyio.create_task_group() as tg:  # events are free again: all succeed
+            for i in range(2, 10):
+                tg.start_soon(one, i)
+        for i in range(2, 10):
+            np.testing.assert_array_equal(got[i], _expected(i))
+        assert _budget(dev)["used"] == 0
