@@ -41,7 +41,9 @@ _DEFAULT_MAX_IN_FLIGHT = 512
 
 @dataclass(frozen=True)
 class SessionStatistics:
-    """A snapshot of a session's activity."""
+    """A snapshot of a session's activity. ``device_events`` is the device's event budget,
+    shared with every session and loop on it: ``limit``, ``used``, ``peak``, ``waiting`` (runs
+    waiting for events now) and ``waited`` (runs that had to wait)."""
 
     in_flight: int
     completed: int
@@ -51,6 +53,7 @@ class SessionStatistics:
     device_pool: Mapping[str, int]
     host_pool: Mapping[str, int]
     watcher: Mapping[str, int]
+    device_events: Mapping[str, int]
 
 
 @dataclass(frozen=True)
@@ -740,6 +743,7 @@ class Session:
                 device_pool=pools["device"],
                 host_pool=pools["host"],
                 watcher=w.stats() if w is not None else {},
+                device_events=self._device.events.stats(),
             )
 
     # -- serving (logic in _batcher.py) -------------------------------------------------------
