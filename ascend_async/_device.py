@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._backend import Backend, get_backend
 from ._errors import BackendUnavailableError, acl_error
+from ._loop import Waiter
 from ._watcher import Watcher
 
 if TYPE_CHECKING:
@@ -77,8 +78,6 @@ class _Ticket:
     __slots__ = ("bridge", "granted", "n", "waiter")
 
     def __init__(self, n: int, bridge: LoopBridge) -> None:
-        from ._loop import Waiter
-
         self.n = n
         self.bridge = bridge
         self.granted = False
