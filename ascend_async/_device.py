@@ -3,6 +3,10 @@
 One ``Device`` per device id per process, shared by every session on it and reference counted
 by them. Its resources are thread-safe: the C pools lock internally; the event pool is a list
 guarded by a lock; the watcher is started on the first run.
+
+The device's hardware events are one budget (:class:`EventBudget`) shared by every loop,
+session and pool instance on it: a run is admitted only when its events fit, and otherwise
+waits on its own loop, so no thread ever waits for a free event inside ``aclrtRecordEvent``.
 """
 
 from __future__ import annotations
@@ -11,13 +15,31 @@ import atexit
 import os
 import threading
 import weakref
-from typing import Any
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
 from ._backend import Backend, get_backend
 from ._errors import BackendUnavailableError, acl_error
+from ._loop import Waiter
 from ._watcher import Watcher
 
-__all__ = ["Device", "acquire_device", "check_not_forked", "configure_watcher", "release_device"]
+if TYPE_CHECKING:
+    from ._loop import LoopBridge
+
+__all__ = [
+    "Device",
+    "EventBudget",
+    "acquire_device",
+    "check_not_forked",
+    "configure_watcher",
+    "event_limit",
+    "release_device",
+]
+
+#: The per-device hardware event limit assumed on CANN, where the runtime does not report it:
+#: the smallest one documented (1023, Atlas inference; A2/A3 have 65536). Set
+#: ASCEND_ASYNC_EVENT_BUDGET to use another.
+_CANN_EVENT_LIMIT = 1023
 
 _tls = threading.local()
 
@@ -25,6 +47,148 @@ _tls = threading.local()
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     return int(raw) if raw else default
+
+
+def event_limit(backend: Backend) -> int:
+    """The device's hardware event budget: the sim's ``max_events``, 1023 on CANN, or
+    ``ASCEND_ASYNC_EVENT_BUDGET`` (at least 4: a profiled run records four events; on the sim
+    at most its ``max_events``)."""
+    if backend.is_sim:
+        cfg = backend.ffi.new("aa_sim_config*")
+        backend.lib.aa_sim_get_config(cfg)
+        hw = int(cfg.max_events)
+    else:
+        hw = _CANN_EVENT_LIMIT
+    raw = os.environ.get("ASCEND_ASYNC_EVENT_BUDGET", "").strip()
+    if not raw:
+        return hw
+    try:
+        want = int(raw)
+    except ValueError:
+        raise ValueError(f"ASCEND_ASYNC_EVENT_BUDGET={raw!r} is not an integer") from None
+    if want < 4:
+        raise ValueError(f"ASCEND_ASYNC_EVENT_BUDGET={want} is below 4 (a profiled run records four events)")
+    return min(want, hw) if backend.is_sim else want
+
+
+class _Ticket:
+    """One run waiting for events: granted (under the budget's lock) on any thread, woken on
+    its own loop."""
+
+    __slots__ = ("bridge", "granted", "n", "waiter")
+
+    def __init__(self, n: int, bridge: LoopBridge) -> None:
+        self.n = n
+        self.bridge = bridge
+        self.granted = False
+        self.waiter = Waiter()
+
+
+class EventBudget:
+    """The hardware events of one device, counted across every loop, session and pool instance
+    that uses it (any thread; one lock, held for a few operations, never across a wait).
+
+    ``used`` counts the events runs hold (one per run, four per profiled run) and the user's
+    recorded :class:`Event` objects. A run that does not fit waits on its own loop, in FIFO
+    order and cancellably; when events come back on any thread, the runs now admitted are woken
+    through their loops' thread-safe entries.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0  # most events held at once
+        self.waited = 0  # runs that had to wait for events
+        self._lock = threading.Lock()
+        self._waiters: deque[_Ticket] = deque()
+
+    def try_take(self, n: int) -> bool:
+        """Take ``n`` events if they fit and nobody waits (the common path: no await)."""
+        with self._lock:
+            used = self.used + n
+            if self._waiters or used > self.limit:
+                return False
+            self.used = used
+            if used > self.peak:
+                self.peak = used
+            return True
+
+    def take_now(self, n: int) -> bool:
+        """Take ``n`` events if they fit, ahead of waiting runs (a synchronous caller that
+        cannot wait: ``Stream.record``)."""
+        with self._lock:
+            used = self.used + n
+            if used > self.limit:
+                return False
+            self.used = used
+            if used > self.peak:
+                self.peak = used
+            return True
+
+    async def take(self, n: int, bridge: LoopBridge) -> None:
+        """Take ``n`` events, waiting on the calling loop (FIFO) until they fit. Cancelling the
+        wait takes nothing (or gives back what was granted meanwhile)."""
+        if self.try_take(n):
+            return
+        ticket = _Ticket(n, bridge)
+        with self._lock:
+            self.waited += 1
+            self._waiters.append(ticket)
+            granted = self._grant_locked()  # ours may fit already (events came back meanwhile)
+        self._wake(granted)
+        try:
+            await ticket.waiter.wait(bridge.trio)
+        except BaseException:
+            with self._lock:
+                refund = ticket.granted
+                if not refund:
+                    self._waiters.remove(ticket)
+                    granted = self._grant_locked()  # a smaller run behind us may fit now
+            if refund:
+                self.give(n)
+            else:
+                self._wake(granted)
+            raise
+
+    def give(self, n: int) -> None:
+        """Give back ``n`` events (any thread) and admit the runs that fit now, in order."""
+        with self._lock:
+            self.used -= n
+            granted = self._grant_locked() if self._waiters else None
+        if granted:
+            self._wake(granted)
+
+    def _grant_locked(self) -> list[_Ticket]:
+        granted = []
+        waiters = self._waiters
+        while waiters and self.used + waiters[0].n <= self.limit:
+            t = waiters.popleft()
+            t.granted = True
+            self.used += t.n
+            granted.append(t)
+        if self.used > self.peak:
+            self.peak = self.used
+        return granted
+
+    def _wake(self, granted: list[_Ticket]) -> None:
+        # Hand-off: a ticket granted here (any thread) is set on its own loop's thread; a loop
+        # that has closed never runs its task, so its events come back at once.
+        for t in granted:
+            bridge = t.bridge
+            if threading.get_ident() == bridge.thread:
+                t.waiter.set()
+            elif not bridge.post(t.waiter.set):
+                self.give(t.n)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "limit": self.limit,
+                "used": self.used,
+                "peak": self.peak,
+                "waiting": len(self._waiters),
+                "waited": self.waited,
+            }
 
 
 class Device:
@@ -47,8 +211,9 @@ class Device:
         self.host_pool = lib.aa_pool_create(lib.AA_POOL_HOST, cache)
         self.allocator = ffi.new("aa_allocator*")
         lib.aa_pool_allocator(self.device_pool, self.allocator)
-        self._events: list[Any] = []
-        self._events_made = 0
+        self.events = EventBudget(event_limit(backend))
+        self._events: list[Any] = []  # the run-event pool: idle events, each recorded before
+        self._live = 0  # events made here and not destroyed (pooled, in use, stage, user)
         self.watcher: Watcher | None = None
         # Objects to disable in a child process after fork (sessions: ``_after_fork()``).
         self.users: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -89,23 +254,52 @@ class Device:
 
     # -- events ------------------------------------------------------------------------------
 
+    # Each event recorded once holds a hardware event until it is destroyed, pooled or not.
+    # The caller of take_event/new_event holds events from ``self.events`` for what it takes, so
+    # the events out of the pool never pass the budget; creating one trims the pool so that the
+    # pooled and the taken ones together never pass it either.
+
     def take_event(self) -> Any:
+        """A run's event: a pooled one, else a new one. The caller holds one from the budget."""
         with self._lock:
             if self._events:
                 return self._events.pop()
-            self._events_made += 1
-        ev = self.backend.ffi.new("aclrtEvent*")
+        return self.new_event(None)
+
+    def new_event(self, flags: int | None) -> Any:
+        """A new event (``aclrtCreateEventWithFlag`` with ``flags``; None: a plain one), making
+        room among the pooled ones if the device's budget needs it. The caller holds one from
+        the budget; give it back with :meth:`destroy_event` (or :meth:`give_event`)."""
+        with self._lock:
+            self._live += 1
+            extra = self._live - self.events.limit
+            drop = [self._events.pop() for _ in range(min(extra, len(self._events)))] if extra > 0 else []
+            self._live -= len(drop)
+        lib = self.backend.lib
         self.ensure_current()
-        rc = self.backend.lib.aclrtCreateEvent(ev)
+        for old in drop:
+            lib.aclrtDestroyEvent(old)
+        ev = self.backend.ffi.new("aclrtEvent*")
+        rc = lib.aclrtCreateEvent(ev) if flags is None else lib.aclrtCreateEventWithFlag(ev, flags)
         if rc:
             with self._lock:
-                self._events_made -= 1
+                self._live -= 1
             self.backend.check(rc, "aclrtCreateEvent")
         return ev[0]
 
     def give_event(self, event: Any) -> None:
+        """Pool a run's event whose record succeeded (it may be taken again at once)."""
         with self._lock:
             self._events.append(event)
+
+    def destroy_event(self, event: Any) -> None:
+        """Destroy an event made here (its record may still be pending: ACL frees it when done).
+        An event whose record failed is destroyed, never pooled: the next run would take it."""
+        with self._lock:
+            self._live -= 1
+        if self.alive:
+            self.ensure_current()
+            self.backend.lib.aclrtDestroyEvent(event)
 
     # -- watcher -----------------------------------------------------------------------------
 
@@ -134,6 +328,7 @@ class Device:
         self.alive = False
         for ev in self._events:
             lib.aclrtDestroyEvent(ev)
+        self._live -= len(self._events)
         self._events.clear()
         lib.aa_pool_destroy(self.device_pool)
         lib.aa_pool_destroy(self.host_pool)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from ._errors import SessionClosedError, device_fault
+from ._errors import SessionClosedError, acl_error, device_fault
 from ._loop import LoopBridge, current_bridge
 
 if TYPE_CHECKING:
@@ -18,26 +18,51 @@ __all__ = ["Event"]
 
 
 class _Wait:
-    """One ``await event.wait()``: completes on its loop (or via the watcher thread)."""
+    """One ``await event.wait()`` (or, with no bridge, a closed event's pending destroy): a
+    watch entry on the event's handle. The entry completes exactly once (on a loop or the
+    watcher thread); the waiter is settled once, by that completion or earlier by a close."""
 
-    __slots__ = ("bridge", "done", "error")
+    __slots__ = ("bridge", "done", "error", "event", "settled")
 
-    def __init__(self, bridge: LoopBridge) -> None:
+    def __init__(self, bridge: LoopBridge | None, event: Event) -> None:
         self.bridge = bridge
-        self.done = anyio.Event()
+        self.event = event
+        self.done = anyio.Event() if bridge is not None else None
         self.error: BaseException | None = None
+        self.settled = bridge is None
 
     def complete(self, code: int, noticed_ns: int, on_loop: bool) -> None:
-        if code:
-            self.error = device_fault(code, "device stream", "device task failed")
+        if self._settle():
+            if code:
+                self.error = device_fault(code, "device stream", "device task failed")
+            self._wake(on_loop)
+        self.event._entry_done()
+
+    def fail(self, error: BaseException) -> None:
+        if self._settle():
+            self.error = error
+            self._wake(False)
+        self.event._entry_done()
+
+    def abort(self, error: BaseException) -> None:
+        """The event (or its session) was closed: the waiter gets ``error`` now; the watch entry
+        stays until the event completes, and the handle with it."""
+        if self._settle():
+            self.error = error
+            self._wake(False)
+
+    def _settle(self) -> bool:
+        with self.event._lock:
+            first = not self.settled
+            self.settled = True
+            return first
+
+    def _wake(self, on_loop: bool) -> None:
+        assert self.bridge is not None and self.done is not None
         if on_loop:
             self.done.set()
         else:
             self.bridge.call(self.done.set)
-
-    def fail(self, error: BaseException) -> None:
-        self.error = error
-        self.bridge.call(self.done.set)
 
 
 class Event:
@@ -51,6 +76,9 @@ class Event:
         end = stream.record()
         await end.wait()
         print(start.elapsed_ms(end))
+
+    An event holds one of the device's hardware events (the budget runs share) until it is
+    closed and its recorded work has completed.
     """
 
     def __init__(self, device: Device, stream_handle: Any) -> None:
@@ -58,17 +86,30 @@ class Event:
         b = device.backend
         self._device = device
         self._stream = stream_handle
-        device.ensure_current()
-        ev = b.ffi.new("aclrtEvent*")
-        flags = b.lib.ACL_EVENT_SYNC | b.lib.ACL_EVENT_TIME_LINE
-        b.check(b.lib.aclrtCreateEventWithFlag(ev, flags), "aclrtCreateEventWithFlag")
-        self._handle: Any = ev[0]
         self._lock = threading.Lock()
-        rc = b.lib.aclrtRecordEvent(self._handle, stream_handle)
+        self._entries = 0  # watch entries on the handle (waits, a pending destroy)
+        self._waits: set[_Wait] = set()  # waits not settled yet
+        self._doomed: Any = None  # closed while watch entries remained: destroyed by the last
+        self._handle: Any = None
+        if not device.events.take_now(1):
+            budget = device.events
+            raise acl_error(
+                b.lib.ACL_ERROR_RT_NO_EVENT_RESOURCE,
+                "aclrtRecordEvent",
+                f"device {device.id}'s {budget.limit} hardware events are all held by runs in flight and "
+                "recorded events; close the events you no longer need",
+            )
+        try:
+            h = device.new_event(b.lib.ACL_EVENT_SYNC | b.lib.ACL_EVENT_TIME_LINE)
+        except BaseException:
+            device.events.give(1)
+            raise
+        device.ensure_current()
+        rc = b.lib.aclrtRecordEvent(h, stream_handle)
         if rc:
-            b.lib.aclrtDestroyEvent(self._handle)
-            self._handle = None
+            self._destroy(h)
             b.check(rc, "aclrtRecordEvent")
+        self._handle = h
 
     def _live(self) -> Any:
         if self._handle is None or not self._device.alive:
@@ -78,6 +119,21 @@ class Event:
             raise SessionClosedError("the event was closed")
         self._device.ensure_current()
         return self._handle
+
+    def _destroy(self, h: Any) -> None:
+        self._device.destroy_event(h)
+        self._device.events.give(1)
+
+    def _entry_done(self) -> None:
+        """A watch entry on the handle completed (any thread): the last one destroys a closed
+        event's handle, which nothing queries any more."""
+        with self._lock:
+            self._entries -= 1
+            h = self._doomed if not self._entries else None
+            if h is not None:
+                self._doomed = None
+        if h is not None:
+            self._destroy(h)
 
     def query(self) -> bool:
         """True once the recorded work has completed (never blocks)."""
@@ -104,14 +160,23 @@ class Event:
 
         A checkpoint. Cancelling it leaves the event untouched.
         :raises DeviceError: the stream faulted before the event.
+        :raises SessionClosedError: the event, or its session, was closed (before or while
+            waiting).
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
-        h = self._live()
         watcher = self._device.get_watcher()
         bridge = current_bridge()
-        wait = _Wait(bridge)
-        watcher.add(watcher.token(bridge.channel(watcher)), wait, self._stream, h)
-        await wait.done.wait()
+        with self._lock:  # against close(): the entry is added on a live handle, or not at all
+            h = self._live()
+            wait = _Wait(bridge, self)
+            watcher.add(watcher.token(bridge.channel(watcher)), wait, self._stream, h)
+            self._entries += 1
+            self._waits.add(wait)
+        try:
+            await wait.done.wait()  # type: ignore[union-attr]
+        finally:
+            with self._lock:
+                self._waits.discard(wait)
         if wait.error is not None:
             raise wait.error
 
@@ -127,12 +192,47 @@ class Event:
         return self._handle is None
 
     def close(self) -> None:
-        """Destroy the event (idempotent; allowed before it completes)."""
+        """Close the event (idempotent; allowed before it completes). Tasks awaiting it get
+        :class:`SessionClosedError` at once; the handle is destroyed once the device no longer
+        needs it (its recorded work completed), and nothing else on the stream is touched."""
+        self._close("the event was closed while a task awaited it")
+
+    def _close(self, why: str) -> None:
+        """Close; each waiter gets its own SessionClosedError(``why``)."""
         with self._lock:
             h, self._handle = self._handle, None
+            if h is None:
+                return
+            waits = list(self._waits)
+            self._waits.clear()
+            if self._entries:  # the watch still polls the handle: the last entry destroys it
+                self._doomed, h = h, None
+        for w in waits:
+            w.abort(SessionClosedError(why))
         if h is not None and self._device.alive:
-            self._device.ensure_current()
-            self._device.backend.lib.aclrtDestroyEvent(h)
+            self._release_when_done(h)
+
+    def _release_when_done(self, h: Any) -> None:
+        """Destroy ``h`` now if its work completed, else when it does (through the watcher), so
+        that the hardware event it holds returns to the budget when the device frees it."""
+        b = self._device.backend
+        self._device.ensure_current()
+        status = b.ffi.new("aclrtEventRecordedStatus*")
+        rc = b.lib.aclrtQueryEventStatus(h, status)
+        if rc or int(status[0]) == b.lib.ACL_EVENT_RECORDED_STATUS_COMPLETE:
+            self._destroy(h)
+            return
+        watcher = self._device.get_watcher()
+        if watcher.closed or watcher.broken is not None:
+            self._destroy(h)
+            return
+        with self._lock:
+            self._entries += 1
+            self._doomed = h
+        try:
+            watcher.add(watcher.token(0), _Wait(None, self), self._stream, h)
+        except Exception:
+            self._entry_done()
 
     def __del__(self) -> None:
         try:

@@ -38,11 +38,14 @@ _MODE_API = {"stream": "RunGraphWithStreamAsync", "sync": "RunGraph", "callback"
 
 _ge_lock = threading.Lock()
 _ge_ready = False
+_DEFAULT_MAX_IN_FLIGHT = 512
 
 
 @dataclass(frozen=True)
 class SessionStatistics:
-    """A snapshot of a session's activity."""
+    """A snapshot of a session's activity. ``device_events`` is the device's event budget,
+    shared with every session and loop on it: ``limit``, ``used``, ``peak``, ``waiting`` (runs
+    waiting for events now) and ``waited`` (runs that had to wait)."""
 
     in_flight: int
     completed: int
@@ -52,6 +55,7 @@ class SessionStatistics:
     device_pool: Mapping[str, int]
     host_pool: Mapping[str, int]
     watcher: Mapping[str, int]
+    device_events: Mapping[str, int]
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class _GraphState:
         self.loaded: set[Stream] = set()
         self.replicas: dict[Stream, Replica] = {}  # loaded replicas, with their run descriptors
         self.mode: str | None = None
+        self.removed = False  # remove_graph succeeded: no replica may be added again
         self.lock = threading.Lock()
 
 
@@ -90,6 +95,12 @@ class Session:
     Use it as an async (or plain) context manager. Every method may be called from any
     thread; several event loops may share one session. A child process forked after the
     first session was opened cannot use sessions (:class:`BackendUnavailableError`).
+
+    ``max_in_flight`` caps the runs each event loop has in flight in this session; the
+    device's hardware events are one budget for every loop, session and pool instance on it
+    (1023 on the sim and, unless ``ASCEND_ASYNC_EVENT_BUDGET`` says otherwise, on CANN), and a
+    run that does not fit waits on its loop for events to come back. A ``max_in_flight`` above
+    the budget is clamped to it with an :class:`AscendWarning` (the default, silently).
 
     .. code-block:: python
 
@@ -104,7 +115,7 @@ class Session:
         *,
         streams: int = 2,
         options: Mapping[str, str] | None = None,
-        max_in_flight: int = 512,
+        max_in_flight: int = _DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         _check_count("device_id", device_id, 0)
         _check_count("streams", streams, 1)
@@ -131,7 +142,17 @@ class Session:
             self._handle = out[0]
             # GeSession's constructor switched this thread's context; set ours again.
             b.lib.aclrtSetCurrentContext(self._device.context)
-            self._max_in_flight = max_in_flight
+            budget = self._device.events.limit
+            if max_in_flight > budget and max_in_flight != _DEFAULT_MAX_IN_FLIGHT:
+                warnings.warn(
+                    AscendWarning(
+                        f"Session(max_in_flight={max_in_flight}) is above device {device_id}'s event budget "
+                        f"({budget} hardware events, shared by every session and loop on the device); "
+                        f"using max_in_flight={budget}"
+                    ),
+                    stacklevel=2,
+                )
+            self._max_in_flight = min(max_in_flight, budget)
             self._lock = threading.Lock()
             self._sync_lock = threading.Lock()
             self._idle = threading.Condition(self._lock)
@@ -258,7 +279,8 @@ class Session:
         lib = dev.backend.lib
         dev.ensure_current()
         for ev in list(getattr(self, "_events", ())):
-            ev.close()
+            # Its waiters wake with this error; nothing else on its stream is failed for it.
+            ev._close("the session was closed while a task awaited the event")
         if self._handle is not None:
             for st in getattr(self, "_graphs", {}).values():
                 for gid in st.ids.values():
@@ -360,18 +382,44 @@ class Session:
         return await anyio.to_thread.run_sync(lambda: self.add_graph(source, name=name, base_dir=base_dir))
 
     def remove_graph(self, graph: Graph) -> None:
-        """Remove the graph (all its replicas); its run mode is forgotten."""
+        """Remove the graph (all its replicas); its run mode is forgotten.
+
+        Transactional: GE refuses while runs of the graph are still on the device; the graph
+        then stays added and fully usable (a replica already removed is added again by its
+        stream's next run), and a later call removes it once those runs finished.
+
+        :raises GraphError: the graph is not added to this session.
+        :raises GeError: GE refused (runs in flight); nothing was forgotten.
+        """
         self._check_open()
         if not isinstance(graph, Graph):
             raise TypeError(f"graph must be a Graph from session.add_graph, not {type(graph).__name__}")
         with self._lock:
-            state = self._graphs.pop(id(graph), None)
-        if state is None:
+            state = self._graphs.get(id(graph))
+        if state is None or state.graph is not graph:
             raise GraphError(f"{graph.name}: not added to this session")
-        with self._working():
+        with self._working(), state.lock:  # no replica is added meanwhile (_ensure_loaded)
+            if state.removed:
+                raise GraphError(f"{graph.name}: not added to this session")
             self._device.ensure_current()
-            for gid in state.ids.values():
-                self._device.backend.check_ge(self._lib.aa_session_remove_graph(self._handle, gid), "RemoveGraph")
+            for stream, gid in list(state.ids.items()):
+                # Out of the run path first (a run that finds no replica waits for state.lock),
+                # put back if GE refuses.
+                replica = state.replicas.pop(stream, None) if stream is not None else None
+                was_loaded = stream in state.loaded
+                state.loaded.discard(stream)  # type: ignore[arg-type]
+                status = self._lib.aa_session_remove_graph(self._handle, gid)
+                if status:
+                    if replica is not None:
+                        state.replicas[stream] = replica  # type: ignore[index]
+                    if was_loaded:
+                        state.loaded.add(stream)  # type: ignore[arg-type]
+                    self._device.backend.check_ge(status, "RemoveGraph")
+                del state.ids[stream]
+            state.removed = True
+            with self._lock:
+                if self._graphs.get(id(graph)) is state:
+                    del self._graphs[id(graph)]
 
     async def load(self, graph: Graph) -> None:
         """Compile and load the graph on every stream now (on a worker thread), so the first
@@ -409,6 +457,8 @@ class Session:
         """On a worker thread: the graph's replica on ``stream``, compiled and loaded; None for
         a faulted stream (it is retired, with its replicas, once drained: none is added)."""
         with self._working(), state.lock:
+            if state.removed:
+                raise GraphError(f"{state.graph.name}: not added to this session (it was removed)")
             if stream.fault:
                 return None
             gid = state.ids.get(stream)
@@ -508,6 +558,17 @@ class Session:
             limiter.acquire_nowait()
         except anyio.WouldBlock:
             await limiter.acquire()
+        # The device's event budget, shared with every loop, session and pool on the device: a
+        # run that does not fit waits here, on this loop, never inside aclrtRecordEvent.
+        need = 4 if profile else 1  # a profiled run records three stage events too
+        events = self._device.events
+        run: Run | None = None
+        try:
+            if not events.try_take(need):
+                await events.take(need, bridge)
+        except BaseException:
+            limiter.release()
+            raise
         try:
             if not bridge.take_budget():
                 await bridge.admit()  # this loop iteration's submissions are spent: wait for the next
@@ -520,6 +581,7 @@ class Session:
                     lane = self._pool.pick(stream)
                     replica = state.replicas.get(lane)
             run = Run(replica, self._pool, self._account, bridge, outputs == "device")
+            run.slots, need = need, 0  # the run gives them back when it is recycled
             t_submit = time.perf_counter_ns()
             with self._lock:  # counted as pending: close() waits for it from here
                 self._check_open()
@@ -533,6 +595,10 @@ class Session:
                 raise
             submit_ns = time.perf_counter_ns() - t_submit
         except BaseException:
+            if run is not None:
+                run._give_slots()  # a no-op once a failed submit recycled the run
+            if need:
+                events.give(need)
             limiter.release()
             raise
         run.limiter = limiter
@@ -574,6 +640,8 @@ class Session:
 
     def _primary_id(self, state: _GraphState) -> int:
         with state.lock:
+            if state.removed:
+                raise GraphError(f"{state.graph.name}: not added to this session (it was removed)")
             gid = state.ids.get(None)
             if gid is None:
                 gid = self._add_replica(state, None)
@@ -714,6 +782,7 @@ class Session:
                 device_pool=pools["device"],
                 host_pool=pools["host"],
                 watcher=w.stats() if w is not None else {},
+                device_events=self._device.events.stats(),
             )
 
     # -- serving (logic in _batcher.py) -------------------------------------------------------

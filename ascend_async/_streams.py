@@ -80,6 +80,9 @@ class StreamPool:
         self._replaced: list[Stream] = []  # faulted, out of the pool, runs still in flight
         self._faulted = False
         self._rr = 0
+        # Runs a dead watcher failed: their blocks may still be in use on the device, so they
+        # are given back at close, once every stream has drained.
+        self._orphans: list[Callable[[], None]] = []
         for i in range(count):
             self.streams.append(make(i))
 
@@ -139,10 +142,19 @@ class StreamPool:
             self._retire(s)
             s._destroy()
 
+    def orphan(self, release: Callable[[], None]) -> None:
+        """Call ``release`` at :meth:`close`, after the streams drained (any thread)."""
+        with self._lock:
+            self._orphans.append(release)
+
     def close(self) -> None:
-        """Destroy every stream (teardown: nothing is in flight)."""
+        """Destroy every stream (teardown: nothing is in flight), then give back what runs
+        failed by a dead watcher held (destroying a stream waits for its work)."""
         with self._lock:
             every = self._replaced + self.streams
             self._replaced, self.streams = [], []
+            orphans, self._orphans = self._orphans, []
         for s in every:
             s._destroy()
+        for release in orphans:
+            release()

@@ -93,19 +93,19 @@ class Replica:
 
 
 class StageEvents:
-    """Three timing events around one run's stages; owned by its run, destroyed after it."""
+    """Three timing events around one run's stages; owned by its run, destroyed after it (the
+    run holds three events of the device's budget for them)."""
 
     def __init__(self, dev: Device) -> None:
         b = dev.backend
         self._dev = dev
         self.handles: list[Any] = []
-        for _ in range(3):
-            ev = b.ffi.new("aclrtEvent*")
-            rc = b.lib.aclrtCreateEventWithFlag(ev, b.lib.ACL_EVENT_SYNC | b.lib.ACL_EVENT_TIME_LINE)
-            if rc:
-                self.close()
-                b.check(rc, "aclrtCreateEventWithFlag")
-            self.handles.append(ev[0])
+        try:
+            for _ in range(3):
+                self.handles.append(dev.new_event(b.lib.ACL_EVENT_SYNC | b.lib.ACL_EVENT_TIME_LINE))
+        except BaseException:
+            self.close()
+            raise
         self.submitted_ns = 0
 
     def attach(self, run: Any) -> None:
@@ -129,9 +129,8 @@ class StageEvents:
         return spans[0], spans[1], spans[2], queued
 
     def close(self) -> None:
-        lib = self._dev.backend.lib
         for h in self.handles:
-            lib.aclrtDestroyEvent(h)
+            self._dev.destroy_event(h)
         self.handles = []
 
 
@@ -151,6 +150,7 @@ class Run:
         "pool",
         "replica",
         "result",
+        "slots",
         "stages",
         "timing",
         "to_device",
@@ -180,6 +180,7 @@ class Run:
         self.timing: tuple[float, float, float, float | None] | None = None
         self.noticed_ns = 0
         self.token = 0
+        self.slots = 0  # events held from the device's budget (Session._run took them)
         self.desc: Any = None  # a Descriptor while submitted
         self.event: Any = None
         self.keep: Any = None
@@ -226,17 +227,21 @@ class Run:
                 signature[i] = (v.dtype, v.shape)
                 desc.shapes = None
         self.keep = keep
-        self.event = event = dev.take_event()
-        run.event = event
-        run.outputs_to_host = not self.to_device
-        if profile:  # (a descriptor's stage events are NULL otherwise: _recycle clears them)
-            self.stages = StageEvents(dev)
-            self.stages.attach(run)
         stream = replica.stream
-        ch = self.bridge.channel(watcher)
-        self.token = run.token = token = watcher.token(ch)
+        try:
+            self.event = event = dev.take_event()
+            run.event = event
+            run.outputs_to_host = not self.to_device
+            if profile:  # (a descriptor's stage events are NULL otherwise: _recycle clears them)
+                self.stages = StageEvents(dev)
+                self.stages.attach(run)
+            ch = self.bridge.channel(watcher)
+            self.token = run.token = token = watcher.token(ch)
+            watcher.expect(token, self)  # before the C call: the watcher may answer at once
+        except BaseException:
+            self._recycle()  # nothing was recorded: the descriptor, events and budget go back
+            raise
         self.pool.started(stream)
-        watcher.expect(token, self)  # before the C call: the watcher may answer at once
         if lib.aa_run_submit(run) == 0:
             return
         # Nothing reached the watch; undo, then give back what the call took.
@@ -254,10 +259,12 @@ class Run:
             error = acl_error(oom, api, b.ge_message()) if oom else b.ge_error(run.ge_status, api)
         else:
             error = b.acl_error(run.acl_error, api)
-        self._recycle()
+        # The event is destroyed, not pooled: a record that failed (no hardware event was free)
+        # would fail, after the runtime's wait, for every later run that took it from the pool.
+        self._recycle(pool_event=False)
         raise error
 
-    def _recycle(self) -> None:
+    def _recycle(self, pool_event: bool = True) -> None:
         dev = self.replica.device
         desc = self.desc
         dev.backend.lib.aa_run_release(desc.run)
@@ -269,9 +276,20 @@ class Run:
             run.stage_events[0] = run.stage_events[1] = run.stage_events[2] = ffi.NULL
         self.replica.give(desc)
         self.desc = None
-        dev.give_event(self.event)
+        if self.event is not None:
+            if pool_event:
+                dev.give_event(self.event)
+            else:
+                dev.destroy_event(self.event)
         self.event = None
         self.keep = None
+        self._give_slots()
+
+    def _give_slots(self) -> None:
+        """The run's events go back to the device's budget (once), admitting waiting runs."""
+        n, self.slots = self.slots, 0
+        if n:
+            self.replica.device.events.give(n)
 
     def complete(self, code: int, noticed_ns: int, on_loop: bool) -> None:
         """The run's event completed (code 0) or its stream faulted: read the outputs, give
@@ -304,10 +322,21 @@ class Run:
 
     def fail(self, error: BaseException) -> None:
         """The watcher shut down or died before the run completed. Its blocks may still be in
-        use on the device: they are not given back (the device's pools free them at shutdown)."""
+        use on the device: they are given back when the session closes, after its streams
+        drained. Its event is destroyed (ACL frees it once its work is done), never pooled."""
         self.error = error
+        desc, self.desc = self.desc, None
+        if desc is not None:
+            lib = self.replica.device.backend.lib
+            self.pool.orphan(lambda: lib.aa_run_release(desc.run))
+        if self.event is not None:
+            self.replica.device.destroy_event(self.event)
+            self.event = None
+        if self.stages is not None:
+            self.stages.close()
         self.pool.finished(self.replica.stream, 0)
-        self.account(0, True)
+        self._give_slots()  # nothing more is admitted on a dead watcher: waiting runs learn so
+        self.account(1, self.abandoned)  # a failure, not a cancellation
         self.bridge.call(self._wake)
 
     def _wake(self) -> None:

@@ -34,6 +34,9 @@ __all__ = ["Completion", "Watcher", "current_watcher", "report_ignored"]
 
 _BATCH = 64  # completions per GIL hold on the watcher thread
 _CHANNEL_SHIFT = 48
+#: How long close() waits for the thread (a user callback may hold it); past that the thread
+#: frees the watch itself when it leaves.
+_JOIN_TIMEOUT_S = 10.0
 
 
 class Completion(Protocol):
@@ -100,6 +103,12 @@ class Watcher:
         self._deferred: list[Callable[[], object]] = []  # closes asked for by callbacks
         self.closed = False
         self.broken: BaseException | None = None
+        self.failed_here = 0  # runs failed by this side (shut down or broken), not by the device
+        # The C watch's lifetime against its thread: whoever comes last frees it, close() or the
+        # thread on its way out (when close() could not wait for it: a callback held it).
+        self._exit_lock = threading.Lock()
+        self._exited = False
+        self._orphan: Any = None  # a closed watch the thread frees when it leaves
         self._thread = threading.Thread(target=self._main, name=f"ascend-async-watcher-{device_id}", daemon=True)
         self._thread.start()
 
@@ -163,20 +172,32 @@ class Watcher:
         st = self._ffi.new("aa_watch_stats*")
         self._lib.aa_watch_get_stats(self.handle, st)
         keys = ("added", "completed", "failed", "polls", "probes", "batches", "sleeps", "pending")
-        return {k: int(getattr(st, k)) for k in (*keys, "harvested", "wakes", "takeovers")}
+        out = {k: int(getattr(st, k)) for k in (*keys, "harvested", "wakes", "takeovers")}
+        out["failed"] += self.failed_here  # runs this side failed count as failures too
+        return out
 
     def close(self) -> None:
-        """Stop the thread (pending completions fail) and free the C watch."""
-        self._lib.aa_watch_close(self.handle)
+        """Stop the thread (pending completions fail) and free the C watch — now if the thread
+        has ended, else (a callback still holds it past ``_JOIN_TIMEOUT_S``, or this is the
+        watcher thread) by the thread itself when it leaves: never under a live thread."""
+        handle = self.handle
+        self._lib.aa_watch_close(handle)
         if self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=_JOIN_TIMEOUT_S)
         with self.lock:
             self.closed = True
             self._channels.clear()
         self._fail_all(WatcherError("the device watcher was shut down"))
-        self._lib.aclrtSetCurrentContext(self._context)
-        self._lib.aa_watch_destroy(self.handle)
         self.handle = self._ffi.NULL
+        with self._exit_lock:
+            if not self._exited:
+                self._orphan = handle  # the thread frees it (see _main)
+                return
+        self._destroy(handle)
+
+    def _destroy(self, handle: Any) -> None:
+        self._lib.aclrtSetCurrentContext(self._context)
+        self._lib.aa_watch_destroy(handle)
 
     # -- the watcher thread ----------------------------------------------------------------------
 
@@ -186,10 +207,23 @@ class Watcher:
         codes = ffi.new("int32_t[]", _BATCH)
         noticed = ffi.new("uint64_t[]", _BATCH)
         wake = lib.AA_WATCH_WAKE
+        handle = self.handle  # close() clears self.handle; the watch lives until this thread leaves
         _tls.watcher = self
         try:
+            self._loop(handle, tokens, codes, noticed, wake)
+        finally:
+            with self._exit_lock:
+                self._exited = True
+                orphan, self._orphan = self._orphan, None
+            if orphan is not None:  # close() gave up waiting for this thread: free it now
+                # (no context switch: the device may be reset by now; a poll watch needs none)
+                self._lib.aa_watch_destroy(orphan)
+
+    def _loop(self, handle: Any, tokens: Any, codes: Any, noticed: Any, wake: int) -> None:
+        lib = self._lib
+        try:
             while True:
-                n = lib.aa_watch_wait(self.handle, tokens, codes, noticed, _BATCH, -1)
+                n = lib.aa_watch_wait(handle, tokens, codes, noticed, _BATCH, -1)
                 if n < 0:
                     return
                 for i in range(n):
@@ -212,7 +246,11 @@ class Watcher:
 
     def _fail_all(self, error: BaseException) -> None:
         while self.pending:
-            _token, c = self.pending.popitem()
+            try:
+                _token, c = self.pending.popitem()
+            except KeyError:  # emptied meanwhile by another thread (close and a dying thread)
+                break
+            self.failed_here += 1
             _contained(c.fail, error)
             if self._deferred:
                 self._start_deferred()

@@ -108,7 +108,7 @@ async def test_order_on_one_stream_under_1000_concurrent_runs(monkeypatch: pytes
     monkeypatch.setattr(_submit.Run, "complete", recording)
     woken: list[int] = []
     y = np.zeros((1, 4), np.float32)
-    async with ascend_async.Session(max_in_flight=2 * n) as s:
+    async with ascend_async.Session(max_in_flight=n) as s:
         g = add_model(s)
         await s.load(g)
         lane = s.streams[0]

@@ -859,6 +859,12 @@ def run_benchmark(
     levels = [1.0] if cfg.mode == "sync" else list(cfg.levels)
     results: list[LevelResult] = []
     peak = max(int(v) for v in levels) if cfg.load == "concurrency" else cfg.max_in_flight
+    # Runs past the device's event budget wait for events (on the loop) in any case: ask for no
+    # more than it has (a larger max_in_flight is clamped with a warning).
+    from .._backend import get_backend
+    from .._device import event_limit
+
+    peak = min(max(512, peak), event_limit(get_backend()))
     pool: Any = None
     session: Any = None
     if cfg.devices is not None:
@@ -870,13 +876,13 @@ def run_benchmark(
         if bad:
             raise BenchError(_not_visible(bad[0], visible))
         try:
-            pool = aa.DevicePool(ids, streams_per_device=cfg.streams, max_in_flight=max(512, peak))
+            pool = aa.DevicePool(ids, streams_per_device=cfg.streams, max_in_flight=peak)
         except Exception as exc:
             raise BenchError(f"cannot open a device pool on devices {ids}: {exc}") from exc
         facts.devices = list(pool.devices)
     else:
         try:
-            session = aa.Session(cfg.device, streams=cfg.streams, max_in_flight=max(512, peak))
+            session = aa.Session(cfg.device, streams=cfg.streams, max_in_flight=peak)
         except Exception as exc:
             raise BenchError(f"cannot open a session on device {cfg.device}: {exc}") from exc
     target: Any = pool if pool is not None else session

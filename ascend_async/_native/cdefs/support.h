@@ -80,7 +80,8 @@ uint64_t aa_monotonic_ns(void);
 /* RunGraphAsync completions flow through the same watch: pass aa_watch_run_callback as the
  * callback and a slot as user_data. The callback stores status and outputs (ownership passes
  * to the slot's holder), and for a failure GE's error text as the callback's thread has it
- * (GEGetErrorMsgV3 is per thread), then hands `token` to the waiter. */
+ * (GEGetErrorMsgV3 is per thread), then hands `token` to the waiter with a non-zero code when
+ * the run failed (the watch counts it as failed; the slot keeps GE's status). */
 typedef struct aa_cb_slot {
     aa_watch *watch;
     uint64_t token;

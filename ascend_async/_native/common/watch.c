@@ -663,9 +663,14 @@ void aa_watch_run_callback(void *user_data, aa_status status, aa_tensor *outputs
     slot->status = status;
     slot->detail[0] = 0;
     if (status) aa_ge_get_error_msg(slot->detail, sizeof slot->detail);
+    /* The completion carries the run's outcome (counted as failed in the watch's statistics);
+     * the slot keeps GE's exact status. A status that reads as AA_WATCH_WAKE (GE's FAILED is
+     * 0xFFFFFFFF) would be taken for a wake-up: it travels as ACL_ERROR_RT_INTERNAL_ERROR. */
+    int32_t code = (int32_t)status;
+    if (code == AA_WATCH_WAKE) code = ACL_ERROR_RT_INTERNAL_ERROR;
     aa_watch *w = slot->watch;
     pthread_mutex_lock(&w->mu);
-    push_done_locked(w, slot->token, 0, aa_monotonic_ns());
+    push_done_locked(w, slot->token, code, aa_monotonic_ns());
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
 }

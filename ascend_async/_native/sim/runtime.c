@@ -1067,6 +1067,17 @@ aclError aclrtDestroyEvent(aclrtEvent event) {
     return ACL_SUCCESS;
 }
 
+/* How long a record waits for a free hardware event before it fails with 207007 (ACL blocks
+ * for one; the sim gives up after 5 s). ASCEND_ASYNC_SIM_EVENT_WAIT_MS shortens it for tests;
+ * read on this rare path only, when every hardware event is in use. */
+static int record_wait_ms(void) {
+    const char *env = getenv("ASCEND_ASYNC_SIM_EVENT_WAIT_MS");
+    if (!env || !*env) return 5000;
+    char *end = NULL;
+    long ms = strtol(env, &end, 10);
+    return (end && !*end && ms >= 0 && ms <= 600000) ? (int)ms : 5000;
+}
+
 aclError aclrtRecordEvent(aclrtEvent event, aclrtStream stream) {
     sim_event *e = as_event(event);
     if (!e) FAIL(ACL_ERROR_INVALID_PARAM, "aclrtRecordEvent: invalid event handle");
@@ -1078,8 +1089,8 @@ aclError aclrtRecordEvent(aclrtEvent event, aclrtStream stream) {
     pthread_mutex_lock(&d->lock);
     if (!e->hw) {
         /* The first record takes a hardware event; none free means waiting for one. */
-        struct timespec dl;
-        deadline_after_ms(&dl, 5000);
+        struct timespec dl = {0, 0};
+        if (d->hw_events >= g_rt.cfg.max_events) deadline_after_ms(&dl, record_wait_ms());
         while (d->hw_events >= g_rt.cfg.max_events) {
             if (pthread_cond_timedwait(&d->done_cv, &d->lock, &dl) == ETIMEDOUT &&
                 d->hw_events >= g_rt.cfg.max_events) {
