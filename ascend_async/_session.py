@@ -23,7 +23,7 @@ from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
 from ._errors import AscendWarning, GraphError, SessionClosedError, ge_error
 from ._event import Event
 from ._graph import Graph, GraphSource
-from ._loop import current_bridge
+from ._loop import LoopBridge, current_bridge
 from ._memory import DeviceTensor
 from ._streams import Stream, StreamPool
 from ._submit import CallbackRun, Replica, Run
@@ -125,6 +125,7 @@ class Session:
         options, self._cann_check_mode = _sim_options(options)
         self._closed = False
         self._forked = False
+        self._bridges: weakref.WeakSet[LoopBridge] = weakref.WeakSet()  # loops holding a limiter of ours
         self._closer: int | None = None  # the thread tearing the session down
         self._torn_down = threading.Event()  # set once close() has freed everything
         self._handle: Any = None
@@ -239,6 +240,11 @@ class Session:
         with self._lock:
             first = not self._closed
             self._closed = True
+        # The session's in-flight limiters go now, not when the garbage collector finds the
+        # session: a loop bridge lives as long as its loop. (A dict pop, atomic under the GIL,
+        # from whichever thread closes; the loops no longer create one for a closed session.)
+        for bridge in list(self._bridges):
+            bridge.limiters.pop(self, None)
         watcher = current_watcher()
         if not first:
             if watcher is None and self._closer != threading.get_ident():
@@ -553,7 +559,10 @@ class Session:
         values = graph.bind(inputs)
         self._bind_mode(state, "stream")
         bridge = current_bridge()
-        limiter = bridge.limiter_for(self, self._max_in_flight)
+        limiter = bridge.limiters.get(self)
+        if limiter is None:
+            limiter = bridge.limiter_for(self, self._max_in_flight)
+            self._bridges.add(bridge)  # close() drops the limiter from it
         try:  # the run's schedule point is its wait below: no extra loop round trip here
             limiter.acquire_nowait()
         except anyio.WouldBlock:

@@ -476,9 +476,7 @@ async def test_limiter_is_dropped_with_its_session() -> None:
     await s.run(g, [X, X])
     assert s in bridge.limiters
     await s.aclose()
-    del s, g
-    gc.collect()
-    assert len(bridge.limiters) == 0
+    assert len(bridge.limiters) == 0  # dropped by close, not left for the garbage collector
 
 
 # -- arguments ------------------------------------------------------------------------------------
