@@ -958,8 +958,10 @@ static void *device_thread(void *arg) {
         if (t->kind == TASK_RECORD || t->kind == TASK_WAIT) {
             sim_event *e = t->event;
             if (t->kind == TASK_RECORD && !s->fault && t->gen > e->done_gen) {
-                e->done_gen = t->gen;
+                /* Release: a thread that reads the event COMPLETE without the lock
+                 * (aclrtQueryEventStatus, acquire) sees every write of the work before it. */
                 e->timestamp_ns = sim_now_ns();
+                __atomic_store_n(&e->done_gen, t->gen, __ATOMIC_RELEASE);
             }
             event_unref_locked(e);
         }
@@ -1104,7 +1106,8 @@ aclError aclrtRecordEvent(aclrtEvent event, aclrtStream stream) {
     }
     sim_task *t = task_new(TASK_RECORD);
     t->event = e;
-    t->gen = ++e->record_gen;
+    t->gen = e->record_gen + 1;
+    __atomic_store_n(&e->record_gen, t->gen, __ATOMIC_RELEASE); /* read lock-free by QueryEventStatus */
     e->refs++;
     if (e->stream != s) { /* the event keeps the stream of its latest record alive */
         if (e->stream) stream_unref_locked(e->stream);
