@@ -64,8 +64,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __name__ == "__main__":  # before the sim starts: stale pool reads show up as poison
+if __name__ == "__main__":
+    # Before the sim starts: stale pool reads show up as poison.
     os.environ.setdefault("ASCEND_ASYNC_SIM_POISON", "1")
+    # The library of this checkout (its in-place build), not whatever else is installed.
+    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isdir(os.path.join(_root, "ascend_async")):
+        sys.path.insert(0, _root)
 
 import anyio
 import anyio.lowlevel
@@ -1273,6 +1278,19 @@ class Campaign:
                 slot = Slot(c, self.sessions[sidx], sidx, mode, how, shared_graph=shared)
                 try:
                     slot.graph = slot.add()
+                except aa.GraphError as exc:
+                    outs = [o.name for o in c.model.graph.output]
+                    if len(set(outs)) < len(outs) and "more than once" in str(exc):
+                        # GE forbids an output name twice: refusing it at add_graph is the
+                        # library's promise (issue 17, item 8); running it exactly is too.
+                        self.count("refused_duplicate_outputs")
+                        continue
+                    self.findings.add(
+                        "add_graph",
+                        where,
+                        f"session {sidx} add_graph({how}) raised GraphError: {exc}; {c.describe()}",
+                    )
+                    continue
                 except Exception as exc:
                     self.findings.add(
                         "add_graph",
@@ -1866,7 +1884,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.replay:
         return replay(args.replay, feats, args.dump)
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
-    print(f"fuzz_isolation: seed {seed}, {args.runs} runs; features off: {why or 'none'}", flush=True)
+    print(f"fuzz_isolation: seed {seed}, {args.runs} runs of {aa.__file__}; features off: {why or 'none'}", flush=True)
     findings, stats, dt = fuzz(
         seed, args.runs, feats, hint=hint, verbose=not args.quiet, runs_per_epoch=args.runs_per_epoch
     )
