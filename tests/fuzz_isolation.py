@@ -753,13 +753,12 @@ class Reference:
         so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
         self.names = [o.name for o in self.sess.get_outputs()]
-        self.bf16 = any("bfloat16" in x.type for x in [*self.sess.get_inputs(), *self.sess.get_outputs()])
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if not self.bf16:
-            outs = self.sess.run(None, inputs)
-            return dict(zip(self.names, outs, strict=True))
-        # onnxruntime's Python API has no numpy type for bfloat16: pass and read raw bytes.
+        """The outputs, as arrays of their own. Through OrtValues, not ``sess.run``: for an
+        output that is a graph input, ``sess.run``'s array can borrow the input's buffer without
+        keeping it alive (garbage once the input is freed; heap corruption seen), and
+        onnxruntime's Python API has no numpy type for bfloat16 (read as raw bytes here)."""
         feed = {}
         for k, a in inputs.items():
             if a.dtype == NP[BF16]:
@@ -768,13 +767,14 @@ class Reference:
                 feed[k] = ort.OrtValue.ortvalue_from_numpy(a)
         res = {}
         for name, v in zip(self.names, self.sess.run_with_ort_values(None, feed), strict=True):
+            shape = tuple(v.shape())
             if v.data_type() == "tensor(bfloat16)":
-                shape = tuple(v.shape())
                 n = math.prod(shape)
                 raw = ctypes.string_at(v.data_ptr(), 2 * n) if n else b""
                 res[name] = np.frombuffer(raw, NP[BF16]).reshape(shape).copy()
             else:
-                res[name] = v.numpy()
+                res[name] = np.array(v.numpy(), copy=True)
+        del feed  # the input OrtValues (and the arrays they borrow) lived until the copies were made
         return res
 
 
