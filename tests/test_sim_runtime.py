@@ -159,13 +159,13 @@ def test_held_stream_does_not_block_another_stream(res: Res) -> None:
 def test_two_streams_overlap_in_time(res: Res) -> None:
     a, b = res.stream(), res.stream()
     a0, a1, b0, b1 = (res.event() for _ in range(4))
-    buf = res.malloc(32)
+    bufs = {a: res.malloc(32), b: res.malloc(32)}  # one each: the streams run at once (no race)
     delay_us = 100_000
     for s, e0, e1 in ((a, a0, a1), (b, b0, b1)):
         ok(lib.aa_sim_stream_hold(s))
         ok(lib.aclrtRecordEvent(e0, s))
         ok(lib.aa_sim_inject_delay(s, 1, delay_us))
-        ok(lib.aclrtMemsetAsync(buf, 32, 0, 32, s))
+        ok(lib.aclrtMemsetAsync(bufs[s], 32, 0, 32, s))
         ok(lib.aclrtRecordEvent(e1, s))
     ok(lib.aa_sim_stream_release(a))
     ok(lib.aa_sim_stream_release(b))
@@ -666,16 +666,16 @@ def test_record_captures_only_work_submitted_before_it(res: Res) -> None:
 def test_synchronize_device_waits_for_all_streams_and_reports_faults(res: Res) -> None:
     a, b = res.stream(), res.stream()
     ea, eb = res.event(), res.event()
-    buf = res.malloc(32)
+    buf, buf_b = res.malloc(32), res.malloc(32)  # one per stream: they run at once (no race)
     ok(lib.aa_sim_inject_delay(a, 1, 20_000))
     ok(lib.aclrtMemsetAsync(buf, 32, 1, 32, a))
     ok(lib.aclrtRecordEvent(ea, a))
-    ok(lib.aclrtMemsetAsync(buf, 32, 1, 32, b))
+    ok(lib.aclrtMemsetAsync(buf_b, 32, 1, 32, b))
     ok(lib.aclrtRecordEvent(eb, b))
     ok(lib.aclrtSynchronizeDevice())
     assert (query(ea), query(eb)) == (COMPLETE, COMPLETE)
     ok(lib.aa_sim_inject_fault(b, 1, 507015))
-    ok(lib.aclrtMemsetAsync(buf, 32, 1, 32, b))
+    ok(lib.aclrtMemsetAsync(buf_b, 32, 1, 32, b))
     assert lib.aclrtSynchronizeDevice() == 507015
 
 
