@@ -51,7 +51,7 @@ class DeviceTensor:
         :raises InputError: a dtype GE tensors cannot carry (before anything is allocated).
         """
         device: Device = session._device_for_tensors()
-        array = np.ascontiguousarray(array)
+        array = np.require(array, requirements="C")  # ascontiguousarray would make a 0-d array 1-d
         if ge_dtype(array.dtype) is None:
             raise InputError(
                 f"DeviceTensor.from_numpy: dtype {array.dtype} has no ge::DataType (GE tensors carry {CARRIED})"

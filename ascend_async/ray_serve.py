@@ -101,7 +101,7 @@ def _array(spec: TensorSpec, value: Any) -> np.ndarray:
     if dtype.kind == "b":
         if kind != "b":
             raise HttpError(400, f"input {name!r} is {dtype}: expected true/false, got numbers")
-        return np.ascontiguousarray(raw)
+        return np.require(raw, requirements="C")
     if kind == "b":
         raise HttpError(400, f"input {name!r} is {dtype}: expected numbers, got true/false")
     if dtype.kind in "iu":
@@ -110,14 +110,14 @@ def _array(spec: TensorSpec, value: Any) -> np.ndarray:
         info = np.iinfo(dtype)
         if raw.size and (int(raw.min()) < info.min or int(raw.max()) > info.max):
             raise HttpError(400, f"input {name!r} is {dtype}: a value is outside [{info.min}, {info.max}]")
-        return np.ascontiguousarray(raw.astype(dtype))
+        return np.require(raw.astype(dtype), requirements="C")
     if not _is_float(dtype):  # cannot happen: a Graph's inputs are GE dtypes
         raise HttpError(400, f"input {name!r} has dtype {dtype}, which JSON numbers cannot fill")
     with np.errstate(over="ignore", invalid="ignore"):
         out = raw.astype(dtype)
     if raw.size and kind == "f" and np.any(np.isfinite(raw) & ~np.isfinite(out.astype(np.float64))):
         raise HttpError(400, f"input {name!r} is {dtype}: a finite value overflows it")
-    return np.ascontiguousarray(out)
+    return np.require(out, requirements="C")
 
 
 def parse_inputs(body: bytes, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:

@@ -554,3 +554,24 @@ def test_the_sim_refuses_a_graph_without_outputs_at_the_abi() -> None:
     ort.InferenceSession(model, providers=["CPUExecutionProvider"])  # onnxruntime accepts it
     with pytest.raises(_simrun.AddGraphError, match="no outputs"):
         _simrun.run_case(model, [np.ones(2, np.float32)])
+
+
+@pytest.mark.anyio
+async def test_a_0d_device_tensor_stays_0d_and_runs() -> None:
+    """DeviceTensor.from_numpy kept a rank-0 array as shape (1,) (np.ascontiguousarray makes
+    0-d arrays 1-d), so a rank-0 graph input refused it (found by the isolation fuzzer)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [])
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "scalar", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    async with aa.Session() as s:
+        g = s.add_graph(model)
+        t = aa.DeviceTensor.from_numpy(s, np.array(2.5, np.float32))
+        try:
+            assert t.shape == ()
+            out = await s.run(g, {"x": t})
+        finally:
+            t.close()
+    assert out["y"].shape == () and out["y"] == np.float32(-2.5)

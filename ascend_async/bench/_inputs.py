@@ -151,7 +151,7 @@ def check_sample(graph: Any, arrays: dict[str, np.ndarray], origin: str) -> None
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: np.ascontiguousarray(z[k]) for k in z.files}
+            return {k: np.require(z[k], requirements="C") for k in z.files}
     except (OSError, ValueError) as exc:
         raise BenchError(f"--input {path}: cannot read as .npz: {exc}") from None
 
@@ -163,7 +163,7 @@ def _read_npy(path: Path) -> np.ndarray:
         raise BenchError(f"--input {path}: cannot read as .npy: {exc}") from None
     if not isinstance(a, np.ndarray):
         raise BenchError(f"--input {path}: not a .npy array (an .npz goes alone: --input {path})")
-    return np.ascontiguousarray(a)
+    return np.require(a, requirements="C")
 
 
 def _sample_from_files(graph: Any, specs: Sequence[str]) -> tuple[list[dict[str, np.ndarray]], list[str]]:
