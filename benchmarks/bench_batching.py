@@ -93,7 +93,7 @@ def batching_curve(model: str, duration: float, max_batch: int, delay_ms: float)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
     async def main() -> None:
-        async with aa.Session(streams=2, max_in_flight=1024) as s:
+        async with aa.Session(streams=2, max_in_flight=1000) as s:
             g = s.add_graph(str(MODELS / f"{model}.onnx"))
             await s.load(g)
             for c in LEVELS:
@@ -114,7 +114,7 @@ def pool_scaling(duration: float) -> dict[int, float]:
     for n in (1, 4):
 
         async def main(n: int = n) -> None:
-            async with aa.DevicePool(list(range(n)), streams_per_device=2, max_in_flight=1024) as pool:
+            async with aa.DevicePool(list(range(n)), streams_per_device=2, max_in_flight=1000) as pool:
                 g = pool.add_graph(str(MODELS / "mlp.onnx"))
                 await pool.load(g)
                 out[n] = (await closed_loop(lambda: pool.run(g, {"x": x}), 64, duration))["inf_s"]
@@ -132,7 +132,7 @@ def metrics_overhead(duration: float, repeats: int) -> tuple[float, float, float
     hook_us = [0.0]
 
     async def main() -> None:
-        async with aa.Session(streams=2, max_in_flight=1024) as s:
+        async with aa.Session(streams=2, max_in_flight=1000) as s:
             g = s.add_graph(str(MODELS / "mlp.onnx"))
             await s.load(g)
             await closed_loop(lambda: s.run(g, {"x": x}), 64, duration / 2)
