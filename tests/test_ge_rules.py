@@ -16,7 +16,7 @@ import anyio
 import numpy as np
 import onnxruntime as ort
 import pytest
-from helpers import add_model, add_model_proto, held, sim_stats
+from helpers import add_model, add_model_proto, held, sim_stats, wait_for
 from onnx import TensorProto, helper
 
 import ascend_async
@@ -275,7 +275,7 @@ async def test_session_streams_never_share_an_allocator(anyio_backend: Any) -> N
         async with anyio.create_task_group() as tg:
             with held(s.streams[0]):
                 tg.start_soon(run, 0)
-                await anyio.sleep(0)
+                await wait_for(lambda: s.streams[0].in_flight == 1, "stream 0's run submitted")
                 await run(1)
                 assert 0 not in results
         for i in (0, 1):
