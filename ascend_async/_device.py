@@ -209,8 +209,7 @@ class Device:
         cache = _env_int("ASCEND_ASYNC_POOL_CACHE_BYTES", 1 << 30)
         self.device_pool = lib.aa_pool_create(lib.AA_POOL_DEVICE, cache)
         self.host_pool = lib.aa_pool_create(lib.AA_POOL_HOST, cache)
-        self.allocator = ffi.new("aa_allocator*")
-        lib.aa_pool_allocator(self.device_pool, self.allocator)
+        # GE's external allocator is per stream: each Stream registers a lane of device_pool.
         self.events = EventBudget(event_limit(backend))
         self._events: list[Any] = []  # the run-event pool: idle events, each recorded before
         self._live = 0  # events made here and not destroyed (pooled, in use, stage, user)
@@ -248,7 +247,16 @@ class Device:
             lib.aa_pool_get_stats(pool, st)
             out[name] = {
                 k: int(getattr(st, k))
-                for k in ("live_blocks", "live_bytes", "cached_blocks", "cached_bytes", "hits", "misses")
+                for k in (
+                    "live_blocks",
+                    "live_bytes",
+                    "cached_blocks",
+                    "cached_bytes",
+                    "hits",
+                    "misses",
+                    "stream_cached_blocks",
+                    "stream_cached_bytes",
+                )
             }
         return out
 

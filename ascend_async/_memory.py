@@ -32,6 +32,15 @@ class DeviceTensor:
         self, device: Device, addr: Any, shape: tuple[int, ...], dtype: np.dtype[Any], ge_tensor: Any = None
     ) -> None:
         # Use from_numpy or session.run(outputs="device"); this constructor is internal.
+        # GE takes device inputs only at 32-byte aligned addresses (RunGraphWithStreamAsync
+        # fails otherwise). Pool blocks and GE's output blocks always are, and there are no
+        # views at an offset: an unaligned DeviceTensor cannot be made, so no run sees one.
+        at = int(device.backend.ffi.cast("uintptr_t", addr))
+        if at % 32:
+            raise InputError(
+                f"DeviceTensor: device address {at:#x} is not 32-byte aligned (GE requires device inputs "
+                "and outputs at 32-byte aligned addresses)"
+            )
         self._device = device
         self._addr = addr
         self._ge = ge_tensor  # aa_tensor* whose owner GE allocated, or None (our pool block)

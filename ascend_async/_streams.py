@@ -34,10 +34,22 @@ class Stream:
         s = b.ffi.new("aclrtStream*")
         b.check(b.lib.aclrtCreateStream(s), "aclrtCreateStream")
         self.handle: Any = s[0]
-        # GE's external allocator registry is keyed by stream: our caching pool serves it.
-        st = b.lib.aa_session_register_external_allocator(ge_session, self.handle, device.allocator)
+        # GE's external allocator registry is keyed by stream, and the allocator must be
+        # stream-ordered: GE frees a run's workspace as soon as the run is submitted, while the
+        # stream still uses it, and one allocator must not serve streams that run concurrently.
+        # So each stream registers its own lane of the device's caching pool: what GE gives back
+        # through it is reused by this stream alone until the lane is closed (_destroy, after
+        # the stream drained), when it joins the shared cache.
+        self._lane = b.lib.aa_pool_lane_open(device.device_pool)
+        if self._lane == b.ffi.NULL:
+            b.lib.aclrtDestroyStream(self.handle)
+            raise MemoryError("no host memory for the stream's allocator lane")
+        self._allocator = b.ffi.new("aa_allocator*")  # GE copies the table; kept for clarity
+        b.lib.aa_pool_lane_allocator(self._lane, self._allocator)
+        st = b.lib.aa_session_register_external_allocator(ge_session, self.handle, self._allocator)
         if st:
             b.lib.aclrtDestroyStream(self.handle)
+            b.lib.aa_pool_lane_close(self._lane)
             b.check_ge(st, "RegisterExternalAllocator")
         self.in_flight = 0
         self.fault = 0
@@ -67,6 +79,9 @@ class Stream:
             dev.watcher.fail_stream(self.handle, self.fault or lib.ACL_ERROR_RT_INTERNAL_ERROR)
         lib.aclrtDestroyStream(self.handle)
         lib.aclGetRecentErrMsg()
+        # The stream's work has drained (a stream is destroyed after its last run completed):
+        # the blocks its lane kept may now serve any stream.
+        lib.aa_pool_lane_close(self._lane)
 
 
 class StreamPool:

@@ -444,13 +444,16 @@ def test_stream_async_mixed_slots_allocate_only_the_empty_ones(env: Env, dev: De
 
 
 class CountingAllocator:
-    """An aa_allocator over aclrtMalloc/aclrtFree that counts its calls."""
+    """An aa_allocator over aclrtMalloc/aclrtFree that counts its calls. Stream-ordered as GE
+    requires: a freed block may still be used by its stream (GE frees a run's workspace at
+    submit), so it goes back to the runtime only in release_freed(), after a synchronize."""
 
     def __init__(self, c: Cann) -> None:
         self.c = c
         self.allocs = 0
         self.frees = 0
         self.sizes: list[int] = []
+        self.freed: list[Any] = []
         self._alloc = c.ffi.callback("void *(void *, size_t, void **)", self.alloc)
         self._free = c.ffi.callback("void (void *, void *)", self.free)
         self.table = c.ffi.new("aa_allocator *")
@@ -467,7 +470,13 @@ class CountingAllocator:
 
     def free(self, ctx: Any, block: Any) -> None:
         self.frees += 1
-        self.c.lib.aclrtFree(block)
+        self.freed.append(block)
+
+    def release_freed(self) -> None:
+        """Give the freed blocks back to the runtime (the stream was synchronized)."""
+        for block in self.freed:
+            self.c.lib.aclrtFree(block)
+        self.freed.clear()
 
 
 def test_stream_async_external_allocator_bridge(env: Env, dev: Device) -> None:
@@ -481,9 +490,11 @@ def test_stream_async_external_allocator_bridge(env: Env, dev: Device) -> None:
     dev.put(ins[1], B, DT_FLOAT)
     outs = ffi.new("aa_tensor[1]")
     c.check(lib.aa_session_run_graph_with_stream_async(env.session, 3, env.stream, ins, 2, outs, 1))
-    assert (alloc.allocs, alloc.frees) == (1, 0)
-    assert alloc.sizes == [((A.nbytes + 31) // 32) * 32 + 32]
-    assert outs[0].owner != ffi.NULL and outs[0].size == alloc.sizes[0]
+    # GE's workspace for the run (the sim's 512 bytes; freed when the submission returned), then
+    # the output block.
+    assert (alloc.allocs, alloc.frees) == (2, 1)
+    assert alloc.sizes == [512, ((A.nbytes + 31) // 32) * 32 + 32]
+    assert outs[0].owner != ffi.NULL and outs[0].size == alloc.sizes[1]
     assert c.runner.ge_standin_live_blocks() == 1
     c.check_acl(lib.aclrtSynchronizeStream(env.stream))
     np.testing.assert_array_equal(dev.read(outs[0], np.float32, (2, 3)), A + B)
@@ -491,11 +502,12 @@ def test_stream_async_external_allocator_bridge(env: Env, dev: Device) -> None:
     outs2 = ffi.new("aa_tensor[1]")
     dev.empty(outs2[0], A.nbytes, DT_FLOAT, (2, 3))
     c.check(lib.aa_session_run_graph_with_stream_async(env.session, 3, env.stream, ins, 2, outs2, 1))
-    assert alloc.allocs == 1 and outs2[0].owner == ffi.NULL
+    assert alloc.allocs == 3 and outs2[0].owner == ffi.NULL  # a workspace, no output block
     lib.aa_tensor_release(outs)  # MemBlock::Free -> the bridge -> our free
-    assert (alloc.allocs, alloc.frees) == (1, 1)
+    assert (alloc.allocs, alloc.frees) == (3, 3)
     assert c.runner.ge_standin_live_blocks() == 0
     c.check_acl(lib.aclrtSynchronizeStream(env.stream))
+    alloc.release_freed()
     c.check(lib.aa_session_remove_graph(env.session, 3))
     c.check(lib.aa_session_unregister_external_allocator(env.session, env.stream))
     c.check(lib.aa_session_unregister_external_allocator(env.session, env.stream))  # no-op
@@ -597,7 +609,7 @@ def test_pool_allocator_and_watcher_over_the_shim(env: Env, dev: Device) -> None
     c.check_acl(lib.aclrtCreateEvent(event))
     try:
         table = ffi.new("aa_allocator *")
-        lib.aa_pool_allocator(pool, table)
+        lib.aa_pool_lane_allocator(lib.aa_pool_lane_open(pool), table)  # a lane: stream-ordered
         c.check(lib.aa_session_register_external_allocator(env.session, env.stream, table))
         add_graph(env, 9, add_model())
         ins = ffi.new("aa_tensor[2]")

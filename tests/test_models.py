@@ -603,7 +603,7 @@ def test_dynamic_outputs_follow_ges_allocation_rule(external: bool) -> None:
     try:
         if external:
             alloc = ffi.new("aa_allocator*")
-            lib.aa_pool_allocator(pool, alloc)
+            lib.aa_pool_lane_allocator(lib.aa_pool_lane_open(pool), alloc)  # a lane: stream-ordered
             assert lib.aa_session_register_external_allocator(env.session, env.stream, alloc) == 0
         tin = env.device_input(x)
         out = ffi.new("aa_tensor[3]")
@@ -637,7 +637,7 @@ def test_dynamic_outputs_follow_ges_allocation_rule(external: bool) -> None:
         lib.aa_pool_get_stats(pool, pst)
         assert pst.live_blocks == 0
         if external:
-            assert pst.cached_blocks == 3  # given back to the pool, not freed
+            assert pst.stream_cached_blocks == 3  # given back to the stream's lane, not freed
     finally:
         if external:
             lib.aa_session_unregister_external_allocator(env.session, env.stream)

@@ -400,7 +400,7 @@ def test_external_allocator_outputs(env: Env, programs: dict[str, bytes]) -> Non
     gid = env.add(programs["add"])
     pool = lib.aa_pool_create(0, 1 << 20)
     alloc = ffi.new("aa_allocator*")
-    lib.aa_pool_allocator(pool, alloc)
+    lib.aa_pool_lane_allocator(lib.aa_pool_lane_open(pool), alloc)  # one stream: its own lane
     pst = ffi.new("aa_pool_stats*")
     try:
         ok(lib.aa_session_register_external_allocator(env.session, env.stream, alloc))
@@ -408,18 +408,19 @@ def test_external_allocator_outputs(env: Env, programs: dict[str, bytes]) -> Non
         out = ffi.new("aa_tensor[1]")
         ok(env.run_stream(gid, out))
         lib.aa_pool_get_stats(pool, pst)
-        assert pst.live_blocks == 1 and pst.misses == 1
+        # The output and GE's workspace (freed by GE at submit, kept for this stream's lane).
+        assert pst.live_blocks == 1 and pst.misses == 2 and pst.stream_cached_blocks == 1
         assert out[0].owner != ffi.NULL and out[0].placement == 0
         assert out[0].size == 96
         assert lib.aclrtSynchronizeStream(env.stream) == 0
         np.testing.assert_array_equal(env.read(out[0].addr), env.x * 2)
         lib.aa_tensor_release(out)
         lib.aa_pool_get_stats(pool, pst)
-        assert pst.live_blocks == 0 and pst.cached_blocks == 1
-        # The next run reuses the cached block.
+        assert pst.live_blocks == 0 and pst.stream_cached_blocks == 2 and pst.cached_blocks == 0
+        # The next run reuses the cached blocks (workspace and output).
         ok(env.run_stream(gid, out))
         lib.aa_pool_get_stats(pool, pst)
-        assert pst.hits == 1 and pst.live_blocks == 1
+        assert pst.hits == 2 and pst.live_blocks == 1
         assert lib.aclrtSynchronizeStream(env.stream) == 0
         lib.aa_tensor_release(out)
         assert stats().ge_outputs == ge_before
@@ -704,7 +705,7 @@ def test_remove_graph_races_runs_without_freeing_memory_in_use(env: Env, program
     with it, as in GE)."""
     pool = lib.aa_pool_create(0, 1 << 20)
     alloc = ffi.new("aa_allocator*")
-    lib.aa_pool_allocator(pool, alloc)
+    lib.aa_pool_lane_allocator(lib.aa_pool_lane_open(pool), alloc)  # a lane: stream-ordered
     ok(lib.aa_session_register_external_allocator(env.session, env.stream, alloc))
     try:
         _race_remove(env, programs["add"])

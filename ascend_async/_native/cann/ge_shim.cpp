@@ -14,8 +14,11 @@
  *    TensorData::Release(manager) into an Owner record that aa_tensor_release() ends with
  *    manager(handle, kFreeTensor, nullptr). Tensors without a manager are the caller's memory
  *    (device) or are copied to the heap (host outputs, whose lifetime GE does not promise).
- *  - The shim adds no locking of its own: GE's own rules apply (a per-graph host mutex around
- *    RunGraphWithStreamAsync submission; RunGraph in one session is not concurrent).
+ *  - One lock of the shim's own: a GeSession "does not support concurrent execution", so the
+ *    submissions into one session (RunGraphWithStreamAsync, RunGraphAsync) are serialized by
+ *    aa_session::submit (uncontended unless several threads submit to one session; GE itself
+ *    holds only a per-graph mutex there). RunGraph is left to GE, which refuses a concurrent
+ *    one (it runs to completion: holding the lock would stall every submission meanwhile).
  */
 #include <algorithm>
 #include <atomic>
@@ -53,6 +56,7 @@ int aclrtSynchronizeStream(aclrtStream stream);
 
 struct aa_session {
   std::unique_ptr<ge::GeSession> ge;
+  std::mutex submit; /* host-side submissions into this session, one at a time (see the top) */
 };
 
 namespace {
@@ -604,7 +608,11 @@ aa_status aa_session_run_graph_async(aa_session *session, uint32_t graph_id, con
       deliver_async(callback, user_data, status, outs);
     };
     /* On a mode conflict GE calls cb synchronously with UNSUPPORTED and returns UNSUPPORTED. */
-    const ge::Status status = session->ge->RunGraphAsync(graph_id, *ins, std::move(cb));
+    ge::Status status;
+    {
+      std::lock_guard<std::mutex> one_at_a_time(session->submit);
+      status = session->ge->RunGraphAsync(graph_id, *ins, std::move(cb));
+    }
     if (status != ge::SUCCESS) {
       pull_ge_error();
     }
@@ -632,7 +640,11 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
     if (!all_empty && !to_gert_vector(outputs, n_outputs, outs, "RunGraphWithStreamAsync")) {
       return kParamInvalid;
     }
-    const ge::Status status = session->ge->RunGraphWithStreamAsync(graph_id, stream, ins, outs);
+    ge::Status status;
+    {
+      std::lock_guard<std::mutex> one_at_a_time(session->submit);
+      status = session->ge->RunGraphWithStreamAsync(graph_id, stream, ins, outs);
+    }
     if (status != ge::SUCCESS) {
       pull_ge_error(); /* a mode conflict shows here as FAILED + E10062 text */
       return status;

@@ -10,7 +10,15 @@
  * releases it exactly once with aa_tensor_release(). A NULL owner means the caller owns `addr`.
  *
  * Thread safety: every function may be called from any thread. Calls that submit work to a
- * stream need the calling thread's current context to own that stream (as in AscendCL).
+ * stream need the calling thread's current context to own that stream (as in AscendCL). A
+ * GeSession "does not support concurrent execution": both backends serialize the submissions
+ * into one session (RunGraphWithStreamAsync, RunGraphAsync) with a per-session mutex; other
+ * sessions are not held up. RunGraph is not serialized: a concurrent one in the same session
+ * fails (GE's GE_SESS_ALREADY_RUNNING, as FAILED).
+ *
+ * Device memory: every device address passed as an input or an output of
+ * RunGraphWithStreamAsync (and RunGraph's device inputs) must be 32-byte aligned; GE fails the
+ * call otherwise (FAILED, the sim names the input/output and the address).
  */
 
 typedef uint32_t aa_status;
@@ -67,7 +75,18 @@ typedef struct aa_session aa_session;
 
 /* An external allocator (ge::Allocator / ge::MemBlock) as a C function table. `alloc` returns
  * a block handle and its device address (NULL handle = out of memory); `free` gives the block
- * back. Called from whichever thread submits the run; must not block on the device. */
+ * back. Called from whichever thread submits the run; must not block on the device.
+ *
+ * It must be stream-ordered. GE allocates a static graph's feature (workspace) memory from it
+ * for every run and frees that block as soon as the host side of the submission returns, while
+ * the stream may still use it: a freed block may be handed out again for later work on the
+ * same stream, never to another stream until this one is synchronized (common/pool.c's lanes
+ * do exactly this). The sim checks it: a workspace canary written when the run starts and
+ * checked when it ends, and every block an allocator hands GE compared with the workspaces of
+ * runs that have not ended; either failing faults the run's stream (507011) saying so.
+ * One allocator is one `ctx`: registered for several streams, those streams must not run
+ * concurrently (the sim refuses a run while another of them still has work), and they must be
+ * synchronized before its memory goes back to the runtime. Register one per stream. */
 typedef struct aa_allocator {
     void *ctx;
     void *(*alloc)(void *ctx, size_t size, void **addr);
@@ -109,7 +128,8 @@ aa_status aa_session_run_graph(aa_session *session, uint32_t graph_id, const aa_
 
 /* RunGraphAsync: returns after submission; `callback` receives the outcome. Inputs must stay
  * alive until the callback has run. On a mode conflict the callback runs before this returns
- * (UNSUPPORTED, no outputs). */
+ * (UNSUPPORTED, no outputs); on CANN that happens inside the session's submission lock, so
+ * such a callback must not submit into the same session. */
 aa_status aa_session_run_graph_async(aa_session *session, uint32_t graph_id,
                                      const aa_tensor *inputs, size_t n_inputs,
                                      aa_run_callback callback, void *user_data);
@@ -125,7 +145,8 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
                                                  size_t n_inputs, aa_tensor *outputs,
                                                  size_t n_outputs);
 
-/* The registry is process-wide and keyed by stream, as in GE. `allocator` is copied. */
+/* The registry is process-wide and keyed by stream, as in GE. `allocator` is copied (on CANN
+ * into a ge::Allocator bridge of its own). Register before LoadGraph. */
 aa_status aa_session_register_external_allocator(aa_session *session, aclrtStream stream,
                                                  const aa_allocator *allocator);
 aa_status aa_session_unregister_external_allocator(aa_session *session, aclrtStream stream);

@@ -98,7 +98,17 @@ void aa_watch_run_callback(void *user_data, aa_status status, aa_tensor *outputs
 /* ---------------------------------------------------------------------------------------------
  * aa_pool: a caching allocator over aclrtMalloc (device) or aclrtMallocHost (pinned host).
  * Thread-safe. A block goes back with aa_pool_free only once no device work uses it; reuse
- * then needs no synchronization. aa_pool_allocator() exposes it as GE's external allocator.
+ * then needs no synchronization.
+ *
+ * GE's external allocator must be stream-ordered: GE frees a run's workspace block right after
+ * the host side of the run returns, while the stream may still use it, and one allocator shared
+ * by several streams forbids them to run concurrently (ge_acl_facts.md §2.10, §2.13). So a
+ * stream registers a lane of the pool (aa_pool_lane_open + aa_pool_lane_allocator), never the
+ * pool itself: a block given back through a lane is handed out again only through that lane
+ * (later work on the same stream) until the lane is flushed or closed, which its owner does
+ * once the stream is idle (synchronized, or destroyed after its work drained); then the
+ * blocks join the shared cache. aa_pool_allocator() (the shared pool as an allocator) suits one
+ * stream that is synchronized before its blocks are reused elsewhere, i.e. tests.
  */
 #define AA_POOL_DEVICE 0
 #define AA_POOL_HOST 1
@@ -110,6 +120,8 @@ typedef struct aa_pool_stats {
     int64_t cached_bytes;
     uint64_t hits;
     uint64_t misses;
+    int64_t stream_cached_blocks; /* cached in lanes: reusable by their own stream only */
+    int64_t stream_cached_bytes;
 } aa_pool_stats;
 
 typedef struct aa_pool aa_pool;
@@ -125,8 +137,27 @@ aclError aa_pool_take_error(void);
 void aa_pool_trim(aa_pool *pool);
 void aa_pool_get_stats(aa_pool *pool, aa_pool_stats *stats);
 void aa_pool_allocator(aa_pool *pool, aa_allocator *out);
-/* Frees cached blocks; returns how many blocks were still live (and frees those too). */
+/* Frees cached blocks (lanes' too); returns how many blocks were still live (and frees those
+ * too). */
 int64_t aa_pool_destroy(aa_pool *pool);
+
+/* A stream's lane (see above). Owned by the pool: valid until aa_pool_destroy, and blocks may
+ * come back through it after it was closed (they then go to the shared cache). NULL when host
+ * memory ran out. aa_pool_trim leaves lanes alone: their blocks may still be in use. */
+typedef struct aa_pool_lane aa_pool_lane;
+
+aa_pool_lane *aa_pool_lane_open(aa_pool *pool);
+/* The lane's own cache first (same size class), else the shared pool. */
+void *aa_pool_lane_alloc(aa_pool_lane *lane, size_t size, aclError *error);
+/* Keeps the block for this lane: the stream may still be using it. */
+void aa_pool_lane_free(aa_pool_lane *lane, void *ptr);
+/* The lane's stream is idle (the caller's promise): its cached blocks join the shared cache. */
+void aa_pool_lane_flush(aa_pool_lane *lane);
+/* As flush, and the stream is gone: later frees go straight to the shared cache. The lane may
+ * be handed to another stream by a later aa_pool_lane_open. */
+void aa_pool_lane_close(aa_pool_lane *lane);
+/* The lane as GE's external allocator for its one stream. */
+void aa_pool_lane_allocator(aa_pool_lane *lane, aa_allocator *out);
 
 /* ---------------------------------------------------------------------------------------------
  * The floor: n_runs graph runs on one stream with an event after each, at most `window` in

@@ -983,6 +983,22 @@ static void *device_thread(void *arg) {
     return NULL;
 }
 
+int sim_stream_busy(const void *stream) {
+    if (!stream || !__atomic_load_n(&g_rt.started, __ATOMIC_ACQUIRE)) return 0;
+    for (uint32_t i = 0; i < g_rt.n_visible; i++) {
+        sim_device *d = &g_rt.devs[i];
+        pthread_mutex_lock(&d->lock);
+        for (sim_stream *s = d->streams; s; s = s->next)
+            if ((const void *)s == stream) {
+                int busy = s->completed < s->submitted || s->running;
+                pthread_mutex_unlock(&d->lock);
+                return busy;
+            }
+        pthread_mutex_unlock(&d->lock);
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Fault injection and gates                                                                   */
 

@@ -41,6 +41,10 @@ aclError sim_enqueue_internal(aclrtStream stream, int flags, sim_exec_fn exec, s
 /* Blocks until the stream retired task `seq` (ran or skipped). */
 void sim_wait_retired(aclrtStream stream, uint64_t seq);
 
+/* Does `stream` (any pointer: a destroyed or foreign one is simply not found) have work
+ * submitted and not yet retired? 0 when it is idle or unknown. Never dereferences it. */
+int sim_stream_busy(const void *stream);
+
 /* Internal streams (GE's own model streams): not user-visible, not counted as user streams. */
 aclError sim_stream_create_internal(int32_t device_id, aclrtStream *out);
 aclError sim_stream_destroy_internal(aclrtStream stream);

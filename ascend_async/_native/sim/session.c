@@ -9,9 +9,27 @@
  * built-in allocator (blocks of round_up(n, 32) + 32 bytes); RunGraph and RunGraphAsync
  * return GE-allocated host outputs; concurrent RunGraph calls in one session fail.
  *
- * Locking: g_ge.lock guards the session list and the allocator registry; each session's `mu`
- * guards its graph table; each graph's `run_mu` serializes host-side submission on that graph
- * (as GE's per-graph run mutex does).
+ * GE's rules for RunGraphWithStreamAsync that the sim enforces (§2.10, §2.13):
+ *  - device input and output addresses are 32-byte aligned (FAILED otherwise, naming the
+ *    input or output and the address); RunGraph's device inputs too;
+ *  - a run of a static-shape graph on a stream with an external allocator takes a workspace
+ *    block (WS_BYTES) from that allocator at submit and frees it when the host side of the submission returns, as GE does
+ *    with feature memory, while the stream still needs it. The device thread writes a run-unique
+ *    canary into it when the run starts and checks it when the run ends; and every block an
+ *    external allocator hands GE is compared with the workspaces of runs that have not ended.
+ *    A canary that changed, or a workspace handed to another stream's run, fails the run (the
+ *    stream faults): the allocator is not stream-ordered;
+ *  - one allocator (one `ctx`) registered for several streams: a run is refused while another
+ *    of those streams still has work (they must not run concurrently).
+ *
+ * Locking: g_ge.lock guards the session list and the allocator registry; g_ws.lock the
+ * workspaces of runs in flight; each session's `mu` guards its graph table, and its
+ * `submit_mu` serializes the host-side submissions into the session (RunGraphWithStreamAsync,
+ * RunGraphAsync): GE holds a graph's run mutex for a whole submission and a GeSession does not
+ * support concurrent execution, so the CANN shim takes the same per-session mutex. Each
+ * graph's `run_mu` guards that graph's mode, load state, removal mark, in-flight gate and
+ * built-in blocks (it is held briefly, never across a submission). Order: submit_mu, then
+ * run_mu or g_ge.lock; g_ge.lock before a device's lock (sim_stream_busy).
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
@@ -106,6 +124,7 @@ struct aa_session {
     uint32_t magic;
     int32_t device;
     pthread_mutex_t mu;
+    pthread_mutex_t submit_mu; /* host-side submissions, one at a time (see the top) */
     graph_node *graphs;
     int running_sync;        /* RunGraph in progress (GE's session try_lock) */
     aclrtStream sync_stream; /* GE's own model streams */
@@ -196,6 +215,7 @@ aa_status aa_session_create(const aa_option *options, size_t n_options, aa_sessi
     s->magic = SESSION_MAGIC;
     s->device = device;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->submit_mu, NULL);
     sim_stream_create_internal(device, &s->sync_stream);
     sim_stream_create_internal(device, &s->async_stream);
     SIM_STAT_ADD(sessions, 1);
@@ -225,6 +245,7 @@ aa_status aa_session_destroy(aa_session *session) {
     s->magic = 0;
     aclrtResetDevice(s->device);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->submit_mu);
     free(s);
     SIM_STAT_ADD(sessions, -1);
     return GE_OK;
@@ -587,6 +608,108 @@ void aa_tensor_release(aa_tensor *tensor) {
 
 static size_t block_size_for(size_t nbytes) { return ((nbytes + 31) & ~(size_t)31) + 32; }
 
+/* ------------------------------------------------------------------------------------------ */
+/* GE's workspace: taken at submit, freed when the submission returns, used until the run ends */
+
+#define WS_BYTES 512 /* small: the check costs one 512-byte fill and compare per run */
+#define WS_SLOTS 1024
+
+/* A run's workspace while the run has not ended. Lives in its run_job; registered in g_ws from
+ * before GE frees the block until the job's cleanup (or its failed submission) takes it out. */
+typedef struct ws_claim {
+    struct ws_claim *next, *prev;
+    void *addr;              /* NULL: no workspace (no external allocator) */
+    const void *stream;
+    uint32_t graph_id;
+    uint64_t canary;
+    const void *taken_by;    /* another stream's run got this block while this run had not ended */
+} ws_claim;
+
+static struct {
+    pthread_mutex_t lock;
+    ws_claim *slots[WS_SLOTS];
+    uint64_t runs; /* canary counter */
+} g_ws = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static size_t ws_slot(const void *addr) {
+    return (size_t)((((uintptr_t)addr >> 5) * 0x9E3779B97F4A7C15ull) >> 54) & (WS_SLOTS - 1);
+}
+
+static void ws_register(ws_claim *c) {
+    pthread_mutex_lock(&g_ws.lock);
+    c->canary = (++g_ws.runs * 0x9E3779B97F4A7C15ull) | 1;
+    ws_claim **head = &g_ws.slots[ws_slot(c->addr)];
+    c->prev = NULL;
+    c->next = *head;
+    if (*head) (*head)->prev = c;
+    *head = c;
+    pthread_mutex_unlock(&g_ws.lock);
+}
+
+static void ws_unregister(ws_claim *c) {
+    if (!c->addr) return;
+    pthread_mutex_lock(&g_ws.lock);
+    if (c->prev) c->prev->next = c->next;
+    else g_ws.slots[ws_slot(c->addr)] = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->next = c->prev = NULL;
+    pthread_mutex_unlock(&g_ws.lock);
+    c->addr = NULL;
+}
+
+/* An external allocator handed `addr` to GE for a run on `stream`: if it is the workspace of a
+ * run on another stream that has not ended, that run's workspace was given away under it. */
+static void ws_note_handout(const void *addr, const void *stream) {
+    pthread_mutex_lock(&g_ws.lock);
+    for (ws_claim *c = g_ws.slots[ws_slot(addr)]; c; c = c->next)
+        if (c->addr == addr && c->stream != stream && !c->taken_by) c->taken_by = stream;
+    pthread_mutex_unlock(&g_ws.lock);
+}
+
+/* Device thread, before the run touches its workspace: an allocator that gave the block back to
+ * the runtime while the stream still needed it (GE: synchronize first) fails the run instead.
+ * (It could still be given back during the run; only such an allocator races this.) */
+static int rc_ws_gone(const ws_claim *c, char *err, size_t err_len) {
+    char why[200];
+    if (sim_check_device_range(c->addr, WS_BYTES, why, sizeof why) == 1) return 0;
+    snprintf(err, err_len,
+             "graph %u on stream %p: its workspace %p (freed by GE when the run was submitted) is no longer "
+             "device memory: the external allocator gave it back to the runtime while the stream still used "
+             "it (GE: synchronize the stream before allocator memory goes back)",
+             c->graph_id, c->stream, c->addr);
+    return 1;
+}
+
+/* Device thread, when the run starts: the canary, one word per 8 bytes. */
+static void ws_fill(const ws_claim *c) {
+    uint64_t *w = c->addr;
+    for (size_t i = 0; i < WS_BYTES / 8; i++) w[i] = c->canary ^ i;
+}
+
+/* Device thread, when the run ends: 0, or ACL_ERROR_RT_MODEL_EXECUTE with the reason in err. */
+static int ws_check(const ws_claim *c, char *err, size_t err_len) {
+    const uint64_t *w = c->addr;
+    size_t bad = WS_BYTES / 8;
+    for (size_t i = 0; i < WS_BYTES / 8 && bad == WS_BYTES / 8; i++)
+        if (w[i] != (c->canary ^ i)) bad = i;
+    pthread_mutex_lock(&g_ws.lock);
+    const void *taken_by = c->taken_by;
+    pthread_mutex_unlock(&g_ws.lock);
+    if (bad == WS_BYTES / 8 && !taken_by) return 0;
+    char why[160];
+    if (taken_by)
+        snprintf(why, sizeof why, "it was handed to a run on stream %p", taken_by);
+    else
+        snprintf(why, sizeof why, "its contents changed during the run (byte %zu)", bad * 8);
+    snprintf(err, err_len,
+             "graph %u on stream %p: the external allocator handed a block GE had freed to other work while "
+             "this stream still used it (workspace %p, %d bytes, freed when the run was submitted, as GE "
+             "does: %s); the allocator is not stream-ordered: a block GE frees during a submission may be "
+             "reused only by later work on the same stream",
+             c->graph_id, c->stream, c->addr, WS_BYTES, why);
+    return ACL_ERROR_RT_MODEL_EXECUTE;
+}
+
 static int lookup_allocator(const void *stream, aa_allocator *out) {
     pthread_mutex_lock(&g_ge.lock);
     int found = 0;
@@ -619,6 +742,7 @@ static int alloc_output(graph_node *g, aclrtStream stream, aa_tensor *t, size_t 
             snprintf(err, err_len, "the external allocator of the stream could not provide %zu bytes", size);
             return ACL_ERROR_RT_MEMORY_ALLOCATION;
         }
+        ws_note_handout(addr, stream);
         b = block_new(BLOCK_EXTERNAL, addr, size);
         b->alloc = a;
         b->ext_block = blk;
@@ -672,22 +796,33 @@ typedef struct run_job {
     int code;
     char msg[512];
     int finished; /* its in-flight count was already given back (RunGraphAsync, before calling back) */
+    ws_claim ws;  /* RunGraphWithStreamAsync with an external allocator: GE's workspace */
 } run_job;
 
+/* NULL when host memory ran out (nothing taken). */
 static run_job *job_new(graph_node *g, const aa_tensor *in, size_t n_in, const aa_tensor *out, size_t n_out) {
     run_job *j = calloc(1, sizeof *j);
+    if (j) {
+        j->in = calloc(n_in ? n_in : 1, sizeof(aa_tensor));
+        j->out = calloc(n_out ? n_out : 1, sizeof(aa_tensor));
+    }
+    if (!j || !j->in || !j->out) {
+        if (j) free(j->in), free(j->out);
+        free(j);
+        ge_error("graph %u: out of host memory for a run", g->id);
+        return NULL;
+    }
     graph_get(g); /* the run's in-flight count was taken by its gate */
     j->graph = g;
     j->n_in = n_in;
     j->n_out = n_out;
-    j->in = calloc(n_in ? n_in : 1, sizeof(aa_tensor));
-    j->out = calloc(n_out ? n_out : 1, sizeof(aa_tensor));
     if (n_in) memcpy(j->in, in, n_in * sizeof(aa_tensor));
     if (n_out && out) memcpy(j->out, out, n_out * sizeof(aa_tensor));
     return j;
 }
 
 static void job_free(run_job *j) {
+    ws_unregister(&j->ws); /* the run is over (or never ran): the block is no longer in use */
     if (!j->finished) run_done(j->graph);
     graph_put(j->graph);
     free(j->in);
@@ -740,7 +875,12 @@ static int job_run(run_job *j, char *err, size_t err_len) {
 
 static int stream_exec(void *payload, char *err, size_t err_len) {
     run_job *j = payload;
+    if (j->ws.addr && (rc_ws_gone(&j->ws, err, err_len))) return ACL_ERROR_RT_MODEL_EXECUTE;
+    if (j->ws.addr) ws_fill(&j->ws);
     int rc = job_run(j, err, err_len);
+    if (!rc && j->ws.addr && (rc = ws_check(&j->ws, err, err_len)) && j->dynamic)
+        for (size_t i = 0; i < j->n_out; i++) /* placed by this run, which failed after all */
+            if (j->out[i].owner) aa_tensor_release(&j->out[i]);
     if (!rc && j->dynamic) memcpy(j->slots, j->out, j->n_out * sizeof(aa_tensor)); /* GE fills the slots now */
     return rc;
 }
@@ -753,9 +893,20 @@ static void job_cleanup(void *payload, int executed) {
 /* ------------------------------------------------------------------------------------------ */
 /* RunGraphWithStreamAsync                                                                     */
 
-aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t graph_id, aclrtStream stream,
-                                                 const aa_tensor *inputs, size_t n_inputs, aa_tensor *outputs,
-                                                 size_t n_outputs) {
+/* One allocator (one ctx) registered for `stream` and for another stream that still has work:
+ * GE forbids those streams to run concurrently. Returns that other stream, or NULL. */
+static const void *allocator_shared_busy(const void *stream, const aa_allocator *a) {
+    const void *other = NULL;
+    pthread_mutex_lock(&g_ge.lock);
+    for (alloc_entry *e = g_ge.allocators; e && !other; e = e->next)
+        if (e->stream != stream && e->alloc.ctx == a->ctx && e->alloc.alloc == a->alloc && sim_stream_busy(e->stream))
+            other = e->stream;
+    pthread_mutex_unlock(&g_ge.lock);
+    return other;
+}
+
+static aa_status stream_async_locked(aa_session *session, uint32_t graph_id, aclrtStream stream,
+                                     const aa_tensor *inputs, size_t n_inputs, aa_tensor *outputs, size_t n_outputs) {
     static const char api[] = "RunGraphWithStreamAsync";
     graph_node *g = lookup(session, graph_id, api);
     if (!g) return GE_FAILED;
@@ -768,12 +919,18 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
         graph_put(g);
         return st;
     }
-    /* Host-side submission of one graph is serialized, as GE's per-graph run mutex does; the
-     * block allocations below take run_mu themselves. */
     size_t n_out = sim_model_n_outputs(g->model);
     int *mine = calloc(n_out ? n_out : 1, sizeof(int));
     aa_tensor *described = calloc(n_out ? n_out : 1, sizeof(aa_tensor));
+    aa_allocator ext = {0};
+    int has_ext = lookup_allocator(stream, &ext);
+    void *ws_block = NULL, *ws_addr = NULL;
+    run_job *j = NULL;
     char err[512];
+    if (!mine || !described) {
+        ge_error("%s: graph %u: out of host memory", api, graph_id);
+        goto done;
+    }
     int dynamic = check_inputs(g, inputs, n_inputs, 1, described, api);
     if (dynamic == -2) st = GE_OUT_OF_MEMORY;
     if (dynamic < 0) goto done;
@@ -781,9 +938,43 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
         ge_error("%s: graph %u has %zu outputs, %zu output slots were passed", api, graph_id, n_out, n_outputs);
         goto done;
     }
+    if (has_ext) {
+        const void *other = allocator_shared_busy(stream, &ext);
+        if (other) {
+            ge_error("%s: graph %u: the external allocator of stream %p is also registered for stream %p, which "
+                     "still has work in flight; streams sharing one allocator must not run concurrently "
+                     "(synchronize stream %p first, or register one allocator per stream)",
+                     api, graph_id, (void *)stream, other, other);
+            goto done;
+        }
+    }
+    if (has_ext && !dynamic) {
+        /* A static graph's feature memory for this run (GE's DavinciModel with a refreshable
+         * feature base): from the stream's allocator, freed when this submission returns
+         * (below), while the stream still needs it. (A dynamic graph's executor allocates as
+         * the run goes; the sim models no workspace for it.) */
+        ws_block = ext.alloc(ext.ctx, WS_BYTES, &ws_addr);
+        if (!ws_block || !ws_addr) {
+            ge_error("%s: graph %u: the external allocator of the stream could not provide %d bytes of workspace",
+                     api, graph_id, WS_BYTES);
+            ws_block = NULL;
+            st = GE_OUT_OF_MEMORY;
+            goto done;
+        }
+        ws_note_handout(ws_addr, stream);
+        if ((uintptr_t)ws_addr % 32 || sim_check_device_range(ws_addr, WS_BYTES, err, sizeof err) != 1) {
+            ge_error("%s: graph %u: the external allocator returned %p for %d bytes of workspace: not 32-byte "
+                     "aligned device memory", api, graph_id, ws_addr, WS_BYTES);
+            goto done;
+        }
+    }
     for (size_t i = 0; i < n_out; i++) {
         aa_tensor *t = &outputs[i];
         int caller = t->addr && t->size;
+        if (caller && dynamic && (uintptr_t)t->addr % 32) {
+            ge_error("%s: output %zu: device address %p is not 32-byte aligned", api, i, t->addr);
+            goto done;
+        }
         if (dynamic) { /* shapes follow from values: the slots are filled when the run ends */
             if (!caller) t->owner = NULL, t->addr = NULL, t->size = 0;
             t->dtype = described[i].dtype;
@@ -801,6 +992,10 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
                                           : "address is not device memory");
                 goto done;
             }
+            if ((uintptr_t)t->addr % 32) {
+                ge_error("%s: output %zu: device address %p is not 32-byte aligned", api, i, t->addr);
+                goto done;
+            }
         } else {
             t->owner = NULL;
             if (alloc_output(g, stream, t, nbytes, err, sizeof err)) {
@@ -815,15 +1010,22 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
         t->ndim = described[i].ndim;
         memcpy(t->dims, described[i].dims, sizeof t->dims);
     }
-    run_job *j = job_new(g, inputs, n_inputs, outputs, n_out);
+    j = job_new(g, inputs, n_inputs, outputs, n_out);
+    if (!j) goto done;
     j->stream = stream;
     j->dynamic = dynamic;
     j->slots = outputs;
+    if (ws_addr) {
+        j->ws.addr = ws_addr;
+        j->ws.stream = stream;
+        j->ws.graph_id = graph_id;
+        ws_register(&j->ws); /* before GE frees the block: from now on a handout is noticed */
+    }
     aclError rc = sim_enqueue(stream, sim_graph_task_flags(inputs, n_inputs), stream_exec, job_cleanup, j);
     if (rc) {
         const char *m = aclGetRecentErrMsg();
         ge_error("%s: cannot launch on the stream: aclError %d %s", api, rc, m ? m : "");
-        job_free(j); /* ends the run's in-flight count */
+        job_free(j); /* ends the run's in-flight count and its workspace claim */
     } else {
         st = GE_OK;
     }
@@ -831,10 +1033,27 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
 done:
     run_done(g);
 submitted:
-    if (st != GE_OK && outputs) release_outputs(outputs, n_outputs < n_out ? n_outputs : n_out, mine);
+    if (st != GE_OK && outputs && mine) release_outputs(outputs, n_outputs < n_out ? n_outputs : n_out, mine);
+    /* The host side of the submission returns: GE frees the run's workspace block now, while the
+     * run may not even have started (its claim, registered above, stays until the run ends). */
+    if (ws_block) ext.free(ext.ctx, ws_block);
     free(mine);
     free(described);
     graph_put(g);
+    return st;
+}
+
+aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t graph_id, aclrtStream stream,
+                                                 const aa_tensor *inputs, size_t n_inputs, aa_tensor *outputs,
+                                                 size_t n_outputs) {
+    aa_session *s = as_session(session);
+    if (!s) {
+        ge_error("RunGraphWithStreamAsync: invalid session handle");
+        return GE_FAILED;
+    }
+    pthread_mutex_lock(&s->submit_mu); /* a GeSession does not run two submissions at once */
+    aa_status st = stream_async_locked(s, graph_id, stream, inputs, n_inputs, outputs, n_outputs);
+    pthread_mutex_unlock(&s->submit_mu);
     return st;
 }
 
@@ -892,6 +1111,7 @@ aa_status aa_session_run_graph(aa_session *session, uint32_t graph_id, const aa_
         goto refused;
     }
     run_job *j = job_new(g, inputs, n_inputs, NULL, n_out);
+    if (!j) goto refused;
     j->dynamic = 1; /* host outputs: placed from onnxruntime's results */
     j->placement = AA_PLACEMENT_HOST;
     uint64_t seq = 0;
@@ -939,13 +1159,11 @@ static int async_exec(void *payload, char *err, size_t err_len) {
     return 0;
 }
 
-aa_status aa_session_run_graph_async(aa_session *session, uint32_t graph_id, const aa_tensor *inputs,
-                                     size_t n_inputs, aa_run_callback callback, void *user_data) {
+/* RunGraphAsync under the session's submit_mu. A mode conflict sets *conflict: the caller
+ * calls back (UNSUPPORTED) once the mutex is released, so a callback may submit again. */
+static aa_status async_locked(aa_session *session, uint32_t graph_id, const aa_tensor *inputs, size_t n_inputs,
+                              aa_run_callback callback, void *user_data, int *conflict) {
     static const char api[] = "RunGraphAsync";
-    if (!callback) {
-        ge_error("%s: callback is NULL", api);
-        return GE_FAILED;
-    }
     graph_node *g = lookup(session, graph_id, api);
     if (!g) return GE_FAILED;
     aa_session *s = session;
@@ -956,12 +1174,7 @@ aa_status aa_session_run_graph_async(aa_session *session, uint32_t graph_id, con
     int open = run_gate_locked(g, MODE_RUN_GRAPH_ASYNC, api, &st);
     if (!open && st == GE_UNSUPPORTED) { /* a mode conflict: the callback runs at once, as in GE */
         pthread_mutex_unlock(&g->run_mu);
-        /* The conflict's text is for this call's caller (GEGetErrorMsgV3 after the return), not
-         * for a callback that reads the thread's text: keep it aside while the callback runs. */
-        char conflict[2048];
-        aa_ge_get_error_msg(conflict, sizeof conflict);
-        callback(user_data, GE_UNSUPPORTED, NULL, 0);
-        ge_error("%s", conflict);
+        *conflict = 1;
         goto out;
     }
     int checked = open ? check_inputs(g, inputs, n_inputs, 0, described, api) : 0;
@@ -970,6 +1183,11 @@ aa_status aa_session_run_graph_async(aa_session *session, uint32_t graph_id, con
         run_done(g);
     } else if (open) {
         run_job *j = job_new(g, inputs, n_inputs, NULL, n_out);
+        if (!j) {
+            run_done(g);
+            pthread_mutex_unlock(&g->run_mu);
+            goto out;
+        }
         j->cb = callback;
         j->user = user_data;
         j->dynamic = 1;
@@ -982,6 +1200,33 @@ aa_status aa_session_run_graph_async(aa_session *session, uint32_t graph_id, con
 out:
     free(described);
     graph_put(g);
+    return st;
+}
+
+aa_status aa_session_run_graph_async(aa_session *session, uint32_t graph_id, const aa_tensor *inputs,
+                                     size_t n_inputs, aa_run_callback callback, void *user_data) {
+    static const char api[] = "RunGraphAsync";
+    if (!callback) {
+        ge_error("%s: callback is NULL", api);
+        return GE_FAILED;
+    }
+    aa_session *s = as_session(session);
+    if (!s) {
+        ge_error("%s: invalid session handle", api);
+        return GE_FAILED;
+    }
+    int conflict = 0;
+    pthread_mutex_lock(&s->submit_mu); /* a GeSession does not run two submissions at once */
+    aa_status st = async_locked(s, graph_id, inputs, n_inputs, callback, user_data, &conflict);
+    pthread_mutex_unlock(&s->submit_mu);
+    if (conflict) {
+        /* The conflict's text is for this call's caller (GEGetErrorMsgV3 after the return), not
+         * for a callback that reads the thread's text: keep it aside while the callback runs. */
+        char text[2048];
+        aa_ge_get_error_msg(text, sizeof text);
+        callback(user_data, GE_UNSUPPORTED, NULL, 0);
+        ge_error("%s", text);
+    }
     return st;
 }
 
