@@ -187,9 +187,12 @@ typedef struct aa_run {
 } aa_run;
 
 int aa_run_submit(aa_run *run);
-/* After a dynamic run's event completed: take the outputs GE placed in `slots` and, when they
- * go to the host, copy them into page-locked blocks (synchronously). Returns 0 or an aclError
- * (failed_api names the call). The calling thread's context must own the stream. */
+/* After a dynamic run's event completed (never before): describe its pending slots
+ * (aa_session_resolve_outputs: no wait on either backend), take the outputs GE placed in
+ * `slots` and, when they go to the host, copy them into page-locked blocks (aclrtMemcpy, of the
+ * finished outputs only). Returns 0, or -1 with failed_api naming the call and acl_error (an
+ * aclError) or ge_status (a GE status) saying why. The calling thread's context must own the
+ * stream. */
 int aa_run_collect(aa_run *run);
 /* Gives back staging/device blocks and GE-allocated outputs whose owner is still set. */
 void aa_run_release(aa_run *run);
