@@ -907,6 +907,127 @@ def test_the_python_stack_runs_unchanged_over_the_shim(cann: Cann) -> None:
     assert proc.returncode == 0 and "FULL STACK OK" in proc.stdout, proc.stdout + proc.stderr
 
 
+DYNAMIC_STACK = """
+import sys
+from pathlib import Path
+
+import anyio
+import numpy as np
+import onnxruntime as ort
+import uvloop
+from onnx import TensorProto, helper
+
+sys.path.insert(0, sys.argv[2])
+import build_standins
+
+side = build_standins.open_standins(Path(sys.argv[1]))
+import ascend_async as aa
+
+graph = helper.make_graph(
+    [
+        helper.make_node("Greater", ["x", "zero"], ["mask"]),
+        helper.make_node("NonZero", ["mask"], ["idx"]),
+        helper.make_node("Relu", ["x"], ["r"]),
+    ],
+    "nonzero",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+    [
+        helper.make_tensor_value_info("idx", TensorProto.INT64, [2, None]),
+        helper.make_tensor_value_info("r", TensorProto.FLOAT, ["N", 4]),
+    ],
+    [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])],
+)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+reference = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+rng = np.random.default_rng(18)
+XS = [rng.integers(-3, 3, size=(n, 4)).astype(np.float32) for n in (1, 3, 5, 2)]
+XS.append(np.full((2, 4), -1.0, np.float32))  # nothing positive: an empty idx
+
+
+def check(out, x):
+    want = dict(zip(("idx", "r"), reference.run(None, {"x": x})))
+    assert set(out) == set(want), out
+    for name, w in want.items():
+        got = out[name]
+        got = got.numpy() if isinstance(got, aa.DeviceTensor) else got
+        assert got.dtype == w.dtype and got.shape == w.shape, (name, got.shape, w.shape)
+        assert np.array_equal(got, w), (name, got, w)
+
+
+async def main():
+    assert aa.backend_info()["backend"] == "cann"
+    async with aa.Session(0, streams=1) as session:
+        g = session.add_graph(model)
+        check(await session.run(g, {"x": XS[0]}), XS[0])  # loads the graph on the stream
+        ffi = session._device.backend.ffi
+        (stream,) = session.streams
+        gate = side.ffi.cast("aclrtStream", int(ffi.cast("uintptr_t", stream.handle)))
+        results = {}
+
+        async def one(i, x, where):
+            results[i] = (await session.run(g, {"x": x}, outputs=where), x)
+
+        assert side.sim.aa_sim_stream_hold(gate) == 0
+        try:
+            async with anyio.create_task_group() as tg:
+                for i, x in enumerate(XS):
+                    tg.start_soon(one, i, x, "device" if i % 2 else "numpy")
+                # Every run is submitted while the device cannot run it, and this loop goes on
+                # running: submission waited for nothing. Their outputs are still pending (the
+                # stand-in GE has written none of them) and no run completed.
+                with anyio.fail_after(60):
+                    while side.runner.ge_standin_late_pending() < len(XS):
+                        await anyio.sleep(0.001)
+                assert results == {}
+                assert session.statistics().in_flight == len(XS)
+                side.sim.aa_sim_stream_release(gate)
+        finally:
+            side.sim.aa_sim_stream_release(gate)
+        assert side.runner.ge_standin_late_pending() == 0
+        for i, (out, x) in sorted(results.items()):
+            check(out, x)
+            for t in out.values():
+                if isinstance(t, aa.DeviceTensor):
+                    t.close()
+        # and one by one, ungated
+        for x in XS:
+            check(await session.run(g, {"x": x}), x)
+    assert side.runner.ge_standin_live_outputs() == 0
+    assert side.runner.ge_standin_live_blocks() == 0
+
+
+for backend, options in (
+    ("asyncio", {}),
+    ("asyncio", {"loop_factory": uvloop.new_event_loop}),
+    ("trio", {}),
+):
+    anyio.run(main, backend=backend, backend_options=options)
+side.uninstall()
+print("DYNAMIC STACK OK")
+"""
+
+
+def test_dynamic_graph_never_blocks_the_loop_through_session_run(cann: Cann) -> None:
+    """Session.run on asyncio, uvloop and trio with the CANN backend over the stand-ins: runs of
+    a value-dependent graph (NonZero) are all submitted while their stream is gated closed (the
+    loop keeps running, the outputs stay pending), and once the gate opens each result matches
+    onnxruntime's Python API, host and device outputs alike. In a fresh process."""
+    env = {
+        **os.environ,
+        "ASCEND_ASYNC_BACKEND": "cann",
+        "ASCEND_ASYNC_CANN_MODULE": cann.module_path,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", DYNAMIC_STACK, str(cann.root), str(STANDINS)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0 and "DYNAMIC STACK OK" in proc.stdout, proc.stdout + proc.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_setup_py_builds_the_cann_module(cann: Cann, tmp_path: Path) -> None:
