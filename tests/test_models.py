@@ -621,6 +621,12 @@ def test_dynamic_outputs_follow_ges_allocation_rule(external: bool) -> None:
         for i in range(3):
             assert out[i].owner != ffi.NULL and out[i].addr != ffi.NULL
             assert out[i].placement == 0  # AA_PLACEMENT_DEVICE_HBM
+        # The step CANN needs after the event (the shim describes its pending slots there) has
+        # nothing left to do on the sim: its device thread filled the slots.
+        placed = [(out[i].addr, out[i].owner, out[i].size, out[i].ndim) for i in range(3)]
+        assert lib.aa_session_resolve_outputs(out, 3) == 0
+        assert [(out[i].addr, out[i].owner, out[i].size, out[i].ndim) for i in range(3)] == placed
+        assert lib.aa_session_resolve_outputs(ffi.NULL, 3) == 1343225857  # PARAM_INVALID
         _assert_outputs([env.read(out[i]) for i in range(3)], want)
         lib.aa_pool_get_stats(pool, pst)
         after = sim_stats()
