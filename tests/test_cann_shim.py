@@ -567,8 +567,14 @@ def submit_in_thread(c: Cann, call: Any) -> int:
     return int(status)
 
 
+XNONE = np.full((2, 4), -1.0, dtype=np.float32)  # nothing positive: idx is empty, (2, 0)
+
+
+@pytest.mark.parametrize("x", [XS, XNONE], ids=["values", "empty_output"])
 @pytest.mark.parametrize("external", [False, True], ids=["builtin_allocator", "pool_allocator"])
-def test_dynamic_run_returns_pending_and_is_described_after_the_event(env: Env, dev: Device, external: bool) -> None:
+def test_dynamic_run_returns_pending_and_is_described_after_the_event(
+    env: Env, dev: Device, external: bool, x: np.ndarray
+) -> None:
     """GE's order for a dynamic-shape graph: submit returns at once with the outputs not yet
     written (the stand-in GE writes them only when the stream reaches the run); after the run's
     event completed, aa_session_resolve_outputs describes them without waiting."""
@@ -586,7 +592,7 @@ def test_dynamic_run_returns_pending_and_is_described_after_the_event(env: Env, 
             c.check(lib.aa_session_register_external_allocator(env.session, env.stream, table))
         c.check(lib.aa_session_load_graph(env.session, 40, ffi.NULL, 0, env.stream))
         ins = ffi.new("aa_tensor[1]")
-        dev.put(ins[0], XS, DT_FLOAT)
+        dev.put(ins[0], x, DT_FLOAT)
         outs = ffi.new("aa_tensor[2]")
         base = c.stats().ge_outputs
         assert c.sim.aa_sim_stream_hold(gate) == 0
@@ -613,7 +619,7 @@ def test_dynamic_run_returns_pending_and_is_described_after_the_event(env: Env, 
         c.check_acl(lib.aclrtSynchronizeEvent(event[0]))
         assert c.runner.ge_standin_late_pending() == 0
         c.check(lib.aa_session_resolve_outputs(outs, 2))
-        want = ort_reference(model, XS)
+        want = ort_reference(model, x)
         assert outs[0].owner != outs[1].owner  # each holds its own GE block now
         for t, w, dtype in zip(outs, want, (np.int64, np.float32), strict=True):
             assert t.addr != ffi.NULL and t.owner != ffi.NULL and t.placement == PLACEMENT_DEVICE

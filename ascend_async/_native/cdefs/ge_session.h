@@ -124,8 +124,8 @@ aa_status aa_session_run_graph_async(aa_session *session, uint32_t graph_id,
  * placement, addr, owner) before this returns.
  * Dynamic-shape graph (an output shape depends on values; GE sizes and places its outputs only
  * when the stream reaches the run): this returns with every slot *pending*: addr NULL, size 0,
- * the other fields not yet meaningful (on CANN, owner points at the run's kept tensors; on the
- * sim, owner is NULL and the device thread fills the slot when the run executes). A pending slot is described only after the stream passed
+ * owner set (the run's kept outputs, shared by its slots), the other fields not yet meaningful.
+ * Nothing writes the slots until the caller describes them: a pending slot is described only after the stream passed
  * the run (the run's own event, or any later event on the stream, completed; or the stream
  * was synchronized), by aa_session_resolve_outputs. Until then the `outputs` array must stay
  * alive and in place; it may be released with aa_tensor_release only once the stream passed
@@ -148,8 +148,10 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
  *    taken over as for a static graph: owner set, aa_tensor_release frees it); the vectors are
  *    freed with the last slot. An output GE has still not described (a NULL address for a
  *    non-empty shape, or a negative dim) fails with FAILED and stays pending.
- *  - sim (sim/): a no-op returning 0. The sim's device thread wrote the slots when the run
- *    executed, before the run's event completed, so they are described already. */
+ *  - sim (sim/session.c): the device thread that executed the run placed the outputs in the
+ *    run's pending record (never in the caller's array) before the run's event completed; each
+ *    pending slot takes its output from there (owner: the output's block). A run that failed
+ *    on the device leaves them pending (FAILED, "still pending"). */
 aa_status aa_session_resolve_outputs(aa_tensor *outputs, size_t n_outputs);
 
 /* The registry is process-wide and keyed by stream, as in GE. `allocator` is copied. */

@@ -141,6 +141,11 @@ struct LateOutputs {
 
 int late_exec(void *payload, char *err, size_t err_len) {
   auto *late = static_cast<LateOutputs *>(payload);
+  /* The sim placed the outputs when it executed the run (the task before this one): take them. */
+  if (standin_sim_aa_session_resolve_outputs(late->slots.data(), late->slots.size()) != AA_GE_SUCCESS) {
+    std::snprintf(err, err_len, "stand-in GE: the sim has not described a dynamic run's outputs");
+    return ACL_ERROR_INTERNAL_ERROR;
+  }
   try {
     for (size_t i = 0; i < late->slots.size(); ++i) {
       *late->targets[i] = wrap(late->slots[i]); /* GE-placed blocks: owned by the tensor's manager */
@@ -158,7 +163,7 @@ void late_cleanup(void *payload, int executed) {
   auto *late = static_cast<LateOutputs *>(payload);
   for (aa_tensor &t : late->slots) {
     if (t.owner != nullptr) {
-      standin_sim_aa_tensor_release(&t); /* placed, never handed over (the update was skipped) */
+      standin_sim_aa_tensor_release(&t); /* pending or placed, never handed over (the update was skipped) */
     }
   }
   delete late;
@@ -364,7 +369,8 @@ Status GeSession::RunGraphWithStreamAsync(uint32_t graph_id, void *stream, const
   if (status != SUCCESS) {
     return status;
   }
-  /* The sim leaves a dynamic run's empty slots empty at submit (sim/session.c). */
+  /* The sim returns every slot of a dynamic run pending (no address) and never writes them from
+   * its device thread (sim/session.c), so this reads stable values. */
   const bool dynamic = std::any_of(outs.begin(), outs.end(), [](const aa_tensor &t) { return t.addr == nullptr; });
   if (!dynamic) {
     for (size_t i = 0; i < outs.size(); ++i) {
