@@ -57,6 +57,10 @@ int aclrtSynchronizeStream(aclrtStream stream);
 
 struct aa_session {
   std::unique_ptr<ge::GeSession> ge;
+  /* graph id -> GE compiled it as a static graph (CompiledGraphSummary::IsStatic), asked once
+   * after the graph's first stream run and forgotten by RemoveGraph. */
+  std::mutex static_mu;
+  std::map<uint32_t, bool> static_graphs;
 };
 
 namespace {
@@ -347,6 +351,30 @@ bool from_gert_vector(std::vector<gert::Tensor> &outs, aa_tensor *out, bool host
   return true;
 }
 
+/* Whether GE compiled `graph_id` as a static graph. A dynamic-shape graph's outputs are
+ * described by GE after submission, possibly while RunGraphWithStreamAsync is still returning
+ * (an idle stream reaches the run at once): its output tensors must not be read at submit at all,
+ * so whether to read them cannot be judged from the tensors. GE's own answer is asked once, after
+ * a run (the graph is compiled by then), and cached. No summary counts as dynamic: the pending
+ * path is right for both kinds, only slower for a static graph. */
+bool graph_is_static(aa_session &session, uint32_t graph_id) {
+  {
+    std::lock_guard<std::mutex> lock(session.static_mu);
+    const auto it = session.static_graphs.find(graph_id);
+    if (it != session.static_graphs.end()) {
+      return it->second;
+    }
+  }
+  const ge::CompiledGraphSummaryPtr summary = session.ge->GetCompiledGraphSummary(graph_id);
+  if (summary == nullptr) {
+    (void)ge::GEGetErrorMsgV3(); /* not this call's failure: drop GE's text */
+  }
+  const bool is_static = summary != nullptr && summary->IsStatic();
+  std::lock_guard<std::mutex> lock(session.static_mu);
+  session.static_graphs.emplace(graph_id, is_static);
+  return is_static;
+}
+
 /* ---- the external allocator bridge: ge::Allocator over the aa_allocator C table ---------- */
 
 class TableAllocator;
@@ -556,6 +584,9 @@ aa_status aa_session_remove_graph(aa_session *session, uint32_t graph_id) {
     const ge::Status status = session->ge->RemoveGraph(graph_id);
     if (status != ge::SUCCESS) {
       pull_ge_error();
+    } else {
+      std::lock_guard<std::mutex> lock(session->static_mu);
+      session->static_graphs.erase(graph_id); /* the id may come back with another graph */
     }
     return status;
   });
@@ -697,12 +728,11 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
                                "synchronized, aclError " + std::to_string(rc) + ", and the outputs freed)");
     }
     /* A dynamic-shape graph's outputs are sized and placed when the run executes (GE updates
-     * the output tensors after submission). Nothing waits here, on the submitting thread: the
-     * run keeps its tensors, every slot points at them (pending) and aa_session_resolve_outputs
-     * describes the slots once the run's event completed. Static graphs come back described. */
-    const bool pending =
-        std::any_of(outs.begin(), outs.end(), [](gert::Tensor &t) { return t.GetAddr() == nullptr; });
-    if (pending) {
+     * the output tensors after submission, maybe already now: they are not read here). Nothing
+     * waits on the submitting thread: the run keeps its tensors, every slot points at them
+     * (pending) and aa_session_resolve_outputs describes the slots once the run's event
+     * completed. Static graphs come back described. */
+    if (!graph_is_static(*session, graph_id)) {
       run->refs.store(n_outputs, std::memory_order_relaxed);
       for (size_t i = 0; i < n_outputs; ++i) {
         outputs[i].addr = nullptr;

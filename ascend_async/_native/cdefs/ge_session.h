@@ -122,8 +122,9 @@ aa_status aa_session_run_graph_async(aa_session *session, uint32_t graph_id,
  *
  * Static graph (every output shape known at submit): every slot is filled in (shape, dtype,
  * placement, addr, owner) before this returns.
- * Dynamic-shape graph (an output shape depends on values; GE sizes and places its outputs only
- * when the stream reaches the run): this returns with every slot *pending*: addr NULL, size 0,
+ * Dynamic-shape graph (GE sizes and places its outputs when the stream reaches the run; on CANN
+ * every graph GE did not compile as static, CompiledGraphSummary::IsStatic; on the sim a run
+ * whose output shapes depend on values): this returns with every slot *pending*: addr NULL, size 0,
  * owner set (the run's kept outputs, shared by its slots), the other fields not yet meaningful.
  * Nothing writes the slots until the caller describes them: a pending slot is described only after the stream passed
  * the run (the run's own event, or any later event on the stream, completed; or the stream

@@ -171,8 +171,8 @@ typedef struct aa_run {
     size_t n_outputs;
     aa_run_io *inputs;
     aa_run_io *outputs;
-    /* n_outputs GE output slots, owned by the caller and kept alive as long as the run: GE
-     * fills a dynamic-shape graph's slots only when the stream reaches the run. */
+    /* n_outputs GE output slots, owned by the caller and kept alive as long as the run: a
+     * dynamic-shape graph's slots stay pending until aa_run_collect describes them. */
     aa_tensor *slots;
     /* Optional stage markers (NULL = none), recorded before the H2D copies, after them, and
      * after the graph run; with `event` (after the D2H copies) they time each stage. */

@@ -71,8 +71,9 @@ int aa_run_submit(aa_run *run) {
         return -1;
     }
     run->enqueued = 1;
-    /* Slots left empty belong to a graph whose shapes depend on values: GE fills them when the
-     * stream reaches the run, so their copies wait for aa_run_collect. */
+    /* Pending slots (no address) belong to a dynamic-shape graph: GE describes its outputs when
+     * the stream reaches the run, and nothing writes the slots until aa_run_collect asks
+     * (cdefs/ge_session.h), so they are read here without a race and their copies wait. */
     for (size_t i = 0; i < run->n_outputs; i++)
         if (!run->slots[i].addr) run->dynamic = 1;
     if (run->stage_events[2]) {

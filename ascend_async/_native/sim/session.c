@@ -337,6 +337,14 @@ int64_t aa_sim_session_graph_outputs(aa_session *session, uint32_t graph_id) {
     return n;
 }
 
+int aa_sim_session_graph_is_static(aa_session *session, uint32_t graph_id) {
+    graph_node *g = lookup(session, graph_id, "GetCompiledGraphSummary");
+    if (!g) return -1;
+    int is_static = sim_model_is_static(g->model);
+    graph_put(g);
+    return is_static;
+}
+
 static void block_unlink_locked(ge_block *b) {
     if (b->prev) b->prev->next = b->next;
     else if (b->graph && b->graph->builtin == b) b->graph->builtin = b->next;

@@ -13,7 +13,6 @@
  *    objects only when the stream reaches the run, as GE's RT2 executor updates them after
  *    submission (see LateOutputs).
  * Everything else (graph execution, mode exclusivity, error codes and texts) is the sim's. */
-#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -369,9 +368,11 @@ Status GeSession::RunGraphWithStreamAsync(uint32_t graph_id, void *stream, const
   if (status != SUCCESS) {
     return status;
   }
-  /* The sim returns every slot of a dynamic run pending (no address) and never writes them from
-   * its device thread (sim/session.c), so this reads stable values. */
-  const bool dynamic = std::any_of(outs.begin(), outs.end(), [](const aa_tensor &t) { return t.addr == nullptr; });
+  /* GE runs a graph that is not static (an unknown dim) on its dynamic-shape executor, which
+   * describes the outputs after submission, even when the sim could size them now. (The sim
+   * returns a value-dependent run's slots pending and never writes them from its device
+   * thread, so they are read here without a race.) */
+  const bool dynamic = aa_sim_session_graph_is_static(impl_->sim, graph_id) != 1;
   if (!dynamic) {
     for (size_t i = 0; i < outs.size(); ++i) {
       outputs[i] = wrap(outs[i]); /* GE fills the slots it allocated; caller slots stay views */
@@ -435,6 +436,21 @@ Status GeSession::RegisterExternalAllocator(const void *const stream, AllocatorP
   }
   g_registered[stream] = holder;
   return SUCCESS;
+}
+
+CompiledGraphSummary::CompiledGraphSummary(bool is_static) : is_static_(is_static) {}
+CompiledGraphSummary::~CompiledGraphSummary() = default;
+bool CompiledGraphSummary::IsStatic() const { return is_static_; }
+
+CompiledGraphSummaryPtr GeSession::GetCompiledGraphSummary(uint32_t graph_id) {
+  if (impl_->sim == nullptr) {
+    return nullptr;
+  }
+  const int is_static = aa_sim_session_graph_is_static(impl_->sim, graph_id);
+  if (is_static < 0) {
+    return nullptr;
+  }
+  return std::make_shared<CompiledGraphSummary>(is_static == 1);
 }
 
 Status GeSession::UnregisterExternalAllocator(const void *const stream) const {
