@@ -369,7 +369,10 @@ class Run:
             # executed; take them from the slots and copy them to the host now.
             dev.ensure_current()
             if dev.backend.lib.aa_run_collect(run):
-                raise dev.backend.acl_error(run.acl_error, ffi.string(run.failed_api).decode())
+                api = ffi.string(run.failed_api).decode()
+                if run.ge_status:  # GE had not described an output (aa_session_resolve_outputs)
+                    raise dev.backend.ge_error(run.ge_status, api)
+                raise dev.backend.acl_error(run.acl_error, api)
         result = {}
         seen: list[tuple[tuple[int, ...], np.dtype[Any]]] = []
         for j, name in enumerate(names):

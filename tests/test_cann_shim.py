@@ -516,6 +516,192 @@ def test_stream_async_external_allocator_bridge(env: Env, dev: Device) -> None:
     assert status == AA_GE_PARAM_INVALID and "allocator" in c.error_text()
 
 
+# ---- RunGraphWithStreamAsync: dynamic-shape graphs (outputs GE describes after submission) ----
+
+
+def nonzero_model() -> bytes:
+    """idx = NonZero(x > 0): int64[2, ?], a shape that depends on values; r = Relu(x) beside it."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Greater", ["x", "zero"], ["mask"]),
+            helper.make_node("NonZero", ["mask"], ["idx"]),
+            helper.make_node("Relu", ["x"], ["r"]),
+        ],
+        "nonzero",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [
+            helper.make_tensor_value_info("idx", TensorProto.INT64, [2, None]),
+            helper.make_tensor_value_info("r", TensorProto.FLOAT, ["N", 4]),
+        ],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+XS = np.array([[1, -2, 3, 0], [-1, 5, 5, 1], [0, 0, 0, 2]], dtype=np.float32)
+
+
+def ort_reference(model: bytes, x: np.ndarray) -> list[np.ndarray]:
+    """onnxruntime's own Python API: the independent reference."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    return [np.asarray(v) for v in session.run(None, {"x": x})]
+
+
+def standin_stream(c: Cann, stream: Any) -> Any:
+    """The same aclrtStream as the stand-in libacl_rt.so (ABI mode) sees it."""
+    return c.sffi.cast("aclrtStream", int(c.ffi.cast("uintptr_t", stream)))
+
+
+def submit_in_thread(c: Cann, call: Any) -> int:
+    """Runs a submission on another thread and returns its status. Submission must not wait for
+    the device: with the stream gated closed, a submission that waits never returns by itself,
+    so after a minute the gate is opened to get the thread back, and the test fails."""
+    box: list[Any] = []
+    done = threading.Event()
+    ctx = c.ffi.new("aclrtContext *")
+    c.check_acl(c.lib.aclrtGetCurrentContext(ctx))
+
+    def run() -> None:
+        c.lib.aclrtSetCurrentContext(ctx[0])  # the stream's context, as every submitter needs
+        status = call()
+        box.append((status, c.error_text()))  # GE's error text is per thread
+        done.set()
+
+    t = threading.Thread(target=run)
+    t.start()
+    if not done.wait(60):
+        raise AssertionError("RunGraphWithStreamAsync blocked on a gated stream (it waits for the device)")
+    t.join()
+    status, text = box[0]
+    assert status == AA_GE_SUCCESS, f"status {status}: {text}"
+    return int(status)
+
+
+XNONE = np.full((2, 4), -1.0, dtype=np.float32)  # nothing positive: idx is empty, (2, 0)
+
+
+@pytest.mark.parametrize("x", [XS, XNONE], ids=["values", "empty_output"])
+@pytest.mark.parametrize("external", [False, True], ids=["builtin_allocator", "pool_allocator"])
+def test_dynamic_run_returns_pending_and_is_described_after_the_event(
+    env: Env, dev: Device, external: bool, x: np.ndarray
+) -> None:
+    """GE's order for a dynamic-shape graph: submit returns at once with the outputs not yet
+    written (the stand-in GE writes them only when the stream reaches the run); after the run's
+    event completed, aa_session_resolve_outputs describes them without waiting."""
+    c, lib, ffi = env.c, env.c.lib, env.c.ffi
+    model = nonzero_model()
+    add_graph(env, 40, model)
+    pool = lib.aa_pool_create(0, 1 << 20)
+    event = ffi.new("aclrtEvent *")
+    c.check_acl(lib.aclrtCreateEvent(event))
+    gate = standin_stream(c, env.stream)
+    try:
+        if external:
+            table = ffi.new("aa_allocator *")
+            lib.aa_pool_allocator(pool, table)
+            c.check(lib.aa_session_register_external_allocator(env.session, env.stream, table))
+        c.check(lib.aa_session_load_graph(env.session, 40, ffi.NULL, 0, env.stream))
+        ins = ffi.new("aa_tensor[1]")
+        dev.put(ins[0], x, DT_FLOAT)
+        outs = ffi.new("aa_tensor[2]")
+        base = c.stats().ge_outputs
+        assert c.sim.aa_sim_stream_hold(gate) == 0
+        try:
+            status = submit_in_thread(
+                c, lambda: lib.aa_session_run_graph_with_stream_async(env.session, 40, env.stream, ins, 1, outs, 2)
+            )
+            c.check(status)
+            # pending: no address yet, both slots share the run's kept tensors
+            assert [outs[i].addr == ffi.NULL and outs[i].size == 0 for i in range(2)] == [True, True]
+            assert outs[0].owner != ffi.NULL and outs[0].owner == outs[1].owner
+            assert c.runner.ge_standin_late_pending() == 1  # the stand-in GE has not written them
+            assert c.stats().ge_outputs == base  # nor has the sim placed anything
+            c.check_acl(lib.aclrtRecordEvent(event[0], env.stream))
+            status_p = ffi.new("aclrtEventRecordedStatus *")
+            c.check_acl(lib.aclrtQueryEventStatus(event[0], status_p))
+            assert status_p[0] == 0  # ACL_EVENT_RECORDED_STATUS_NOT_READY: the run has not run
+            # Described too early (the stream has not passed the run): refused, still pending.
+            assert lib.aa_session_resolve_outputs(outs, 2) == AA_GE_FAILED
+            assert "still pending" in c.error_text()
+            assert outs[0].owner == outs[1].owner != ffi.NULL and outs[0].addr == ffi.NULL
+        finally:
+            c.sim.aa_sim_stream_release(gate)
+        c.check_acl(lib.aclrtSynchronizeEvent(event[0]))
+        assert c.runner.ge_standin_late_pending() == 0
+        c.check(lib.aa_session_resolve_outputs(outs, 2))
+        want = ort_reference(model, x)
+        assert outs[0].owner != outs[1].owner  # each holds its own GE block now
+        for t, w, dtype in zip(outs, want, (np.int64, np.float32), strict=True):
+            assert t.addr != ffi.NULL and t.owner != ffi.NULL and t.placement == PLACEMENT_DEVICE
+            shape = tuple(t.dims[d] for d in range(t.ndim))
+            assert shape == w.shape
+            np.testing.assert_array_equal(dev.read(t, dtype, shape), w)
+        described = [(outs[i].addr, outs[i].owner) for i in range(2)]
+        c.check(lib.aa_session_resolve_outputs(outs, 2))  # again: nothing left to do
+        assert [(outs[i].addr, outs[i].owner) for i in range(2)] == described
+        if external:
+            stats = ffi.new("aa_pool_stats *")
+            lib.aa_pool_get_stats(pool, stats)
+            assert stats.live_blocks == 2  # GE placed both through the stream's allocator
+        lib.aa_tensor_release(outs)
+        lib.aa_tensor_release(outs + 1)
+        assert c.runner.ge_standin_live_outputs() == 0 and c.stats().ge_outputs == base
+        c.check(lib.aa_session_remove_graph(env.session, 40))
+        if external:
+            c.check(lib.aa_session_unregister_external_allocator(env.session, env.stream))
+    finally:
+        lib.aclrtDestroyEvent(event[0])
+        assert lib.aa_pool_destroy(pool) == 0
+
+
+def test_dynamic_run_released_pending_frees_what_ge_placed(env: Env, dev: Device) -> None:
+    """A dynamic run nobody collects (an abandoned or failed run): releasing its pending slots
+    once the stream passed the run frees the kept tensors and the blocks GE placed in them."""
+    c, lib, ffi = env.c, env.c.lib, env.c.ffi
+    add_graph(env, 41, nonzero_model())
+    ins = ffi.new("aa_tensor[1]")
+    dev.put(ins[0], XS, DT_FLOAT)
+    outs = ffi.new("aa_tensor[2]")
+    base = c.stats().ge_outputs
+    c.check(lib.aa_session_run_graph_with_stream_async(env.session, 41, env.stream, ins, 1, outs, 2))
+    c.check_acl(lib.aclrtSynchronizeStream(env.stream))
+    assert c.stats().ge_outputs == base + 2 and c.runner.ge_standin_live_outputs() == 2
+    lib.aa_tensor_release(outs)
+    assert c.runner.ge_standin_live_outputs() == 2  # the other slot still holds the run
+    lib.aa_tensor_release(outs + 1)
+    assert c.runner.ge_standin_live_outputs() == 0 and c.stats().ge_outputs == base
+    c.check(lib.aa_session_remove_graph(env.session, 41))
+
+
+def test_dynamic_run_on_a_faulted_stream_leaks_nothing(env: Env, dev: Device) -> None:
+    """The run faults on the device: GE never describes its outputs (the stand-in's update task
+    is skipped), and releasing the pending slots frees everything."""
+    c, lib, ffi = env.c, env.c.lib, env.c.ffi
+    add_graph(env, 42, nonzero_model())
+    ins = ffi.new("aa_tensor[1]")
+    dev.put(ins[0], XS, DT_FLOAT)
+    sp = ffi.new("aclrtStream *")
+    c.check_acl(lib.aclrtCreateStream(sp))
+    stream = sp[0]
+    try:
+        outs = ffi.new("aa_tensor[2]")
+        assert c.sim.aa_sim_inject_fault(standin_stream(c, stream), 1, 507011) == 0
+        c.check(lib.aa_session_run_graph_with_stream_async(env.session, 42, stream, ins, 1, outs, 2))
+        assert lib.aclrtSynchronizeStream(stream) != 0
+        lib.aclGetRecentErrMsg()
+        assert c.runner.ge_standin_late_pending() == 0
+        assert lib.aa_session_resolve_outputs(outs, 2) == AA_GE_FAILED  # GE never described them
+        assert "still pending" in c.error_text()
+        lib.aa_tensor_release(outs)
+        lib.aa_tensor_release(outs + 1)
+        assert c.runner.ge_standin_live_outputs() == 0
+    finally:
+        lib.aclrtDestroyStream(stream)
+    c.check(lib.aa_session_remove_graph(env.session, 42))
+
+
 # ---- RunGraph and RunGraphAsync: host outputs ----
 
 
@@ -737,6 +923,127 @@ def test_the_python_stack_runs_unchanged_over_the_shim(cann: Cann) -> None:
         check=False,
     )
     assert proc.returncode == 0 and "FULL STACK OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+DYNAMIC_STACK = """
+import sys
+from pathlib import Path
+
+import anyio
+import numpy as np
+import onnxruntime as ort
+import uvloop
+from onnx import TensorProto, helper
+
+sys.path.insert(0, sys.argv[2])
+import build_standins
+
+side = build_standins.open_standins(Path(sys.argv[1]))
+import ascend_async as aa
+
+graph = helper.make_graph(
+    [
+        helper.make_node("Greater", ["x", "zero"], ["mask"]),
+        helper.make_node("NonZero", ["mask"], ["idx"]),
+        helper.make_node("Relu", ["x"], ["r"]),
+    ],
+    "nonzero",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+    [
+        helper.make_tensor_value_info("idx", TensorProto.INT64, [2, None]),
+        helper.make_tensor_value_info("r", TensorProto.FLOAT, ["N", 4]),
+    ],
+    [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])],
+)
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+reference = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+rng = np.random.default_rng(18)
+XS = [rng.integers(-3, 3, size=(n, 4)).astype(np.float32) for n in (1, 3, 5, 2)]
+XS.append(np.full((2, 4), -1.0, np.float32))  # nothing positive: an empty idx
+
+
+def check(out, x):
+    want = dict(zip(("idx", "r"), reference.run(None, {"x": x})))
+    assert set(out) == set(want), out
+    for name, w in want.items():
+        got = out[name]
+        got = got.numpy() if isinstance(got, aa.DeviceTensor) else got
+        assert got.dtype == w.dtype and got.shape == w.shape, (name, got.shape, w.shape)
+        assert np.array_equal(got, w), (name, got, w)
+
+
+async def main():
+    assert aa.backend_info()["backend"] == "cann"
+    async with aa.Session(0, streams=1) as session:
+        g = session.add_graph(model)
+        check(await session.run(g, {"x": XS[0]}), XS[0])  # loads the graph on the stream
+        ffi = session._device.backend.ffi
+        (stream,) = session.streams
+        gate = side.ffi.cast("aclrtStream", int(ffi.cast("uintptr_t", stream.handle)))
+        results = {}
+
+        async def one(i, x, where):
+            results[i] = (await session.run(g, {"x": x}, outputs=where), x)
+
+        assert side.sim.aa_sim_stream_hold(gate) == 0
+        try:
+            async with anyio.create_task_group() as tg:
+                for i, x in enumerate(XS):
+                    tg.start_soon(one, i, x, "device" if i % 2 else "numpy")
+                # Every run is submitted while the device cannot run it, and this loop goes on
+                # running: submission waited for nothing. Their outputs are still pending (the
+                # stand-in GE has written none of them) and no run completed.
+                with anyio.fail_after(60):
+                    while side.runner.ge_standin_late_pending() < len(XS):
+                        await anyio.sleep(0.001)
+                assert results == {}
+                assert session.statistics().in_flight == len(XS)
+                side.sim.aa_sim_stream_release(gate)
+        finally:
+            side.sim.aa_sim_stream_release(gate)
+        assert side.runner.ge_standin_late_pending() == 0
+        for i, (out, x) in sorted(results.items()):
+            check(out, x)
+            for t in out.values():
+                if isinstance(t, aa.DeviceTensor):
+                    t.close()
+        # and one by one, ungated
+        for x in XS:
+            check(await session.run(g, {"x": x}), x)
+    assert side.runner.ge_standin_live_outputs() == 0
+    assert side.runner.ge_standin_live_blocks() == 0
+
+
+for backend, options in (
+    ("asyncio", {}),
+    ("asyncio", {"loop_factory": uvloop.new_event_loop}),
+    ("trio", {}),
+):
+    anyio.run(main, backend=backend, backend_options=options)
+side.uninstall()
+print("DYNAMIC STACK OK")
+"""
+
+
+def test_dynamic_graph_never_blocks_the_loop_through_session_run(cann: Cann) -> None:
+    """Session.run on asyncio, uvloop and trio with the CANN backend over the stand-ins: runs of
+    a value-dependent graph (NonZero) are all submitted while their stream is gated closed (the
+    loop keeps running, the outputs stay pending), and once the gate opens each result matches
+    onnxruntime's Python API, host and device outputs alike. In a fresh process."""
+    env = {
+        **os.environ,
+        "ASCEND_ASYNC_BACKEND": "cann",
+        "ASCEND_ASYNC_CANN_MODULE": cann.module_path,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", DYNAMIC_STACK, str(cann.root), str(STANDINS)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0 and "DYNAMIC STACK OK" in proc.stdout, proc.stdout + proc.stderr
 
 
 @pytest.mark.slow

@@ -526,6 +526,38 @@ async def test_dynamic_graph_through_session_run() -> None:
                     t.close()
 
 
+@pytest.mark.anyio
+async def test_dynamic_graph_runs_with_one_input_shape_each_get_their_own_output_shapes() -> None:
+    """Value-dependent outputs for inputs that all have the same shape, one run after another,
+    host and device outputs: each result equals onnxruntime's. Regression: the sim's device
+    thread used to write a dynamic run's output slots while aa_run_submit was still reading them
+    to tell a dynamic run from a static one, so a run that executed quickly looked static, and
+    the next run with the same input shape reused its output shapes (NonZero of an all-negative
+    input came back (2, 2), filled with garbage). Now no device thread writes the caller's slots:
+    they stay pending until aa_session_resolve_outputs, after the event, as on CANN."""
+    model = _nonzero_model()
+    xs = [
+        np.array([[1, -2, 3, 0], [-1, 5, 5, 1]], np.float32),
+        np.full((2, 4), -1.0, np.float32),
+        np.ones((2, 4), np.float32),
+        np.array([[0, 0, 0, 2], [-1, -1, -1, -1]], np.float32),
+    ]
+    wants = [_ort(model, {"x": x}) for x in xs]
+    async with aa.Session(streams=1) as session:
+        graph = session.add_graph(model)
+        for round_ in range(8):
+            for x, want in zip(xs, wants, strict=True):
+                if round_ % 2:
+                    dev = await session.run(graph, {"x": x}, outputs="device")
+                    try:
+                        _assert_outputs([t.numpy() for t in dev.values()], want)
+                    finally:
+                        for t in dev.values():
+                            t.close()
+                else:
+                    _assert_outputs(await session.run(graph, {"x": x}), want)
+
+
 def test_dynamic_graph_run_sync_and_callback() -> None:
     model = _nonzero_model()
     with aa.Session() as session:
@@ -612,15 +644,27 @@ def test_dynamic_outputs_follow_ges_allocation_rule(external: bool) -> None:
         assert lib.aa_sim_stream_hold(env.stream) == 0
         status = lib.aa_session_run_graph_with_stream_async(env.session, env.gid, env.stream, tin, 1, out, 3)
         assert status == 0
-        for i in range(3):  # nothing placed yet: GE fills the slots when the stream reaches the run
-            assert out[i].addr == ffi.NULL and out[i].owner == ffi.NULL and out[i].size == 0
-        assert [out[i].dtype for i in range(3)] == [9, 0, 0]
+        # Nothing placed yet: GE describes the outputs when the stream reaches the run. Every slot
+        # is pending (no address; the run's shared record as owner) and stays so: no device
+        # thread writes the caller's slots.
+        for i in range(3):
+            assert out[i].addr == ffi.NULL and out[i].size == 0
+            assert out[i].owner != ffi.NULL and out[i].owner == out[0].owner
         assert sim_stats()["ge_outputs"] == before["ge_outputs"]
+        assert lib.aa_session_resolve_outputs(out, 3) == 0xFFFFFFFF  # too early: still pending
+        assert out[0].addr == ffi.NULL and out[0].owner == out[2].owner
         assert lib.aa_sim_stream_release(env.stream) == 0
         assert lib.aclrtSynchronizeStream(env.stream) == 0
+        assert out[0].addr == ffi.NULL  # still as submit left it: described only on request
+        assert lib.aa_session_resolve_outputs(out, 3) == 0
         for i in range(3):
             assert out[i].owner != ffi.NULL and out[i].addr != ffi.NULL
             assert out[i].placement == 0  # AA_PLACEMENT_DEVICE_HBM
+        assert len({out[i].owner for i in range(3)}) == 3  # each output's own block now
+        placed = [(out[i].addr, out[i].owner, out[i].size, out[i].ndim) for i in range(3)]
+        assert lib.aa_session_resolve_outputs(out, 3) == 0  # again: nothing left to do
+        assert [(out[i].addr, out[i].owner, out[i].size, out[i].ndim) for i in range(3)] == placed
+        assert lib.aa_session_resolve_outputs(ffi.NULL, 3) == 1343225857  # PARAM_INVALID
         _assert_outputs([env.read(out[i]) for i in range(3)], want)
         lib.aa_pool_get_stats(pool, pst)
         after = sim_stats()

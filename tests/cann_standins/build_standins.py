@@ -146,6 +146,7 @@ def build(root: Path) -> Path:
 STANDIN_CDEF = """
 int64_t ge_standin_live_outputs(void);
 int64_t ge_standin_live_blocks(void);
+int64_t ge_standin_late_pending(void);
 """
 
 

@@ -14,6 +14,10 @@
  *    TensorData::Release(manager) into an Owner record that aa_tensor_release() ends with
  *    manager(handle, kFreeTensor, nullptr). Tensors without a manager are the caller's memory
  *    (device) or are copied to the heap (host outputs, whose lifetime GE does not promise).
+ *  - A dynamic-shape run (GE sizes and places its outputs after submission) returns from submit
+ *    at once: its gert::Tensor vectors stay on the heap (a PendingRun, shared by the run's
+ *    slots) until aa_session_resolve_outputs describes the slots after the run's event; nothing
+ *    here waits for the device on the submitting (event-loop) thread.
  *  - One lock of the shim's own: a GeSession "does not support concurrent execution", so the
  *    submissions into one session (RunGraphWithStreamAsync, RunGraphAsync) are serialized by
  *    aa_session::submit (uncontended unless several threads submit to one session; GE itself
@@ -57,6 +61,10 @@ int aclrtSynchronizeStream(aclrtStream stream);
 struct aa_session {
   std::unique_ptr<ge::GeSession> ge;
   std::mutex submit; /* host-side submissions into this session, one at a time (see the top) */
+  /* graph id -> GE compiled it as a static graph (CompiledGraphSummary::IsStatic), asked once
+   * after the graph's first stream run and forgotten by RemoveGraph. */
+  std::mutex static_mu;
+  std::map<uint32_t, bool> static_graphs;
 };
 
 namespace {
@@ -194,18 +202,48 @@ bool to_gert_vector(const aa_tensor *tensors, size_t n, std::vector<gert::Tensor
 
 /* ---- tensors out: explicit ownership ------------------------------------------------------- */
 
+struct PendingRun;
+
 /* What aa_tensor.owner points at. */
 struct Owner {
-  enum Kind { kManaged, kHeapCopy } kind;
+  enum Kind { kManaged, kHeapCopy, kPending } kind;
   gert::TensorAddress handle;      /* kManaged: what TensorData::Release returned */
   gert::TensorAddrManager manager; /* kManaged: GE's manager for it */
   void *copy;                      /* kHeapCopy: malloc'd bytes */
+  PendingRun *pending;             /* kPending: the run whose tensors GE still updates */
 };
 
 std::atomic<int64_t> g_live_owners{0};
 
+/* The gert::Tensor vectors of one RunGraphWithStreamAsync call, on the heap so that their
+ * address is fixed before GE sees them. A static run uses them during the call only and gives
+ * the object back to its thread's spare (no allocation in steady state). A dynamic run's GE
+ * writes the output tensors after submission and its migration guide forbids releasing inputs
+ * or outputs before the stream is synchronized: the object then outlives the call, owned by
+ * the run's pending slots, which all point at its `owner` (kind kPending). Hand-off: built and
+ * submitted on the submitting thread; GE updates `outs` when the stream reaches the run; read
+ * by aa_session_resolve_outputs (after the run's event) and freed by whichever thread drops the
+ * last slot (aa_tensor_release: the loop's or the watcher's), never while the run may be on the
+ * device (the ABI's rule for pending slots). */
+struct PendingRun {
+  Owner owner{Owner::kPending, nullptr, nullptr, nullptr, this};
+  std::atomic<size_t> refs{0}; /* slots still pointing at `owner` */
+  std::vector<gert::Tensor> ins;
+  std::vector<gert::Tensor> outs;
+};
+
+thread_local std::unique_ptr<PendingRun> t_spare_run;
+
 void release_owner(Owner *owner) noexcept {
   if (owner == nullptr) {
+    return;
+  }
+  if (owner->kind == Owner::kPending) {
+    /* The last slot frees the tensors: GE blocks not taken over go back through their manager. */
+    if (owner->pending->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      delete owner->pending;
+      g_live_owners.fetch_sub(1, std::memory_order_relaxed);
+    }
     return;
   }
   if (owner->kind == Owner::kManaged) {
@@ -230,7 +268,7 @@ void release_all(aa_tensor *tensors, size_t n) noexcept {
 
 bool copy_to_heap(const void *addr, size_t size, aa_tensor &out, const char *what) {
   void *copy = std::malloc(size != 0 ? size : 1);
-  auto *owner = copy != nullptr ? new (std::nothrow) Owner{Owner::kHeapCopy, nullptr, nullptr, copy} : nullptr;
+  auto *owner = copy != nullptr ? new (std::nothrow) Owner{Owner::kHeapCopy, nullptr, nullptr, copy, nullptr} : nullptr;
   if (owner == nullptr) {
     std::free(copy);
     note_error(std::string(what) + ": out of host memory copying a host output");
@@ -279,7 +317,7 @@ bool from_gert(gert::Tensor &g, aa_tensor &out, bool host_copy, const char *what
   gert::TensorAddrManager manager = nullptr;
   const gert::TensorAddress handle = g.MutableTensorData().Release(manager);
   if (manager != nullptr) {
-    auto *owner = new (std::nothrow) Owner{Owner::kManaged, handle, manager, nullptr};
+    auto *owner = new (std::nothrow) Owner{Owner::kManaged, handle, manager, nullptr, nullptr};
     if (owner == nullptr) {
       /* hand it back to the tensor (and so to GE) rather than leak it */
       g.MutableTensorData() = gert::TensorData(handle, manager, size, placement);
@@ -315,6 +353,30 @@ bool from_gert_vector(std::vector<gert::Tensor> &outs, aa_tensor *out, bool host
     }
   }
   return true;
+}
+
+/* Whether GE compiled `graph_id` as a static graph. A dynamic-shape graph's outputs are
+ * described by GE after submission, possibly while RunGraphWithStreamAsync is still returning
+ * (an idle stream reaches the run at once): its output tensors must not be read at submit at all,
+ * so whether to read them cannot be judged from the tensors. GE's own answer is asked once, after
+ * a run (the graph is compiled by then), and cached. No summary counts as dynamic: the pending
+ * path is right for both kinds, only slower for a static graph. */
+bool graph_is_static(aa_session &session, uint32_t graph_id) {
+  {
+    std::lock_guard<std::mutex> lock(session.static_mu);
+    const auto it = session.static_graphs.find(graph_id);
+    if (it != session.static_graphs.end()) {
+      return it->second;
+    }
+  }
+  const ge::CompiledGraphSummaryPtr summary = session.ge->GetCompiledGraphSummary(graph_id);
+  if (summary == nullptr) {
+    (void)ge::GEGetErrorMsgV3(); /* not this call's failure: drop GE's text */
+  }
+  const bool is_static = summary != nullptr && summary->IsStatic();
+  std::lock_guard<std::mutex> lock(session.static_mu);
+  session.static_graphs.emplace(graph_id, is_static);
+  return is_static;
 }
 
 /* ---- the external allocator bridge: ge::Allocator over the aa_allocator C table ---------- */
@@ -526,6 +588,9 @@ aa_status aa_session_remove_graph(aa_session *session, uint32_t graph_id) {
     const ge::Status status = session->ge->RemoveGraph(graph_id);
     if (status != ge::SUCCESS) {
       pull_ge_error();
+    } else {
+      std::lock_guard<std::mutex> lock(session->static_mu);
+      session->static_graphs.erase(graph_id); /* the id may come back with another graph */
     }
     return status;
   });
@@ -627,7 +692,24 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
     if (session == nullptr || (n_outputs > 0 && outputs == nullptr)) {
       return fail(kParamInvalid, "aa_session_run_graph_with_stream_async: NULL session or outputs");
     }
-    std::vector<gert::Tensor> ins;
+    /* The call's tensors live in a PendingRun at a fixed heap address (see PendingRun): this
+     * thread's spare, given back empty on every way out unless a dynamic run keeps it. */
+    std::unique_ptr<PendingRun> run = std::move(t_spare_run);
+    if (run == nullptr) {
+      run = std::make_unique<PendingRun>();
+    }
+    struct Recycle {
+      std::unique_ptr<PendingRun> &held;
+      ~Recycle() {
+        if (held != nullptr) {
+          held->ins.clear();  /* caller memory: nothing to free */
+          held->outs.clear(); /* GE blocks not taken over go back to GE here, as before */
+          t_spare_run = std::move(held);
+        }
+      }
+    } recycle{run};
+    std::vector<gert::Tensor> &ins = run->ins;
+    std::vector<gert::Tensor> &outs = run->outs;
     if (!to_gert_vector(inputs, n_inputs, ins, "RunGraphWithStreamAsync")) {
       return kParamInvalid;
     }
@@ -636,7 +718,6 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
      * tensor per slot: caller memory is used as is, empty slots are allocated by GE. */
     const bool all_empty = std::all_of(outputs, outputs + n_outputs,
                                        [](const aa_tensor &t) { return t.addr == nullptr || t.size == 0; });
-    std::vector<gert::Tensor> outs;
     if (!all_empty && !to_gert_vector(outputs, n_outputs, outs, "RunGraphWithStreamAsync")) {
       return kParamInvalid;
     }
@@ -659,16 +740,21 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
                                "synchronized, aclError " + std::to_string(rc) + ", and the outputs freed)");
     }
     /* A dynamic-shape graph's outputs are sized and placed when the run executes (GE updates
-     * them after submission): wait for the stream before reading them, as MindSpore's GE
-     * executor does. Static graphs come back described at once and are not waited for. */
-    const bool pending =
-        std::any_of(outs.begin(), outs.end(), [](gert::Tensor &t) { return t.GetAddr() == nullptr; });
-    if (pending) {
-      const int rc = aclrtSynchronizeStream(stream);
-      if (rc != 0) {
-        return fail(kFailed, "RunGraphWithStreamAsync: graph " + std::to_string(graph_id) +
-                                 ": waiting for a dynamic-shape run's outputs failed, aclError " + std::to_string(rc));
+     * the output tensors after submission, maybe already now: they are not read here). Nothing
+     * waits on the submitting thread: the run keeps its tensors, every slot points at them
+     * (pending) and aa_session_resolve_outputs describes the slots once the run's event
+     * completed. Static graphs come back described. */
+    if (!graph_is_static(*session, graph_id)) {
+      run->refs.store(n_outputs, std::memory_order_relaxed);
+      for (size_t i = 0; i < n_outputs; ++i) {
+        outputs[i].addr = nullptr;
+        outputs[i].size = 0;
+        outputs[i].owner = &run->owner;
       }
+      g_live_owners.fetch_add(1, std::memory_order_relaxed);
+      PendingRun *kept = run.release(); /* owned by the slots from here on */
+      (void)kept;
+      return kSuccess;
     }
     std::vector<aa_tensor> converted(outputs, outputs + n_outputs);
     if (!from_gert_vector(outs, converted.data(), false, "RunGraphWithStreamAsync", stream)) {
@@ -676,6 +762,54 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
     }
     std::copy(converted.begin(), converted.end(), outputs);
     return kSuccess;
+  });
+}
+
+aa_status aa_session_resolve_outputs(aa_tensor *outputs, size_t n_outputs) {
+  return guarded("aa_session_resolve_outputs", [&]() -> aa_status {
+    if (n_outputs > 0 && outputs == nullptr) {
+      return fail(kParamInvalid, "aa_session_resolve_outputs: outputs is NULL but n_outputs > 0");
+    }
+    aa_status result = kSuccess;
+    for (size_t i = 0; i < n_outputs; ++i) {
+      auto *owner = static_cast<Owner *>(outputs[i].owner);
+      if (owner == nullptr || owner->kind != Owner::kPending) {
+        continue; /* described already (or never pending) */
+      }
+      std::vector<gert::Tensor> &outs = owner->pending->outs;
+      if (i >= outs.size()) {
+        note_error("aa_session_resolve_outputs: slot " + std::to_string(i) + " is pending but its run has " +
+                   std::to_string(outs.size()) + " outputs (pass the array RunGraphWithStreamAsync filled)");
+        result = kParamInvalid;
+        continue;
+      }
+      gert::Tensor &g = outs[i];
+      /* GE has described an output once its shape is known and, unless it is empty, its address
+       * is set. The stream passed the run (the caller's rule), so anything else means GE has
+       * not updated the tensor: fail rather than wait on this (event-loop) thread. */
+      const gert::Shape &shape = g.GetStorageShape();
+      bool known = shape.GetDimNum() <= AA_MAX_DIMS;
+      bool empty = false;
+      for (size_t d = 0; known && d < shape.GetDimNum(); ++d) {
+        known = shape.GetDim(d) >= 0;
+        empty = empty || shape.GetDim(d) == 0;
+      }
+      if (!known || (!empty && g.GetAddr() == nullptr)) {
+        note_error("aa_session_resolve_outputs: output " + std::to_string(i) +
+                   " has no " + (known ? "address" : "shape") +
+                   " although the stream passed its run: GE has not described it (still pending)");
+        result = kFailed;
+        continue;
+      }
+      aa_tensor described = outputs[i];
+      if (!from_gert(g, described, false, "aa_session_resolve_outputs")) {
+        result = kFailed; /* stays pending; its GE block goes back with the run's tensors */
+        continue;
+      }
+      outputs[i] = described;
+      release_owner(owner); /* this slot's share of the run; the last one frees its tensors */
+    }
+    return result;
   });
 }
 

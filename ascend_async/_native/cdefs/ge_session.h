@@ -134,16 +134,46 @@ aa_status aa_session_run_graph_async(aa_session *session, uint32_t graph_id,
                                      const aa_tensor *inputs, size_t n_inputs,
                                      aa_run_callback callback, void *user_data);
 
-/* RunGraphWithStreamAsync: enqueues on `stream` and returns. outputs[0..n_outputs) are slots:
- * caller memory (addr and size set) is used as is; empty slots are allocated by the external
- * allocator registered for `stream`, else by the graph's built-in allocator, and filled in
- * (shape, dtype, placement, owner) before this returns. Data is valid once the stream reaches
- * the run. When only some slots are empty, describe their shape and dtype too: real GE may
- * not fill them in for mixed slots. */
+/* RunGraphWithStreamAsync: enqueues on `stream` and returns, without waiting for the device.
+ * outputs[0..n_outputs) are slots: caller memory (addr and size set) is used as is; empty
+ * slots are allocated by the external allocator registered for `stream`, else by the graph's
+ * built-in allocator. Data is valid once the stream reaches the run. When only some slots are
+ * empty, describe their shape and dtype too: real GE may not fill them in for mixed slots.
+ *
+ * Static graph (every output shape known at submit): every slot is filled in (shape, dtype,
+ * placement, addr, owner) before this returns.
+ * Dynamic-shape graph (GE sizes and places its outputs when the stream reaches the run; on CANN
+ * every graph GE did not compile as static, CompiledGraphSummary::IsStatic; on the sim a run
+ * whose output shapes depend on values): this returns with every slot *pending*: addr NULL, size 0,
+ * owner set (the run's kept outputs, shared by its slots), the other fields not yet meaningful.
+ * Nothing writes the slots until the caller describes them: a pending slot is described only after the stream passed
+ * the run (the run's own event, or any later event on the stream, completed; or the stream
+ * was synchronized), by aa_session_resolve_outputs. Until then the `outputs` array must stay
+ * alive and in place; it may be released with aa_tensor_release only once the stream passed
+ * the run or faulted. */
 aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t graph_id,
                                                  aclrtStream stream, const aa_tensor *inputs,
                                                  size_t n_inputs, aa_tensor *outputs,
                                                  size_t n_outputs);
+
+/* Describes the pending slots of a dynamic-shape RunGraphWithStreamAsync run: `outputs` is the
+ * array that call filled (same order, n_outputs the same count). Call it only after the stream
+ * passed the run (its event completed); it never waits for the device and never blocks, so it
+ * may run on an event-loop thread. Slots that are not pending are left as they are; calling it
+ * again is harmless. Returns 0, or a GE status with a message (aa_ge_get_error_msg) and the
+ * slots that could not be described still pending (release them with aa_tensor_release).
+ *  - CANN (cann/ge_shim.cpp): the run's gert::Tensor input and output vectors were kept alive
+ *    on the heap from submission (GE writes the outputs' sizes, shapes and addresses into those
+ *    objects after submission, and its migration guide forbids releasing them before the
+ *    stream is synchronized). Each pending slot is filled from its gert::Tensor (GE's block is
+ *    taken over as for a static graph: owner set, aa_tensor_release frees it); the vectors are
+ *    freed with the last slot. An output GE has still not described (a NULL address for a
+ *    non-empty shape, or a negative dim) fails with FAILED and stays pending.
+ *  - sim (sim/session.c): the device thread that executed the run placed the outputs in the
+ *    run's pending record (never in the caller's array) before the run's event completed; each
+ *    pending slot takes its output from there (owner: the output's block). A run that failed
+ *    on the device leaves them pending (FAILED, "still pending"). */
+aa_status aa_session_resolve_outputs(aa_tensor *outputs, size_t n_outputs);
 
 /* The registry is process-wide and keyed by stream, as in GE. `allocator` is copied (on CANN
  * into a ge::Allocator bridge of its own). Register before LoadGraph. */
@@ -151,5 +181,8 @@ aa_status aa_session_register_external_allocator(aa_session *session, aclrtStrea
                                                  const aa_allocator *allocator);
 aa_status aa_session_unregister_external_allocator(aa_session *session, aclrtStream stream);
 
-/* Releases GE-allocated memory held by `tensor` (no-op when owner is NULL); clears owner/addr. */
+/* Releases GE-allocated memory held by `tensor` (no-op when owner is NULL); clears owner/addr.
+ * A pending slot (see above) drops its share of its run's kept tensors; the last one frees them
+ * (with any GE block not taken over), so release a pending slot only after the stream passed
+ * the run or faulted. */
 void aa_tensor_release(aa_tensor *tensor);

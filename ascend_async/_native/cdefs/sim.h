@@ -83,3 +83,7 @@ void aa_sim_sha256(const void *data, size_t n, unsigned char *out);
 /* The output count of a graph added to `session` (what GE's compiled-graph summary reports),
  * or -1 if the session has no such graph. */
 int64_t aa_sim_session_graph_outputs(aa_session *session, uint32_t graph_id);
+/* What GE's CompiledGraphSummary::IsStatic() would say for a graph added to `session`: 1 when
+ * every input and output dim is fixed, 0 when one is not (GE runs it as a dynamic-shape graph,
+ * whose outputs it describes after submission), -1 if the session has no such graph. */
+int aa_sim_session_graph_is_static(aa_session *session, uint32_t graph_id);

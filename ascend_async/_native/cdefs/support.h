@@ -202,8 +202,8 @@ typedef struct aa_run {
     size_t n_outputs;
     aa_run_io *inputs;
     aa_run_io *outputs;
-    /* n_outputs GE output slots, owned by the caller and kept alive as long as the run: GE
-     * fills a dynamic-shape graph's slots only when the stream reaches the run. */
+    /* n_outputs GE output slots, owned by the caller and kept alive as long as the run: a
+     * dynamic-shape graph's slots stay pending until aa_run_collect describes them. */
     aa_tensor *slots;
     /* Optional stage markers (NULL = none), recorded before the H2D copies, after them, and
      * after the graph run; with `event` (after the D2H copies) they time each stage. */
@@ -218,9 +218,12 @@ typedef struct aa_run {
 } aa_run;
 
 int aa_run_submit(aa_run *run);
-/* After a dynamic run's event completed: take the outputs GE placed in `slots` and, when they
- * go to the host, copy them into page-locked blocks (synchronously). Returns 0 or an aclError
- * (failed_api names the call). The calling thread's context must own the stream. */
+/* After a dynamic run's event completed (never before): describe its pending slots
+ * (aa_session_resolve_outputs: no wait on either backend), take the outputs GE placed in
+ * `slots` and, when they go to the host, copy them into page-locked blocks (aclrtMemcpy, of the
+ * finished outputs only). Returns 0, or -1 with failed_api naming the call and acl_error (an
+ * aclError) or ge_status (a GE status) saying why. The calling thread's context must own the
+ * stream. */
 int aa_run_collect(aa_run *run);
 /* Gives back staging/device blocks and GE-allocated outputs whose owner is still set. */
 void aa_run_release(aa_run *run);

@@ -71,8 +71,9 @@ int aa_run_submit(aa_run *run) {
         return -1;
     }
     run->enqueued = 1;
-    /* Slots left empty belong to a graph whose shapes depend on values: GE fills them when the
-     * stream reaches the run, so their copies wait for aa_run_collect. */
+    /* Pending slots (no address) belong to a dynamic-shape graph: GE describes its outputs when
+     * the stream reaches the run, and nothing writes the slots until aa_run_collect asks
+     * (cdefs/ge_session.h), so they are read here without a race and their copies wait. */
     for (size_t i = 0; i < run->n_outputs; i++)
         if (!run->slots[i].addr) run->dynamic = 1;
     if (run->stage_events[2]) {
@@ -102,9 +103,22 @@ int aa_run_submit(aa_run *run) {
 
 int aa_run_collect(aa_run *run) {
     aclError rc = 0;
+    if (run->dynamic) {
+        /* The run's event completed: its pending slots can be described now. No wait: on CANN
+         * the shim reads the gert::Tensors GE updated when the stream reached the run; on the
+         * sim the device thread filled the slots already (cdefs/ge_session.h). */
+        aa_status st = aa_session_resolve_outputs(run->slots, run->n_outputs);
+        if (st) {
+            run->failed_api = "aa_session_resolve_outputs";
+            run->ge_status = st;
+            return -1;
+        }
+    }
     for (size_t i = 0; i < run->n_outputs && run->dynamic; i++) {
         aa_run_io *io = &run->outputs[i];
-        if (run->slots[i].owner || run->slots[i].addr) {
+        /* Taken once (a descriptor's io->tensor has no owner at a run's start: released or
+         * handed to a DeviceTensor). An empty output may have no address and no owner. */
+        if (!io->tensor.owner) {
             io->tensor = run->slots[i];
             run->slots[i].owner = NULL;
         }

@@ -518,6 +518,16 @@ void sim_model_release(sim_model *model) {
 
 size_t sim_model_n_inputs(const sim_model *model) { return model->n_in; }
 size_t sim_model_n_outputs(const sim_model *model) { return model->n_out; }
+
+int sim_model_is_static(const sim_model *model) {
+    for (size_t k = 0; k < model->n_in + model->n_out; k++) {
+        const sim_io *io = k < model->n_in ? &model->in[k] : &model->out[k - model->n_in];
+        if (!io->ndim) return 0; /* a scalar, or a shape onnxruntime does not know: not sure */
+        for (uint32_t d = 0; d < io->ndim; d++)
+            if (io->dims[d] < 0) return 0;
+    }
+    return 1;
+}
 size_t sim_model_bytes(const sim_model *model) { return model->size; }
 
 /* ------------------------------------------------------------------------------------------ */

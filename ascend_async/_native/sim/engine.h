@@ -43,6 +43,9 @@ void sim_model_release(sim_model *model);
 
 size_t sim_model_n_inputs(const sim_model *model);
 size_t sim_model_n_outputs(const sim_model *model);
+/* 1 when every input and output dim is fixed in the model (GE would compile it as a static
+ * graph), 0 otherwise (an unknown dim, or a rank onnxruntime does not know). */
+int sim_model_is_static(const sim_model *model);
 /* Bytes of the serialized model (the sim charges them to device memory at load). */
 size_t sim_model_bytes(const sim_model *model);
 

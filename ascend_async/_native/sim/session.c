@@ -83,8 +83,8 @@ size_t aa_ge_get_error_msg(char *buf, size_t buf_len) {
 
 typedef struct graph_node graph_node;
 
-/* A GE-allocated output block: the `owner` of an aa_tensor. */
-enum { BLOCK_BUILTIN, BLOCK_EXTERNAL, BLOCK_HOST };
+/* A GE-allocated output block: the `owner` of an aa_tensor (BLOCK_PENDING: a pending_run). */
+enum { BLOCK_BUILTIN, BLOCK_EXTERNAL, BLOCK_HOST, BLOCK_PENDING };
 #define BLOCK_MAGIC 0x424c4b21u
 
 typedef struct ge_block {
@@ -358,6 +358,14 @@ int64_t aa_sim_session_graph_outputs(aa_session *session, uint32_t graph_id) {
     return n;
 }
 
+int aa_sim_session_graph_is_static(aa_session *session, uint32_t graph_id) {
+    graph_node *g = lookup(session, graph_id, "GetCompiledGraphSummary");
+    if (!g) return -1;
+    int is_static = sim_model_is_static(g->model);
+    graph_put(g);
+    return is_static;
+}
+
 static void block_unlink_locked(ge_block *b) {
     if (b->prev) b->prev->next = b->next;
     else if (b->graph && b->graph->builtin == b) b->graph->builtin = b->next;
@@ -573,6 +581,28 @@ static ge_block *block_new(int kind, void *addr, size_t size) {
     return b;
 }
 
+/* A dynamic RunGraphWithStreamAsync run's outputs between submit and
+ * aa_session_resolve_outputs, as GE has them (cdefs/ge_session.h): every slot of the run is
+ * pending (addr NULL, owner = &head) until then. The device thread that executes the run writes
+ * `out` and sets `done`; the caller's slot array is never written by a device thread, so what
+ * submit returned stays as it was until the caller describes it after the run's event. One
+ * reference per slot and one for the job (so a slot released early, or a run that never
+ * executes, frees nothing the device thread still writes); the last one gives back the outputs
+ * no slot took. */
+typedef struct pending_run {
+    ge_block head; /* kind BLOCK_PENDING; what the slots' owner points at */
+    int refs;      /* atomic */
+    int done;      /* atomic: the run executed and placed every output in `out` */
+    size_t n;
+    aa_tensor out[];
+} pending_run;
+
+static void pending_put(pending_run *p) {
+    if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL)) return;
+    for (size_t i = 0; i < p->n; i++) aa_tensor_release(&p->out[i]);
+    free(p);
+}
+
 void aa_tensor_release(aa_tensor *tensor) {
     if (!tensor || !tensor->owner) return;
     ge_block *b = tensor->owner;
@@ -580,6 +610,10 @@ void aa_tensor_release(aa_tensor *tensor) {
     tensor->addr = NULL;
     tensor->size = 0;
     if (b->magic != BLOCK_MAGIC) return;
+    if (b->kind == BLOCK_PENDING) { /* this slot's share of its run */
+        pending_put((pending_run *)b);
+        return;
+    }
     b->magic = 0;
     if (b->zombie) {
         free(b);
@@ -778,15 +812,15 @@ static void release_outputs(aa_tensor *out, size_t n, const int *mine) {
 
 /* One run's payload: a device thread executes it. It holds a reference to the graph (and so
  * to its model) and counts as in flight until its cleanup. `in` and `out` are copies of the
- * caller's descriptors; `slots` is the caller's own output array, written on the device thread
- * for a dynamic graph (GE fills such outputs when the stream reaches the run). */
+ * caller's descriptors; a dynamic graph's placed outputs go to `pending` (GE fills such
+ * outputs when the stream reaches the run; the caller reads them after the event). */
 typedef struct run_job {
     graph_node *graph;
     aclrtStream stream;
     size_t n_in, n_out;
     aa_tensor *in;
     aa_tensor *out;
-    aa_tensor *slots;
+    pending_run *pending; /* RunGraphWithStreamAsync of a dynamic graph: holds one reference */
     int dynamic;
     int placement; /* AA_PLACEMENT_HOST: outputs go to host blocks (RunGraph, RunGraphAsync) */
     /* RunGraphAsync */
@@ -823,6 +857,7 @@ static run_job *job_new(graph_node *g, const aa_tensor *in, size_t n_in, const a
 
 static void job_free(run_job *j) {
     ws_unregister(&j->ws); /* the run is over (or never ran): the block is no longer in use */
+    if (j->pending) pending_put(j->pending);
     if (!j->finished) run_done(j->graph);
     graph_put(j->graph);
     free(j->in);
@@ -881,7 +916,10 @@ static int stream_exec(void *payload, char *err, size_t err_len) {
     if (!rc && j->ws.addr && (rc = ws_check(&j->ws, err, err_len)) && j->dynamic)
         for (size_t i = 0; i < j->n_out; i++) /* placed by this run, which failed after all */
             if (j->out[i].owner) aa_tensor_release(&j->out[i]);
-    if (!rc && j->dynamic) memcpy(j->slots, j->out, j->n_out * sizeof(aa_tensor)); /* GE fills the slots now */
+    if (!rc && j->dynamic) { /* GE describes the outputs now; the caller takes them after the event */
+        memcpy(j->pending->out, j->out, j->n_out * sizeof(aa_tensor));
+        __atomic_store_n(&j->pending->done, 1, __ATOMIC_RELEASE);
+    }
     return rc;
 }
 
@@ -975,7 +1013,7 @@ static aa_status stream_async_locked(aa_session *session, uint32_t graph_id, acl
             ge_error("%s: output %zu: device address %p is not 32-byte aligned", api, i, t->addr);
             goto done;
         }
-        if (dynamic) { /* shapes follow from values: the slots are filled when the run ends */
+        if (dynamic) { /* shapes follow from values: placed when the run executes (pending below) */
             if (!caller) t->owner = NULL, t->addr = NULL, t->size = 0;
             t->dtype = described[i].dtype;
             t->format = AA_FORMAT_ND;
@@ -1010,11 +1048,26 @@ static aa_status stream_async_locked(aa_session *session, uint32_t graph_id, acl
         t->ndim = described[i].ndim;
         memcpy(t->dims, described[i].dims, sizeof t->dims);
     }
-    j = job_new(g, inputs, n_inputs, outputs, n_out);
-    if (!j) goto done;
+    pending_run *pr = NULL;
+    if (dynamic) {
+        pr = calloc(1, sizeof *pr + n_out * sizeof(aa_tensor));
+        if (!pr) {
+            ge_error("%s: graph %u: out of host memory", api, graph_id);
+            goto done;
+        }
+        pr->head.magic = BLOCK_MAGIC;
+        pr->head.kind = BLOCK_PENDING;
+        pr->refs = (int)n_out + 1; /* the slots and the job */
+        pr->n = n_out;
+    }
+    j = job_new(g, inputs, n_inputs, outputs, n_out); /* the caller's memory, if any, in j->out */
+    if (!j) {
+        free(pr);
+        goto done;
+    }
     j->stream = stream;
     j->dynamic = dynamic;
-    j->slots = outputs;
+    j->pending = pr;
     if (ws_addr) {
         j->ws.addr = ws_addr;
         j->ws.stream = stream;
@@ -1025,9 +1078,17 @@ static aa_status stream_async_locked(aa_session *session, uint32_t graph_id, acl
     if (rc) {
         const char *m = aclGetRecentErrMsg();
         ge_error("%s: cannot launch on the stream: aclError %d %s", api, rc, m ? m : "");
-        job_free(j); /* ends the run's in-flight count and its workspace claim */
+        job_free(j); /* ends the run's in-flight count, its workspace claim and the job's reference */
+        if (pr) free(pr); /* never reached a slot */
     } else {
         st = GE_OK;
+        /* Every slot of a dynamic run is pending until aa_session_resolve_outputs; nothing
+         * writes them meanwhile (the device thread writes `pr`). */
+        for (size_t i = 0; pr && i < n_out; i++) {
+            outputs[i].addr = NULL;
+            outputs[i].size = 0;
+            outputs[i].owner = &pr->head;
+        }
     }
     goto submitted;
 done:
@@ -1054,6 +1115,38 @@ aa_status aa_session_run_graph_with_stream_async(aa_session *session, uint32_t g
     pthread_mutex_lock(&s->submit_mu); /* a GeSession does not run two submissions at once */
     aa_status st = stream_async_locked(s, graph_id, stream, inputs, n_inputs, outputs, n_outputs);
     pthread_mutex_unlock(&s->submit_mu);
+    return st;
+}
+
+/* Describes a dynamic run's pending slots once the stream passed the run (cdefs/ge_session.h).
+ * No wait: the device thread placed the outputs before the run's event completed. */
+aa_status aa_session_resolve_outputs(aa_tensor *outputs, size_t n_outputs) {
+    static const char api[] = "aa_session_resolve_outputs";
+    if (n_outputs && !outputs) {
+        ge_error("%s: outputs is NULL but n_outputs is %zu", api, n_outputs);
+        return (aa_status)AA_GE_PARAM_INVALID;
+    }
+    aa_status st = GE_OK;
+    for (size_t i = 0; i < n_outputs; i++) {
+        ge_block *b = outputs[i].owner;
+        if (!b || b->magic != BLOCK_MAGIC || b->kind != BLOCK_PENDING) continue; /* described already */
+        pending_run *p = (pending_run *)b;
+        if (i >= p->n) {
+            ge_error("%s: slot %zu is pending but its run has %zu outputs (pass the array "
+                     "RunGraphWithStreamAsync filled)", api, i, p->n);
+            st = (aa_status)AA_GE_PARAM_INVALID;
+            continue;
+        }
+        if (!__atomic_load_n(&p->done, __ATOMIC_ACQUIRE)) {
+            ge_error("%s: output %zu has no address although the stream passed its run: GE has not "
+                     "described it (still pending)", api, i);
+            st = GE_FAILED;
+            continue;
+        }
+        outputs[i] = p->out[i]; /* its block (owner) passes to the slot */
+        memset(&p->out[i], 0, sizeof p->out[i]);
+        pending_put(p);
+    }
     return st;
 }
 

@@ -7,9 +7,14 @@
  *  - a registered ge::Allocator is reached through the sim's C allocator table: the sim's alloc
  *    calls Allocator::Malloc, its free calls MemBlock::Free (so the shim's bridge sees GE-style
  *    calls);
- *  - RunGraphAsync runs the std::function from the sim's completion thread, outputs in a vector.
+ *  - RunGraphAsync runs the std::function from the sim's completion thread, outputs in a vector;
+ *  - a dynamic-shape RunGraphWithStreamAsync returns with its output tensors not yet written
+ *    (null address) and writes their sizes, shapes and addresses into the caller's gert::Tensor
+ *    objects only when the stream reaches the run, as GE's RT2 executor updates them after
+ *    submission (see LateOutputs).
  * Everything else (graph execution, mode exclusivity, error codes and texts) is the sim's. */
 #include <atomic>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -20,11 +25,13 @@
 
 #include "standin.h" /* first: renames the sim's session functions before any sim header */
 #include "ge/ge_api_v2.h"
+#include "sim/runtime.h" /* sim_enqueue: a task the sim runs on its device thread, in stream order */
 
 namespace {
 
 std::atomic<int64_t> g_live_outputs{0};
 std::atomic<int64_t> g_live_blocks{0};
+std::atomic<int64_t> g_late_pending{0};
 /* Ids from 0, as GE's SessionIdManager may hand out: id 0 alone does not mean failure. */
 std::atomic<uint64_t> g_next_session_id{0};
 
@@ -113,6 +120,55 @@ gert::Tensor wrap(const aa_tensor &t) {
   return g;
 }
 
+/* ---- the late output update of a dynamic-shape RunGraphWithStreamAsync ----
+ *
+ * GE sizes and places a dynamic graph's outputs when the stream reaches the run and writes them
+ * into the caller's gert::Tensor objects then ("output sizes are updated after submission"), which
+ * is why the caller must keep the tensors alive until the stream is synchronized. The sim places
+ * such outputs on its device thread when the run executes and writes them into the slot array it
+ * was given. The stand-in gives the sim a slot array of its own (LateOutputs::slots, alive until the
+ * update ran) and queues, right behind the graph run on the same stream, a task of the sim's own
+ * (sim_enqueue: its body runs on the device thread once every earlier task of the stream ran; its
+ * cleanup runs exactly once, also when a fault or a destroyed stream skips it). The body moves
+ * the placed outputs into the caller's tensors. So the caller's tensors change exactly when the
+ * stream reaches the run, before any event recorded after the run completes; a gate
+ * (aa_sim_stream_hold) keeps them unwritten for as long as a test wants. */
+struct LateOutputs {
+  std::vector<aa_tensor> slots;        /* the sim writes these on its device thread */
+  std::vector<gert::Tensor *> targets; /* the caller's tensors (kept in place by the caller) */
+};
+
+int late_exec(void *payload, char *err, size_t err_len) {
+  auto *late = static_cast<LateOutputs *>(payload);
+  /* The sim placed the outputs when it executed the run (the task before this one): take them. */
+  if (standin_sim_aa_session_resolve_outputs(late->slots.data(), late->slots.size()) != AA_GE_SUCCESS) {
+    std::snprintf(err, err_len, "stand-in GE: the sim has not described a dynamic run's outputs");
+    return ACL_ERROR_INTERNAL_ERROR;
+  }
+  try {
+    for (size_t i = 0; i < late->slots.size(); ++i) {
+      *late->targets[i] = wrap(late->slots[i]); /* GE-placed blocks: owned by the tensor's manager */
+      late->slots[i].owner = nullptr;
+    }
+  } catch (...) {
+    std::snprintf(err, err_len, "stand-in GE: cannot describe a dynamic run's outputs (out of host memory)");
+    return ACL_ERROR_BAD_ALLOC;
+  }
+  return 0;
+}
+
+void late_cleanup(void *payload, int executed) {
+  (void)executed;
+  auto *late = static_cast<LateOutputs *>(payload);
+  for (aa_tensor &t : late->slots) {
+    if (t.owner != nullptr) {
+      standin_sim_aa_tensor_release(&t); /* pending or placed, never handed over (the update was skipped) */
+    }
+  }
+  delete late;
+  g_late_pending.fetch_sub(1);
+}
+
 /* ---- the allocator table the sim calls ---- */
 struct AllocatorHolder {
   ge::AllocatorPtr allocator; /* GE keeps a shared_ptr while registered */
@@ -173,6 +229,7 @@ void async_trampoline(void *user_data, aa_status status, aa_tensor *outputs, siz
 
 extern "C" int64_t ge_standin_live_outputs(void) { return g_live_outputs.load(); }
 extern "C" int64_t ge_standin_live_blocks(void) { return g_live_blocks.load(); }
+extern "C" int64_t ge_standin_late_pending(void) { return g_late_pending.load(); }
 
 namespace ge {
 
@@ -301,14 +358,42 @@ Status GeSession::RunGraphWithStreamAsync(uint32_t graph_id, void *stream, const
     }
   }
   const std::vector<aa_tensor> ins = to_c(inputs);
-  std::vector<aa_tensor> outs = to_c(outputs);
+  /* The sim's slot array lives on the heap: for a dynamic graph the sim writes it on its device
+   * thread after this returns (LateOutputs). */
+  auto late = std::make_unique<LateOutputs>();
+  late->slots = to_c(outputs);
+  std::vector<aa_tensor> &outs = late->slots;
   const Status status = standin_sim_aa_session_run_graph_with_stream_async(impl_->sim, graph_id, stream, ins.data(),
                                                                            ins.size(), outs.data(), outs.size());
   if (status != SUCCESS) {
     return status;
   }
-  for (size_t i = 0; i < outs.size(); ++i) {
-    outputs[i] = wrap(outs[i]); /* GE fills the slots it allocated; caller slots stay views */
+  /* GE runs a graph that is not static (an unknown dim) on its dynamic-shape executor, which
+   * describes the outputs after submission, even when the sim could size them now. (The sim
+   * returns a value-dependent run's slots pending and never writes them from its device
+   * thread, so they are read here without a race.) */
+  const bool dynamic = aa_sim_session_graph_is_static(impl_->sim, graph_id) != 1;
+  if (!dynamic) {
+    for (size_t i = 0; i < outs.size(); ++i) {
+      outputs[i] = wrap(outs[i]); /* GE fills the slots it allocated; caller slots stay views */
+    }
+    return SUCCESS;
+  }
+  /* Dynamic: the caller's tensors are left as they are (empty ones keep a null address) until
+   * the stream reaches the run. */
+  for (gert::Tensor &t : outputs) {
+    late->targets.push_back(&t);
+  }
+  g_late_pending.fetch_add(1);
+  LateOutputs *payload = late.release();
+  const aclError rc = sim_enqueue(stream, 0, late_exec, late_cleanup, payload);
+  if (rc != ACL_SUCCESS) {
+    /* Cannot happen after the sim queued the run on the same stream; if it does, wait for the
+     * run so that its slots can be freed, and fail the call. */
+    (void)aclrtSynchronizeStream(stream);
+    late_cleanup(payload, 0);
+    ge_standin_note_error("stand-in RunGraphWithStreamAsync: cannot queue the output update on the stream");
+    return FAILED;
   }
   return SUCCESS;
 }
@@ -351,6 +436,21 @@ Status GeSession::RegisterExternalAllocator(const void *const stream, AllocatorP
   }
   g_registered[stream] = holder;
   return SUCCESS;
+}
+
+CompiledGraphSummary::CompiledGraphSummary(bool is_static) : is_static_(is_static) {}
+CompiledGraphSummary::~CompiledGraphSummary() = default;
+bool CompiledGraphSummary::IsStatic() const { return is_static_; }
+
+CompiledGraphSummaryPtr GeSession::GetCompiledGraphSummary(uint32_t graph_id) {
+  if (impl_->sim == nullptr) {
+    return nullptr;
+  }
+  const int is_static = aa_sim_session_graph_is_static(impl_->sim, graph_id);
+  if (is_static < 0) {
+    return nullptr;
+  }
+  return std::make_shared<CompiledGraphSummary>(is_static == 1);
 }
 
 Status GeSession::UnregisterExternalAllocator(const void *const stream) const {

@@ -36,6 +36,9 @@ extern "C" {
 int64_t ge_standin_live_outputs(void);
 /* Live MemBlocks the stand-in obtained from registered ge::Allocators and not yet freed. */
 int64_t ge_standin_live_blocks(void);
+/* Dynamic-shape RunGraphWithStreamAsync runs whose outputs the stand-in has not written into the
+ * caller's tensors yet (the stream has not reached the run's update task). */
+int64_t ge_standin_late_pending(void);
 
 /* libgraph.so: the thread's pending stand-in error text (GEGetErrorMsgV3 takes it). */
 void ge_standin_note_error(const char *text);

@@ -17,6 +17,23 @@
 #include "graph/graph.h"
 
 namespace ge {
+/* ge/ge_graph_compile_summary.h (hicann/ge inc/external/ge): only IsStatic(), which the shim
+ * asks to tell a dynamic-shape graph (outputs described after submission) from a static one. */
+class CompiledGraphSummary {
+ public:
+  class SummaryData;
+  ~CompiledGraphSummary();
+  CompiledGraphSummary &operator=(const CompiledGraphSummary &) & = delete;
+  CompiledGraphSummary(const CompiledGraphSummary &) = delete;
+  bool IsStatic() const;
+
+  explicit CompiledGraphSummary(bool is_static); /* the stand-in's own constructor */
+
+ private:
+  bool is_static_;
+};
+using CompiledGraphSummaryPtr = std::shared_ptr<CompiledGraphSummary>;
+
 Status GEInitializeV2(const std::map<AscendString, AscendString> &options);
 Status GEFinalizeV2();
 AscendString GEGetErrorMsgV3();
@@ -37,6 +54,8 @@ class GeSession {
   Status RunGraphAsync(uint32_t graph_id, const std::vector<gert::Tensor> &inputs, RunAsyncCallbackV2 callback);
   Status RegisterExternalAllocator(const void *const stream, AllocatorPtr allocator) const;
   Status UnregisterExternalAllocator(const void *const stream) const;
+  /* Needs the graph compiled; nullptr on error (facts §2.4). */
+  CompiledGraphSummaryPtr GetCompiledGraphSummary(uint32_t graph_id);
 
  private:
   class Impl;
