@@ -167,6 +167,11 @@ def _load_extension(name: str, path: str) -> ModuleType:
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
+    # Loading an extension registers it (and cffi its ``.lib``) in sys.modules under the
+    # package's own name; left there, a later Session in this process would pick this module
+    # as its backend (auto: "built, and a device is visible" through the stand-ins).
+    for key in (name, f"{name}.lib"):
+        sys.modules.pop(key, None)
     return module
 
 
