@@ -479,7 +479,13 @@ class Session:
                 state.loaded.add(stream)
                 names = [spec.name for spec in state.graph.outputs]
                 state.replicas[stream] = Replica(
-                    self._device, self._handle, gid, stream, names, len(state.graph.inputs)
+                    self._device,
+                    self._handle,
+                    gid,
+                    stream,
+                    names,
+                    len(state.graph.inputs),
+                    static=state.graph.static_outputs,
                 )
             return gid
 

@@ -182,8 +182,10 @@ typedef struct aa_run {
     int32_t acl_error;
     aa_status ge_status;
     int32_t enqueued;
-    int32_t dynamic;    /* the graph's output shapes depend on values: no D2H copies were
-                           enqueued; the outputs are known once the run's event completed */
+    int32_t dynamic;    /* GE left output slots to fill when the run executes: no D2H copies
+                           were enqueued; the outputs are known once the run's event completed.
+                           0 does not mean the shapes follow from the inputs: GE may have
+                           filled a value-dependent run's slots before the call returned */
 } aa_run;
 
 int aa_run_submit(aa_run *run);

@@ -72,9 +72,14 @@ int aa_run_submit(aa_run *run) {
     }
     run->enqueued = 1;
     /* Slots left empty belong to a graph whose shapes depend on values: GE fills them when the
-     * stream reaches the run, so their copies wait for aa_run_collect. */
+     * stream reaches the run, so their copies wait for aa_run_collect. The device may already
+     * be filling them (the sim's device thread publishes each slot's addr last, with release):
+     * addr is loaded with acquire, and a run with any slot still empty touches none of them
+     * before its event completed. A dynamic run whose slots all came back filled is read as a
+     * static one (its D2H copies follow the run on the stream), so `dynamic` says how the
+     * outputs are read, not whether their shapes depend on values. */
     for (size_t i = 0; i < run->n_outputs; i++)
-        if (!run->slots[i].addr) run->dynamic = 1;
+        if (!__atomic_load_n(&run->slots[i].addr, __ATOMIC_ACQUIRE)) run->dynamic = 1;
     if (run->stage_events[2]) {
         rc = aclrtRecordEvent(run->stage_events[2], run->stream);
         if (rc) FAIL_ACL("aclrtRecordEvent", rc);

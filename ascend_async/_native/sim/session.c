@@ -741,7 +741,24 @@ static int job_run(run_job *j, char *err, size_t err_len) {
 static int stream_exec(void *payload, char *err, size_t err_len) {
     run_job *j = payload;
     int rc = job_run(j, err, err_len);
-    if (!rc && j->dynamic) memcpy(j->slots, j->out, j->n_out * sizeof(aa_tensor)); /* GE fills the slots now */
+    if (!rc && j->dynamic) /* GE fills the slots now */
+        for (size_t i = 0; i < j->n_out; i++) {
+            /* Hand-off to the submitting thread, which may still be inside aa_run_submit
+             * reading the slots' addr to learn whether the run is dynamic (a fast device gets
+             * here first): every other field is written before addr, which is published with
+             * release; the reader loads addr with acquire and touches nothing else until it
+             * is set. A slot left NULL is read only after the run's event completed. */
+            aa_tensor *slot = &j->slots[i];
+            void *addr = j->out[i].addr;
+            slot->size = j->out[i].size;
+            slot->dtype = j->out[i].dtype;
+            slot->format = j->out[i].format;
+            slot->placement = j->out[i].placement;
+            slot->ndim = j->out[i].ndim;
+            memcpy(slot->dims, j->out[i].dims, sizeof slot->dims);
+            slot->owner = j->out[i].owner;
+            __atomic_store_n(&slot->addr, addr, __ATOMIC_RELEASE);
+        }
     return rc;
 }
 

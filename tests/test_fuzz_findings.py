@@ -1,0 +1,132 @@
+"""Regression tests for what the differential isolation fuzzer (tests/fuzz_isolation.py) found
+after issue 17 landed: each trigger on its own, deterministic where the trigger is a race.
+
+Every result is compared with onnxruntime's own Python API (or numpy) on the same inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+import ascend_async as aa
+
+
+def _model(nodes: list[onnx.NodeProto], inputs: list[Any], outputs: list[Any]) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, (np.array(v, copy=True) for v in sess.run(None, feeds)), strict=True))
+
+
+def _value_dependent() -> onnx.ModelProto:
+    """NonZero(x) and Reshape(v, s): output shapes that follow from input *values*; the
+    Reshape keeps its byte count whatever ``s`` says (only its shape changes)."""
+    return _model(
+        [helper.make_node("NonZero", ["x"], ["nz"]), helper.make_node("Reshape", ["v", "s"], ["r"])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.INT32, [4, 1]),
+            helper.make_tensor_value_info("v", TensorProto.FLOAT, [6]),
+            helper.make_tensor_value_info("s", TensorProto.INT64, [2]),
+        ],
+        [
+            helper.make_tensor_value_info("nz", TensorProto.INT64, None),
+            helper.make_tensor_value_info("r", TensorProto.FLOAT, None),
+        ],
+    )
+
+
+# Same dtypes and shapes every time (one signature), other values: 4, 1, 3, 0 non-zeros, and
+# a [2, 3] then [3, 2] then [6, 1] reshape. Fewest bytes after the most, so a stale shape shows
+# as a wrong answer (copying more bytes than the array holds would corrupt the heap).
+_FEEDS = [
+    {"x": np.array(x, np.int32).reshape(4, 1), "v": np.arange(6, dtype=np.float32) + k, "s": np.array(s, np.int64)}
+    for k, (x, s) in enumerate(
+        [([5, -3, 1, 9], [2, 3]), ([0, 0, 7, 0], [3, 2]), ([1, 0, 2, 3], [6, 1]), ([0, 0, 0, 0], [1, 6])]
+    )
+]
+
+
+class _SlotsFilledAtSubmit:
+    """The backend's library with one change: RunGraphWithStreamAsync hands a value-dependent
+    run's output slots back already filled, as the CANN shim does (it waits for the stream
+    when GE placed outputs at run time), and as the sim does when its device thread runs the
+    graph before the submitting thread looks at the slots. ``aa_run.dynamic`` then reads 0."""
+
+    def __init__(self, lib: Any) -> None:
+        self._lib = lib
+        self.submitted = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lib, name)
+
+    def aa_run_submit(self, run: Any) -> int:
+        rc = self._lib.aa_run_submit(run)
+        if rc == 0 and run.dynamic:
+            assert self._lib.aclrtSynchronizeStream(run.stream) == 0
+            assert self._lib.aa_run_collect(run) == 0  # the outputs, read as the shim's caller would
+            run.dynamic = 0
+        self.submitted += 1
+        return rc
+
+
+@pytest.mark.anyio
+async def test_value_dependent_shapes_are_never_reused_from_the_last_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A descriptor reused its last run's output shapes whenever the inputs had the same dtypes
+    and shapes and the run did not come back `dynamic`; a NonZero run whose slots were filled
+    before the submit returned got the previous run's shape (int64[2, 4] for 3 non-zeros) and
+    a byte count that could overrun the array ("free(): invalid pointer"). Shapes are reused
+    only for graphs whose output shapes follow from the input shapes."""
+    model = _value_dependent()
+    async with aa.Session(streams=1) as s:
+        g = s.add_graph(model)
+        assert not g.static_outputs
+        dev = s._device
+        lib = _SlotsFilledAtSubmit(dev.backend.lib)
+        monkeypatch.setattr(dev, "backend", dataclasses.replace(dev.backend, lib=lib))
+        for _ in range(2):
+            for feeds in _FEEDS:
+                got = await s.run(g, feeds)
+                want = _ort(model, feeds)
+                for name, w in want.items():
+                    assert got[name].dtype == w.dtype and got[name].shape == w.shape, (name, feeds)
+                    assert got[name].tobytes() == w.tobytes(), (name, feeds)
+        assert lib.submitted == 2 * len(_FEEDS)
+
+
+@pytest.mark.anyio
+async def test_value_dependent_runs_racing_the_device_thread_are_exact() -> None:
+    """The same trigger without any stand-in: the sim's device thread often runs a tiny graph
+    before aa_run_submit reads the slots it fills (it wrote them while the submitting thread
+    read them, and the run was read as a static one). Half of 5,000 such runs were wrong
+    before the fix; every one must equal onnxruntime's."""
+    model = _value_dependent()
+    want = [_ort(model, f) for f in _FEEDS]
+    async with aa.Session(streams=1) as s:
+        g = s.add_graph(model)
+        for i in range(400):
+            k = i % len(_FEEDS)
+            got = await s.run(g, _FEEDS[k])
+            for name, w in want[k].items():
+                assert got[name].shape == w.shape and got[name].tobytes() == w.tobytes(), (i, name)
+
+
+def test_static_outputs_follow_the_declared_shapes() -> None:
+    """Graph.static_outputs: every output has a known rank and each dim is fixed or a symbol
+    an input binds; otherwise output shapes are read from every run."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    relu = helper.make_node("Relu", ["x"], ["y"])
+    for shape, static in (([None, 3], False), (["N", 3], True), (["M", 3], False), (None, False), ([], True)):
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+        assert aa.Graph(_model([relu], [x], [y])).static_outputs is static, shape
+    assert not aa.Graph(_value_dependent()).static_outputs
