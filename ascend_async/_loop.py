@@ -138,10 +138,8 @@ class LoopBridge:
     def channel(self, watcher: Watcher) -> int:
         """This loop's channel in ``watcher`` (opened on first use; 0 = none available)."""
         ch = self._channels.get(watcher)
-        if ch is None:
+        if ch is None:  # the watcher closes it when this bridge is gone (Watcher.open_channel)
             ch = self._channels[watcher] = watcher.open_channel(self)
-            if ch:
-                weakref.finalize(self, watcher.close_channel, ch)
         return ch
 
     # -- the loop thread ------------------------------------------------------------------------

@@ -130,3 +130,73 @@ def test_static_outputs_follow_the_declared_shapes() -> None:
         y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
         assert aa.Graph(_model([relu], [x], [y])).static_outputs is static, shape
     assert not aa.Graph(_value_dependent()).static_outputs
+
+
+def _add() -> onnx.ModelProto:
+    return _model(
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+
+
+def test_a_closed_loops_channel_is_not_handed_to_two_live_loops() -> None:
+    """The watcher closed a loop's channel when a wake-up could not be posted (the loop had
+    closed) while the loop's bridge still lived (runs it abandoned were in flight), and the
+    bridge's finalizer closed the channel *number* again later: by then another loop had
+    reopened it, so a third loop got the same number. Two live loops shared a channel: an
+    asyncio loop collected a trio run and woke its task from the wrong thread ("must be called
+    from async context", then a hang; fuzzer seed 19)."""
+    import asyncio
+    import gc
+    import threading
+    import time
+
+    from helpers import held
+
+    from ascend_async._loop import current_bridge
+
+    x = np.array([1.0, 2.0], np.float32)
+    with aa.Session(streams=1) as s:
+        g = s.add_graph(_add())
+        watcher = s._device.get_watcher()
+        keep: list[Any] = []
+
+        async def loop_a() -> None:
+            keep.append(current_bridge())  # the bridge outlives its loop, as an abandoned run keeps it
+            task = asyncio.ensure_future(s.run(g, {"x": x}))
+            for _ in range(10_000):  # until it is submitted (its stream is held)
+                if s.statistics().in_flight:
+                    break
+                await asyncio.sleep(0)
+            assert s.statistics().in_flight == 1
+            task.cancel()  # abandoned: it completes after the loop has closed
+
+        with held(s.streams[0]):
+            asyncio.run(loop_a())
+        # The run completes now, on a closed loop's channel: its wake-up cannot be posted.
+        deadline = time.monotonic() + 10
+        while s.statistics().in_flight and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert s.statistics().in_flight == 0
+
+        channels: dict[str, int] = {}
+
+        async def run_once(name: str) -> None:
+            bridge = current_bridge()
+            out = await s.run(g, {"x": x})
+            assert out["y"].tobytes() == (x + x).tobytes()
+            channels[name] = bridge._channels[watcher]
+
+        async def loop_b() -> None:
+            await run_once("b")
+            keep.clear()  # the closed loop's bridge goes: its finalizer closes its channel
+            gc.collect()
+            t = threading.Thread(target=asyncio.run, args=(run_once("c"),))
+            t.start()
+            t.join(30)
+            assert not t.is_alive()
+            assert channels["b"] and channels["c"] and channels["b"] != channels["c"], channels
+            await run_once("b")  # loop b still collects its own runs on its channel
+
+        asyncio.run(loop_b())
