@@ -200,3 +200,106 @@ def test_a_closed_loops_channel_is_not_handed_to_two_live_loops() -> None:
             await run_once("b")  # loop b still collects its own runs on its channel
 
         asyncio.run(loop_b())
+
+
+class _RemoveOnce:
+    """Wraps a Device method: its first call (from inside a run, between the run's lookup of
+    its GE graph id and the submit) calls ``remove_graph`` first, as another thread could at
+    that moment, and records what it did."""
+
+    def __init__(self, session: aa.Session, graph: aa.Graph, inner: Any) -> None:
+        self.session, self.graph, self.inner = session, graph, inner
+        self.outcome: BaseException | str | None = None
+
+    def __call__(self, *args: Any) -> Any:
+        if self.outcome is None:
+            self.outcome = "removing"
+            try:
+                self.session.remove_graph(self.graph)
+                self.outcome = "removed"
+            except aa.AscendError as exc:
+                self.outcome = exc
+        return self.inner(*args)
+
+
+@pytest.mark.anyio
+async def test_remove_graph_refuses_while_a_run_is_being_submitted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """remove_graph between a run's replica lookup and its submit removed the GE graph the run
+    was about to use: the run failed with GE's raw E10062 "graph does not exist" (and, when a
+    later replica refused, the graph that was to "stay fully usable" failed this run; fuzzer
+    seeds 12, 13, 16-18). A run in that window now makes remove_graph refuse (a GeError, as
+    GE's own refusal for runs in flight), the run completes, and a later removal succeeds."""
+    x = np.array([1.5, -2.0], np.float32)
+    async with aa.Session(streams=2) as s:
+        g = s.add_graph(_add())
+        assert (await s.run(g, {"x": x}))["y"].tobytes() == (x + x).tobytes()  # loaded on a stream
+        hook = _RemoveOnce(s, g, s._device.get_watcher)
+        monkeypatch.setattr(s._device, "get_watcher", hook)  # called between the lookup and the submit
+        out = await s.run(g, {"x": x})
+        monkeypatch.undo()
+        assert isinstance(hook.outcome, aa.GeError) and "being submitted" in str(hook.outcome), hook.outcome
+        assert out["y"].tobytes() == (x + x).tobytes()
+        for _ in range(4):  # every stream's replica still runs
+            assert (await s.run(g, {"x": x}))["y"].tobytes() == (x + x).tobytes()
+        s.remove_graph(g)
+        with pytest.raises(aa.GraphError, match="not added"):
+            await s.run(g, {"x": x})
+
+
+@pytest.mark.parametrize("mode", ["sync", "callback"])
+def test_remove_graph_refuses_while_a_ge_run_is_being_submitted(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """The same window in RunGraph and RunGraphAsync: between the graph's id lookup and GE's
+    answer, remove_graph refuses; the run completes with the right answer."""
+    import threading
+
+    x = np.array([3.0, 0.25], np.float32)
+    with aa.Session() as s:
+        g = s.add_graph(_add())
+
+        def run() -> dict[str, Any]:
+            if mode == "sync":
+                return s.run_sync(g, {"x": x})
+            done = threading.Event()
+            box: dict[str, Any] = {}
+
+            def cb(o: Any, e: Any) -> None:
+                box.update(out=o, err=e)
+                done.set()
+
+            s.run_with_callback(g, {"x": x}, cb)
+            assert done.wait(30)
+            assert box["err"] is None
+            return box["out"]  # type: ignore[no-any-return]
+
+        run()  # the graph's GE id exists: the next run only looks it up
+        # The next context check is the one right before GE is asked to run.
+        hook = _RemoveOnce(s, g, s._device.ensure_current)
+        monkeypatch.setattr(s._device, "ensure_current", hook)
+        out = run()
+        monkeypatch.undo()
+        assert isinstance(hook.outcome, aa.GeError) and "being submitted" in str(hook.outcome), hook.outcome
+        assert out["y"].tobytes() == (x + x).tobytes()
+        s.remove_graph(g)
+
+
+@pytest.mark.anyio
+async def test_a_closed_batcher_raises_the_librarys_closed_error() -> None:
+    """A request to a batcher closed meanwhile (another task removed its graph and closed it)
+    got anyio's bare ClosedResourceError, outside the library's AscendError hierarchy (fuzzer
+    seeds 7, 11). It is a SessionClosedError now, still an anyio.ClosedResourceError."""
+    import anyio
+
+    x = np.arange(4, dtype=np.float32).reshape(2, 2)
+    model = _model(
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+    )
+    async with aa.Session() as s:
+        g = s.add_graph(model)
+        b = s.batcher(g)
+        assert (await b.run({"x": x}))["y"].tobytes() == (x + x).tobytes()
+        b.close()
+        with pytest.raises(aa.SessionClosedError, match="batcher is closed") as info:
+            await b.run({"x": x})
+        assert isinstance(info.value, aa.AscendError) and isinstance(info.value, anyio.ClosedResourceError)
