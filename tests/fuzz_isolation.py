@@ -1601,7 +1601,7 @@ class Campaign:
         """remove_graph while other tenants run the graph: it succeeds (then the graph is added
         again) or is refused, and then the graph must still run."""
         with slot.lock:
-            g = slot.graph
+            g, gen = slot.graph, slot.gen
             if g is None:
                 return
             slot.removing += 1
@@ -1621,7 +1621,7 @@ class Campaign:
             self.count("remove_refused")
             # Refused (its runs are in flight): the graph must stay fully usable.
             try:
-                await self._run(e, slot, g, Job("run", job.slot, job.run), k, slot.gen)
+                await self._run(e, slot, g, Job("run", job.slot, job.run), k, gen)
             except Exception as exc2:  # pragma: no cover - _run reports its own errors
                 self.findings.add(
                     "remove", self.where(e, slot, job.run), f"after a refused remove_graph ({exc}): {exc2}"
