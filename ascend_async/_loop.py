@@ -170,8 +170,16 @@ class LoopBridge:
         if not self.scheduled:
             self.scheduled = True
             post = self._local_post()
-            if post is not None:  # on the loop thread: the loop is alive
+            if post is None:  # the loop is gone
+                return
+            try:
                 post(self._drain)
+            except RuntimeError:
+                # The loop is shutting down: trio runs its last run_sync_soon callbacks (a
+                # wake-up's _woken among them) after it stopped taking new ones, and a callback
+                # that raises there kills the run (TrioInternalError). What is left on the
+                # channel reaches the watcher thread (takeover).
+                self.dead = True
 
     def collect_after_submit(self, watcher: Watcher) -> None:
         """A submission just happened on this loop: collect a few finished runs in passing."""

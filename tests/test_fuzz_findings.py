@@ -303,3 +303,25 @@ async def test_a_closed_batcher_raises_the_librarys_closed_error() -> None:
         with pytest.raises(aa.SessionClosedError, match="batcher is closed") as info:
             await b.run({"x": x})
         assert isinstance(info.value, aa.AscendError) and isinstance(info.value, anyio.ClosedResourceError)
+
+
+def test_a_wake_up_run_while_trio_shuts_down_does_not_kill_the_run() -> None:
+    """trio runs the run_sync_soon callbacks still queued when the main task returns after it
+    stopped accepting new ones; a watcher wake-up (LoopBridge._woken) among them that scheduled
+    a drain raised RunFinishedError there, and trio turned that into TrioInternalError (the
+    trio tenant died: fuzzer seed 7)."""
+    import trio
+
+    from ascend_async._loop import SUBMIT_BUDGET, Waiter, current_bridge
+
+    async def main() -> None:
+        bridge = current_bridge()
+        assert not bridge.scheduled
+        # Far more submissions waiting than one drain admits: each drain schedules the next,
+        # so a drain is still queued when the run shuts down.
+        bridge._admit.extend(Waiter() for _ in range(SUBMIT_BUDGET * 1000))
+        trio.lowlevel.current_trio_token().run_sync_soon(bridge._woken)
+        await trio.lowlevel.checkpoint()
+        assert bridge.scheduled  # and the main task returns: the run shuts down
+
+    trio.run(main)  # raised TrioInternalError (RunFinishedError from a run_sync_soon callback)
