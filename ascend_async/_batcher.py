@@ -40,7 +40,7 @@ import anyio.lowlevel
 import numpy as np
 
 from . import _metrics
-from ._errors import GraphError, InputError
+from ._errors import GraphError, InputError, SessionClosedError
 from ._graph import Graph
 
 if TYPE_CHECKING:
@@ -338,7 +338,8 @@ class Batcher:
         return cfg
 
     def close(self) -> None:
-        """Refuse new requests (``anyio.ClosedResourceError``); queued and running ones finish."""
+        """Refuse new requests (:class:`SessionClosedError`, an ``anyio.ClosedResourceError``);
+        queued and running ones finish."""
         self._closed = True
 
     # -- requests -------------------------------------------------------------------------------
@@ -438,12 +439,12 @@ class Batcher:
         :raises InputError: inputs without the batch dimension, wrong dtype or trailing dims,
             rows that disagree between inputs, more rows than a static batch size.
         :raises TimeoutError: ``timeout`` seconds passed first (only this request fails).
-        :raises anyio.ClosedResourceError: the batcher is closed.
+        :raises SessionClosedError: the batcher is closed (an ``anyio.ClosedResourceError`` too).
         :raises DeviceError: the batch failed on the device (every request in it fails).
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
         if self._closed:
-            raise anyio.ClosedResourceError("the batcher is closed")
+            raise SessionClosedError(f"{self.graph.name}: the batcher is closed")
         req = self._request(inputs, priority)
         lq = self._loop_queue()
         heapq.heappush(lq.heap, req)

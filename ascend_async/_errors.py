@@ -103,7 +103,7 @@ class InputError(AscendError, ValueError):
 
 
 class SessionClosedError(AscendError, anyio.ClosedResourceError):
-    """The session (or stream, tensor) was closed."""
+    """The session (or stream, tensor, batcher) was closed."""
 
 
 class WatcherError(AscendError, anyio.BrokenResourceError):

@@ -373,6 +373,14 @@ class Graph:
         self.inputs: tuple[TensorSpec, ...] = tuple(_spec(vi) for vi in model.graph.input if vi.name not in init_names)
         self.outputs: tuple[TensorSpec, ...] = tuple(_spec(vi) for vi in model.graph.output)
         self._input_names = tuple(s.name for s in self.inputs)
+        symbols = {d for spec in self.inputs for d in (spec.shape or ()) if isinstance(d, str)}
+        #: Every output's shape follows from the input shapes (known rank; each dim fixed or a
+        #: symbol an input binds): outputs may be sized by the signature alone. False for
+        #: value-dependent shapes (NonZero, a Shape-fed Reshape) and undeclared ones.
+        self.static_outputs: bool = all(
+            spec.shape is not None and all(isinstance(d, int) or d in symbols for d in spec.shape)
+            for spec in self.outputs
+        )
         # The last signature bind accepted, as (dtype, shape) per input: a call that matches it
         # needs no checks beyond the comparison (bind's fast path; races only cost a re-check).
         self._accepted: tuple[tuple[np.dtype[Any], tuple[int, ...]], ...] | None = None

@@ -138,10 +138,8 @@ class LoopBridge:
     def channel(self, watcher: Watcher) -> int:
         """This loop's channel in ``watcher`` (opened on first use; 0 = none available)."""
         ch = self._channels.get(watcher)
-        if ch is None:
+        if ch is None:  # the watcher closes it when this bridge is gone (Watcher.open_channel)
             ch = self._channels[watcher] = watcher.open_channel(self)
-            if ch:
-                weakref.finalize(self, watcher.close_channel, ch)
         return ch
 
     # -- the loop thread ------------------------------------------------------------------------
@@ -172,8 +170,16 @@ class LoopBridge:
         if not self.scheduled:
             self.scheduled = True
             post = self._local_post()
-            if post is not None:  # on the loop thread: the loop is alive
+            if post is None:  # the loop is gone
+                return
+            try:
                 post(self._drain)
+            except RuntimeError:
+                # The loop is shutting down: trio runs its last run_sync_soon callbacks (a
+                # wake-up's _woken among them) after it stopped taking new ones, and a callback
+                # that raises there kills the run (TrioInternalError). What is left on the
+                # channel reaches the watcher thread (takeover).
+                self.dead = True
 
     def collect_after_submit(self, watcher: Watcher) -> None:
         """A submission just happened on this loop: collect a few finished runs in passing."""

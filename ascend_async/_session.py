@@ -87,6 +87,10 @@ class _GraphState:
         self.mode: str | None = None
         self.removed = False  # remove_graph succeeded: no replica may be added again
         self.lock = threading.Lock()
+        # One token per run between looking up its GE graph id and GE's answer to the submit
+        # (any thread; list.append/remove are atomic): remove_graph refuses meanwhile, as GE
+        # does for runs it counts in flight, so a run never submits to a removed id.
+        self.submitting: list[object] = []
 
 
 class Session:
@@ -408,20 +412,38 @@ class Session:
             if state.removed:
                 raise GraphError(f"{graph.name}: not added to this session")
             self._device.ensure_current()
+            # Every replica out of the run path first: a run registers in state.submitting
+            # before it looks its replica up, so it either registered before the check below
+            # (refused here, everything put back) or finds no replica and waits for state.lock
+            # (then runs on what is left, or learns the graph was removed). Put back if refused.
+            taken = {
+                stream: (state.replicas.pop(stream, None), stream in state.loaded)
+                for stream in state.ids
+                if stream is not None
+            }
+            state.loaded.difference_update(taken)
+
+            def put_back() -> None:
+                for stream, (replica, was_loaded) in taken.items():
+                    if replica is not None:
+                        state.replicas[stream] = replica
+                    if was_loaded:
+                        state.loaded.add(stream)
+
+            if state.submitting:
+                put_back()
+                raise ge_error(
+                    self._lib.AA_GE_FAILED,
+                    "RemoveGraph",
+                    f"graph {graph.name!r} has a run being submitted; remove it once its runs finished",
+                )
             for stream, gid in list(state.ids.items()):
-                # Out of the run path first (a run that finds no replica waits for state.lock),
-                # put back if GE refuses.
-                replica = state.replicas.pop(stream, None) if stream is not None else None
-                was_loaded = stream in state.loaded
-                state.loaded.discard(stream)  # type: ignore[arg-type]
                 status = self._lib.aa_session_remove_graph(self._handle, gid)
                 if status:
-                    if replica is not None:
-                        state.replicas[stream] = replica  # type: ignore[index]
-                    if was_loaded:
-                        state.loaded.add(stream)  # type: ignore[arg-type]
+                    put_back()  # this replica and those not asked for yet
                     self._device.backend.check_ge(status, "RemoveGraph")
                 del state.ids[stream]
+                taken.pop(stream, None)  # type: ignore[arg-type]
             state.removed = True
             with self._lock:
                 if self._graphs.get(id(graph)) is state:
@@ -479,7 +501,13 @@ class Session:
                 state.loaded.add(stream)
                 names = [spec.name for spec in state.graph.outputs]
                 state.replicas[stream] = Replica(
-                    self._device, self._handle, gid, stream, names, len(state.graph.inputs)
+                    self._device,
+                    self._handle,
+                    gid,
+                    stream,
+                    names,
+                    len(state.graph.inputs),
+                    static=state.graph.static_outputs,
                 )
             return gid
 
@@ -578,9 +606,11 @@ class Session:
         except BaseException:
             limiter.release()
             raise
+        pin = object()  # from the replica lookup to the submit: remove_graph refuses meanwhile
         try:
             if not bridge.take_budget():
                 await bridge.admit()  # this loop iteration's submissions are spent: wait for the next
+            state.submitting.append(pin)
             lane = self._pool.pick(stream)
             replica = state.replicas.get(lane)
             while replica is None:  # the first run on this stream: compile/load off-loop
@@ -602,8 +632,13 @@ class Session:
             except BaseException:
                 self._account(0, False, counted=False)
                 raise
+            finally:
+                state.submitting.remove(pin)
+                pin = None
             submit_ns = time.perf_counter_ns() - t_submit
         except BaseException:
+            if pin is not None and pin in state.submitting:
+                state.submitting.remove(pin)
             if run is not None:
                 run._give_slots()  # a no-op once a failed submit recycled the run
             if need:
@@ -701,21 +736,26 @@ class Session:
             return self._run_sync(state, graph, values)
 
     def _run_sync(self, state: _GraphState, graph: Graph, values: list[Any]) -> dict[str, np.ndarray]:
-        gid = self._primary_id(state)
         ffi, lib = self._ffi, self._lib
         n_out = len(graph.outputs)
         tin = ffi.new("aa_tensor[]", max(len(values), 1))
         self._host_inputs(values, tin)
         tout = ffi.new("aa_tensor[]", max(n_out, 1))
         count = ffi.new("size_t*", n_out)
-        with self._sync_lock:
-            self._check_open()
-            self._device.ensure_current()
-            status = lib.aa_session_run_graph(self._handle, gid, tin, len(values), tout, count)
-            if status:
-                with self._lock:
-                    self._failed += 1
-                raise self._device.backend.ge_error(status, "RunGraph", bound_mode=state.mode, mode="sync")
+        pin = object()  # from the id lookup to GE's answer: remove_graph refuses meanwhile
+        state.submitting.append(pin)
+        try:
+            gid = self._primary_id(state)
+            with self._sync_lock:
+                self._check_open()
+                self._device.ensure_current()
+                status = lib.aa_session_run_graph(self._handle, gid, tin, len(values), tout, count)
+        finally:
+            state.submitting.remove(pin)
+        if status:  # GE's error text is per thread: read here, after the lock
+            with self._lock:
+                self._failed += 1
+            raise self._device.backend.ge_error(status, "RunGraph", bound_mode=state.mode, mode="sync")
         with self._lock:
             self._completed += 1
         return self._host_outputs(tout, int(count[0]), [spec.name for spec in graph.outputs])
@@ -751,22 +791,27 @@ class Session:
         values: list[Any],
         callback: Callable[[dict[str, np.ndarray] | None, BaseException | None], object],
     ) -> None:
-        gid = self._primary_id(state)
         dev = self._device
         ffi, lib = self._ffi, self._lib
         watcher = dev.get_watcher()
         tin = ffi.new("aa_tensor[]", max(len(values), 1))
         self._host_inputs(values, tin)
         names = [spec.name for spec in graph.outputs]
-        run = CallbackRun(dev, watcher, names, tin, values, callback, self._account, self._host_outputs)
-        with self._lock:
-            self._check_open()
-            self._pending += 1
-        watcher.expect(run.token, run)
-        dev.ensure_current()
-        status = lib.aa_session_run_graph_async(
-            self._handle, gid, tin, len(values), lib.aa_watch_run_callback, run.slot
-        )
+        pin = object()  # from the id lookup to GE's answer: remove_graph refuses meanwhile
+        state.submitting.append(pin)
+        try:
+            gid = self._primary_id(state)
+            run = CallbackRun(dev, watcher, names, tin, values, callback, self._account, self._host_outputs)
+            with self._lock:
+                self._check_open()
+                self._pending += 1
+            watcher.expect(run.token, run)
+            dev.ensure_current()
+            status = lib.aa_session_run_graph_async(
+                self._handle, gid, tin, len(values), lib.aa_watch_run_callback, run.slot
+            )
+        finally:
+            state.submitting.remove(pin)
         if status:
             # A refused run may already have called back (GE does so on a mode conflict); the
             # watcher then finds no run under the token.

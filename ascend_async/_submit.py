@@ -35,7 +35,8 @@ __all__ = ["CallbackRun", "Descriptor", "Replica", "Run", "StageEvents"]
 
 class Descriptor:
     """One reusable ``aa_run`` with its arrays, and what its last run left in them: the
-    signature its input tensors describe and, for a static graph, its outputs' shapes."""
+    signature its input tensors describe and, for a graph whose output shapes follow from its
+    input shapes, its outputs' shapes."""
 
     __slots__ = ("inputs", "outputs", "run", "shapes", "signature", "slots")
 
@@ -54,9 +55,18 @@ class Replica:
     """A graph's replica on one stream: its GE graph id and a free list of descriptors whose
     constant fields (session, graph, stream, pools, watch, counts) are set once."""
 
-    __slots__ = ("_free", "device", "graph_id", "n_in", "n_out", "names", "session", "stream")
+    __slots__ = ("_free", "device", "graph_id", "n_in", "n_out", "names", "session", "static", "stream")
 
-    def __init__(self, device: Device, session: Any, graph_id: int, stream: Stream, names: Sequence[str], n_in: int):
+    def __init__(
+        self,
+        device: Device,
+        session: Any,
+        graph_id: int,
+        stream: Stream,
+        names: Sequence[str],
+        n_in: int,
+        static: bool = False,
+    ):
         self.device = device
         self.session = session
         self.graph_id = graph_id
@@ -64,6 +74,9 @@ class Replica:
         self.names = tuple(names)
         self.n_in = n_in
         self.n_out = len(self.names)
+        # The graph's output shapes follow from its input shapes (Graph.static_outputs): only
+        # then may a descriptor reuse its last run's output shapes for the same signature.
+        self.static = static
         self._free: list[Descriptor] = []
 
     def take(self, watcher: Watcher) -> Descriptor:
@@ -355,15 +368,19 @@ class Run:
             shapes = desc.shapes
             if shapes is not None and not run.dynamic:
                 # The signature of the last run on this descriptor, so its output shapes too:
-                # only the bytes are read.
+                # only the bytes are read (a byte count that disagrees reads the shapes from C).
                 result: dict[str, Any] = {}
                 for j, (shape, dtype) in enumerate(shapes):
                     io = outs[j]
                     arr = np.empty(shape, dtype)
+                    if io.nbytes != arr.nbytes:
+                        break
                     if io.nbytes:
                         ffi.memmove(arr, io.host_block, io.nbytes)
                     result[names[j]] = arr
-                return result
+                else:
+                    return result
+                desc.shapes = None
         if run.dynamic:
             # A graph whose output shapes depend on values: GE placed the outputs when the run
             # executed; take them from the slots and copy them to the host now.
@@ -391,7 +408,10 @@ class Run:
                 if io.nbytes:
                     ffi.memmove(arr, io.host_block, io.nbytes)
                 result[name] = arr
-        if not run.dynamic and None not in desc.signature:
+        # Cached only for a graph whose output shapes follow from its input shapes: a
+        # value-dependent run can come back with run.dynamic 0 (GE filled its slots before the
+        # submit returned: the CANN shim waits for them, the sim's device can be that fast).
+        if not run.dynamic and self.replica.static and None not in desc.signature:
             desc.shapes = seen
         return result
 

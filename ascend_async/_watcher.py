@@ -136,21 +136,28 @@ class Watcher:
 
     def open_channel(self, bridge: Wakeable) -> int:
         """A channel for one event loop's completions (0 when none is left: this thread then
-        completes that loop's runs and posts each wake-up)."""
+        completes that loop's runs and posts each wake-up). It stays the bridge's until the
+        bridge is gone (a finalizer closes it): only then can no run of the bridge still carry
+        the channel in its token, so only then may the number go to another loop."""
         with self.lock:
             if self.closed:
                 return 0
             ch = int(self._lib.aa_watch_channel_open(self.handle))
             if ch <= 0:
                 return 0
-            self._channels[ch] = weakref.ref(bridge)
-            return ch
+            ref = self._channels[ch] = weakref.ref(bridge)
+        weakref.finalize(bridge, self.close_channel, ch, ref)
+        return ch
 
-    def close_channel(self, ch: int) -> None:
-        """The loop is gone: what its channel holds, and will get, comes to this thread."""
+    def close_channel(self, ch: int, owner: weakref.ref[Wakeable]) -> None:
+        """``owner``'s loop is gone: what its channel holds, and will get, comes to this thread.
+        A no-op when the channel is no longer ``owner``'s (closed already, maybe reopened for
+        another loop, whose channel this must not close)."""
         with self.lock:
-            if self._channels.pop(ch, None) is not None and not self.closed:
-                self._lib.aa_watch_channel_close(self.handle, ch)
+            if self._channels.get(ch) is owner:
+                del self._channels[ch]
+                if not self.closed:
+                    self._lib.aa_watch_channel_close(self.handle, ch)
 
     def defer(self, fn: Callable[[], object]) -> None:
         """On this watcher's thread (a callback): run ``fn`` on a thread of its own once the
@@ -231,8 +238,15 @@ class Watcher:
                     if code == wake:
                         ref = self._channels.get(tokens[i])
                         bridge = ref() if ref is not None else None
-                        if ref is not None and (bridge is None or not bridge.wake()):
-                            self.close_channel(tokens[i])
+                        if ref is not None and bridge is None:
+                            self.close_channel(tokens[i], ref)
+                        elif bridge is not None:
+                            # False: the loop has closed. Its channel stays open while the
+                            # bridge lives (runs it abandoned still carry the channel in their
+                            # tokens: closed now, the number could be reopened for another loop,
+                            # which would collect them); the C watch hands what arrives on it to
+                            # this thread once the wake-up goes unanswered (takeover_us).
+                            bridge.wake()
                         del bridge
                         continue
                     c = self.pending.pop(tokens[i], None)
@@ -240,6 +254,9 @@ class Watcher:
                         _contained(c.complete, code, noticed[i], False)
                         if self._deferred:
                             self._start_deferred()
+                    # Not kept alive while this thread sleeps: a run holds its loop's bridge,
+                    # and the bridge its channel (and its loop) until it is gone.
+                    del c
         except BaseException as exc:  # the watcher must never die silently
             self.broken = exc
             self._fail_all(WatcherError(f"the completion watcher failed: {exc!r}"))

@@ -41,7 +41,7 @@ from typing import Any
 import anyio
 import numpy as np
 
-from ._errors import AscendError, GraphError, InputError
+from ._errors import AscendError, GraphError, InputError, SessionClosedError
 from ._graph import GraphSource, TensorSpec
 from ._pool import device_count
 from ._session import Session
@@ -259,6 +259,8 @@ class NPUModel:
             status, message = exc.status, exc.message
         except InputError as exc:  # shapes, batch dims: the batcher's checks
             status, message = 400, str(exc)
+        except SessionClosedError:  # the batcher or session closed (an AscendError too)
+            status, message = 503, "the replica is shutting down"
         except AscendError as exc:  # before TimeoutError: AscendTimeoutError is a device's timeout
             if isinstance(exc, GraphError):  # the model cannot serve (e.g. an output without rows)
                 return self._internal(rid, exc)

@@ -213,8 +213,11 @@ typedef struct aa_run {
     int32_t acl_error;
     aa_status ge_status;
     int32_t enqueued;
-    int32_t dynamic;    /* the graph's output shapes depend on values: no D2H copies were
-                           enqueued; the outputs are known once the run's event completed */
+    int32_t dynamic;    /* the slots came back pending (a dynamic-shape graph, on both
+                           backends): no D2H copies were enqueued, and aa_run_collect describes
+                           the outputs once the run's event completed. 0: described at submit.
+                           (The Python side caches output shapes only for graphs whose output
+                           shapes follow from the input shapes, Graph.static_outputs.) */
 } aa_run;
 
 int aa_run_submit(aa_run *run);
