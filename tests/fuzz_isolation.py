@@ -67,6 +67,8 @@ from typing import Any
 if __name__ == "__main__":
     # Before the sim starts: stale pool reads show up as poison.
     os.environ.setdefault("ASCEND_ASYNC_SIM_POISON", "1")
+    # The sim's modelled GE workspace is opt-in (see sim/session.c): set
+    # ASCEND_ASYNC_SIM_WORKSPACE=1 to fuzz with it.
     # The library of this checkout (its in-place build), not whatever else is installed.
     _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if os.path.isdir(os.path.join(_root, "ascend_async")):
@@ -1090,7 +1092,7 @@ def compare(
                 tags.append("NaN where the reference has values (poison: a stale block?)")
             if np.any(gbad.astype(np.float32) == 31337.0):
                 tags.append("decoy weights from the working directory")
-        if g.dtype.itemsize and (g.view(np.uint8) == 0xA5).all():
+        if g.dtype.itemsize and (g.reshape(-1).view(np.uint8) == 0xA5).all():
             tags.append("all 0xA5 bytes (poison: never written)")
         problems.append(
             f"{name}: {int(np.sum(bad))}/{g.size} elements differ, "
