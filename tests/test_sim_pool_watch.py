@@ -151,19 +151,22 @@ class Streams:
     def __init__(self, n: int) -> None:
         self.streams = []
         self.events: list[Any] = []
+        # One buffer per stream: streams run at once, and two writing one buffer would race
+        # (ThreadSanitizer says so).
+        self.bufs: dict[Any, Any] = {}
         for _ in range(n):
             p = ffi.new("aclrtStream*")
             ok(lib.aclrtCreateStream(p))
             self.streams.append(p[0])
-        p = ffi.new("void**")
-        ok(lib.aclrtMalloc(p, 64, 0))
-        self.buf = p[0]
+            b = ffi.new("void**")
+            ok(lib.aclrtMalloc(b, 64, 0))
+            self.bufs[p[0]] = b[0]
 
     def record(self, s: Any) -> Any:
         e = ffi.new("aclrtEvent*")
         ok(lib.aclrtCreateEvent(e))
         self.events.append(e[0])
-        ok(lib.aclrtMemsetAsync(self.buf, 64, 1, 64, s))
+        ok(lib.aclrtMemsetAsync(self.bufs[s], 64, 1, 64, s))
         ok(lib.aclrtRecordEvent(e[0], s))
         return e[0]
 
@@ -174,7 +177,8 @@ class Streams:
             ok(lib.aclrtDestroyStream(s))
         for e in self.events:
             ok(lib.aclrtDestroyEvent(e))
-        ok(lib.aclrtFree(self.buf))
+        for b in self.bufs.values():
+            ok(lib.aclrtFree(b))
 
 
 def make_watch(ctx: Any, strategy: int) -> Any:
