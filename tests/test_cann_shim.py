@@ -914,20 +914,25 @@ print("FULL STACK OK")
 def test_the_python_stack_runs_unchanged_over_the_shim(cann: Cann) -> None:
     """The public API (Session.run on asyncio and trio, run_sync) with the CANN backend
     selected: the package's Python layers over the shim module, in a fresh process."""
+    _run_stack(cann, FULL_STACK, "FULL STACK OK", timeout=120)
+
+
+def _run_stack(cann: Cann, script: str, marker: str, timeout: int) -> None:
+    """Runs ``script`` in a fresh process with the CANN backend over the stand-ins."""
     env = {
         **os.environ,
         "ASCEND_ASYNC_BACKEND": "cann",
         "ASCEND_ASYNC_CANN_MODULE": cann.module_path,
     }
     proc = subprocess.run(
-        [sys.executable, "-c", FULL_STACK, str(cann.root), str(STANDINS)],
+        [sys.executable, "-c", script, str(cann.root), str(STANDINS)],
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
-    assert proc.returncode == 0 and "FULL STACK OK" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and marker in proc.stdout, proc.stdout + proc.stderr
 
 
 DYNAMIC_STACK = """
@@ -1035,20 +1040,7 @@ def test_dynamic_graph_never_blocks_the_loop_through_session_run(cann: Cann) -> 
     a value-dependent graph (NonZero) are all submitted while their stream is gated closed (the
     loop keeps running, the outputs stay pending), and once the gate opens each result matches
     onnxruntime's Python API, host and device outputs alike. In a fresh process."""
-    env = {
-        **os.environ,
-        "ASCEND_ASYNC_BACKEND": "cann",
-        "ASCEND_ASYNC_CANN_MODULE": cann.module_path,
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", DYNAMIC_STACK, str(cann.root), str(STANDINS)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0 and "DYNAMIC STACK OK" in proc.stdout, proc.stdout + proc.stderr
+    _run_stack(cann, DYNAMIC_STACK, "DYNAMIC STACK OK", timeout=300)
 
 
 @pytest.mark.slow
