@@ -1253,10 +1253,8 @@ class Campaign:
                         f"onnxruntime refuses ({c.refused}); add_graph raised {type(exc).__name__}: {exc}",
                     )
                     continue
-                try:
+                with contextlib.suppress(aa.AscendError):  # the finding below is what matters
                     self.sessions[0].remove_graph(g)
-                except aa.AscendError:
-                    pass
                 self.findings.add(
                     "refusal",
                     where,

@@ -914,18 +914,19 @@ print("FULL STACK OK")
 def test_the_python_stack_runs_unchanged_over_the_shim(cann: Cann) -> None:
     """The public API (Session.run on asyncio and trio, run_sync) with the CANN backend
     selected: the package's Python layers over the shim module, in a fresh process."""
-    _run_stack(cann, FULL_STACK, "FULL STACK OK", timeout=120)
+    _run_stack(cann, FULL_STACK, "FULL STACK OK", 120)
 
 
-def _run_stack(cann: Cann, script: str, marker: str, timeout: int) -> None:
-    """Runs ``script`` in a fresh process with the CANN backend over the stand-ins."""
+def _run_stack(cann: Cann, script: str, marker: str, timeout: int, *args: str) -> None:
+    """Runs ``script`` in a fresh process with the CANN backend over the stand-ins (argv:
+    the stand-in root, the stand-in sources, then ``args``)."""
     env = {
         **os.environ,
         "ASCEND_ASYNC_BACKEND": "cann",
         "ASCEND_ASYNC_CANN_MODULE": cann.module_path,
     }
     proc = subprocess.run(
-        [sys.executable, "-c", script, str(cann.root), str(STANDINS)],
+        [sys.executable, "-c", script, str(cann.root), str(STANDINS), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -943,7 +944,6 @@ import anyio
 import numpy as np
 import onnxruntime as ort
 import uvloop
-from onnx import TensorProto, helper
 
 sys.path.insert(0, sys.argv[2])
 import build_standins
@@ -951,21 +951,7 @@ import build_standins
 side = build_standins.open_standins(Path(sys.argv[1]))
 import ascend_async as aa
 
-graph = helper.make_graph(
-    [
-        helper.make_node("Greater", ["x", "zero"], ["mask"]),
-        helper.make_node("NonZero", ["mask"], ["idx"]),
-        helper.make_node("Relu", ["x"], ["r"]),
-    ],
-    "nonzero",
-    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-    [
-        helper.make_tensor_value_info("idx", TensorProto.INT64, [2, None]),
-        helper.make_tensor_value_info("r", TensorProto.FLOAT, ["N", 4]),
-    ],
-    [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])],
-)
-model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+model = Path(sys.argv[3]).read_bytes()  # nonzero_model(), written by the test
 reference = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 rng = np.random.default_rng(18)
 XS = [rng.integers(-3, 3, size=(n, 4)).astype(np.float32) for n in (1, 3, 5, 2)]
@@ -1035,12 +1021,14 @@ print("DYNAMIC STACK OK")
 """
 
 
-def test_dynamic_graph_never_blocks_the_loop_through_session_run(cann: Cann) -> None:
+def test_dynamic_graph_never_blocks_the_loop_through_session_run(cann: Cann, tmp_path: Path) -> None:
     """Session.run on asyncio, uvloop and trio with the CANN backend over the stand-ins: runs of
     a value-dependent graph (NonZero) are all submitted while their stream is gated closed (the
     loop keeps running, the outputs stay pending), and once the gate opens each result matches
     onnxruntime's Python API, host and device outputs alike. In a fresh process."""
-    _run_stack(cann, DYNAMIC_STACK, "DYNAMIC STACK OK", timeout=300)
+    model = tmp_path / "nonzero.onnx"
+    model.write_bytes(nonzero_model())
+    _run_stack(cann, DYNAMIC_STACK, "DYNAMIC STACK OK", 300, str(model))
 
 
 @pytest.mark.slow
