@@ -18,8 +18,8 @@ os.environ.setdefault("ASCEND_ASYNC_SIM_DEVICES", "4")
 # purpose: it tests what the sim runs. add_graph's CANN check is tested on its own, with its
 # modes set explicitly (tests/test_cann_check.py).
 os.environ.setdefault("ASCEND_ASYNC_CANN_CHECK", "off")
-# GE's per-run workspace, modelled by the sim (the allocator rule's detector): on for the
-# suite's GE-rule and ABI tests; the isolation fuzzer's slice runs the default (off).
+# GE's per-run workspace, modelled by the sim (the allocator rule's detector): the sim's
+# default, said here because the GE-rule and ABI tests depend on it.
 os.environ.setdefault("ASCEND_ASYNC_SIM_WORKSPACE", "1")
 # The sim fills every block it hands out and every block given back with a poison pattern (NaN
 # in every float type): a run that reads a stale block gets a wrong answer the tests see, not

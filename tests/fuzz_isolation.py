@@ -67,8 +67,6 @@ from typing import Any
 if __name__ == "__main__":
     # Before the sim starts: stale pool reads show up as poison.
     os.environ.setdefault("ASCEND_ASYNC_SIM_POISON", "1")
-    # The sim's modelled GE workspace is opt-in (see sim/session.c): set
-    # ASCEND_ASYNC_SIM_WORKSPACE=1 to fuzz with it.
     # The library of this checkout (its in-place build), not whatever else is installed.
     _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if os.path.isdir(os.path.join(_root, "ascend_async")):

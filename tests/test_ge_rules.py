@@ -205,6 +205,46 @@ def test_pool_lanes_keep_workspaces_stream_ordered(abi: Abi) -> None:
     assert st.live_blocks == 0 and st.stream_cached_blocks == 4  # a workspace and an output each
 
 
+def test_a_dynamic_runs_outputs_never_take_a_block_a_later_submission_freed(abi: Abi) -> None:
+    """The sim places a dynamic graph's outputs when the stream reaches the run. A static run
+    submitted after it on the same stream has by then given its workspace back to the stream's
+    lane, which hands such a block only to later work on the stream, and the dynamic run is
+    earlier work: its output must not land in that block (the later run's workspace fill
+    overwrote it, found by the isolation fuzzer with the workspace model on). Nor may it live
+    only as long as the graph (the fuzzer's next finding, when GE's built-in memory was used)."""
+    lib.aa_sim_set_workspace_model(1)  # the sim's default, said here
+    a = abi.streams[0]
+    ok(lib.aa_session_register_external_allocator(abi.session, a, _lane(abi.pool)))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [N])
+    y = helper.make_tensor_value_info("y", TensorProto.INT64, [1, "k"])  # its shape follows from values
+    g = helper.make_graph([helper.make_node("NonZero", ["x"], ["y"])], "nonzero", [x], [y])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    dyn: int | None = 8
+    ok(lib.aa_session_add_graph_onnx(abi.session, dyn, model, len(model), ffi.NULL, 0))
+    xd, xs = np.arange(N, dtype=np.float32), np.full(N, 5.0, dtype=np.float32)
+    out_d, out_s = ffi.new("aa_tensor[1]"), ffi.new("aa_tensor[1]")
+    try:
+        with held(a):
+            ok(lib.aa_session_run_graph_with_stream_async(abi.session, dyn, a, abi.device_input(xd), 1, out_d, 1))
+            ok(abi.submit(a, xs, out_s))  # its workspace is back in the lane when this returns
+        assert lib.aclrtSynchronizeStream(a) == 0, ffi.string(lib.aclGetRecentErrMsg())
+        ok(lib.aa_session_resolve_outputs(out_d, 1))
+        # GE's memory that lives as long as the tensor, as the allocator's blocks do: the graph
+        # may go first (the library removes graphs while their outputs are still held).
+        ok(lib.aa_session_remove_graph(abi.session, dyn))
+        dyn = None
+        got = np.empty((1, N - 1), dtype=np.int64)  # arange: every element but the first is nonzero
+        assert out_d[0].ndim == 2 and list(out_d[0].dims[0:2]) == [1, N - 1]
+        assert lib.aclrtMemcpy(ffi.from_buffer(got), got.nbytes, out_d[0].addr, got.nbytes, 2) == 0
+        np.testing.assert_array_equal(got, np.stack(np.nonzero(xd)))
+        np.testing.assert_array_equal(abi.read(out_s[0]), xs * 2)
+    finally:
+        lib.aa_tensor_release(out_d)
+        lib.aa_tensor_release(out_s)
+        if dyn is not None:
+            ok(lib.aa_session_remove_graph(abi.session, dyn))
+
+
 def test_lane_reuses_its_blocks_on_its_stream_and_shares_them_once_closed(abi: Abi) -> None:
     """A block GE gives back through a lane serves later work on that stream only; closing the
     lane (its stream drained) moves it to the shared cache, for any stream."""

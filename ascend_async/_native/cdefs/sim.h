@@ -87,6 +87,6 @@ int64_t aa_sim_session_graph_outputs(aa_session *session, uint32_t graph_id);
  * every input and output dim is fixed, 0 when one is not (GE runs it as a dynamic-shape graph,
  * whose outputs it describes after submission), -1 if the session has no such graph. */
 int aa_sim_session_graph_is_static(aa_session *session, uint32_t graph_id);
-/* GE's per-run workspace, modelled (sim/session.c): on = 1, off = 0. Off by default; the
- * environment variable ASCEND_ASYNC_SIM_WORKSPACE=1 turns it on when first needed. */
+/* GE's per-run workspace, modelled (sim/session.c): on = 1, off = 0. On by default; the
+ * environment variable ASCEND_ASYNC_SIM_WORKSPACE=0 turns it off when first needed. */
 void aa_sim_set_workspace_model(int on);

@@ -83,8 +83,10 @@ size_t aa_ge_get_error_msg(char *buf, size_t buf_len) {
 
 typedef struct graph_node graph_node;
 
-/* A GE-allocated output block: the `owner` of an aa_tensor (BLOCK_PENDING: a pending_run). */
-enum { BLOCK_BUILTIN, BLOCK_EXTERNAL, BLOCK_HOST, BLOCK_PENDING };
+/* A GE-allocated output block: the `owner` of an aa_tensor (BLOCK_PENDING: a pending_run).
+ * BLOCK_BUILTIN lives as long as its graph; BLOCK_DEVICE (GE's memory for a dynamic run's
+ * output on a stream with an external allocator, see alloc_output) as long as its tensor. */
+enum { BLOCK_BUILTIN, BLOCK_EXTERNAL, BLOCK_HOST, BLOCK_PENDING, BLOCK_DEVICE };
 #define BLOCK_MAGIC 0x424c4b21u
 
 typedef struct ge_block {
@@ -621,6 +623,7 @@ void aa_tensor_release(aa_tensor *tensor) {
     }
     switch (b->kind) {
         case BLOCK_HOST: free(b->addr); break;
+        case BLOCK_DEVICE: sim_device_free(b->addr); break;
         case BLOCK_EXTERNAL: b->alloc.free(b->alloc.ctx, b->ext_block); break;
         case BLOCK_BUILTIN: {
             graph_node *g = b->graph;
@@ -647,12 +650,8 @@ static size_t block_size_for(size_t nbytes) { return ((nbytes + 31) & ~(size_t)3
 
 #define WS_BYTES 512 /* small: the check costs one 512-byte fill and compare per run */
 
-/* The workspace model is opt-in (aa_sim_set_workspace_model, or ASCEND_ASYNC_SIM_WORKSPACE=1
- * read when first needed; the test suite turns it on). Open finding: with it on, the isolation
- * fuzzer sees a few runs whose bytes carry another run's workspace canary, i.e. a block in use
- * elsewhere while a workspace claim on it is live, which the handout check does not catch; until
- * that is explained the default path (lanes, no modelled workspace) is the one the fuzzer
- * proves. -1: not read yet. */
+/* The workspace model is on unless turned off (aa_sim_set_workspace_model(0), or
+ * ASCEND_ASYNC_SIM_WORKSPACE=0 read when first needed). -1: not read yet. */
 static int g_ws_model = -1;
 
 void aa_sim_set_workspace_model(int on) { __atomic_store_n(&g_ws_model, on ? 1 : 0, __ATOMIC_RELAXED); }
@@ -661,7 +660,7 @@ static int ws_model_on(void) {
     int on = __atomic_load_n(&g_ws_model, __ATOMIC_RELAXED);
     if (on < 0) {
         const char *env = getenv("ASCEND_ASYNC_SIM_WORKSPACE");
-        on = env && !strcmp(env, "1");
+        on = !(env && !strcmp(env, "0"));
         int unset = -1; /* another thread may have set it meanwhile: that value wins */
         if (!__atomic_compare_exchange_n(&g_ws_model, &unset, on, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
             on = unset;
@@ -780,10 +779,19 @@ static int lookup_allocator(const void *stream, aa_allocator *out) {
 }
 
 /* A device block for an output of `nbytes`: from the stream's external allocator, else the
- * graph's built-in allocator. Fills addr/size/owner/placement of `t`. Returns 0 or an
- * aclError with a message in err. Runs on the submitting thread, or on a device thread for the
- * outputs of a dynamic graph. */
-static int alloc_output(graph_node *g, aclrtStream stream, aa_tensor *t, size_t nbytes, char *err, size_t err_len) {
+ * graph's built-in allocator. Fills addr/size/owner/placement of `t`. Returns 0 or an aclError
+ * with a message in err. `in_order`: called by the submitting thread, in submission order.
+ *
+ * A dynamic graph's outputs are placed on the device thread, when the stream reaches the run,
+ * and so not in order: by then later submissions on the stream may have given blocks back to
+ * the stream's allocator (GE frees a static run's workspace as its submission returns), and a
+ * stream-ordered allocator may hand such a block to any later work on its stream, which the
+ * earlier run is not: the later run would overwrite the output. GE's host executor allocates
+ * as it launches, in submission order; the sim, which learns the sizes only when it runs the
+ * graph, takes such outputs from GE's own memory instead (BLOCK_DEVICE), which lives as long as
+ * the tensor, as the allocator's blocks do. */
+static int alloc_output(graph_node *g, aclrtStream stream, int in_order, aa_tensor *t, size_t nbytes, char *err,
+                        size_t err_len) {
     if (nbytes > SIZE_MAX - 64) {
         snprintf(err, err_len, "an output of %zu bytes cannot be allocated", nbytes);
         return ACL_ERROR_RT_MEMORY_ALLOCATION;
@@ -791,7 +799,8 @@ static int alloc_output(graph_node *g, aclrtStream stream, aa_tensor *t, size_t 
     size_t size = block_size_for(nbytes);
     aa_allocator a;
     ge_block *b;
-    if (lookup_allocator(stream, &a)) {
+    int external = lookup_allocator(stream, &a);
+    if (external && in_order) {
         void *addr = NULL;
         void *blk = a.alloc(a.ctx, size, &addr);
         if (!blk || !addr) {
@@ -809,13 +818,17 @@ static int alloc_output(graph_node *g, aclrtStream stream, aa_tensor *t, size_t 
             snprintf(err, err_len, "cannot allocate a %zu-byte output: %s", size, m ? m : "");
             return ACL_ERROR_RT_MEMORY_ALLOCATION;
         }
-        b = block_new(BLOCK_BUILTIN, addr, size);
-        b->graph = g;
-        pthread_mutex_lock(&g->run_mu);
-        b->next = g->builtin;
-        if (g->builtin) g->builtin->prev = b;
-        g->builtin = b;
-        pthread_mutex_unlock(&g->run_mu);
+        if (external) {
+            b = block_new(BLOCK_DEVICE, addr, size);
+        } else {
+            b = block_new(BLOCK_BUILTIN, addr, size);
+            b->graph = g;
+            pthread_mutex_lock(&g->run_mu);
+            b->next = g->builtin;
+            if (g->builtin) g->builtin->prev = b;
+            g->builtin = b;
+            pthread_mutex_unlock(&g->run_mu);
+        }
     }
     t->addr = b->addr;
     t->size = size;
@@ -908,7 +921,7 @@ static int place_output(void *ctx, size_t i, const aa_tensor *desc, const void *
             return ACL_ERROR_RT_PARAM_INVALID;
         }
     } else {
-        int rc = alloc_output(j->graph, j->stream, t, nbytes, err, err_len);
+        int rc = alloc_output(j->graph, j->stream, 0, t, nbytes, err, err_len);
         if (rc) return rc;
     }
     if (nbytes) memcpy(t->addr, data, nbytes);
@@ -1058,7 +1071,7 @@ static aa_status stream_async_locked(aa_session *session, uint32_t graph_id, acl
             }
         } else {
             t->owner = NULL;
-            if (alloc_output(g, stream, t, nbytes, err, sizeof err)) {
+            if (alloc_output(g, stream, 1, t, nbytes, err, sizeof err)) {
                 ge_error("%s: output %zu: %s", api, i, err);
                 st = GE_OUT_OF_MEMORY;
                 goto done;
