@@ -1,7 +1,7 @@
 """Prometheus metrics (optional ``prometheus_client``, extra ``[metrics]``).
 
-The hooks: ``Session.run`` and the batcher call ``hook`` (a module global, ``None`` unless an
-exporter is installed) once per finished run and once per batch. Off, a hook costs one global
+The hooks: ``Session.run`` and the batcher call ``_hooks.metrics`` (``None`` unless an exporter
+is installed: the core never imports this module) once per finished run and once per batch. Off, a hook costs one global
 load and a compare. On, a run costs a dict lookup and a few integer increments into
 accumulators owned by the calling thread: no lock, no prometheus_client call. Everything is
 turned into Prometheus metrics when Prometheus scrapes: counters and histograms from the
@@ -23,16 +23,22 @@ import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import _hooks
+
 if TYPE_CHECKING:
     from ._batcher import Batcher
     from ._graph import Graph
     from ._session import Session
     from ._submit import Run
 
-__all__ = ["PrometheusExporter", "hook"]
+__all__ = ["PrometheusExporter", "installed"]
 
-#: The installed exporter, or None. Read on every run; written only by install/uninstall.
-hook: PrometheusExporter | None = None
+
+def installed() -> PrometheusExporter | None:
+    """The installed exporter (the one ``Session.run`` reports to), or None."""
+    hook = _hooks.metrics
+    return hook if isinstance(hook, PrometheusExporter) else None
+
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 _DELAY_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
@@ -124,15 +130,13 @@ class PrometheusExporter:
 
     def install(self) -> PrometheusExporter:
         """Make this the process's exporter (replacing any other); returns self."""
-        global hook
-        hook = self
+        _hooks.metrics = self
         return self
 
     def uninstall(self) -> None:
         """Stop counting (if this exporter is the installed one)."""
-        global hook
-        if hook is self:
-            hook = None
+        if _hooks.metrics is self:
+            _hooks.metrics = None
 
     def __enter__(self) -> PrometheusExporter:
         return self.install()

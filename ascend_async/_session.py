@@ -16,7 +16,7 @@ import anyio
 import anyio.lowlevel
 import numpy as np
 
-from . import _metrics
+from . import _hooks
 from ._cann_check import CHECK_ENV, CHECK_MODES, CHECK_OPTION
 from ._device import Device, acquire_device, check_not_forked, release_device
 from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
@@ -648,8 +648,8 @@ class Session:
         run.limiter = limiter
         bridge.collect_after_submit(watcher)
         await run.wait()
-        if _metrics.hook is not None:  # a Prometheus exporter is installed (ascend_async._metrics)
-            _metrics.hook.run(self, graph, run, t_entry)
+        if _hooks.metrics is not None:  # a Prometheus exporter is installed (ascend_async._metrics)
+            _hooks.metrics.run(self, graph, run, t_entry)
         if run.error is not None:
             raise run.error
         assert run.result is not None
@@ -839,7 +839,7 @@ class Session:
                 device_events=self._device.events.stats(),
             )
 
-    # -- serving (logic in _batcher.py) -------------------------------------------------------
+    # -- serving (logic in _batcher.py, reached through _hooks) -------------------------------------------------------
 
     def batcher(self, graph: Graph, **params: Any) -> Batcher:
         """A dynamic :class:`Batcher` for ``graph`` on this session: ``max_batch_size`` (default:
@@ -849,10 +849,8 @@ class Session:
         :raises GraphError: the graph is not added here, or an input has no batch dimension.
         :raises ValueError: a bad parameter, e.g. ``max_batch_size`` above a static batch size.
         """
-        from ._batcher import Batcher
-
         self._state(graph)
-        return Batcher(self, graph, **params)
+        return _hooks.make_batcher(self, graph, **params)  # type: ignore[no-any-return]
 
 
 def _check_count(name: str, value: object, least: int) -> None:

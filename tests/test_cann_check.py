@@ -19,8 +19,9 @@ import pytest
 from onnx import TensorProto, helper, version_converter
 
 import ascend_async as aa
-from ascend_async._cann_check import cann_registrations, check_model, fix_model, fix_opset, ops_markdown
+from ascend_async._cann_check import cann_registrations, check_model, fix_opset, ops_markdown
 from ascend_async.bench._cli import main
+from ascend_async.bench._fix import fix_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LIGHT = sorted(glob.glob(os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", "*.onnx")))

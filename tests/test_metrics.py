@@ -34,7 +34,7 @@ def value(exporter: aa.PrometheusExporter, name: str, **labels: str) -> float | 
 
 async def test_exporter_counts_runs_failures_latency_and_batches() -> None:
     with aa.PrometheusExporter() as exporter:
-        assert _metrics.hook is exporter
+        assert _metrics.installed() is exporter
         async with aa.Session(streams=1) as s:
             g = s.add_graph(add_model())
             await s.load(g)
@@ -62,7 +62,7 @@ async def test_exporter_counts_runs_failures_latency_and_batches() -> None:
             text = exporter.generate_latest().decode()
             assert 'ascend_async_runs_total{device="0",graph="add",stream="0"} 4.0' in text  # + the batch
             assert 'ascend_async_batch_size_bucket{graph="add",le="4.0"} 1.0' in text
-    assert _metrics.hook is None
+    assert _metrics.installed() is None
 
 
 async def test_uninstalled_exporter_counts_nothing() -> None:

@@ -234,8 +234,9 @@ def _parser() -> argparse.ArgumentParser:
 def _check(args: argparse.Namespace) -> int:
     import json
 
-    from .._cann_check import check_model, fix_model
+    from .._cann_check import check_model
     from .._errors import GraphError
+    from ._fix import fix_model
 
     try:
         result = check_model(args.model)
