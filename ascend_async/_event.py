@@ -9,7 +9,7 @@ import anyio
 import anyio.lowlevel
 
 from ._errors import SessionClosedError, acl_error, device_fault
-from ._loop import LoopBridge, current_bridge
+from ._loop import LoopBridge, Waiter, current_bridge
 
 if TYPE_CHECKING:
     from ._device import Device
@@ -27,7 +27,7 @@ class _Wait:
     def __init__(self, bridge: LoopBridge | None, event: Event) -> None:
         self.bridge = bridge
         self.event = event
-        self.done = anyio.Event() if bridge is not None else None
+        self.done = Waiter() if bridge is not None else None  # the runs' one-shot wake-up
         self.error: BaseException | None = None
         self.settled = bridge is None
 
@@ -173,7 +173,7 @@ class Event:
             self._entries += 1
             self._waits.add(wait)
         try:
-            await wait.done.wait()  # type: ignore[union-attr]
+            await wait.done.wait(bridge.trio)  # type: ignore[union-attr]
         finally:
             with self._lock:
                 self._waits.discard(wait)
