@@ -184,6 +184,28 @@ class Session:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    @classmethod
+    def open(
+        cls,
+        device_id: int = 0,
+        *,
+        streams: int = 2,
+        options: Mapping[str, str] | None = None,
+        max_in_flight: int = _DEFAULT_MAX_IN_FLIGHT,
+    ) -> _Opening:
+        """Open a session off the event loop: ``session = await Session.open(...)``, or
+        ``async with Session.open(...) as session:`` (closed on the way out).
+
+        The constructor opens the device, GE's process-wide state and a GeSession, which on an
+        NPU takes seconds the first time; ``Session(...)`` does that on the calling thread,
+        ``Session.open`` in a worker thread while the loop goes on. The arguments are checked
+        before the worker starts, with the constructor's errors.
+        """
+        _check_count("device_id", device_id, 0)
+        _check_count("streams", streams, 1)
+        _check_count("max_in_flight", max_in_flight, 1)
+        return _Opening(lambda: cls(device_id, streams=streams, options=options, max_in_flight=max_in_flight))
+
     async def __aenter__(self) -> Session:
         return self
 
@@ -851,6 +873,48 @@ class Session:
         """
         self._state(graph)
         return _hooks.make_batcher(self, graph, **params)  # type: ignore[no-any-return]
+
+
+class _Opening:
+    """What :meth:`Session.open` returns: awaitable once (the open session), or an async
+    context manager that opens, yields and closes it."""
+
+    __slots__ = ("_make", "_session")
+
+    def __init__(self, make: Callable[[], Session]) -> None:
+        self._make = make
+        self._session: Session | None = None
+
+    async def _open(self) -> Session:
+        if self._session is not None:
+            raise RuntimeError("Session.open(...) was already awaited; call it again for another session")
+        # A worker thread constructs the session and hands it over through `made` (written by
+        # the worker before it returns, read here after the thread finished). A caller
+        # cancelled meanwhile still waits for the thread (anyio does not abandon it), and the
+        # session it made is closed here rather than leaked.
+        made: list[Session] = []
+
+        def work() -> None:
+            made.append(self._make())
+
+        try:
+            await anyio.to_thread.run_sync(work)
+        except BaseException:
+            for session in made:
+                session.close()
+            raise
+        self._session = made[0]
+        return made[0]
+
+    def __await__(self) -> Any:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Session:
+        return await self._open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.aclose()
 
 
 def _check_count(name: str, value: object, least: int) -> None:

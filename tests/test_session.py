@@ -4,6 +4,8 @@ and graph errors, and the closed-session contract."""
 from __future__ import annotations
 
 import functools
+import threading
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -378,3 +380,42 @@ def test_repr_before_and_after_close() -> None:
     assert "device=0 backend=sim 2 streams" in repr(s)
     s.close()
     assert repr(s) == "<Session closed>"
+
+
+@pytest.mark.anyio
+async def test_session_open_constructs_off_the_loop_and_closes_on_exit() -> None:
+    """Session.open runs the constructor (device, GE, GeSession: seconds on an NPU) in a worker
+    thread; as an async context manager it closes the session on the way out."""
+    threads: list[int] = []
+
+    class Probe(ascend_async.Session):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            threads.append(threading.get_ident())
+            super().__init__(*args, **kwargs)
+
+    async with Probe.open(streams=1) as session:
+        assert isinstance(session, Probe) and len(session.streams) == 1
+        graph = add_model(session)
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+        out = await session.run(graph, {"x": x, "y": x})
+        np.testing.assert_array_equal(out["z"], x + x)
+    assert session.is_closed
+    assert threads and threads[0] != threading.get_ident()
+    session = await ascend_async.Session.open()
+    try:
+        assert not session.is_closed
+    finally:
+        await session.aclose()
+
+
+@pytest.mark.anyio
+async def test_session_open_checks_arguments_before_the_worker_and_once_only() -> None:
+    with pytest.raises(ValueError, match="streams"):
+        ascend_async.Session.open(streams=0)
+    opening = ascend_async.Session.open()
+    session = await opening
+    try:
+        with pytest.raises(RuntimeError, match="already awaited"):
+            await opening
+    finally:
+        await session.aclose()
