@@ -18,10 +18,10 @@ from ascend_async._native import _sim
 
 __all__ = [
     "LEAK_KEYS",
+    "Gate",
     "add_model",
     "add_model_proto",
     "held",
-    "release",
     "sim_leaks",
     "sim_stats",
     "sim_timing",
@@ -90,33 +90,40 @@ def wait_until(predicate: Callable[[], bool], what: str = "", timeout: float = 3
         waited += 0.002
 
 
-@contextmanager
-def held(*streams: ascend_async.Stream | Any, lib: Any = None) -> Iterator[None]:
-    """Hold sim streams (their tasks wait) for the block; each is released on the way out,
-    whatever happens. Each argument is a Stream or a raw aclrtStream handle; ``lib`` is the sim
-    library to call (default: the in-process sim; the CANN shim tests pass their stand-in's).
+class Gate:
+    """Streams held by :func:`held`; :meth:`release` lets their work run at a chosen point."""
 
-    Releasing is idempotent: a test may release a stream early inside the block (to let the
-    held work run at a chosen point) and the exit's release is a no-op. The block must end
-    before the streams are destroyed (a handle is checked, not kept alive)."""
-    lib = _sim.lib if lib is None else lib
-    handles = [getattr(s, "handle", s) for s in streams]
-    done: list[Any] = []
-    try:
+    def __init__(self, lib: Any, handles: list[Any]) -> None:
+        self._lib = lib
+        self._held = handles
+
+    def release(self) -> None:
+        """Release every stream still held (once; the block's exit then touches none of them,
+        so the block may go on to close the session that owns them)."""
+        handles, self._held = self._held, []
         for h in handles:
-            assert lib.aa_sim_stream_hold(h) == 0
-            done.append(h)
-        yield
-    finally:
-        for h in done:
-            lib.aa_sim_stream_release(h)
+            self._lib.aa_sim_stream_release(h)
 
 
-def release(*streams: ascend_async.Stream | Any, lib: Any = None) -> None:
-    """Release streams held by :func:`held` early, inside its block (the held work runs now)."""
+@contextmanager
+def held(*streams: ascend_async.Stream | Any, lib: Any = None) -> Iterator[Gate]:
+    """Hold sim streams (their tasks wait) for the block; whatever happens, the ones still held
+    are released on the way out. Each argument is a Stream or a raw aclrtStream handle; ``lib``
+    is the sim library to call (default: the in-process sim; the CANN shim tests pass their
+    stand-in's). Yields a :class:`Gate` whose ``release()`` lets the work run inside the block.
+
+    A handle is checked, not kept alive: release (or leave the block) before the streams are
+    destroyed."""
     lib = _sim.lib if lib is None else lib
-    for s in streams:
-        assert lib.aa_sim_stream_release(getattr(s, "handle", s)) == 0
+    gate = Gate(lib, [])
+    try:
+        for s in streams:
+            h = getattr(s, "handle", s)
+            assert lib.aa_sim_stream_hold(h) == 0
+            gate._held.append(h)
+        yield gate
+    finally:
+        gate.release()
 
 
 @contextmanager

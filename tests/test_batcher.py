@@ -13,7 +13,7 @@ import anyio
 import numpy as np
 import onnx
 import pytest
-from helpers import held, release, sim_timing, wait_for
+from helpers import held, sim_timing, wait_for
 from onnx import TensorProto, helper
 
 import ascend_async as aa
@@ -201,7 +201,7 @@ async def test_cancel_after_submission_follows_the_session_contract() -> None:
         async def bb() -> None:
             out["b"] = (await b.run({"x": xb}))["y"]
 
-        with held(*s.streams):
+        with held(*s.streams) as gate:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(a)
                 tg.start_soon(bb)
@@ -209,7 +209,7 @@ async def test_cancel_after_submission_follows_the_session_contract() -> None:
                 a_scope.cancel()
                 await wait_for(lambda: b.statistics().cancelled == 1)  # `a` returned at once
                 assert "b" not in out and s.statistics().in_flight == 1
-                release(*s.streams)
+                gate.release()
         assert "a" not in out
         np.testing.assert_array_equal(out["b"], xb + xb)
         st = b.statistics()
@@ -242,7 +242,7 @@ async def test_priority_orders_the_queue() -> None:
             await b.run({"x": rows(1, 0)}, priority=priority)
             order.append(name)
 
-        with held(*s.streams):
+        with held(*s.streams) as gate:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(one, "first", 0)
                 await wait_for(lambda: s.statistics().in_flight == 1)
@@ -250,7 +250,7 @@ async def test_priority_orders_the_queue() -> None:
                     tg.start_soon(one, name, prio)
                     await wait_for(lambda k=k: b.statistics().requests == k + 2)  # queued in this order
                 await wait_for(lambda: b.statistics().queued == 4)
-                release(*s.streams)
+                gate.release()
         assert order == ["first", "high", "mid", "low1", "low2"]
 
 
