@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import held
 from onnx import TensorProto, helper
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -612,8 +613,7 @@ def test_dynamic_run_returns_pending_and_is_described_after_the_event(
         dev.put(ins[0], x, DT_FLOAT)
         outs = ffi.new("aa_tensor[2]")
         base = c.stats().ge_outputs
-        assert c.sim.aa_sim_stream_hold(gate) == 0
-        try:
+        with held(gate, lib=c.sim):
             status = submit_in_thread(
                 c, lambda: lib.aa_session_run_graph_with_stream_async(env.session, 40, env.stream, ins, 1, outs, 2)
             )
@@ -631,8 +631,6 @@ def test_dynamic_run_returns_pending_and_is_described_after_the_event(
             assert lib.aa_session_resolve_outputs(outs, 2) == AA_GE_FAILED
             assert "still pending" in c.error_text()
             assert outs[0].owner == outs[1].owner != ffi.NULL and outs[0].addr == ffi.NULL
-        finally:
-            c.sim.aa_sim_stream_release(gate)
         c.check_acl(lib.aclrtSynchronizeEvent(event[0]))
         assert c.runner.ge_standin_late_pending() == 0
         c.check(lib.aa_session_resolve_outputs(outs, 2))

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from helpers import held
 
 from ascend_async._native import _sim
 
@@ -207,15 +208,12 @@ def test_watch_returns_every_token_once(ctx: Any, strategy: int) -> None:
     ss = Streams(2)
     watch = make_watch(ctx, strategy)
     try:
-        for s in ss.streams:
-            ok(lib.aa_sim_stream_hold(s))
-        for i in range(100):
-            s = ss.streams[i % 2]
-            ok(lib.aa_watch_add(watch, s, ss.record(s), i))
         tokens, codes = ffi.new("uint64_t[4]"), ffi.new("int32_t[4]")
-        assert lib.aa_watch_wait(watch, tokens, codes, ffi.NULL, 4, 20) == 0  # all held
-        for s in ss.streams:
-            ok(lib.aa_sim_stream_release(s))
+        with held(*ss.streams):
+            for i in range(100):
+                s = ss.streams[i % 2]
+                ok(lib.aa_watch_add(watch, s, ss.record(s), i))
+            assert lib.aa_watch_wait(watch, tokens, codes, ffi.NULL, 4, 20) == 0  # all held
         got = drain(watch, 100)
         assert got == dict.fromkeys(range(100), 0)
         assert lib.aa_watch_wait(watch, tokens, codes, ffi.NULL, 4, 20) == 0  # nothing more
@@ -277,11 +275,11 @@ def test_watch_fail_stream_returns_pending_tokens(ctx: Any) -> None:
     (s,) = ss.streams
     watch = make_watch(ctx, POLL)
     try:
-        ok(lib.aa_sim_stream_hold(s))
-        for i in range(5):
-            ok(lib.aa_watch_add(watch, s, ss.record(s), i))
-        lib.aa_watch_fail_stream(watch, s, 107017)
-        assert drain(watch, 5) == dict.fromkeys(range(5), 107017)
+        with held(s):  # the work never runs: failing the stream returns its tokens
+            for i in range(5):
+                ok(lib.aa_watch_add(watch, s, ss.record(s), i))
+            lib.aa_watch_fail_stream(watch, s, 107017)
+            assert drain(watch, 5) == dict.fromkeys(range(5), 107017)
     finally:
         lib.aa_watch_destroy(watch)
         ss.close()
