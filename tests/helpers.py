@@ -78,16 +78,16 @@ async def wait_for(predicate: Callable[[], bool], what: str = "") -> None:
     assert predicate(), what
 
 
-def wait_until(predicate: Callable[[], bool], what: str = "", timeout: float = 30.0) -> None:
+def wait_until(predicate: Callable[[], bool], what: str = "", timeout: float = 30.0, poll: float = 0.002) -> None:
     """:func:`wait_for` for a plain thread (no loop): poll ``predicate()`` until it holds. The
     timeout only turns a hang into a failure naming ``what``; it asserts no speed (it counts
     polls rather than reading a clock: a loaded machine only makes the guard longer)."""
-    gate = threading.Event()
+    pause = threading.Event()  # never set: wait(poll) sleeps
     waited = 0.0
     while not predicate():
         assert waited < timeout, f"never happened: {what}"
-        gate.wait(0.002)
-        waited += 0.002
+        pause.wait(poll)
+        waited += poll
 
 
 class Gate:
