@@ -86,6 +86,7 @@ def session_abi_functions() -> set[str]:
 # Checks that need no simulator
 
 
+@pytest.mark.slow
 def test_shim_compiles_warning_free_against_standin_headers(tmp_path: Path) -> None:
     obj = tmp_path / "ge_shim.o"
     proc = subprocess.run(standins.shim_compile_command(obj), capture_output=True, text=True, check=False)
@@ -909,6 +910,7 @@ print("FULL STACK OK")
 """
 
 
+@pytest.mark.slow
 def test_the_python_stack_runs_unchanged_over_the_shim(cann: Cann) -> None:
     """The public API (Session.run on asyncio and trio, run_sync) with the CANN backend
     selected: the package's Python layers over the shim module, in a fresh process."""
@@ -1019,6 +1021,7 @@ print("DYNAMIC STACK OK")
 """
 
 
+@pytest.mark.slow
 def test_dynamic_graph_never_blocks_the_loop_through_session_run(cann: Cann, tmp_path: Path) -> None:
     """Session.run on asyncio, uvloop and trio with the CANN backend over the stand-ins: runs of
     a value-dependent graph (NonZero) are all submitted while their stream is gated closed (the
