@@ -1,7 +1,8 @@
 """The library under pytest-asyncio, the way an application's own test suite uses it: async
 fixtures that open a Session (per test, and one shared by a class on a class-scoped loop),
 tests marked ``@pytest.mark.asyncio``, plain asyncio (``gather``, ``wait_for``) around
-``Session.run``. It mirrors the README's "Testing code that uses ascend_async".
+``Session.run``; and beside them, in the same module, the same kind of test under anyio's
+plugin. It mirrors the README's "Testing code that uses ascend_async".
 
 The rest of the suite runs on anyio's pytest plugin (asyncio, uvloop and trio); both plugins are
 loaded here. pytest-asyncio runs in strict mode (pyproject: ``asyncio_mode = "strict"``), so it
@@ -112,6 +113,21 @@ async def test_an_asyncio_task_cancelled_while_in_flight(session: aa.Session, ad
     v = inputs(4)
     np.testing.assert_array_equal((await session.run(add, v, stream=1))["z"], v["x"] + v["y"])
     assert session.statistics().cancelled == 1
+
+
+@pytest.fixture
+async def anyio_session(anyio_backend: object) -> AsyncIterator[aa.Session]:
+    """The README's anyio fixture: a plain async fixture that anyio's plugin runs on the test's
+    loop (it asks for ``anyio_backend``); strict pytest-asyncio leaves it alone."""
+    async with aa.Session() as s:
+        yield s
+
+
+@pytest.mark.anyio
+async def test_the_same_module_under_anyios_plugin(anyio_session: aa.Session) -> None:
+    g = anyio_session.add_graph(add_model_proto())
+    v = inputs(7)
+    np.testing.assert_array_equal((await anyio_session.run(g, v))["z"], v["x"] + v["y"])
 
 
 @pytest.mark.asyncio(loop_scope="class")
