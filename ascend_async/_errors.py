@@ -89,9 +89,25 @@ class GeError(AscendError):
         return (type(self), (self.code, self.api, self.detail))
 
 
+#: What to do about a :class:`ModeConflictError`, part of its message.
+MODE_ADVICE = (
+    "GE runs each added graph in one mode only (RunGraph, RunGraphAsync or RunGraphWithStreamAsync), "
+    "bound by its first run until the graph is removed. To run the model in another mode as well, "
+    "add it again as a second graph (session.add_graph with the same path, bytes or ModelProto "
+    "returns a new Graph) and use that one in the other mode; or session.remove_graph(graph) to bind "
+    "this one anew."
+)
+
+
 class ModeConflictError(GeError):
     """The graph is already bound to another GE run mode (RunGraph / RunGraphAsync /
-    RunGraphWithStreamAsync are exclusive per graph until it is removed)."""
+    RunGraphWithStreamAsync are exclusive per graph until it is removed). The message says
+    what to do: add the model again as a second graph for the other mode."""
+
+    def __init__(self, code: int, api: str, detail: str = "") -> None:
+        if MODE_ADVICE not in detail:
+            detail = f"{detail}. {MODE_ADVICE}" if detail else MODE_ADVICE
+        super().__init__(code, api, detail)
 
 
 class GraphError(AscendError, ValueError):

@@ -43,6 +43,7 @@ def _load_model(source: GraphSource) -> tuple[onnx.ModelProto, bytes, str | None
     import onnx
 
     folder: str | None = None
+    where = f"{os.path.basename(os.fspath(source))}: " if isinstance(source, (str, os.PathLike)) else ""
     try:
         if isinstance(source, onnx.ModelProto):
             return source, source.SerializeToString(), None
@@ -60,9 +61,9 @@ def _load_model(source: GraphSource) -> tuple[onnx.ModelProto, bytes, str | None
     except OSError as exc:
         raise GraphError(f"cannot read model {source!r}: {exc}") from exc
     except Exception as exc:  # protobuf's DecodeError and friends
-        raise GraphError(f"not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
+        raise GraphError(f"{where}not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
     if not model.graph.node and not model.graph.output:
-        raise GraphError("not a valid ONNX model: it has no graph")
+        raise GraphError(f"{where}not a valid ONNX model: it has no graph")
     return model, data, folder
 
 
@@ -352,7 +353,11 @@ class Graph:
     ) -> None:
         model, data, folder = _load_model(source)
         init_names = {t.name for t in model.graph.initializer}
-        self.name: str = name or model.graph.name or "graph"
+        file_name = os.path.basename(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else None
+        #: What errors, reprs and metrics call the graph: ``name``, else the file name of a model
+        #: read from a path, else the ONNX graph's own name (often an exporter's, such as "Model
+        #: from PaddlePaddle."), else "graph".
+        self.name: str = name or file_name or model.graph.name or "graph"
         problems = _structure_problems(model)
         if problems:
             raise GraphError(f"{self.name}: {len(problems)} problem(s) GE refuses: " + "; ".join(problems))
@@ -362,7 +367,7 @@ class Graph:
             raise GraphError(f"{self.name}: {exc}") from None
         #: The serialized model: what AddGraph parses (the weights are kept once, here).
         self.model_bytes: bytes = data
-        label = os.path.basename(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else self.name
+        label = file_name or self.name
         # What CANN's ONNX parser would make of it (node keys against the registered plugins):
         # computed from the model parsed here, so add_graph on the sim needs no second parse.
         self._cann_check = _check(model, label, len(data), cann_registrations())

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["Event", "RunProfile", "Session", "SessionStatistics", "Stream"]
 
 _MODE_API = {"stream": "RunGraphWithStreamAsync", "sync": "RunGraph", "callback": "RunGraphAsync"}
+_MODE_CALL = {"stream": "await session.run", "sync": "session.run_sync", "callback": "session.run_with_callback"}
 
 _ge_lock = threading.Lock()
 _ge_ready = False
@@ -542,11 +543,11 @@ class Session:
                 # GE's answer to a conflict: UNSUPPORTED from RunGraph/RunGraphAsync, FAILED from
                 # RunGraphWithStreamAsync (refused here, before GE is asked).
                 status = self._lib.AA_GE_FAILED if mode == "stream" else self._lib.AA_GE_UNSUPPORTED
-                raise ge_error(
+                raise ge_error(  # a ModeConflictError: its message adds what to do
                     status,
                     api,
-                    f"graph {state.graph.name!r} is already bound to {_MODE_API[state.mode]}; GE's run modes "
-                    "are exclusive per graph until it is removed (session.remove_graph)",
+                    f"graph {state.graph.name!r} is bound to {_MODE_API[state.mode]} ({_MODE_CALL[state.mode]}), "
+                    f"so {api} ({_MODE_CALL[mode]}) is refused",
                     bound_mode=state.mode,
                     mode=mode,
                 )

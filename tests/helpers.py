@@ -1,8 +1,9 @@
-"""Helpers shared by the test suite: the Add model, the sim's counters, a gate on observable
-state, and holding a stream."""
+"""Helpers shared by the test suite: the Add model, the sim's counters, gates on observable
+state (for a loop and for a plain thread), holding streams, and the sim's timing model."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,7 +16,18 @@ from onnx import TensorProto, helper
 import ascend_async
 from ascend_async._native import _sim
 
-__all__ = ["LEAK_KEYS", "add_model", "add_model_proto", "held", "sim_leaks", "sim_stats", "wait_for"]
+__all__ = [
+    "LEAK_KEYS",
+    "Gate",
+    "add_model",
+    "add_model_proto",
+    "held",
+    "sim_leaks",
+    "sim_stats",
+    "sim_timing",
+    "wait_for",
+    "wait_until",
+]
 
 
 def add_model_proto() -> onnx.ModelProto:
@@ -66,13 +78,61 @@ async def wait_for(predicate: Callable[[], bool], what: str = "") -> None:
     assert predicate(), what
 
 
+def wait_until(predicate: Callable[[], bool], what: str = "", timeout: float = 30.0, poll: float = 0.002) -> None:
+    """:func:`wait_for` for a plain thread (no loop): poll ``predicate()`` until it holds. The
+    timeout only turns a hang into a failure naming ``what``; it asserts no speed (it counts
+    polls rather than reading a clock: a loaded machine only makes the guard longer)."""
+    pause = threading.Event()  # never set: wait(poll) sleeps
+    waited = 0.0
+    while not predicate():
+        assert waited < timeout, f"never happened: {what}"
+        pause.wait(poll)
+        waited += poll
+
+
+class Gate:
+    """Streams held by :func:`held`; :meth:`release` lets their work run at a chosen point."""
+
+    def __init__(self, lib: Any, handles: list[Any]) -> None:
+        self._lib = lib
+        self._held = handles
+
+    def release(self) -> None:
+        """Release every stream still held (once; the block's exit then touches none of them,
+        so the block may go on to close the session that owns them)."""
+        handles, self._held = self._held, []
+        for h in handles:
+            self._lib.aa_sim_stream_release(h)
+
+
 @contextmanager
-def held(stream: ascend_async.Stream | Any) -> Iterator[None]:
-    """Hold a sim stream (its tasks wait) for the block; released on the way out, whatever
-    happens. Accepts a Stream or a raw aclrtStream handle."""
-    handle = getattr(stream, "handle", stream)
-    assert _sim.lib.aa_sim_stream_hold(handle) == 0
+def held(*streams: ascend_async.Stream | Any, lib: Any = None) -> Iterator[Gate]:
+    """Hold sim streams (their tasks wait) for the block; whatever happens, the ones still held
+    are released on the way out. Each argument is a Stream or a raw aclrtStream handle; ``lib``
+    is the sim library to call (default: the in-process sim; the CANN shim tests pass their
+    stand-in's). Yields a :class:`Gate` whose ``release()`` lets the work run inside the block.
+
+    A handle is checked, not kept alive: release (or leave the block) before the streams are
+    destroyed."""
+    lib = _sim.lib if lib is None else lib
+    gate = Gate(lib, [])
+    try:
+        for s in streams:
+            h = getattr(s, "handle", s)
+            assert lib.aa_sim_stream_hold(h) == 0
+            gate._held.append(h)
+        yield gate
+    finally:
+        gate.release()
+
+
+@contextmanager
+def sim_timing(**fields: int) -> Iterator[None]:
+    """Set the sim's timing model (``aa_sim_timing`` fields: ``min_graph_us``, ``per_sample_us``,
+    ``load_us``, ...) for the block; every field back to zero on the way out."""
+    timing = _sim.ffi.new("aa_sim_timing*", fields)
+    _sim.lib.aa_sim_set_timing(timing)
     try:
         yield
     finally:
-        _sim.lib.aa_sim_stream_release(handle)
+        _sim.lib.aa_sim_set_timing(_sim.ffi.new("aa_sim_timing*"))

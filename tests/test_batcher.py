@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from importlib.resources import files
 
 import anyio
 import numpy as np
 import onnx
 import pytest
+from helpers import held, sim_timing, wait_for
 from onnx import TensorProto, helper
 
 import ascend_async as aa
@@ -38,25 +37,6 @@ def double_model(batch: int | str = "batch", trailing: tuple[int | str, ...] = (
 
 def rows(n: int, seed: int, trailing: tuple[int, ...] = (4,)) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, *trailing)).astype(np.float32)
-
-
-async def wait_for(predicate: Callable[[], bool]) -> None:
-    with anyio.fail_after(10):
-        while not predicate():  # noqa: ASYNC110 - polls counters that other threads change
-            await anyio.sleep(0.001)
-
-
-@contextmanager
-def held(session: aa.Session) -> Iterator[None]:
-    """Hold every stream of the session before its next task (runs are submitted, not run)."""
-    streams = list(session.streams)
-    for s in streams:
-        assert _sim.lib.aa_sim_stream_hold(s.handle) == 0
-    try:
-        yield
-    finally:
-        for s in streams:
-            _sim.lib.aa_sim_stream_release(s.handle)
 
 
 async def test_concurrent_requests_share_one_run_and_get_their_rows() -> None:
@@ -221,7 +201,7 @@ async def test_cancel_after_submission_follows_the_session_contract() -> None:
         async def bb() -> None:
             out["b"] = (await b.run({"x": xb}))["y"]
 
-        with held(s):
+        with held(*s.streams) as gate:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(a)
                 tg.start_soon(bb)
@@ -229,8 +209,7 @@ async def test_cancel_after_submission_follows_the_session_contract() -> None:
                 a_scope.cancel()
                 await wait_for(lambda: b.statistics().cancelled == 1)  # `a` returned at once
                 assert "b" not in out and s.statistics().in_flight == 1
-                for st in s.streams:
-                    _sim.lib.aa_sim_stream_release(st.handle)
+                gate.release()
         assert "a" not in out
         np.testing.assert_array_equal(out["b"], xb + xb)
         st = b.statistics()
@@ -263,7 +242,7 @@ async def test_priority_orders_the_queue() -> None:
             await b.run({"x": rows(1, 0)}, priority=priority)
             order.append(name)
 
-        with held(s):
+        with held(*s.streams) as gate:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(one, "first", 0)
                 await wait_for(lambda: s.statistics().in_flight == 1)
@@ -271,8 +250,7 @@ async def test_priority_orders_the_queue() -> None:
                     tg.start_soon(one, name, prio)
                     await wait_for(lambda k=k: b.statistics().requests == k + 2)  # queued in this order
                 await wait_for(lambda: b.statistics().queued == 4)
-                for st in s.streams:
-                    _sim.lib.aa_sim_stream_release(st.handle)
+                gate.release()
         assert order == ["first", "high", "mid", "low1", "low2"]
 
 
@@ -399,20 +377,6 @@ def test_loops_in_two_threads_are_kept_apart() -> None:
         assert st.batch_sizes == {4: 2} and st.completed == 8
 
 
-@contextmanager
-def sim_timing(min_graph_us: int) -> Iterator[None]:
-    """Every graph run lasts at least ``min_graph_us`` on the sim (so batches are in flight while
-    requests time out or are cancelled); reset on the way out."""
-    timing = _sim.ffi.new("aa_sim_timing*")
-    timing.min_graph_us = min_graph_us
-    _sim.lib.aa_sim_set_timing(timing)
-    try:
-        yield
-    finally:
-        timing.min_graph_us = 0
-        _sim.lib.aa_sim_set_timing(timing)
-
-
 @pytest.mark.slow
 async def test_storm_of_timeouts_and_cancellations_counts_every_request_once() -> None:
     """Thousands of requests, a third with a random deadline and a third cancelled after a random
@@ -424,7 +388,7 @@ async def test_storm_of_timeouts_and_cancellations_counts_every_request_once() -
     plan = [(int(rng.integers(3)), float(rng.uniform(0, 0.004)), float(rng.uniform(0, 0.003))) for _ in range(n)]
     xs = [rows(1 + i % 3, i) for i in range(n)]
     received = timeouts = cancels = 0
-    with sim_timing(400):
+    with sim_timing(min_graph_us=400):
         async with aa.Session() as s:
             g = s.add_graph(double_model())
             await s.load(g)

@@ -143,6 +143,7 @@ def test_open_loop_counts_follow_the_schedule(loop: str, tmp_path: Path) -> None
     assert r["max_in_flight"] == 128
 
 
+@pytest.mark.slow
 def test_open_loop_poisson_schedule_is_seeded(tmp_path: Path) -> None:
     args = ("--demo", "--quiet", "--rate", "400", "--poisson", "--duration", "0.3", "--warmup", "3")
     a = run_json(tmp_path, *args, name="a.json")["results"][0]
@@ -182,6 +183,7 @@ def test_open_loop_overload_is_reported_and_ends_on_time(tmp_path: Path, capsys:
     assert doc["run"]["stopped"].startswith("50000/s is overloaded")
 
 
+@pytest.mark.slow
 def test_open_loop_host_overload_keeps_no_backlog(tmp_path: Path) -> None:
     """Slots to spare, but more sends asked than the loop can make: points more than BEHIND_NS
     overdue are missed, so latency from the intended time stays near one run's time instead of
@@ -712,6 +714,7 @@ def test_devices_pool_with_batcher_in_process(tmp_path: Path, capsys: pytest.Cap
     assert json.loads(json.dumps(config_from_args(_parser().parse_args(argv[1:])).as_dict())) == doc["config"]
 
 
+@pytest.mark.slow
 def test_devices_pool_in_a_subprocess_with_two_sim_devices(tmp_path: Path) -> None:
     import os
     import subprocess

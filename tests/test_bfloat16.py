@@ -281,6 +281,7 @@ async def test_dtypes_ge_cannot_carry_are_refused_before_anything_runs() -> None
         assert sim_stats()["graph_runs"] == before["graph_runs"]
 
 
+@pytest.mark.slow
 def test_ml_dtypes_is_imported_only_when_bfloat16_is_needed() -> None:
     """``import ascend_async`` stays light (ml_dtypes costs about half a second); the first
     bfloat16 lookup imports it, from either side of the table."""

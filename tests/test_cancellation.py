@@ -9,10 +9,9 @@ import anyio
 import anyio.lowlevel
 import numpy as np
 import pytest
-from helpers import add_model, sim_stats, wait_for
+from helpers import add_model, held, sim_stats, sim_timing, wait_for
 
 import ascend_async
-from ascend_async._native import _sim
 
 pytestmark = pytest.mark.anyio
 
@@ -43,9 +42,7 @@ async def test_cancel_in_flight_returns_at_once_and_frees_later() -> None:
     async with ascend_async.Session() as s:
         g = add_model(s)
         await s.load(g)
-        lane = s.streams[0]
-        _sim.lib.aa_sim_stream_hold(lane.handle)
-        try:
+        with held(s.streams[0]):
             reached: list[str] = []
             async with anyio.create_task_group() as tg:
                 scope = anyio.CancelScope()
@@ -63,8 +60,6 @@ async def test_cancel_in_flight_returns_at_once_and_frees_later() -> None:
             st = s.statistics()
             assert st.in_flight == 1 and st.cancelled == 0
             assert st.device_pool["live_blocks"] > 0  # the device may still read those buffers
-        finally:
-            _sim.lib.aa_sim_stream_release(lane.handle)
         # one more run on the same stream completes after the cancelled one (in-order stream)
         out = await s.run(g, {"x": X, "y": 3 * X}, stream=0)
         np.testing.assert_array_equal(out["z"], 4 * X)
@@ -77,15 +72,11 @@ async def test_fail_after_raises_timeout_error() -> None:
     async with ascend_async.Session() as s:
         g = add_model(s)
         await s.load(g)
-        lane = s.streams[1]
-        _sim.lib.aa_sim_stream_hold(lane.handle)
-        try:
+        with held(s.streams[1]):
             with pytest.raises(TimeoutError):
                 with anyio.fail_after(0.05):
                     await s.run(g, {"x": X, "y": X}, stream=1)
             assert s.statistics().in_flight == 1
-        finally:
-            _sim.lib.aa_sim_stream_release(lane.handle)
         out = await s.run(g, {"x": X, "y": X}, stream=1)
         np.testing.assert_array_equal(out["z"], 2 * X)
         st = s.statistics()
@@ -96,19 +87,13 @@ async def test_cancel_many_in_flight_across_streams() -> None:
     async with ascend_async.Session() as s:
         g = add_model(s)
         await s.load(g)
-        handles = [lane.handle for lane in s.streams]
-        for h in handles:
-            _sim.lib.aa_sim_stream_hold(h)
-        try:
+        with held(*s.streams):
             async with anyio.create_task_group() as tg:
                 for i in range(40):
                     tg.start_soon(functools.partial(s.run, g, {"x": X, "y": X}, stream=i % 2))
                 await wait_for(lambda: s.statistics().in_flight == 40, "submitted")
                 tg.cancel_scope.cancel()
             assert s.statistics().in_flight == 40
-        finally:
-            for h in handles:
-                _sim.lib.aa_sim_stream_release(h)
         for i in range(2):
             await s.run(g, {"x": X, "y": X}, stream=i)
         st = s.statistics()
@@ -127,10 +112,8 @@ async def test_aclose_with_runs_in_flight() -> None:
         out = await s.run(g, {"x": X, "y": np.full_like(X, i)}, stream=0)
         results.append(out["z"])
 
-    _sim.lib.aa_sim_stream_hold(lane.handle)
-    released = False
     try:
-        with anyio.fail_after(10):
+        with held(lane) as gate, anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 for i in range(5):
                     tg.start_soon(one, i)
@@ -140,12 +123,9 @@ async def test_aclose_with_runs_in_flight() -> None:
                 # closing waits for the runs; new runs are refused meanwhile
                 with pytest.raises(ascend_async.SessionClosedError):
                     await s.run(g, {"x": X, "y": X})
-                _sim.lib.aa_sim_stream_release(lane.handle)
-                released = True
+                gate.release()  # (before the aclose destroys the stream)
     finally:
-        if not released:
-            _sim.lib.aa_sim_stream_release(lane.handle)
-            await s.aclose()
+        await s.aclose()  # a no-op once closed; closes it if the block failed
     assert s.is_closed
     assert sorted(float(r[0, 0]) for r in results) == [0.0, 1.0, 2.0, 3.0, 4.0]
 
@@ -163,11 +143,11 @@ async def test_concurrent_aclose_waits_for_the_first() -> None:
         await s.aclose()
         seen.append(sim_stats())
 
-    _sim.lib.aa_sim_stream_hold(lane.handle)
     early: list[dict[str, int]] = []
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
-            try:
+            # (held inside the task group: the first aclose cannot finish while the stream is held)
+            with held(lane):
                 tg.start_soon(functools.partial(s.run, g, {"x": X, "y": X}, stream=0))
                 await wait_for(lambda: s.statistics().in_flight == 1, "submitted")
                 tg.start_soon(s.aclose)
@@ -175,9 +155,6 @@ async def test_concurrent_aclose_waits_for_the_first() -> None:
                 tg.start_soon(second)
                 await anyio.wait_all_tasks_blocked()
                 early = list(seen)
-            finally:
-                # (inside the task group: the first aclose cannot finish while the stream is held)
-                _sim.lib.aa_sim_stream_release(lane.handle)
     assert not early, "the second aclose returned while a run was still in flight"
     assert len(seen) == 1
     assert seen[0]["sessions"] == 0 and seen[0]["streams"] == 0
@@ -186,9 +163,6 @@ async def test_concurrent_aclose_waits_for_the_first() -> None:
 async def test_close_while_the_first_run_is_loading() -> None:
     """The first run on a stream compiles/loads on a worker thread; closing the session
     meanwhile makes that run fail with SessionClosedError, and nothing leaks."""
-    timing = _sim.ffi.new("aa_sim_timing*")
-    timing.load_us = 200_000
-    _sim.lib.aa_sim_set_timing(timing)
     s = ascend_async.Session()
     outcome: list[BaseException | dict[str, np.ndarray]] = []
     try:
@@ -200,14 +174,12 @@ async def test_close_while_the_first_run_is_loading() -> None:
             except ascend_async.AscendError as exc:
                 outcome.append(exc)
 
-        with anyio.fail_after(10):
+        with sim_timing(load_us=200_000), anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(one)
                 await anyio.wait_all_tasks_blocked()  # the run waits for its LoadGraph
                 await s.aclose()
     finally:
-        timing.load_us = 0
-        _sim.lib.aa_sim_set_timing(timing)
         await s.aclose()
     assert len(outcome) == 1
     assert isinstance(outcome[0], ascend_async.SessionClosedError)
@@ -221,9 +193,7 @@ async def test_cancel_while_waiting_for_an_in_flight_slot() -> None:
     async with ascend_async.Session(max_in_flight=1) as s:
         g = add_model(s)
         await s.load(g)
-        lane = s.streams[0]
-        _sim.lib.aa_sim_stream_hold(lane.handle)
-        try:
+        with held(s.streams[0]) as gate:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(functools.partial(s.run, g, {"x": X, "y": X}, stream=0))
                 await wait_for(lambda: s.statistics().in_flight == 1, "first submitted")
@@ -234,9 +204,7 @@ async def test_cancel_while_waiting_for_an_in_flight_slot() -> None:
                 assert scope.cancelled_caught
                 assert sim_stats()["tasks_submitted"] == submitted
                 assert s.statistics().in_flight == 1
-                _sim.lib.aa_sim_stream_release(lane.handle)
-        finally:
-            _sim.lib.aa_sim_stream_release(lane.handle)
+                gate.release()
         st = s.statistics()
         assert st.completed == 1 and st.cancelled == 0 and st.in_flight == 0
 
@@ -250,14 +218,10 @@ async def test_cancelled_device_outputs_are_released() -> None:
     async with ascend_async.Session() as s:
         g = add_model(s)
         await s.load(g)
-        lane = s.streams[0]
-        _sim.lib.aa_sim_stream_hold(lane.handle)
-        try:
+        with held(s.streams[0]):
             with anyio.move_on_after(0.02) as scope:
                 await s.run(g, {"x": X, "y": X}, stream=0, outputs="device")
             assert scope.cancelled_caught
-        finally:
-            _sim.lib.aa_sim_stream_release(lane.handle)
         out = await s.run(g, {"x": X, "y": X}, stream=0)
         np.testing.assert_array_equal(out["z"], 2 * X)
         assert sim_stats()["ge_outputs"] == 0

@@ -68,7 +68,7 @@ def test_light_zoo_accepted_at_9_refused_at_19_plus(path):
     assert fix_opset(newer) == 18
 
 
-@pytest.mark.parametrize("name", ["light_squeezenet.onnx", "light_resnet50.onnx"])
+@pytest.mark.parametrize("name", ["light_squeezenet.onnx", pytest.param("light_resnet50.onnx", marks=pytest.mark.slow)])
 def test_fix_converts_runs_both_and_writes(tmp_path, name):
     src = tmp_path / "new.onnx"
     onnx.save(version_converter.convert_version(onnx.load(os.path.join(os.path.dirname(LIGHT[0]), name)), 21), src)

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import held
 from onnx import TensorProto, helper
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,6 +86,7 @@ def session_abi_functions() -> set[str]:
 # Checks that need no simulator
 
 
+@pytest.mark.slow
 def test_shim_compiles_warning_free_against_standin_headers(tmp_path: Path) -> None:
     obj = tmp_path / "ge_shim.o"
     proc = subprocess.run(standins.shim_compile_command(obj), capture_output=True, text=True, check=False)
@@ -612,8 +614,7 @@ def test_dynamic_run_returns_pending_and_is_described_after_the_event(
         dev.put(ins[0], x, DT_FLOAT)
         outs = ffi.new("aa_tensor[2]")
         base = c.stats().ge_outputs
-        assert c.sim.aa_sim_stream_hold(gate) == 0
-        try:
+        with held(gate, lib=c.sim):
             status = submit_in_thread(
                 c, lambda: lib.aa_session_run_graph_with_stream_async(env.session, 40, env.stream, ins, 1, outs, 2)
             )
@@ -631,8 +632,6 @@ def test_dynamic_run_returns_pending_and_is_described_after_the_event(
             assert lib.aa_session_resolve_outputs(outs, 2) == AA_GE_FAILED
             assert "still pending" in c.error_text()
             assert outs[0].owner == outs[1].owner != ffi.NULL and outs[0].addr == ffi.NULL
-        finally:
-            c.sim.aa_sim_stream_release(gate)
         c.check_acl(lib.aclrtSynchronizeEvent(event[0]))
         assert c.runner.ge_standin_late_pending() == 0
         c.check(lib.aa_session_resolve_outputs(outs, 2))
@@ -914,6 +913,7 @@ print("FULL STACK OK")
 """
 
 
+@pytest.mark.slow
 def test_the_python_stack_runs_unchanged_over_the_shim(cann: Cann) -> None:
     """The public API (Session.run on asyncio and trio, run_sync) with the CANN backend
     selected: the package's Python layers over the shim module, in a fresh process."""
@@ -1024,6 +1024,7 @@ print("DYNAMIC STACK OK")
 """
 
 
+@pytest.mark.slow
 def test_dynamic_graph_never_blocks_the_loop_through_session_run(cann: Cann, tmp_path: Path) -> None:
     """Session.run on asyncio, uvloop and trio with the CANN backend over the stand-ins: runs of
     a value-dependent graph (NonZero) are all submitted while their stream is gated closed (the

@@ -4,9 +4,12 @@ conflicts are classified by code and by what the library knows, never by message
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import onnx
 import pytest
-from helpers import add_model, held
+from helpers import add_model, add_model_proto, held
 from onnx import TensorProto, helper
 
 import ascend_async
@@ -85,6 +88,55 @@ async def test_event_synchronize_timeout_raises_ascend_timeout_error() -> None:
             assert info.value.code == lib.ACL_ERROR_RT_EVENT_SYNC_TIMEOUT
         ev.synchronize()  # nothing was lost: it completes once the stream runs
         ev.close()
+
+
+def _exported_model(nodes: list[onnx.NodeProto] | None = None) -> onnx.ModelProto:
+    """The Add model as an exporter leaves it: the ONNX graph's own name is the exporter's."""
+    model = add_model_proto()
+    model.graph.name = "Model from PaddlePaddle."
+    if nodes is not None:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return model
+
+
+async def test_errors_name_a_model_read_from_a_file_by_its_file_name(tmp_path: Path) -> None:
+    """A model read from a file is named by the file in every error (and its repr), not by the
+    ONNX graph's internal name; ``name=`` still wins, and bytes or a ModelProto (no file) keep the
+    graph's own name."""
+    path = tmp_path / "vad.onnx"
+    onnx.save(_exported_model(), path)
+    internal = "PaddlePaddle"
+    async with ascend_async.Session() as s:
+        g = s.add_graph(path)
+        assert g.name == "vad.onnx" and "'vad.onnx'" in repr(g)
+        with pytest.raises(ascend_async.InputError, match=r"^vad\.onnx: missing input 'y'") as bad_input:
+            await s.run(g, {"x": X})
+        with pytest.raises(ascend_async.InputError, match=r"^vad\.onnx: takes 2 inputs, got 1"):
+            await s.run(g, [X])
+        await s.run(g, [X, X])
+        with pytest.raises(ascend_async.ModeConflictError, match=r"graph 'vad\.onnx' is bound") as conflict:
+            s.run_sync(g, [X, X])
+        s.remove_graph(g)
+        with pytest.raises(ascend_async.GraphError, match=r"^vad\.onnx: not added") as removed:
+            await s.run(g, [X, X])
+        for err in (bad_input.value, conflict.value, removed.value):
+            assert internal not in str(err), err
+    # a model the graph engine refuses (an input nothing produces)
+    broken = tmp_path / "dangling.onnx"
+    onnx.save(_exported_model([helper.make_node("Add", ["x", "nowhere"], ["z"])]), broken)
+    with ascend_async.Session() as s2, pytest.raises(ascend_async.GraphError, match=r"^dangling\.onnx: ") as refused:
+        s2.add_graph(broken)
+    assert internal not in str(refused.value)
+    # a file that is not ONNX at all
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07not a model")
+    with pytest.raises(ascend_async.GraphError, match=r"^garbage\.onnx: not a valid ONNX model"):
+        ascend_async.Graph(garbage)
+    # no file: the graph's own name; an explicit name wins over both
+    assert ascend_async.Graph(_exported_model()).name == "Model from PaddlePaddle."
+    assert ascend_async.Graph(path.read_bytes()).name == "Model from PaddlePaddle."
+    assert ascend_async.Graph(path, name="vad").name == "vad"
 
 
 async def test_out_of_memory_for_outputs_is_a_device_memory_error() -> None:

@@ -74,6 +74,7 @@ print("ok")
 
 
 @pytest.mark.parametrize("script", list(SCRIPTS.values()), ids=list(SCRIPTS))
+@pytest.mark.slow
 def test_exit_with_session_left_open(script: str) -> None:
     code = textwrap.dedent(PRELUDE) + textwrap.dedent(script)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -8,7 +8,7 @@ import anyio
 import anyio.lowlevel
 import numpy as np
 import pytest
-from helpers import add_model, wait_for
+from helpers import add_model, held, wait_for
 
 import ascend_async
 from ascend_async._native import _sim
@@ -58,8 +58,9 @@ async def test_runs_queued_behind_a_fault_fail_other_stream_unaffected(nth: int)
         async def record(stream: int, i: int) -> None:
             results[stream, i] = await _outcome(s, g, float(i), stream)
 
-        _sim.lib.aa_sim_stream_hold(bad.handle)
-        try:
+        # (the faulted stream is retired and destroyed once its runs drain: the gate releases it
+        # once, before that, and the block's exit does not touch it again)
+        with held(bad) as gate:
             assert _sim.lib.aa_sim_inject_fault(bad.handle, nth, AICORE) == 0
             async with anyio.create_task_group() as tg:
                 for i in range(4):
@@ -70,9 +71,7 @@ async def test_runs_queued_behind_a_fault_fail_other_stream_unaffected(nth: int)
                 # the other stream completes while the faulty one is still held
                 await wait_for(lambda: sum(k[0] == 1 for k in results) == 4)
                 assert bad.in_flight == 4 and not any(k[0] == 0 for k in results)
-                _sim.lib.aa_sim_stream_release(bad.handle)
-        finally:
-            _sim.lib.aa_sim_stream_release(bad.handle)
+                gate.release()
         for i in range(4):
             err = results[0, i]
             assert isinstance(err, ascend_async.DeviceError), err
@@ -96,8 +95,7 @@ async def test_fault_with_a_cancelled_run_behind_it() -> None:
         g = add_model(s)
         await s.load(g)
         lane = s.streams[0]
-        _sim.lib.aa_sim_stream_hold(lane.handle)
-        try:
+        with held(lane) as gate:
             _sim.lib.aa_sim_inject_fault(lane.handle, 1, AICORE)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_outcome, s, g, 1.0, 0)
@@ -112,9 +110,7 @@ async def test_fault_with_a_cancelled_run_behind_it() -> None:
                 await wait_for(lambda: lane.in_flight == 2)
                 scope.cancel()
                 await wait_for(lambda: scope.cancelled_caught)
-                _sim.lib.aa_sim_stream_release(lane.handle)
-        finally:
-            _sim.lib.aa_sim_stream_release(lane.handle)
+                gate.release()
         out = await s.run(g, {"x": X, "y": X}, stream=0)
         np.testing.assert_array_equal(out["z"], 2 * X)
         st = s.statistics()
@@ -150,11 +146,9 @@ async def test_fault_while_closing() -> None:
     await s.load(g)
     lane = s.streams[0]
     outcomes: list[object] = []
-    _sim.lib.aa_sim_stream_hold(lane.handle)
-    released = False
     try:
-        _sim.lib.aa_sim_inject_fault(lane.handle, 1, AICORE)
-        with anyio.fail_after(10):
+        with held(lane) as gate, anyio.fail_after(10):
+            _sim.lib.aa_sim_inject_fault(lane.handle, 1, AICORE)
             async with anyio.create_task_group() as tg:
 
                 async def record(i: int) -> None:
@@ -165,11 +159,8 @@ async def test_fault_while_closing() -> None:
                 await wait_for(lambda: lane.in_flight == 3)
                 tg.start_soon(s.aclose)
                 await wait_for(lambda: s.is_closed)
-                _sim.lib.aa_sim_stream_release(lane.handle)
-                released = True
+                gate.release()  # (before the aclose destroys the stream)
     finally:
-        if not released:
-            _sim.lib.aa_sim_stream_release(lane.handle)
         await s.aclose()
     assert len(outcomes) == 3
     assert all(isinstance(o, ascend_async.DeviceError) and o.code == AICORE for o in outcomes)

@@ -169,12 +169,11 @@ def _reuse_across_streams(abi: Abi, tables: list[Any]) -> tuple[int, str, np.nda
         ok(lib.aa_session_register_external_allocator(abi.session, stream, table))
     xa, xb = np.arange(N, dtype=np.float32), np.full(N, 3.0, dtype=np.float32)
     out_a, out_b = ffi.new("aa_tensor[1]"), ffi.new("aa_tensor[1]")
-    assert lib.aa_sim_stream_hold(a) == 0
-    ok(abi.submit(a, xa, out_a))  # A's run cannot start: its workspace is still A's
-    ok(abi.submit(b, xb, out_b))
-    assert lib.aclrtSynchronizeStream(b) == 0
-    yb = abi.read(out_b[0])
-    assert lib.aa_sim_stream_release(a) == 0
+    with held(a):
+        ok(abi.submit(a, xa, out_a))  # A's run cannot start: its workspace is still A's
+        ok(abi.submit(b, xb, out_b))
+        assert lib.aclrtSynchronizeStream(b) == 0
+        yb = abi.read(out_b[0])
     rc = lib.aclrtSynchronizeStream(a)
     text = ffi.string(lib.aclGetRecentErrMsg()).decode() if rc else ""
     ya = abi.read(out_a[0]) if not rc else np.full(N, np.nan, dtype=np.float32)

@@ -16,7 +16,7 @@ import anyio
 import numpy as np
 import onnx
 import pytest
-from helpers import sim_stats
+from helpers import held, sim_stats
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
@@ -641,19 +641,18 @@ def test_dynamic_outputs_follow_ges_allocation_rule(external: bool) -> None:
         out = ffi.new("aa_tensor[3]")
         before = sim_stats()
         # Hold the stream so the run cannot start before the slots are inspected.
-        assert lib.aa_sim_stream_hold(env.stream) == 0
-        status = lib.aa_session_run_graph_with_stream_async(env.session, env.gid, env.stream, tin, 1, out, 3)
-        assert status == 0
-        # Nothing placed yet: GE describes the outputs when the stream reaches the run. Every slot
-        # is pending (no address; the run's shared record as owner) and stays so: no device
-        # thread writes the caller's slots.
-        for i in range(3):
-            assert out[i].addr == ffi.NULL and out[i].size == 0
-            assert out[i].owner != ffi.NULL and out[i].owner == out[0].owner
-        assert sim_stats()["ge_outputs"] == before["ge_outputs"]
-        assert lib.aa_session_resolve_outputs(out, 3) == 0xFFFFFFFF  # too early: still pending
-        assert out[0].addr == ffi.NULL and out[0].owner == out[2].owner
-        assert lib.aa_sim_stream_release(env.stream) == 0
+        with held(env.stream):
+            status = lib.aa_session_run_graph_with_stream_async(env.session, env.gid, env.stream, tin, 1, out, 3)
+            assert status == 0
+            # Nothing placed yet: GE describes the outputs when the stream reaches the run. Every
+            # slot is pending (no address; the run's shared record as owner) and stays so: no
+            # device thread writes the caller's slots.
+            for i in range(3):
+                assert out[i].addr == ffi.NULL and out[i].size == 0
+                assert out[i].owner != ffi.NULL and out[i].owner == out[0].owner
+            assert sim_stats()["ge_outputs"] == before["ge_outputs"]
+            assert lib.aa_session_resolve_outputs(out, 3) == 0xFFFFFFFF  # too early: still pending
+            assert out[0].addr == ffi.NULL and out[0].owner == out[2].owner
         assert lib.aclrtSynchronizeStream(env.stream) == 0
         assert out[0].addr == ffi.NULL  # still as submit left it: described only on request
         assert lib.aa_session_resolve_outputs(out, 3) == 0

@@ -4,16 +4,18 @@ RunGraphWithStreamAsync (run); their exclusivity per graph, and remove_graph res
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
 import onnx
 import pytest
-from helpers import add_model
+from helpers import add_model, add_model_proto
 from onnx import TensorProto, helper
 
 import ascend_async
+from ascend_async import _errors
 from ascend_async._native import _sim
 
 pytestmark = pytest.mark.anyio
@@ -141,6 +143,47 @@ def test_modes_are_per_graph() -> None:
         np.testing.assert_array_equal(w.wait()["z"], 2 * X)
         with pytest.raises(ascend_async.ModeConflictError, match="RunGraphAsync"):
             s.run_sync(g2, [X, X])
+
+
+async def test_the_conflict_says_what_to_do_and_the_advice_works(tmp_path: Path) -> None:
+    """The message names the graph (by its file), the mode it is bound to and the refused one,
+    GE's rule, and the way out: add the model again as a second graph for the other mode. Doing
+    so works, and the first graph keeps its mode."""
+    path = tmp_path / "adder.onnx"
+    onnx.save(add_model_proto(), path)
+    async with ascend_async.Session() as s:
+        g = s.add_graph(path)
+        np.testing.assert_array_equal((await s.run(g, [X, X]))["z"], 2 * X)
+        with pytest.raises(ascend_async.ModeConflictError) as info:
+            s.run_sync(g, [X, X])
+        text = str(info.value)
+        assert (
+            "graph 'adder.onnx' is bound to RunGraphWithStreamAsync (await session.run), "
+            "so RunGraph (session.run_sync) is refused" in text
+        ), text
+        assert "GE runs each added graph in one mode only" in text
+        assert "add it again as a second graph" in text and "session.remove_graph(graph)" in text
+        with pytest.raises(ascend_async.ModeConflictError, match=r"RunGraphAsync \(session\.run_with_callback\)"):
+            s.run_with_callback(g, [X, X], _Waiter())
+        # the advice: the same file added again is a second graph, bound by its own first run
+        g_sync = s.add_graph(path)
+        assert g_sync is not g
+        np.testing.assert_array_equal(s.run_sync(g_sync, [X, 3 * X])["z"], 4 * X)
+        np.testing.assert_array_equal((await s.run(g, [X, X]))["z"], 2 * X)  # g keeps its mode
+        with pytest.raises(ascend_async.ModeConflictError, match=r"bound to RunGraph \(session\.run_sync\)"):
+            await s.run(g_sync, [X, X])
+
+
+def test_a_conflict_ge_reports_itself_carries_the_advice_too() -> None:
+    """GE's own refusal (UNSUPPORTED from a run API, no text of ours) says what to do as well,
+    once, also after a pickle round trip (errors cross process boundaries in Ray)."""
+    import pickle
+
+    err = _errors.ge_error(_sim.lib.AA_GE_UNSUPPORTED, "RunGraph", "")
+    assert type(err) is ascend_async.ModeConflictError
+    assert str(err).endswith(_errors.MODE_ADVICE)
+    again = pickle.loads(pickle.dumps(err))
+    assert str(again) == str(err) and str(again).count(_errors.MODE_ADVICE) == 1
 
 
 def _tasks_submitted() -> int:

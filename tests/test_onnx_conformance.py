@@ -369,6 +369,7 @@ def report() -> Report:
     return run_suite()
 
 
+@pytest.mark.slow
 def test_node_cases_run_as_onnxruntime_runs_them(report: Report) -> None:
     print("\n" + format_report(report) + f"\n({report.seconds:.1f} s)")
     assert len(report.outcomes) >= MIN_CASES, f"only {len(report.outcomes)} node cases collected"

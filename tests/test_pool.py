@@ -15,6 +15,7 @@ import anyio
 import numpy as np
 import onnx
 import pytest
+from helpers import sim_timing
 from onnx import TensorProto, helper
 
 import ascend_async as aa
@@ -175,17 +176,13 @@ async def test_closed_pool_refuses_runs() -> None:
 
 async def test_sim_timing_adds_per_sample_time() -> None:
     """The timing model's floor: min_graph_us + per_sample_us x rows (a lower bound only)."""
-    timing = _sim.ffi.new("aa_sim_timing*", {"min_graph_us": 2000, "per_sample_us": 100})
-    _sim.lib.aa_sim_set_timing(timing)
-    try:
+    with sim_timing(min_graph_us=2000, per_sample_us=100):
         async with aa.Session() as s:
             g = s.add_graph(add_model())
             await s.load(g)
             for rows in (1, 30):
                 _, prof = await s.run_profiled(g, [np.zeros((rows, 4), np.float32)])
                 assert prof.compute_ms >= (2000 + 100 * rows) / 1000 * 0.99
-    finally:
-        _sim.lib.aa_sim_set_timing(_sim.ffi.new("aa_sim_timing*"))
 
 
 CHILD = textwrap.dedent(

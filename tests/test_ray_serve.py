@@ -14,7 +14,6 @@ import os
 import re
 import socket
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ import ml_dtypes
 import numpy as np
 import onnx
 import pytest
+from helpers import wait_until
 from onnx import TensorProto, helper
 
 import ascend_async as aa
@@ -467,10 +467,13 @@ def test_each_http_status_over_real_http(cluster: Cluster) -> None:
     held = request(1, 1)
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(cluster.http, "POST", "/edge", body(held), json_type)
-        deadline = time.monotonic() + 60
-        while edge.info.remote().result()["pending"] != 1:
-            assert time.monotonic() < deadline and not first.done(), "the first request never queued"
-            time.sleep(0.05)
+        wait_until(
+            lambda: first.done() or edge.info.remote().result()["pending"] == 1,
+            "the first request queues",
+            timeout=60,
+            poll=0.05,
+        )
+        assert not first.done(), "the first request was answered instead of waiting"
         status, payload, headers = cluster.http("POST", "/edge", body(request(1, 2)), json_type)
         assert status == 503 and "at capacity" in payload["error"] and headers["Retry-After"] == "1"
         edge.reconfigure.remote({"max_delay_ms": 0}).result()  # the held request's batch leaves
@@ -489,8 +492,9 @@ def test_each_http_status_over_real_http(cluster: Cluster) -> None:
     status, payload, headers = cluster.http("POST", "/broken", body({"x": [[1, 2, 3, 4]]}), json_type)
     rid = payload.get("request_id")
     assert status == 500 and rid == headers["X-Request-ID"] and rid in payload["error"], payload
-    deadline = time.monotonic() + 30
-    while not any(rid in f.read_text(errors="replace") for f in cluster.logs.rglob("*") if f.is_file()):
-        assert time.monotonic() < deadline, f"request id {rid} not in the logs under {cluster.logs}"
-        time.sleep(0.2)
+    wait_until(
+        lambda: any(rid in f.read_text(errors="replace") for f in cluster.logs.rglob("*") if f.is_file()),
+        f"request id {rid} in the logs under {cluster.logs}",
+        poll=0.2,
+    )
     serve.delete("broken")

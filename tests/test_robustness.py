@@ -234,6 +234,7 @@ async def test_close_inside_callback_while_an_awaited_run_is_in_flight() -> None
             await s.aclose()
 
 
+@pytest.mark.slow
 def test_close_inside_callback_of_the_last_session_on_the_device() -> None:
     # Before: the watcher freed its own C watch and then waited on NULL: a segfault.
     proc = run_script(
@@ -260,6 +261,7 @@ def test_close_inside_callback_of_the_last_session_on_the_device() -> None:
     assert proc.stdout.strip() == "ok"
 
 
+@pytest.mark.slow
 def test_close_in_callback_of_last_session_with_a_run_in_flight() -> None:
     proc = run_script(
         """
@@ -386,6 +388,7 @@ print(json.dumps({"child": json.loads(data), "exit": os.waitstatus_to_exitcode(s
 """
 
 
+@pytest.mark.slow
 def test_forked_child_gets_a_clear_error_and_never_hangs() -> None:
     out = json.loads(run_script(_FORK_CHILD).stdout)
     assert out["exit"] == 7, out
@@ -404,6 +407,7 @@ def test_forked_child_gets_a_clear_error_and_never_hangs() -> None:
     }
 
 
+@pytest.mark.slow
 def test_fork_before_the_first_session_starts_afresh() -> None:
     proc = run_script(
         """
@@ -433,6 +437,7 @@ def _live(kind: type) -> int:
     return sum(1 for o in gc.get_objects() if isinstance(o, kind))
 
 
+@pytest.mark.slow
 def test_event_loops_do_not_outlive_their_runs() -> None:
     import trio
 

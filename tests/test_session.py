@@ -9,16 +9,14 @@ from typing import Any
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 import numpy as np
 import onnx
 import pytest
-from helpers import add_model, add_model_proto, sim_stats
+from helpers import add_model, add_model_proto, held, sim_stats, wait_for
 from onnx import TensorProto, helper
 
 import ascend_async
 from ascend_async import _submit
-from ascend_async._native import _sim
 
 pytestmark = pytest.mark.anyio
 
@@ -120,18 +118,14 @@ async def test_order_on_one_stream_under_1000_concurrent_runs(monkeypatch: pytes
             assert out["z"][0, 0] == i
             woken.append(i)
 
-        _sim.lib.aa_sim_stream_hold(lane.handle)
-        try:
+        with held(lane) as gate:
             async with anyio.create_task_group() as tg:
                 for i in range(n):
                     tg.start_soon(one, i)
-                    with anyio.fail_after(10):
-                        while lane.in_flight <= i:  # run i is on the stream before run i+1 starts
-                            await anyio.lowlevel.checkpoint()
+                    # run i is on the stream before run i+1 starts
+                    await wait_for(lambda i=i: lane.in_flight > i, f"run {i} submitted")
                 assert not woken and s.statistics().in_flight == n
-                _sim.lib.aa_sim_stream_release(lane.handle)
-        finally:
-            _sim.lib.aa_sim_stream_release(lane.handle)
+                gate.release()
         assert resolved == list(range(n))
         assert sorted(woken) == list(range(n))
         if not _on_trio():
@@ -342,23 +336,14 @@ async def test_max_in_flight_is_per_session() -> None:
         ga, gb = add_model(a), add_model(b)
         await a.load(ga)
         await b.load(gb)
-        held = [a.streams[0].handle, b.streams[0].handle]
-        for h in held:
-            _sim.lib.aa_sim_stream_hold(h)
-        try:
+        with held(a.streams[0], b.streams[0]) as gate:
             async with anyio.create_task_group() as tg:
                 await _fill(a, ga, 4, tg)
                 await _fill(b, gb, 7, tg)
-                with anyio.fail_after(10):
-                    while a.statistics().in_flight < 2 or b.statistics().in_flight < 5:
-                        await anyio.lowlevel.checkpoint()
-                    await anyio.wait_all_tasks_blocked()
+                await wait_for(lambda: a.statistics().in_flight >= 2 and b.statistics().in_flight >= 5)
+                await anyio.wait_all_tasks_blocked()
                 assert a.statistics().in_flight == 2 and b.statistics().in_flight == 5
-                for h in held:
-                    _sim.lib.aa_sim_stream_release(h)
-        finally:
-            for h in held:
-                _sim.lib.aa_sim_stream_release(h)
+                gate.release()
         assert a.statistics().completed == 4 and b.statistics().completed == 7
 
 

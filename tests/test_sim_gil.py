@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from helpers import held
 
 from ascend_async._native import _sim
 
@@ -77,13 +78,12 @@ def test_device_completes_while_python_holds_the_gil(dev: Dev, gil_hog: None) ->
     """Gated: the stream is held until this thread, busy in Python with the GIL, releases it;
     the device then finishes while this thread keeps the GIL (it never waits in C)."""
     e = dev.event()
-    ok(lib.aa_sim_stream_hold(dev.stream))
-    ok(lib.aclrtMemsetAsync(dev.buf, 64, 1, 64, dev.stream))
-    ok(lib.aclrtRecordEvent(e, dev.stream))
-    st = ffi.new("aclrtEventRecordedStatus*")
-    ok(lib.aclrtQueryEventStatus(e, st))
-    assert st[0] == 0  # the gate holds it
-    ok(lib.aa_sim_stream_release(dev.stream))
+    with held(dev.stream):
+        ok(lib.aclrtMemsetAsync(dev.buf, 64, 1, 64, dev.stream))
+        ok(lib.aclrtRecordEvent(e, dev.stream))
+        st = ffi.new("aclrtEventRecordedStatus*")
+        ok(lib.aclrtQueryEventStatus(e, st))
+        assert st[0] == 0  # the gate holds it
     deadline = lib.aa_monotonic_ns() + 5_000_000_000
     spins = 0
     while lib.aa_monotonic_ns() < deadline:
@@ -100,22 +100,22 @@ def test_device_completes_while_python_holds_the_gil(dev: Dev, gil_hog: None) ->
 
 def test_device_completes_while_another_python_thread_holds_the_gil(dev: Dev, gil_hog: None) -> None:
     e = dev.event()
-    ok(lib.aa_sim_stream_hold(dev.stream))
-    ok(lib.aa_sim_inject_delay(dev.stream, 1, 50_000))
-    ok(lib.aclrtMemsetAsync(dev.buf, 64, 1, 64, dev.stream))
-    ok(lib.aclrtRecordEvent(e, dev.stream))
-    box: dict[str, int] = {}
+    with held(dev.stream) as gate:
+        ok(lib.aa_sim_inject_delay(dev.stream, 1, 50_000))
+        ok(lib.aclrtMemsetAsync(dev.buf, 64, 1, 64, dev.stream))
+        ok(lib.aclrtRecordEvent(e, dev.stream))
+        box: dict[str, int] = {}
 
-    def hog() -> None:
-        ok(lib.aa_sim_stream_release(dev.stream))  # released from the GIL-holding thread
-        box["end"] = busy(0.3)
-        st = ffi.new("aclrtEventRecordedStatus*")
-        ok(lib.aclrtQueryEventStatus(e, st))
-        box["status"] = int(st[0])
+        def hog() -> None:
+            gate.release()  # released from the GIL-holding thread
+            box["end"] = busy(0.3)
+            st = ffi.new("aclrtEventRecordedStatus*")
+            ok(lib.aclrtQueryEventStatus(e, st))
+            box["status"] = int(st[0])
 
-    t = threading.Thread(target=hog)
-    t.start()
-    t.join()
+        t = threading.Thread(target=hog)
+        t.start()
+        t.join()
     ts = ffi.new("uint64_t*")
     ok(lib.aclrtEventGetTimestamp(e, ts))
     assert box["status"] == 1
@@ -127,8 +127,6 @@ def test_blocked_synchronize_does_not_stop_python(dev: Dev) -> None:
     Python; only then is the stream released."""
     ctx = ffi.new("aclrtContext*")
     ok(lib.aclrtGetCurrentContext(ctx))
-    ok(lib.aa_sim_stream_hold(dev.stream))
-    ok(lib.aclrtMemsetAsync(dev.buf, 64, 1, 64, dev.stream))
     span: dict[str, int] = {}
     entering = threading.Event()
 
@@ -139,16 +137,16 @@ def test_blocked_synchronize_does_not_stop_python(dev: Dev) -> None:
         span["rc"] = lib.aclrtSynchronizeStream(dev.stream)
         span["end"] = lib.aa_monotonic_ns()
 
-    t = threading.Thread(target=syncer)
-    t.start()
-    entering.wait()
-    ticks: list[int] = []
-    deadline = lib.aa_monotonic_ns() + 5_000_000_000
-    while len(ticks) < 50 and lib.aa_monotonic_ns() < deadline:
-        ticks.append(lib.aa_monotonic_ns())  # Python work in this thread
-        t.join(0.001)
-    alive = t.is_alive()
-    ok(lib.aa_sim_stream_release(dev.stream))
+    with held(dev.stream):
+        ok(lib.aclrtMemsetAsync(dev.buf, 64, 1, 64, dev.stream))
+        t = threading.Thread(target=syncer)
+        t.start()
+        entering.wait()
+        ticks: list[int] = []
+        for _ in range(50):
+            ticks.append(lib.aa_monotonic_ns())  # Python work in this thread
+            t.join(0.001)
+        alive = t.is_alive()
     t.join(10)
     assert alive and not t.is_alive()
     assert span["rc"] == 0
@@ -162,10 +160,6 @@ def test_blocked_watch_wait_does_not_stop_python(dev: Dev) -> None:
     watch = lib.aa_watch_create(ctx[0], ffi.NULL)
     try:
         e = dev.event()
-        ok(lib.aa_sim_stream_hold(dev.stream))
-        ok(lib.aclrtMemsetAsync(dev.buf, 64, 1, 64, dev.stream))
-        ok(lib.aclrtRecordEvent(e, dev.stream))
-        ok(lib.aa_watch_add(watch, dev.stream, e, 9))
         got: list[int] = []
         tokens, codes = ffi.new("uint64_t[4]"), ffi.new("int32_t[4]")
 
@@ -173,12 +167,15 @@ def test_blocked_watch_wait_does_not_stop_python(dev: Dev) -> None:
             n = lib.aa_watch_wait(watch, tokens, codes, ffi.NULL, 4, 10_000)
             got.extend(int(tokens[i]) for i in range(n))
 
-        t = threading.Thread(target=waiter)
-        t.start()
-        # This thread runs Python (and the release) while the waiter sits in C.
-        total = sum(range(200_000))
-        assert t.is_alive()
-        ok(lib.aa_sim_stream_release(dev.stream))
+        with held(dev.stream):
+            ok(lib.aclrtMemsetAsync(dev.buf, 64, 1, 64, dev.stream))
+            ok(lib.aclrtRecordEvent(e, dev.stream))
+            ok(lib.aa_watch_add(watch, dev.stream, e, 9))
+            t = threading.Thread(target=waiter)
+            t.start()
+            # This thread runs Python (and the release) while the waiter sits in C.
+            total = sum(range(200_000))
+            assert t.is_alive()
         t.join(10)
         assert not t.is_alive()
         assert got == [9] and total > 0

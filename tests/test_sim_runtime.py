@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from helpers import held
 
 from ascend_async._native import _sim
 
@@ -113,21 +114,20 @@ def test_tasks_on_one_stream_run_in_submission_order(res: Res) -> None:
     n = 64
     dev_buf = res.malloc(n)
     host_srcs = []
-    lib.aa_sim_stream_hold(s)
-    for i in range(200):
-        if i % 3 == 0:
-            ok(lib.aclrtMemsetAsync(dev_buf, n, i & 0xFF, n, s))
-        else:
-            src = ffi.new("char[]", bytes([i & 0xFF]) * n)
-            host_srcs.append(src)  # kept alive until the sync
-            h = ffi.new("void**")
-            ok(lib.aclrtMallocHost(h, n))  # pinned: really asynchronous
-            ffi.memmove(h[0], src, n)
-            host_srcs.append(h)
-            ok(lib.aclrtMemcpyAsync(dev_buf, n, h[0], n, 1, s))
-    # Nothing has run while held.
-    assert stream_status(s) == (0, 1)
-    ok(lib.aa_sim_stream_release(s))
+    with held(s):
+        for i in range(200):
+            if i % 3 == 0:
+                ok(lib.aclrtMemsetAsync(dev_buf, n, i & 0xFF, n, s))
+            else:
+                src = ffi.new("char[]", bytes([i & 0xFF]) * n)
+                host_srcs.append(src)  # kept alive until the sync
+                h = ffi.new("void**")
+                ok(lib.aclrtMallocHost(h, n))  # pinned: really asynchronous
+                ffi.memmove(h[0], src, n)
+                host_srcs.append(h)
+                ok(lib.aclrtMemcpyAsync(dev_buf, n, h[0], n, 1, s))
+        # Nothing has run while held.
+        assert stream_status(s) == (0, 1)
     ok(lib.aclrtSynchronizeStream(s))
     out = ffi.new("char[]", n)
     ok(lib.aclrtMemcpy(out, n, dev_buf, n, 2))
@@ -141,16 +141,15 @@ def test_held_stream_does_not_block_another_stream(res: Res) -> None:
     a, b = res.stream(), res.stream()
     ea, eb = res.event(), res.event()
     buf = res.malloc(32)
-    ok(lib.aa_sim_stream_hold(a))
-    ok(lib.aclrtMemsetAsync(buf, 32, 1, 32, a))
-    ok(lib.aclrtRecordEvent(ea, a))
-    ok(lib.aclrtMemsetAsync(buf, 32, 2, 32, b))
-    ok(lib.aclrtRecordEvent(eb, b))
-    ok(lib.aclrtSynchronizeStream(b))
-    assert query(eb) == COMPLETE
-    assert query(ea) == NOT_READY
-    assert stream_status(a) == (0, 1)  # ACL_STREAM_STATUS_NOT_READY
-    ok(lib.aa_sim_stream_release(a))
+    with held(a):
+        ok(lib.aclrtMemsetAsync(buf, 32, 1, 32, a))
+        ok(lib.aclrtRecordEvent(ea, a))
+        ok(lib.aclrtMemsetAsync(buf, 32, 2, 32, b))
+        ok(lib.aclrtRecordEvent(eb, b))
+        ok(lib.aclrtSynchronizeStream(b))
+        assert query(eb) == COMPLETE
+        assert query(ea) == NOT_READY
+        assert stream_status(a) == (0, 1)  # ACL_STREAM_STATUS_NOT_READY
     ok(lib.aclrtSynchronizeEvent(ea))
     assert query(ea) == COMPLETE
     assert stream_status(a) == (0, 0)  # ACL_STREAM_STATUS_COMPLETE
@@ -161,14 +160,12 @@ def test_two_streams_overlap_in_time(res: Res) -> None:
     a0, a1, b0, b1 = (res.event() for _ in range(4))
     bufs = {a: res.malloc(32), b: res.malloc(32)}  # one each: the streams run at once (no race)
     delay_us = 100_000
-    for s, e0, e1 in ((a, a0, a1), (b, b0, b1)):
-        ok(lib.aa_sim_stream_hold(s))
-        ok(lib.aclrtRecordEvent(e0, s))
-        ok(lib.aa_sim_inject_delay(s, 1, delay_us))
-        ok(lib.aclrtMemsetAsync(bufs[s], 32, 0, 32, s))
-        ok(lib.aclrtRecordEvent(e1, s))
-    ok(lib.aa_sim_stream_release(a))
-    ok(lib.aa_sim_stream_release(b))
+    with held(a, b):  # both start together when the block ends
+        for s, e0, e1 in ((a, a0, a1), (b, b0, b1)):
+            ok(lib.aclrtRecordEvent(e0, s))
+            ok(lib.aa_sim_inject_delay(s, 1, delay_us))
+            ok(lib.aclrtMemsetAsync(bufs[s], 32, 0, 32, s))
+            ok(lib.aclrtRecordEvent(e1, s))
     ok(lib.aclrtSynchronizeStream(a))
     ok(lib.aclrtSynchronizeStream(b))
     # Each stream's delayed task lies between its two events; the intervals intersect.
@@ -180,13 +177,12 @@ def test_two_streams_overlap_in_time(res: Res) -> None:
 def test_stream_wait_event_orders_across_streams(res: Res) -> None:
     a, b = res.stream(), res.stream()
     e, eb = res.event(), res.event()
-    ok(lib.aa_sim_stream_hold(a))
-    ok(lib.aclrtRecordEvent(e, a))
-    ok(lib.aclrtStreamWaitEvent(b, e))
-    ok(lib.aclrtRecordEvent(eb, b))
-    assert lib.aclrtSynchronizeStreamWithTimeout(b, 0) == 507046  # b waits for held a
-    assert query(eb) == NOT_READY
-    ok(lib.aa_sim_stream_release(a))
+    with held(a):
+        ok(lib.aclrtRecordEvent(e, a))
+        ok(lib.aclrtStreamWaitEvent(b, e))
+        ok(lib.aclrtRecordEvent(eb, b))
+        assert lib.aclrtSynchronizeStreamWithTimeout(b, 0) == 507046  # b waits for held a
+        assert query(eb) == NOT_READY
     ok(lib.aclrtSynchronizeStream(b))
     assert query(eb) == COMPLETE
     assert timestamp(eb) >= timestamp(e)
@@ -202,11 +198,10 @@ def test_event_status_values_and_inversion(res: Res) -> None:
     assert query(e) == NOT_READY == 0  # never recorded
     ok(lib.aclrtSynchronizeEvent(e))  # a never-recorded event: returns at once
     ok(lib.aclrtSynchronizeEventWithTimeout(e, 0))
-    ok(lib.aa_sim_stream_hold(s))
-    ok(lib.aclrtRecordEvent(e, s))
-    assert query(e) == NOT_READY
-    assert stream_status(s) == (0, 1)  # stream NOT_READY is 1 ...
-    ok(lib.aa_sim_stream_release(s))
+    with held(s):
+        ok(lib.aclrtRecordEvent(e, s))
+        assert query(e) == NOT_READY
+        assert stream_status(s) == (0, 1)  # stream NOT_READY is 1 ...
     ok(lib.aclrtSynchronizeStream(s))
     assert query(e) == COMPLETE == 1  # ... while event COMPLETE is 1 and stream COMPLETE is 0
     assert stream_status(s) == (0, 0)
@@ -265,13 +260,12 @@ def test_inject_delay_slows_only_the_nth_task(res: Res) -> None:
 def test_synchronize_stream_timeouts(res: Res) -> None:
     s = res.stream()
     buf = res.malloc(32)
-    ok(lib.aa_sim_stream_hold(s))
-    ok(lib.aclrtMemsetAsync(buf, 32, 0, 32, s))
-    assert lib.aclrtSynchronizeStreamWithTimeout(s, 0) == 507046
-    assert lib.aclrtSynchronizeStreamWithTimeout(s, 20) == 507046
-    assert "timed out" in err_msg()
-    assert lib.aclrtSynchronizeStreamWithTimeout(s, -2) == 107000
-    ok(lib.aa_sim_stream_release(s))
+    with held(s):
+        ok(lib.aclrtMemsetAsync(buf, 32, 0, 32, s))
+        assert lib.aclrtSynchronizeStreamWithTimeout(s, 0) == 507046
+        assert lib.aclrtSynchronizeStreamWithTimeout(s, 20) == 507046
+        assert "timed out" in err_msg()
+        assert lib.aclrtSynchronizeStreamWithTimeout(s, -2) == 107000
     ok(lib.aclrtSynchronizeStreamWithTimeout(s, -1))
     ok(lib.aclrtSynchronizeStreamWithTimeout(s, 0))  # idle now
 
@@ -279,12 +273,11 @@ def test_synchronize_stream_timeouts(res: Res) -> None:
 def test_synchronize_event_timeouts(res: Res) -> None:
     s = res.stream()
     e = res.event()
-    ok(lib.aa_sim_stream_hold(s))
-    ok(lib.aclrtRecordEvent(e, s))
-    assert lib.aclrtSynchronizeEventWithTimeout(e, 0) == 507047
-    assert lib.aclrtSynchronizeEventWithTimeout(e, 20) == 507047
-    assert lib.aclrtSynchronizeEventWithTimeout(e, -2) == 107000
-    ok(lib.aa_sim_stream_release(s))
+    with held(s):
+        ok(lib.aclrtRecordEvent(e, s))
+        assert lib.aclrtSynchronizeEventWithTimeout(e, 0) == 507047
+        assert lib.aclrtSynchronizeEventWithTimeout(e, 20) == 507047
+        assert lib.aclrtSynchronizeEventWithTimeout(e, -2) == 107000
     ok(lib.aclrtSynchronizeEventWithTimeout(e, -1))
     assert query(e) == COMPLETE
 
@@ -652,13 +645,12 @@ def test_record_captures_only_work_submitted_before_it(res: Res) -> None:
     ok(lib.aclrtMemsetAsync(buf, 32, 1, 32, s))
     ok(lib.aclrtRecordEvent(e, s))
     ok(lib.aclrtSynchronizeEvent(e))
-    ok(lib.aa_sim_stream_hold(s))
-    ok(lib.aclrtMemsetAsync(buf, 32, 2, 32, s))  # after the record: not captured
-    assert query(e) == COMPLETE
-    ok(lib.aclrtSynchronizeEvent(e))
-    ok(lib.aclrtRecordEvent(e, s))  # re-recording captures the new work
-    assert query(e) == NOT_READY
-    ok(lib.aa_sim_stream_release(s))
+    with held(s):
+        ok(lib.aclrtMemsetAsync(buf, 32, 2, 32, s))  # after the record: not captured
+        assert query(e) == COMPLETE
+        ok(lib.aclrtSynchronizeEvent(e))
+        ok(lib.aclrtRecordEvent(e, s))  # re-recording captures the new work
+        assert query(e) == NOT_READY
     ok(lib.aclrtSynchronizeEvent(e))
     assert query(e) == COMPLETE
 

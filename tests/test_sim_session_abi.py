@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import held
 from onnx import TensorProto, helper
 
 from ascend_async._engine import open_engine
@@ -222,12 +223,11 @@ def test_stream_run_returns_before_the_device_runs(env: Env, programs: dict[str,
     out[0].addr = env.malloc(64)
     out[0].size = 64
     assert lib.aclrtMemset(out[0].addr, 64, 0, 64) == 0
-    assert lib.aa_sim_stream_hold(env.stream) == 0
-    ok(env.run_stream(gid, out))
-    # Shape metadata is filled at submission; data only once the stream reaches the run.
-    assert (out[0].ndim, out[0].dims[0], out[0].dtype) == (1, N, 0)
-    np.testing.assert_array_equal(env.read(out[0].addr), np.zeros(N, np.float32))
-    assert lib.aa_sim_stream_release(env.stream) == 0
+    with held(env.stream):
+        ok(env.run_stream(gid, out))
+        # Shape metadata is filled at submission; data only once the stream reaches the run.
+        assert (out[0].ndim, out[0].dims[0], out[0].dtype) == (1, N, 0)
+        np.testing.assert_array_equal(env.read(out[0].addr), np.zeros(N, np.float32))
     assert lib.aclrtSynchronizeStream(env.stream) == 0
     np.testing.assert_array_equal(env.read(out[0].addr), env.x * 2)
 
@@ -684,13 +684,10 @@ def test_graph_ids_with_equal_bytes_share_one_model(env: Env, programs: dict[str
 def test_remove_graph_with_runs_in_flight_is_refused(env: Env, programs: dict[str, bytes]) -> None:
     gid = env.add(programs["add"])
     out = ffi.new("aa_tensor[1]")
-    assert lib.aa_sim_stream_hold(env.stream) == 0
-    try:
+    with held(env.stream):
         ok(env.run_stream(gid, out))
         assert lib.aa_session_remove_graph(env.session, gid) == FAILED
         assert "1 run(s) on the device" in ge_msg()
-    finally:
-        assert lib.aa_sim_stream_release(env.stream) == 0
     assert lib.aclrtSynchronizeStream(env.stream) == 0
     np.testing.assert_array_equal(env.read(out[0].addr), env.x * 2)
     lib.aa_tensor_release(ffi.addressof(out, 0))

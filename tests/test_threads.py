@@ -126,13 +126,13 @@ async def test_a_burst_is_collected_by_the_loop_with_few_wake_ups() -> None:
         x = np.ones((1, 4), np.float32)
         await s.run(g, {"x": x, "y": x}, stream=1)  # the watcher has started and is idle
         before = s.statistics().watcher
-        with held(lane):
+        with held(lane) as gate:
             async with anyio.create_task_group() as tg:
                 for _ in range(n):
                     tg.start_soon(_run_one, s, g, x)
                 await wait_for(lambda: lane.in_flight == n)
                 lane_held = lane.in_flight
-                _sim.lib.aa_sim_stream_release(lane.handle)
+                gate.release()
         after = s.statistics().watcher
         assert lane_held == n
         assert after["completed"] - before["completed"] == n

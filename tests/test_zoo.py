@@ -25,7 +25,14 @@ LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 MODELS = sorted(p.name for p in LIGHT.glob("light_*.onnx"))
 # The big ones (1-3 s each here, mostly weight generation and two onnxruntime sessions); they
 # run in CI like everything else.
-SLOW = {"light_bvlc_alexnet.onnx", "light_vgg19.onnx", "light_zfnet512.onnx", "light_densenet121.onnx"}
+SLOW = {  # more than a second each on the 2-core CI machine
+    "light_bvlc_alexnet.onnx",
+    "light_vgg19.onnx",
+    "light_zfnet512.onnx",
+    "light_densenet121.onnx",
+    "light_resnet50.onnx",
+    "light_inception_v2.onnx",
+}
 RTOL = ATOL = 1e-4
 _POOL = 1_000_003
 
