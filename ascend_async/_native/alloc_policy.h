@@ -39,8 +39,9 @@
 
 /* Rule 3: no error can be returned and going on would lose work. Never returns. */
 __attribute__((noreturn, cold)) static inline void aa_oom_abort(const char *what, size_t bytes) {
-    fprintf(stderr, "ascend_async: out of host memory for %s (%zu bytes); it cannot be reported to a caller, stopping\n",
-            what, bytes);
+    fprintf(stderr,
+            "ascend_async: out of host memory for %s (%zu bytes); it cannot be reported to a caller, stopping\n", what,
+            bytes);
     abort();
 }
 

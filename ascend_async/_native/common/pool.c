@@ -25,7 +25,7 @@
 #include "../alloc_policy.h"
 #include "../ascend_async.h"
 
-/* The sim's poisoning (sim/runtime.c, aa_sim_config.poison): a cached block handed out again,
+/* The sim's poisoning (sim/rt_memory.c, aa_sim_config.poison): a cached block handed out again,
  * and a block given back to the cache, are filled with the poison pattern, as the sim's
  * allocator does for the blocks it hands out and takes back, so a stale read through the pool
  * shows up as a wrong answer. A weak reference: the CANN module has no sim, and nothing is

@@ -47,8 +47,7 @@ uint64_t sim_now_ns(void) {
 void sim_sleep_us(uint32_t us) {
     if (!us) return;
     struct timespec ts = {us / 1000000u, (long)(us % 1000000u) * 1000L};
-    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
-    }
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {}
 }
 
 void rt_deadline_after_ms(struct timespec *ts, int32_t ms) {

@@ -324,8 +324,8 @@ aclError rt_resolve_stream(aclrtStream stream, const char *api, sim_stream **out
     sim_stream *s = rt_as_stream(stream);
     if (!s) FAIL(ACL_ERROR_RT_INVALID_HANDLE, "%s: invalid stream handle", api);
     if (s->dev != rt_tls_ctx->dev)
-        FAIL(ACL_ERROR_RT_STREAM_CONTEXT, "%s: the stream belongs to device %d, the current context to device %d",
-             api, (int)s->dev->id, (int)rt_tls_ctx->dev->id);
+        FAIL(ACL_ERROR_RT_STREAM_CONTEXT, "%s: the stream belongs to device %d, the current context to device %d", api,
+             (int)s->dev->id, (int)rt_tls_ctx->dev->id);
     *out = s;
     return ACL_SUCCESS;
 }
@@ -457,7 +457,8 @@ aclError aclrtSynchronizeStream(aclrtStream stream) {
 }
 
 aclError aclrtSynchronizeStreamWithTimeout(aclrtStream stream, int32_t timeout) {
-    if (timeout < -1) FAIL(ACL_ERROR_RT_PARAM_INVALID, "aclrtSynchronizeStreamWithTimeout: timeout %d < -1", (int)timeout);
+    if (timeout < -1)
+        FAIL(ACL_ERROR_RT_PARAM_INVALID, "aclrtSynchronizeStreamWithTimeout: timeout %d < -1", (int)timeout);
     sim_stream *s;
     aclError rc = rt_resolve_stream(stream, "aclrtSynchronizeStreamWithTimeout", &s);
     if (rc) return rc;
@@ -552,8 +553,7 @@ static uint64_t enqueue_exec(sim_stream *s, int flags, sim_exec_fn exec, sim_cle
     return seq;
 }
 
-aclError sim_enqueue(aclrtStream stream, int flags, sim_exec_fn exec, sim_cleanup_fn cleanup,
-                     void *payload) {
+aclError sim_enqueue(aclrtStream stream, int flags, sim_exec_fn exec, sim_cleanup_fn cleanup, void *payload) {
     sim_stream *s;
     aclError rc = rt_resolve_stream(stream, "sim_enqueue", &s);
     if (rc) return rc;
@@ -562,8 +562,8 @@ aclError sim_enqueue(aclrtStream stream, int flags, sim_exec_fn exec, sim_cleanu
 }
 
 /* GE's own streams: no context check (GE drives them from its own threads). */
-aclError sim_enqueue_internal(aclrtStream stream, int flags, sim_exec_fn exec, sim_cleanup_fn cleanup,
-                              void *payload, uint64_t *seq) {
+aclError sim_enqueue_internal(aclrtStream stream, int flags, sim_exec_fn exec, sim_cleanup_fn cleanup, void *payload,
+                              uint64_t *seq) {
     sim_stream *s = rt_as_stream(stream);
     if (!s) FAIL(ACL_ERROR_RT_INVALID_HANDLE, "sim_enqueue_internal: invalid stream handle");
     uint64_t n = enqueue_exec(s, flags, exec, cleanup, payload);
@@ -638,8 +638,7 @@ static void *device_thread(void *arg) {
             d->spinning = 1;
             pthread_mutex_unlock(&d->lock);
             uint64_t t0 = sim_now_ns();
-            while (__atomic_load_n(&d->enqueued, __ATOMIC_ACQUIRE) == seen && sim_now_ns() - t0 < SPIN_NS) {
-            }
+            while (__atomic_load_n(&d->enqueued, __ATOMIC_ACQUIRE) == seen && sim_now_ns() - t0 < SPIN_NS) {}
             pthread_mutex_lock(&d->lock);
             d->spinning = 0;
             spun = 1;
@@ -676,8 +675,7 @@ static void *device_thread(void *arg) {
             sim_sleep_us(tm.launch_latency_us + t->delay_us);
             if (t->fault_code) {
                 code = t->fault_code;
-                snprintf(err, sizeof err, "injected fault %d on task %llu", (int)code,
-                         (unsigned long long)t->seq);
+                snprintf(err, sizeof err, "injected fault %d on task %llu", (int)code, (unsigned long long)t->seq);
             } else if (t->kind == TASK_EXEC) {
                 /* A task body may allocate device memory (a dynamic graph's outputs come from
                  * the stream's external allocator): it runs in its stream's context. */

@@ -146,7 +146,8 @@ static aclError event_sync(aclrtEvent event, int32_t timeout_ms, const char *api
 aclError aclrtSynchronizeEvent(aclrtEvent event) { return event_sync(event, -1, "aclrtSynchronizeEvent"); }
 
 aclError aclrtSynchronizeEventWithTimeout(aclrtEvent event, int32_t timeout) {
-    if (timeout < -1) FAIL(ACL_ERROR_RT_PARAM_INVALID, "aclrtSynchronizeEventWithTimeout: timeout %d < -1", (int)timeout);
+    if (timeout < -1)
+        FAIL(ACL_ERROR_RT_PARAM_INVALID, "aclrtSynchronizeEventWithTimeout: timeout %d < -1", (int)timeout);
     return event_sync(event, timeout, "aclrtSynchronizeEventWithTimeout");
 }
 
@@ -156,7 +157,8 @@ aclError aclrtStreamWaitEvent(aclrtStream stream, aclrtEvent event) {
     sim_stream *s;
     aclError rc = rt_resolve_stream(stream, "aclrtStreamWaitEvent", &s);
     if (rc) return rc;
-    if (s->dev != e->dev) FAIL(ACL_ERROR_RT_STREAM_CONTEXT, "aclrtStreamWaitEvent: event and stream are on different devices");
+    if (s->dev != e->dev)
+        FAIL(ACL_ERROR_RT_STREAM_CONTEXT, "aclrtStreamWaitEvent: event and stream are on different devices");
     sim_task *t = rt_task_new(TASK_WAIT);
     if (!t) FAIL(ACL_ERROR_BAD_ALLOC, "aclrtStreamWaitEvent: out of host memory");
     pthread_mutex_lock(&s->dev->lock);

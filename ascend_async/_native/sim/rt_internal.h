@@ -54,8 +54,8 @@ typedef struct sim_task {
     int kind;
     int flags;
     uint64_t seq;
-    int32_t fault_code;  /* injected failure */
-    uint32_t delay_us;   /* injected delay */
+    int32_t fault_code; /* injected failure */
+    uint32_t delay_us;  /* injected delay */
     sim_exec_fn exec;
     sim_cleanup_fn cleanup;
     void *payload;
@@ -88,13 +88,13 @@ struct sim_stream {
     sim_context *ctx;
     sim_stream *next; /* device list */
     sim_task *head, *tail;
-    uint64_t submitted;   /* seq of the last submitted task */
-    uint64_t completed;   /* seq of the last retired task (run or skipped) */
-    int running;          /* a device thread holds its head task */
-    int held;             /* test gate */
-    int internal;         /* GE-internal or default stream: not counted */
+    uint64_t submitted; /* seq of the last submitted task */
+    uint64_t completed; /* seq of the last retired task (run or skipped) */
+    int running;        /* a device thread holds its head task */
+    int held;           /* test gate */
+    int internal;       /* GE-internal or default stream: not counted */
     int destroying;
-    int32_t fault;        /* sticky error, 0 = healthy */
+    int32_t fault; /* sticky error, 0 = healthy */
     uint64_t fault_seq;
     char fault_msg[1024];
     int subscribed;
@@ -107,13 +107,13 @@ struct sim_event {
     uint32_t magic;
     uint32_t flags;
     sim_device *dev;
-    sim_stream *stream;      /* stream of the latest record */
-    uint64_t seq;            /* that record task's seq */
-    uint64_t record_gen;     /* 0 = never recorded */
+    sim_stream *stream;  /* stream of the latest record */
+    uint64_t seq;        /* that record task's seq */
+    uint64_t record_gen; /* 0 = never recorded */
     uint64_t done_gen;
     uint64_t timestamp_ns;
-    int hw;                  /* holds a hardware event slot */
-    int refs;                /* 1 for the handle + 1 per pending record/wait task */
+    int hw;   /* holds a hardware event slot */
+    int refs; /* 1 for the handle + 1 per pending record/wait task */
     int destroyed;
 };
 
@@ -121,7 +121,7 @@ typedef struct report_item {
     struct report_item *next;
     aclrtCallback fn;
     void *data;
-    int *done_flag; /* BLOCK callbacks: set when processed */
+    int *done_flag;     /* BLOCK callbacks: set when processed */
     const void *stream; /* the stream that launched it (dropped when that stream unsubscribes) */
 } report_item;
 
@@ -133,25 +133,25 @@ typedef struct report_queue {
 } report_queue;
 
 struct sim_device {
-    int32_t id;               /* logical (over ASCEND_RT_VISIBLE_DEVICES) */
-    int32_t phys;             /* physical */
+    int32_t id;   /* logical (over ASCEND_RT_VISIBLE_DEVICES) */
+    int32_t phys; /* physical */
     pthread_mutex_t lock;
-    pthread_cond_t work_cv;   /* device threads: a stream may have become runnable */
-    pthread_cond_t done_cv;   /* waiters: a task retired, an event slot freed, a report processed */
+    pthread_cond_t work_cv; /* device threads: a stream may have become runnable */
+    pthread_cond_t done_cv; /* waiters: a task retired, an event slot freed, a report processed, a thread stopped */
     sim_stream *streams;
-    sim_stream *rr;           /* round-robin cursor */
+    sim_stream *rr; /* round-robin cursor */
     pthread_t *threads;
     uint32_t n_threads;
-    uint32_t idle;            /* device threads waiting on work_cv */
-    uint32_t waking;          /* signals sent to idle threads not yet awake */
-    uint32_t spinning;        /* threads that found no work and look again before sleeping */
-    uint64_t enqueued;        /* tasks enqueued so far (atomic reads by spinning threads) */
-    int shutdown;             /* a failed start stops the threads it had started */
-    uint32_t n_live;          /* device threads started and not yet stopped */
+    uint32_t idle;     /* device threads waiting on work_cv */
+    uint32_t waking;   /* signals sent to idle threads not yet awake */
+    uint32_t spinning; /* threads that found no work and look again before sleeping */
+    uint64_t enqueued; /* tasks enqueued so far (atomic reads by spinning threads) */
+    int shutdown;      /* a failed start stops the threads it had started */
+    uint32_t n_live;   /* device threads started and not yet stopped */
     uint64_t capacity;
     uint64_t used;
     uint32_t hw_events;
-    int set_refs;             /* aclrtSetDevice reference count */
+    int set_refs; /* aclrtSetDevice reference count */
     sim_context *default_ctx;
     report_queue *reports;
 };

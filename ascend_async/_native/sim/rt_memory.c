@@ -34,9 +34,9 @@ void sim_poison_fill(void *ptr, size_t n) {
 
 typedef struct mem_block {
     uintptr_t base;
-    size_t size;     /* usable bytes (what the caller asked for) */
-    size_t charged;  /* round_up(size, 32) + 32, as the runtime reserves */
-    int32_t device;  /* -1 = page-locked host memory */
+    size_t size;    /* usable bytes (what the caller asked for) */
+    size_t charged; /* round_up(size, 32) + 32, as the runtime reserves */
+    int32_t device; /* -1 = page-locked host memory */
 } mem_block;
 
 static struct {
@@ -113,8 +113,8 @@ int sim_check_device_range(const void *ptr, size_t n, char *err, size_t err_len)
     int r = mem_range(ptr, n, &b);
     if (r == RANGE_UNKNOWN || b.device < 0) return 0;
     if (r == RANGE_OOB) {
-        snprintf(err, err_len, "%zu bytes at offset %zu overrun the %zu-byte device allocation",
-                 n, (size_t)((uintptr_t)ptr - b.base), b.size);
+        snprintf(err, err_len, "%zu bytes at offset %zu overrun the %zu-byte device allocation", n,
+                 (size_t)((uintptr_t)ptr - b.base), b.size);
         return -1;
     }
     return 1;
@@ -163,7 +163,8 @@ aclError sim_device_alloc(int32_t device_id, size_t size, void **out) {
 
 aclError sim_device_free(void *ptr) {
     mem_block b;
-    if (!mem_remove((uintptr_t)ptr, 0, &b)) FAIL(ACL_ERROR_RT_PARAM_INVALID, "aclrtFree: %p is not a live device allocation", ptr);
+    if (!mem_remove((uintptr_t)ptr, 0, &b))
+        FAIL(ACL_ERROR_RT_PARAM_INVALID, "aclrtFree: %p is not a live device allocation", ptr);
     sim_device *d = rt_device_get(b.device);
     pthread_mutex_lock(&d->lock);
     d->used -= b.charged;
@@ -218,19 +219,19 @@ aclError aclrtFreeHost(void *hostPtr) {
 
 /* Checks one side of a copy: device sides must be whole inside a device allocation; host sides
  * inside an acl host allocation must fit it (plain malloc'd host memory cannot be checked). */
-static aclError check_side(const void *p, size_t n, int want_device, const char *api, const char *side,
-                           int *pinned) {
+static aclError check_side(const void *p, size_t n, int want_device, const char *api, const char *side, int *pinned) {
     mem_block b;
     int r = mem_range(p, n, &b);
     if (pinned) *pinned = (r != RANGE_UNKNOWN && b.device < 0);
     if (want_device) {
-        if (r == RANGE_UNKNOWN || b.device < 0) FAIL(ACL_ERROR_RT_PARAM_INVALID, "%s: %s %p is not device memory", api, side, p);
+        if (r == RANGE_UNKNOWN || b.device < 0)
+            FAIL(ACL_ERROR_RT_PARAM_INVALID, "%s: %s %p is not device memory", api, side, p);
     } else if (r != RANGE_UNKNOWN && b.device >= 0) {
         FAIL(ACL_ERROR_RT_PARAM_INVALID, "%s: %s %p is device memory, the copy kind says host", api, side, p);
     }
     if (r == RANGE_OOB)
-        FAIL(ACL_ERROR_RT_PARAM_INVALID, "%s: %s range of %zu bytes at offset %zu overruns its %zu-byte allocation", api,
-             side, n, (size_t)((uintptr_t)p - b.base), b.size);
+        FAIL(ACL_ERROR_RT_PARAM_INVALID, "%s: %s range of %zu bytes at offset %zu overruns its %zu-byte allocation",
+             api, side, n, (size_t)((uintptr_t)p - b.base), b.size);
     return ACL_SUCCESS;
 }
 
@@ -250,13 +251,25 @@ static aclError check_copy(void *dst, size_t destMax, const void *src, size_t co
     }
     int dst_dev, src_dev;
     switch (kind) {
-        case ACL_MEMCPY_HOST_TO_HOST: dst_dev = 0; src_dev = 0; break;
+        case ACL_MEMCPY_HOST_TO_HOST:
+            dst_dev = 0;
+            src_dev = 0;
+            break;
         case ACL_MEMCPY_HOST_TO_DEVICE:
-        case ACL_MEMCPY_HOST_TO_BUF_TO_DEVICE: dst_dev = 1; src_dev = 0; break;
-        case ACL_MEMCPY_DEVICE_TO_HOST: dst_dev = 0; src_dev = 1; break;
+        case ACL_MEMCPY_HOST_TO_BUF_TO_DEVICE:
+            dst_dev = 1;
+            src_dev = 0;
+            break;
+        case ACL_MEMCPY_DEVICE_TO_HOST:
+            dst_dev = 0;
+            src_dev = 1;
+            break;
         case ACL_MEMCPY_DEVICE_TO_DEVICE:
         case ACL_MEMCPY_INNER_DEVICE_TO_DEVICE:
-        case ACL_MEMCPY_INTER_DEVICE_TO_DEVICE: dst_dev = 1; src_dev = 1; break;
+        case ACL_MEMCPY_INTER_DEVICE_TO_DEVICE:
+            dst_dev = 1;
+            src_dev = 1;
+            break;
         default: FAIL(ACL_ERROR_INVALID_PARAM, "%s: unknown copy kind %d", api, (int)kind);
     }
     int dp = 0, sp = 0;
@@ -348,7 +361,8 @@ static aclError check_memset(void *devPtr, size_t maxCount, size_t count, const 
     mem_block b;
     int r = mem_range(devPtr, count, &b);
     if (r == RANGE_UNKNOWN) FAIL(ACL_ERROR_RT_PARAM_INVALID, "%s: %p is not memory from an acl allocator", api, devPtr);
-    if (r == RANGE_OOB) FAIL(ACL_ERROR_RT_PARAM_INVALID, "%s: %zu bytes overrun the %zu-byte allocation", api, count, b.size);
+    if (r == RANGE_OOB)
+        FAIL(ACL_ERROR_RT_PARAM_INVALID, "%s: %zu bytes overrun the %zu-byte allocation", api, count, b.size);
     return ACL_SUCCESS;
 }
 

@@ -132,7 +132,8 @@ aclError aclrtLaunchCallback(aclrtCallback fn, void *userData, aclrtCallbackBloc
 
 aclError aclrtProcessReport(int32_t timeout) {
     aclError rc;
-    if (timeout == 0 || timeout < -1) FAIL(ACL_ERROR_INVALID_PARAM, "aclrtProcessReport: timeout must be -1 or > 0, got %d", (int)timeout);
+    if (timeout == 0 || timeout < -1)
+        FAIL(ACL_ERROR_INVALID_PARAM, "aclrtProcessReport: timeout must be -1 or > 0, got %d", (int)timeout);
     rc = rt_start();
     if (rc) return rc;
     uint64_t me = (uint64_t)pthread_self();
