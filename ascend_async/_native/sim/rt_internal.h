@@ -10,7 +10,8 @@
  * The rooms:
  *   rt_config.c  errors (aclGetRecentErrMsg), the clock, configuration, timing, statistics,
  *                aclInit/aclFinalize
- *   rt_device.c  devices and their start, contexts, streams, task queueing, the device threads
+ *   rt_device.c  devices and their start, contexts, streams, task queueing
+ *   rt_thread.c  the device threads: pick a runnable stream, run its head task, retire it
  *   rt_event.c   events
  *   rt_memory.c  device and page-locked memory, the allocation table, poisoning, copies, memsets
  *   rt_report.c  host callbacks: subscribe, launch, report queues, aclrtProcessReport
@@ -202,6 +203,9 @@ void rt_enqueue_locked(sim_stream *s, sim_task *t);
 aclError rt_stream_fault_locked(sim_stream *s, const char *api);
 /* Drops one reference (device lock); the last frees the stream's record. */
 void rt_stream_unref_locked(sim_stream *s);
+
+/* rt_thread.c: a device thread's body (started by rt_start, stopped only by a failed start). */
+void *rt_device_thread(void *arg);
 
 /* rt_event.c: drops one reference (device lock); the last frees the event. */
 void rt_event_unref_locked(sim_event *e);
