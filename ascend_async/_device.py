@@ -209,6 +209,11 @@ class Device:
         cache = _env_int("ASCEND_ASYNC_POOL_CACHE_BYTES", 1 << 30)
         self.device_pool = lib.aa_pool_create(lib.AA_POOL_DEVICE, cache)
         self.host_pool = lib.aa_pool_create(lib.AA_POOL_HOST, cache)
+        if self.device_pool == ffi.NULL or self.host_pool == ffi.NULL:
+            for pool in (self.device_pool, self.host_pool):
+                if pool != ffi.NULL:
+                    lib.aa_pool_destroy(pool)
+            raise MemoryError("no host memory for the device's caching pools")
         # GE's external allocator is per stream: each Stream registers a lane of device_pool.
         self.events = EventBudget(event_limit(backend))
         self._events: list[Any] = []  # the run-event pool: idle events, each recorded before

@@ -91,6 +91,8 @@ class Watcher:
         if "max_sleep_us" in config and "min_sleep_us" not in config:
             cfg.min_sleep_us = min(cfg.min_sleep_us, cfg.max_sleep_us)  # a lower cap alone lowers the floor
         self.handle = self._lib.aa_watch_create(context, cfg)
+        if self.handle == self._ffi.NULL:
+            raise MemoryError("no host memory (or thread) for the completion watcher")
         self._context = context
         self.pending: dict[int, Completion] = {}
         self._seq = itertools.count(1)

@@ -3,7 +3,7 @@
  *
  * This file is both a C header (included by ascend_async.h) and cffi cdef text: plain
  * declarations only, no preprocessor logic. Both backends implement exactly these symbols:
- * the sim in sim/runtime.c, CANN in libacl_rt.so itself.
+ * the sim in sim/rt_*.c, CANN in libacl_rt.so itself.
  */
 
 typedef int aclError;

@@ -45,8 +45,10 @@ typedef struct aa_watch_stats {
 
 typedef struct aa_watch aa_watch;
 
+/* NULL when host memory (or, for AA_WATCH_REPORT, its report thread) could not be had. */
 aa_watch *aa_watch_create(aclrtContext context, const aa_watch_config *config);
-/* Hand a recorded event to the watcher; returns 0 or an aclError. */
+/* Hand a recorded event to the watcher; returns 0 or an aclError (ACL_ERROR_BAD_ALLOC: no host
+ * memory, nothing was added). */
 aclError aa_watch_add(aa_watch *watch, aclrtStream stream, aclrtEvent event, uint64_t token);
 /* Block (GIL released) until channel-0 completions or loop wake-ups are ready, `timeout_ms`
  * passes (-1 = no limit) or the watch is kicked/closed. Writes up to `max` (token, code,
@@ -126,6 +128,7 @@ typedef struct aa_pool_stats {
 
 typedef struct aa_pool aa_pool;
 
+/* NULL when host memory ran out. */
 aa_pool *aa_pool_create(int32_t kind, uint64_t max_cached_bytes);
 /* Returns NULL and sets *error (an aclError) on failure; retries once after trimming. */
 void *aa_pool_alloc(aa_pool *pool, size_t size, aclError *error);

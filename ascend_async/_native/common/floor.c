@@ -9,6 +9,7 @@ int64_t aa_floor_run(aa_session *session, uint32_t graph_id, aclrtStream stream,
                      uint64_t *elapsed_ns) {
     if (!window) window = 1;
     aclrtEvent *ev = calloc(window, sizeof(aclrtEvent));
+    if (!ev) return ACL_ERROR_BAD_ALLOC; /* ../alloc_policy.h */
     int64_t rc = 0;
     uint32_t made = 0;
     for (; made < window; made++) {

@@ -13,14 +13,19 @@
  * only when the lane is flushed or closed, which the caller does once the stream is idle.
  *
  * `mu` guards everything, lanes included; runtime calls happen outside it.
+ *
+ * Host memory (../alloc_policy.h): aa_pool_create and aa_pool_lane_open return NULL; a
+ * bookkeeping array that cannot grow leaves the block uncached (given back to the runtime)
+ * or, for the live table, refuses the allocation (*error = ACL_ERROR_BAD_ALLOC).
  */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../alloc_policy.h"
 #include "../ascend_async.h"
 
-/* The sim's poisoning (sim/runtime.c, aa_sim_config.poison): a cached block handed out again,
+/* The sim's poisoning (sim/rt_memory.c, aa_sim_config.poison): a cached block handed out again,
  * and a block given back to the cache, are filled with the poison pattern, as the sim's
  * allocator does for the blocks it hands out and takes back, so a stale read through the pool
  * shows up as a wrong answer. A weak reference: the CANN module has no sim, and nothing is
@@ -140,11 +145,9 @@ static bucket *bucket_in(bucket **v, size_t *n, size_t *cap, size_t size, int cr
         if ((*v)[i].size == size) return &(*v)[i];
     if (!create) return NULL;
     if (*n == *cap) {
-        size_t c = *cap ? *cap * 2 : 16;
-        bucket *nv = realloc(*v, c * sizeof(bucket));
+        bucket *nv = aa_grow(*v, cap, sizeof(bucket), 16);
         if (!nv) return NULL;
         *v = nv;
-        *cap = c;
     }
     bucket *b = &(*v)[(*n)++];
     memset(b, 0, sizeof *b);
@@ -159,11 +162,9 @@ static bucket *bucket_of_locked(aa_pool *p, size_t size, int create) {
 /* Pushes ptr onto b; 0 when memory for the stack ran out (the caller frees the block). */
 static int bucket_push(bucket *b, void *ptr) {
     if (b->n == b->cap) {
-        size_t c = b->cap ? b->cap * 2 : 8;
-        void **nv = realloc(b->v, c * sizeof(void *));
+        void **nv = aa_grow(b->v, &b->cap, sizeof(void *), 8);
         if (!nv) return 0;
         b->v = nv;
-        b->cap = c;
     }
     b->v[b->n++] = ptr;
     return 1;
@@ -171,6 +172,7 @@ static int bucket_push(bucket *b, void *ptr) {
 
 aa_pool *aa_pool_create(int32_t kind, uint64_t max_cached_bytes) {
     aa_pool *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
     pthread_mutex_init(&p->mu, NULL);
     p->kind = kind;
     p->max_cached = max_cached_bytes;
@@ -242,7 +244,7 @@ void *aa_pool_alloc(aa_pool *p, size_t size, aclError *error) {
     pthread_mutex_unlock(&p->mu);
     if (!recorded) { /* no host memory to track it: give it back rather than lose it */
         raw_free(p, ptr);
-        if (error) *error = ACL_ERROR_RT_MEMORY_ALLOCATION;
+        if (error) *error = ACL_ERROR_BAD_ALLOC;
         return NULL;
     }
     if (error) *error = ACL_SUCCESS;

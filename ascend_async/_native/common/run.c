@@ -59,8 +59,8 @@ int aa_run_submit(aa_run *run) {
         return -1;
     }
     aa_tensor in_stack[16];
-    aa_tensor *tin = run->n_inputs <= 16 ? in_stack : malloc(run->n_inputs * sizeof(aa_tensor));
-    if (!tin) FAIL_ACL("malloc", ACL_ERROR_BAD_ALLOC);
+    aa_tensor *tin = run->n_inputs <= 16 ? in_stack : calloc(run->n_inputs, sizeof(aa_tensor));
+    if (!tin) FAIL_ACL("calloc", ACL_ERROR_BAD_ALLOC); /* ../alloc_policy.h */
     for (size_t i = 0; i < run->n_inputs; i++) tin[i] = run->inputs[i].tensor;
     if (run->n_outputs) memset(run->slots, 0, run->n_outputs * sizeof(aa_tensor));
     aa_status st = aa_session_run_graph_with_stream_async(run->session, run->graph_id, run->stream, tin,

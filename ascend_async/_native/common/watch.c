@@ -18,7 +18,17 @@
  *   channel is not armed (the loop has no collection scheduled) or its oldest completion waited
  *   longer than wake_after_us; after takeover_us with a wake-up unanswered (a blocked or closed
  *   loop) the channel's completions move to channel 0, the watcher thread's own queue.
- * ACL queries are made without holding `mu`.
+ * ACL calls and `mu`: the polling pass queries events and probes streams with `mu` released.
+ * In report mode some ACL calls are made with `mu` held: aa_watch_add subscribes the stream and
+ * launches the callback under it (so the entry is queued before its callback can look for it),
+ * aa_watch_fail_stream unsubscribes under it, and failing a stream's entries queries each event's
+ * status under it. That is safe because the runtime never calls report_cb (which takes `mu`)
+ * from inside those calls: callbacks run on the report thread, in aclrtProcessReport, with no
+ * runtime lock held.
+ *
+ * Completion queues (channel 0's and each channel's) are growable rings: a pop moves nothing.
+ * Host memory follows ../alloc_policy.h: aa_watch_create returns NULL and aa_watch_add
+ * ACL_ERROR_BAD_ALLOC; a completion that cannot be queued stops the process (rule 3).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -29,6 +39,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../alloc_policy.h"
 #include "../ascend_async.h"
 
 typedef struct wstream wstream;
@@ -56,9 +67,10 @@ typedef struct done_item {
     uint64_t ns;
 } done_item;
 
+/* A ring of completions: `n` items from index `head`, capacity 0 or a power of two. */
 typedef struct dqueue {
     done_item *v;
-    size_t n, cap;
+    size_t head, n, cap;
 } dqueue;
 
 #define MAX_CHANNELS 64
@@ -109,31 +121,48 @@ static void abs_deadline(struct timespec *ts, uint64_t ns_from_now) {
     ts->tv_nsec = (long)(nsec % 1000000000ull);
 }
 
+/* The i-th oldest item (i < q->n). */
+static const done_item *dq_at(const dqueue *q, size_t i) { return &q->v[(q->head + i) & (q->cap - 1)]; }
+
 static void dq_push(dqueue *q, done_item it) {
     if (q->n == q->cap) {
+        /* Full: a ring twice the size, the items laid out from 0 again. A completion that cannot
+         * be queued would leave its waiter hanging forever: stop loudly (alloc_policy.h rule 3). */
         size_t cap = q->cap ? q->cap * 2 : 256;
-        done_item *v = realloc(q->v, cap * sizeof(done_item));
-        if (!v) { /* a lost completion would hang its waiter forever: stop loudly instead */
-            fputs("ascend_async: out of host memory for the completion queue\n", stderr);
-            abort();
-        }
+        if (cap < q->cap || cap > SIZE_MAX / sizeof(done_item)) aa_oom_abort("a completion queue", SIZE_MAX);
+        done_item *v = malloc(cap * sizeof(done_item));
+        if (!v) aa_oom_abort("a completion queue", cap * sizeof(done_item));
+        size_t first = q->n < q->cap - q->head ? q->n : q->cap - q->head; /* up to the ring's end */
+        if (first) memcpy(v, q->v + q->head, first * sizeof(done_item));
+        if (q->n > first) memcpy(v + first, q->v, (q->n - first) * sizeof(done_item));
+        free(q->v);
         q->v = v;
+        q->head = 0;
         q->cap = cap;
     }
-    q->v[q->n++] = it;
+    q->v[(q->head + q->n) & (q->cap - 1)] = it;
+    q->n++;
 }
 
-/* Pops up to `max` items into the caller's arrays. */
+/* Pops up to `max` of the oldest items into the caller's arrays (nothing else moves). */
 static int dq_pop(dqueue *q, uint64_t *tokens, int32_t *codes, uint64_t *noticed_ns, int max) {
     int n = (int)(q->n < (size_t)max ? q->n : (size_t)max);
     for (int i = 0; i < n; i++) {
-        tokens[i] = q->v[i].token;
-        codes[i] = q->v[i].code;
-        if (noticed_ns) noticed_ns[i] = q->v[i].ns;
+        const done_item *it = dq_at(q, (size_t)i);
+        tokens[i] = it->token;
+        codes[i] = it->code;
+        if (noticed_ns) noticed_ns[i] = it->ns;
     }
-    if (n && q->n > (size_t)n) memmove(q->v, q->v + n, (q->n - (size_t)n) * sizeof(done_item));
     q->n -= (size_t)n;
+    q->head = q->n ? (q->head + (size_t)n) & (q->cap - 1) : 0;
     return n;
+}
+
+/* Appends every item of `from`, oldest first, to `to`; empties `from`. */
+static void dq_move_all(dqueue *to, dqueue *from) {
+    for (size_t i = 0; i < from->n; i++) dq_push(to, *dq_at(from, i));
+    from->n = 0;
+    from->head = 0;
 }
 
 static void request_wake_locked(aa_watch *w, int c, uint64_t now) {
@@ -173,16 +202,15 @@ static uint64_t check_channels_locked(aa_watch *w, uint64_t now) {
         if (!ch->open || !ch->q.n) continue;
         if (ch->wake_pending) {
             if (now - ch->wake_ns >= take_ns) {
-                for (size_t i = 0; i < ch->q.n; i++) dq_push(&w->done, ch->q.v[i]);
                 w->st.takeovers += ch->q.n;
-                ch->q.n = 0;
+                dq_move_all(&w->done, &ch->q);
                 continue;
             }
             uint64_t left = take_ns - (now - ch->wake_ns);
             if (left < next) next = left;
             continue;
         }
-        uint64_t age = now - ch->q.v[0].ns;
+        uint64_t age = now - dq_at(&ch->q, 0)->ns;
         if (age >= wake_ns) {
             request_wake_locked(w, c, now);
             if (take_ns < next) next = take_ns;
@@ -202,6 +230,7 @@ void aa_watch_default_config(aa_watch_config *config) { *config = DEFAULTS; }
 
 aa_watch *aa_watch_create(aclrtContext context, const aa_watch_config *config) {
     aa_watch *w = calloc(1, sizeof *w);
+    if (!w) return NULL;
     pthread_mutex_init(&w->mu, NULL);
     pthread_condattr_t a;
     pthread_condattr_init(&a);
@@ -223,15 +252,24 @@ aa_watch *aa_watch_create(aclrtContext context, const aa_watch_config *config) {
     }
     w->cfg = c;
     if (c.strategy == AA_WATCH_REPORT) {
-        if (pthread_create(&w->report_thread, NULL, report_main, w) == 0) w->report_started = 1;
+        /* Without its report thread the watch would never see a completion: no watch at all. */
+        if (pthread_create(&w->report_thread, NULL, report_main, w) != 0) {
+            pthread_cond_destroy(&w->cv);
+            pthread_mutex_destroy(&w->mu);
+            free(w);
+            return NULL;
+        }
+        w->report_started = 1;
     }
     return w;
 }
 
+/* The stream's record, made on first use; NULL when host memory ran out. */
 static wstream *stream_of_locked(aa_watch *w, aclrtStream s) {
     for (wstream *x = w->streams; x; x = x->next)
         if (x->stream == s && !x->dead) return x;
     wstream *x = calloc(1, sizeof *x);
+    if (!x) return NULL;
     x->stream = s;
     x->next = w->streams;
     w->streams = x;
@@ -267,11 +305,17 @@ static void report_cb(void *user) {
 
 aclError aa_watch_add(aa_watch *w, aclrtStream stream, aclrtEvent event, uint64_t token) {
     wentry *e = calloc(1, sizeof *e);
+    if (!e) return ACL_ERROR_BAD_ALLOC;
     e->event = event;
     e->token = token;
     e->w = w;
     pthread_mutex_lock(&w->mu);
     wstream *ws = stream_of_locked(w, stream);
+    if (!ws) {
+        pthread_mutex_unlock(&w->mu);
+        free(e);
+        return ACL_ERROR_BAD_ALLOC;
+    }
     e->ws = ws;
     if (w->cfg.strategy == AA_WATCH_REPORT) {
         if (!ws->subscribed) {
@@ -579,8 +623,7 @@ void aa_watch_channel_close(aa_watch *w, int c) {
     pthread_mutex_lock(&w->mu);
     channel *ch = &w->ch[c];
     if (ch->open) {
-        for (size_t i = 0; i < ch->q.n; i++) dq_push(&w->done, ch->q.v[i]);
-        ch->q.n = 0;
+        dq_move_all(&w->done, &ch->q);
         ch->open = 0;
         w->armed_n -= ch->armed;
         ch->armed = 0;

@@ -1,4 +1,4 @@
-/* Internal face of the simulated runtime (runtime.c) for the rest of the sim (session.c).
+/* Internal face of the simulated runtime (the rt_*.c files) for the rest of the sim (session.c).
  *
  * Threads: any host thread calls the acl* functions; each device owns `workers` device threads
  * that execute stream tasks in order (one task of a stream at a time, several streams at once).
@@ -31,7 +31,8 @@ typedef void (*sim_cleanup_fn)(void *payload, int executed);
 int sim_graph_task_flags(const aa_tensor *inputs, size_t n_inputs);
 
 /* Enqueue a task on `stream` (NULL = current context's default stream). The caller's current
- * context must own the stream. */
+ * context must own the stream. A failure (ACL_ERROR_BAD_ALLOC when host memory ran out)
+ * enqueues nothing: the payload stays the caller's and `cleanup` is not called. */
 aclError sim_enqueue(aclrtStream stream, int flags, sim_exec_fn exec, sim_cleanup_fn cleanup,
                      void *payload);
 

@@ -28,8 +28,11 @@
  * RunGraphAsync): GE holds a graph's run mutex for a whole submission and a GeSession does not
  * support concurrent execution, so the CANN shim takes the same per-session mutex. Each
  * graph's `run_mu` guards that graph's mode, load state, removal mark, in-flight gate and
- * built-in blocks (it is held briefly, never across a submission). Order: submit_mu, then
- * run_mu or g_ge.lock; g_ge.lock before a device's lock (sim_stream_busy).
+ * built-in blocks. RunGraph and RunGraphWithStreamAsync hold it for the gate only (and to link
+ * a built-in output block); RunGraphAsync holds it across its whole submission (gate, input
+ * check, job, enqueue), so its mode is recorded only with its run on the stream; a load holds
+ * it while it places the weights. Order: submit_mu, then run_mu or g_ge.lock, then a device's
+ * lock (an enqueue, an allocation); g_ge.lock before a device's lock (sim_stream_busy).
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
@@ -214,12 +217,18 @@ aa_status aa_session_create(const aa_option *options, size_t n_options, aa_sessi
         return GE_FAILED;
     }
     aa_session *s = calloc(1, sizeof *s);
+    if (!s || sim_stream_create_internal(device, &s->sync_stream) != ACL_SUCCESS ||
+        sim_stream_create_internal(device, &s->async_stream) != ACL_SUCCESS) {
+        if (s && s->sync_stream) sim_stream_destroy_internal(s->sync_stream);
+        free(s);
+        aclrtResetDevice(device);
+        ge_error("GeSession: out of host memory");
+        return GE_FAILED;
+    }
     s->magic = SESSION_MAGIC;
     s->device = device;
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->submit_mu, NULL);
-    sim_stream_create_internal(device, &s->sync_stream);
-    sim_stream_create_internal(device, &s->async_stream);
     SIM_STAT_ADD(sessions, 1);
     *out = s;
     return GE_OK;
@@ -573,8 +582,10 @@ static int check_inputs(const graph_node *g, const aa_tensor *in, size_t n, int 
     return rc;
 }
 
+/* NULL when host memory ran out (the caller gives the memory back). */
 static ge_block *block_new(int kind, void *addr, size_t size) {
     ge_block *b = calloc(1, sizeof *b);
+    if (!b) return NULL;
     b->magic = BLOCK_MAGIC;
     b->kind = kind;
     b->addr = addr;
@@ -809,6 +820,11 @@ static int alloc_output(graph_node *g, aclrtStream stream, int in_order, aa_tens
         }
         ws_note_handout(addr, stream);
         b = block_new(BLOCK_EXTERNAL, addr, size);
+        if (!b) {
+            a.free(a.ctx, blk);
+            snprintf(err, err_len, "out of host memory for an output's record");
+            return ACL_ERROR_BAD_ALLOC;
+        }
         b->alloc = a;
         b->ext_block = blk;
     } else {
@@ -818,10 +834,13 @@ static int alloc_output(graph_node *g, aclrtStream stream, int in_order, aa_tens
             snprintf(err, err_len, "cannot allocate a %zu-byte output: %s", size, m ? m : "");
             return ACL_ERROR_RT_MEMORY_ALLOCATION;
         }
-        if (external) {
-            b = block_new(BLOCK_DEVICE, addr, size);
-        } else {
-            b = block_new(BLOCK_BUILTIN, addr, size);
+        b = block_new(external ? BLOCK_DEVICE : BLOCK_BUILTIN, addr, size);
+        if (!b) {
+            sim_device_free(addr);
+            snprintf(err, err_len, "out of host memory for an output's record");
+            return ACL_ERROR_BAD_ALLOC;
+        }
+        if (!external) {
             b->graph = g;
             pthread_mutex_lock(&g->run_mu);
             b->next = g->builtin;
@@ -915,6 +934,13 @@ static int place_output(void *ctx, size_t i, const aa_tensor *desc, const void *
         t->size = nbytes;
         t->placement = AA_PLACEMENT_HOST;
         t->owner = block_new(BLOCK_HOST, p, nbytes);
+        if (!t->owner) {
+            free(p);
+            t->addr = NULL;
+            t->size = 0;
+            snprintf(err, err_len, "output %zu: out of host memory for its record", i);
+            return ACL_ERROR_BAD_ALLOC;
+        }
     } else if (t->addr && t->size && !t->owner) { /* the caller's memory */
         if (t->size < nbytes) {
             snprintf(err, err_len, "output %zu needs %zu bytes; the caller's buffer has %zu", i, nbytes, t->size);
@@ -1231,6 +1257,10 @@ aa_status aa_session_run_graph(aa_session *session, uint32_t graph_id, const aa_
     }
     size_t n_out = sim_model_n_outputs(g->model);
     aa_tensor *described = calloc(n_out ? n_out : 1, sizeof(aa_tensor));
+    if (!described) {
+        ge_error("%s: graph %u: out of host memory", api, graph_id);
+        goto refused;
+    }
     int checked = check_inputs(g, inputs, n_inputs, 0, described, api);
     if (checked == -2) st = GE_OUT_OF_MEMORY;
     if (checked < 0) goto refused;
@@ -1244,7 +1274,11 @@ aa_status aa_session_run_graph(aa_session *session, uint32_t graph_id, const aa_
     j->placement = AA_PLACEMENT_HOST;
     uint64_t seq = 0;
     /* The model's own stream: a device thread runs it while this thread waits, as GE blocks. */
-    sim_enqueue_internal(s->sync_stream, sim_graph_task_flags(inputs, n_inputs), sync_exec, NULL, j, &seq);
+    if (sim_enqueue_internal(s->sync_stream, sim_graph_task_flags(inputs, n_inputs), sync_exec, NULL, j, &seq)) {
+        ge_error("%s: graph %u: out of host memory", api, graph_id);
+        job_free(j); /* ends the run's in-flight count */
+        goto out;
+    }
     sim_wait_retired(s->sync_stream, seq);
     int code = j->code;
     if (code) {
@@ -1298,6 +1332,11 @@ static aa_status async_locked(aa_session *session, uint32_t graph_id, const aa_t
     aa_status st = GE_FAILED;
     size_t n_out = sim_model_n_outputs(g->model);
     aa_tensor *described = calloc(n_out ? n_out : 1, sizeof(aa_tensor));
+    if (!described) {
+        ge_error("%s: graph %u: out of host memory", api, graph_id);
+        graph_put(g);
+        return GE_FAILED;
+    }
     pthread_mutex_lock(&g->run_mu);
     int open = run_gate_locked(g, MODE_RUN_GRAPH_ASYNC, api, &st);
     if (!open && st == GE_UNSUPPORTED) { /* a mode conflict: the callback runs at once, as in GE */
@@ -1320,9 +1359,14 @@ static aa_status async_locked(aa_session *session, uint32_t graph_id, const aa_t
         j->user = user_data;
         j->dynamic = 1;
         j->placement = AA_PLACEMENT_HOST;
-        sim_enqueue_internal(s->async_stream, sim_graph_task_flags(inputs, n_inputs), async_exec, job_cleanup, j, NULL);
-        g->mode = MODE_RUN_GRAPH_ASYNC; /* recorded right after submission */
-        st = GE_OK;
+        if (sim_enqueue_internal(s->async_stream, sim_graph_task_flags(inputs, n_inputs), async_exec, job_cleanup, j,
+                                 NULL)) {
+            ge_error("%s: graph %u: out of host memory", api, graph_id);
+            job_free(j); /* ends the run's in-flight count */
+        } else {
+            g->mode = MODE_RUN_GRAPH_ASYNC; /* recorded right after submission */
+            st = GE_OK;
+        }
     }
     pthread_mutex_unlock(&g->run_mu);
 out:
@@ -1373,6 +1417,11 @@ aa_status aa_session_register_external_allocator(aa_session *session, aclrtStrea
     while (e && e->stream != stream) e = e->next;
     if (!e) {
         e = calloc(1, sizeof *e);
+        if (!e) {
+            pthread_mutex_unlock(&g_ge.lock);
+            ge_error("RegisterExternalAllocator: out of host memory");
+            return GE_FAILED;
+        }
         e->stream = stream;
         e->next = g_ge.allocators;
         g_ge.allocators = e;
