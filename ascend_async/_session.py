@@ -928,6 +928,9 @@ class Session:
         state = self._state(graph)
         return state.gears.as_dict() if state.gears is not None else None
 
+    def _gear_set(self, graph: Graph) -> Gears | None:
+        return self._state(graph).gears
+
     # -- tuning: warm-up, trace, dump (logic in _tuning.py) -----------------------------------
 
     async def warmup(self, graph: Graph, shapes: Sequence[Mapping[str, Sequence[int]]] | None = None) -> WarmupReport:
