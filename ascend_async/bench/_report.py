@@ -609,3 +609,26 @@ def results_console(to_stderr: bool) -> Console:
         soft_wrap=False,
         force_terminal=None if tty else False,
     )
+
+
+def ais_lines(results: Sequence[Any]) -> list[str]:
+    """ais_bench's performance summary per level, in its field names (``--report ais``)."""
+    out: list[str] = []
+    for r in results:
+        ais = r.ais
+        out.append(f"-----------------Performance Summary ({r.label}, ais_bench fields)------------------")
+        if not ais:
+            out.append("no profiled runs at this level")
+            continue
+        for key in ("H2D_latency", "NPU_compute_time", "D2H_latency"):
+            v = ais[key]
+            out.append(
+                f"{key} (ms): min = {v['min']:.6g}, max = {v['max']:.6g}, mean = {v['mean']:.6g}, "
+                f"median = {v['median']:.6g}, percentile(99%) = {v['percentile(99%)']:.6g}"
+            )
+        mean = ais["NPU_compute_time"]["mean"]
+        out.append(
+            f"throughput 1000*batchsize.mean({ais['batchsize']})/NPU_compute_time.mean({mean:.6g}): "
+            f"{ais['throughput']:.6g}"
+        )
+    return out
