@@ -370,6 +370,22 @@ class Batcher:
                 pass
         return cfg
 
+    async def warmup(self) -> Any:
+        """Warm the target up for the batches this batcher will run (:meth:`Session.warmup`,
+        or :meth:`DevicePool.warmup`): each gear of a geared graph, a static graph's shape, or —
+        for a dynamic batch dimension whose other dims are fixed — 1 row, each preferred size
+        and ``max_batch_size`` rows; otherwise compile and load only. Returns the target's report(s)."""
+        shapes = None
+        if self._gears is None and self._static is None:
+            trailing = [spec.shape[1:] if spec.shape is not None else None for spec in self.graph.inputs]
+            if all(t is not None and all(isinstance(d, int) for d in t) for t in trailing):
+                c = self._config
+                sizes = sorted({1, *c.preferred_batch_sizes, c.max_batch_size})
+                shapes = [
+                    {spec.name: (n, *t) for spec, t in zip(self.graph.inputs, trailing, strict=True)} for n in sizes
+                ]  # type: ignore[misc]
+        return await self._target.warmup(self.graph, shapes)  # type: ignore[attr-defined]
+
     def close(self) -> None:
         """Refuse new requests (:class:`SessionClosedError`, an ``anyio.ClosedResourceError``);
         queued and running ones finish."""

@@ -905,6 +905,21 @@ def run_benchmark(
                 f"--batch-max {cfg.batch_max}: each request carries {samples.batch} rows (--batch-size, the input "
                 "data or a static batch dim), more than a batch may hold; lower --batch-size or raise --batch-max"
             )
+    gears = None
+    if cfg.gears:
+        # every input's batch dim at each gear; its other dims as the input sets have them
+        first = samples.sets[0]
+        gears = {s.name: [(g, *first[s.name].shape[1:]) for g in cfg.gears] for s in graph.inputs}
+        bad = sorted({int(a.shape[0]) for s in samples.sets for a in s.values()} - set(cfg.gears))
+        if cfg.batch_max is None and bad:
+            raise BenchError(
+                f"--gears {','.join(map(str, cfg.gears))}: the requests carry {bad[0]} rows, not a gear "
+                "(set --batch-size to a gear, or batch with --batch-max, which pads to the next gear)"
+            )
+    if cfg.report == "ais" and (cfg.mode != "async" or cfg.batch_max is not None or cfg.devices is not None):
+        raise BenchError(
+            "--report ais reads device events of each run: it needs --mode async without --batch-max or --devices"
+        )
     levels = [1.0] if cfg.mode == "sync" else list(cfg.levels)
     results: list[LevelResult] = []
     peak = max(int(v) for v in levels) if cfg.load == "concurrency" else cfg.max_in_flight
@@ -960,21 +975,6 @@ def run_benchmark(
             facts.saved_outputs = save_outputs(cfg.save_outputs, samples.names, outs)
 
     timing_set = False
-    gears = None
-    if cfg.gears:
-        # every input's batch dim at each gear; its other dims as the input sets have them
-        first = samples.sets[0]
-        gears = {s.name: [(g, *first[s.name].shape[1:]) for g in cfg.gears] for s in graph.inputs}
-        bad = sorted({int(a.shape[0]) for s in samples.sets for a in s.values()} - set(cfg.gears))
-        if cfg.batch_max is None and bad:
-            raise BenchError(
-                f"--gears {','.join(map(str, cfg.gears))}: the requests carry {bad[0]} rows, not a gear "
-                "(set --batch-size to a gear, or batch with --batch-max, which pads to the next gear)"
-            )
-    if cfg.report == "ais" and (cfg.mode != "async" or cfg.batch_max is not None or cfg.devices is not None):
-        raise BenchError(
-            "--report ais reads device events of each run: it needs --mode async without --batch-max or --devices"
-        )
     try:
         try:
             target.add_graph(graph, gears=gears) if gears else target.add_graph(graph)
