@@ -450,5 +450,5 @@ def table_markdown() -> str:
     for o in OPTIONS.values():
         vals = ", ".join(f"`{v}`" for v in o.values) if o.values is not None else o.form.replace("|", "\\|")
         note = f"**{o.sim}**: {o.sim_note}" if o.sim_note else f"**{o.sim}**"
-        rows.append(f"| `{o.name}` | {'/'.join(o.levels)} | {vals} | {note} ([{o.doc}]) |")
+        rows.append(f"| `{o.name}` | {'/'.join(o.levels)} | {vals} | {note} (`{o.doc}`) |")
     return "\n".join(rows)

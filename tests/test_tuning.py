@@ -379,3 +379,8 @@ def test_bench_report_ais_gears_trace(tmp_path: Path, capsys: pytest.CaptureFixt
     # a batch size that is not a gear, without a batcher to pad it: refused before any run
     assert main(["bench", "--demo", "--quiet", "--count", "5", "--gears", "1,4", "--batch-size", "3"]) == 2
     assert "not a gear" in capsys.readouterr().err
+
+
+def test_readme_options_table_is_current() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert table_markdown() in readme
