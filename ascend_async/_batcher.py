@@ -377,13 +377,17 @@ class Batcher:
         and ``max_batch_size`` rows; otherwise compile and load only. Returns the target's report(s)."""
         shapes = None
         if self._gears is None and self._static is None:
-            trailing = [spec.shape[1:] if spec.shape is not None else None for spec in self.graph.inputs]
-            if all(t is not None and all(isinstance(d, int) for d in t) for t in trailing):
+            trailing = [
+                tuple(d for d in spec.shape[1:] if isinstance(d, int))
+                for spec in self.graph.inputs
+                if spec.shape is not None and all(isinstance(d, int) for d in spec.shape[1:])
+            ]
+            if len(trailing) == len(self.graph.inputs):  # every input's other dims are fixed
                 c = self._config
                 sizes = sorted({1, *c.preferred_batch_sizes, c.max_batch_size})
                 shapes = [
                     {spec.name: (n, *t) for spec, t in zip(self.graph.inputs, trailing, strict=True)} for n in sizes
-                ]  # type: ignore[misc]
+                ]
         return await self._target.warmup(self.graph, shapes)  # type: ignore[attr-defined]
 
     def close(self) -> None:

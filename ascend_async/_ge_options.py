@@ -65,7 +65,9 @@ def _int_range(lo: int, hi: int | None = None) -> Callable[[str], bool]:
 def _aicore(v: str) -> bool:
     # "cube|vector" (A2/A3/950), "n|" or "n" (Atlas inference/training): every number > 0
     m = re.fullmatch(r"([0-9]+)(?:\|([0-9]*))?", v)
-    return bool(m) and int(m.group(1)) > 0 and (not m.group(2) or int(m.group(2)) > 0)
+    if m is None:
+        return False
+    return int(m.group(1)) > 0 and (not m.group(2) or int(m.group(2)) > 0)
 
 
 def _json_object(v: str) -> bool:
