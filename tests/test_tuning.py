@@ -384,3 +384,19 @@ def test_bench_report_ais_gears_trace(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_readme_options_table_is_current() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert table_markdown() in readme
+
+
+def test_ray_serve_replica_warms_up_before_ready() -> None:
+    from ascend_async.models import path as model_path
+    from ascend_async.ray_serve import NPUModel
+
+    runs = sim_stats()["graph_runs"]
+    m = NPUModel(str(model_path("mlp")), max_batch_size=8, preferred_batch_sizes=(4,))
+    try:
+        # compiled and loaded on both streams, and run at 1, 4 and 8 rows on each, before it returned
+        assert m.warmup_report.runs == 6 and m.warmup_report.streams == 2
+        assert [s["x"] for s in m.warmup_report.shapes] == [(1, 64), (4, 64), (8, 64)]
+        assert sim_stats()["graph_runs"] - runs == 6
+        assert m.info()["warmup"]["runs"] == 6
+    finally:
+        m.session.close()

@@ -190,7 +190,8 @@ def stage_table(results: Sequence[LevelResult], pcts: Sequence[float]) -> Table 
         return None
     lo, hi = _stage_pcts(pcts)
     t = Table(
-        title=f"where a run's time goes, ms ({pct_key(lo)} / {pct_key(hi)}; device events on 1 measured run in 16)",
+        title=f"where a run's time goes, ms ({pct_key(lo)} / {pct_key(hi)}; device events on "
+        + ("every measured run)" if any(getattr(r, "ais", None) for r in results) else "1 measured run in 16)"),
         title_justify="left",
         header_style="bold",
         box=box.SIMPLE_HEAD,
