@@ -677,6 +677,9 @@ class Session:
                 watcher = self._device.get_watcher()
                 self._device.ensure_current()
                 run.submit(values, watcher, profile_events)
+                if trace is not None:  # the device clock's zero for the run's queued time (see StageEvents)
+                    stages = run.stages
+                    t_attach = stages.submitted_ns if stages is not None else t_submit
             except BaseException:
                 self._account(0, False, counted=False)
                 raise
@@ -704,7 +707,7 @@ class Session:
         if trace is not None and run.timing is not None:
             exact = bool(self._device.backend.is_sim)
             t_now = time.perf_counter_ns()
-            trace.run(self._device.id, lane.index, graph.name, t_submit, submit_ns, run.timing, t_now, exact)
+            trace.run(self._device.id, lane.index, graph.name, t_submit, submit_ns, run.timing, t_now, exact, t_attach)
         if self._dumper is not None:
             await self._dump(graph, values, run.result)
         if not profile:

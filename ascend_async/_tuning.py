@@ -207,7 +207,10 @@ def static_shape(graph: Graph) -> dict[str, tuple[int, ...]] | None:
 @dataclass
 class Trace:
     """A Chrome trace (the JSON Perfetto and chrome://tracing open) being recorded: complete
-    events ("X", µs) on named tracks; process = device, thread = track. Any thread may add."""
+    events ("X", µs) and instants ("i") on named tracks; process = device, thread = track. Slices
+    on one track never overlap (viewers refuse slices that do not nest): a run's resume is an
+    instant carrying its wait, and batches in flight together take lanes of their own. Any thread
+    may add."""
 
     path: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -215,11 +218,14 @@ class Trace:
     _tracks: dict[tuple[int, str], int] = field(default_factory=dict)
     t0_ns: int = field(default_factory=time.perf_counter_ns)
     runs: int = 0
+    _lanes: dict[int, list[float]] = field(default_factory=dict)  # per device: each batcher lane's last end
 
     def _tid(self, pid: int, track: str) -> int:
         key = (pid, track)
         tid = self._tracks.get(key)
         if tid is None:
+            if not any(p == pid for p, _ in self._tracks):
+                self.events.append({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": f"device {pid}"}})
             tid = self._tracks[key] = len(self._tracks) + 1
             self.events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": track}})
             order = 0 if track.startswith("loop") else 1 if track.startswith("batcher") else 2
@@ -260,10 +266,12 @@ class Trace:
         timing: tuple[float, float, float, float | None],
         t_resumed: int,
         exact: bool,
+        t_queued_from: int | None = None,
     ) -> None:
         """One profiled run: submit and resume on the loop's track, H2D/compute/D2H on its
         stream's. ``exact``: the device clock is the host's (the sim), so the stages sit where
-        they ran; otherwise (CANN) they are placed to end when the loop resumed."""
+        they ran (``t_queued_from``: the instant the run's queued time counts from); otherwise
+        (CANN) they are placed to end when the loop resumed."""
         h2d, compute, d2h, queued = timing
         with self._lock:
             self.runs += 1
@@ -273,7 +281,7 @@ class Trace:
         self.span(device, loop, "submit", t_submit, t_submit + submit_ns, args)
         total_ns = (h2d + compute + d2h) * 1e6
         if exact and queued is not None:
-            start = t_submit + queued * 1e6
+            start = (t_queued_from if t_queued_from is not None else t_submit) + queued * 1e6
         else:
             start = t_resumed - total_ns
         track = f"stream {stream}"
@@ -282,12 +290,36 @@ class Trace:
         self.span(device, track, "H2D", start, a, args)
         self.span(device, track, "compute", a, b, args)
         self.span(device, track, "D2H", b, b + d2h * 1e6, args)
-        self.span(device, loop, "resume", min(b + d2h * 1e6, t_resumed), t_resumed, args)
+        done = b + d2h * 1e6  # the device finished the run: the loop resumes its task later
+        wait = {**args, "after_device_ms": round(max(0.0, t_resumed - done) / 1e6, 6)} if exact else args
+        self.instant(device, loop, "resume", t_resumed, wait)
+
+    def instant(self, pid: int, track: str, name: str, at_ns: float, args: dict[str, Any]) -> None:
+        """One instant event on a track (thread scope)."""
+        with self._lock:
+            self.events.append(
+                {
+                    "ph": "i",
+                    "s": "t",
+                    "name": name,
+                    "pid": pid,
+                    "tid": self._tid(pid, track),
+                    "ts": (at_ns - self.t0_ns) / 1000.0,
+                    "args": args,
+                }
+            )
 
     def batch(self, device: int, start_ns: int, end_ns: int, rows: int, run_rows: int, requests: int) -> None:
+        """One batch, on the first batcher lane free at its start."""
+        with self._lock:
+            lanes = self._lanes.setdefault(device, [])
+            lane = next((i for i, end in enumerate(lanes) if end <= start_ns), len(lanes))
+            if lane == len(lanes):
+                lanes.append(end_ns)
+            lanes[lane] = end_ns
         self.span(
             device,
-            "batcher",
+            f"batcher {lane}",
             f"batch {rows}->{run_rows}" if run_rows != rows else f"batch {rows}",
             start_ns,
             end_ns,
