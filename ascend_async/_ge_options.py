@@ -193,16 +193,18 @@ OPTIONS: dict[str, GeOption] = {
             (GLOBAL,),
             ("0", "1"),
             "Profiling.md",
-            RECORDED,
-            "use session.trace(path) or bench --trace for a timeline on the sim",
+            HONOURED,
+            "1: every run of every session is traced (device events, as session.trace), one Chrome trace per "
+            "session written at close under profilingOptions' output",
         ),
         GeOption(
             "ge.exec.profilingOptions",
             (GLOBAL,),
             None,
             "Profiling.md",
-            RECORDED,
-            "use session.trace(path) or bench --trace for a timeline on the sim",
+            HONOURED,
+            "its output folder receives the sim's traces (default: the working directory, as GE's); the other "
+            "collection switches are recorded",
             form='a JSON object, e.g. {"output": "/tmp/prof", "training_trace": "on"}',
             check=_json_object,
         ),

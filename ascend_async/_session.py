@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import threading
 import time
@@ -142,6 +144,7 @@ class Session:
         self._ge_options: dict[str, str] = {**inherited, **options}
         self._dumper = Dumper(self._ge_options) if self._ge_options.get("ge.exec.enableDump") == "1" else None
         self._trace: Trace | None = None
+        self._profile_trace: Trace | None = None  # ge.exec.profilingMode=1 on the sim: written at close
         self._closed = False
         self._forked = False
         self._bridges: weakref.WeakSet[LoopBridge] = weakref.WeakSet()  # loops holding a limiter of ours
@@ -173,6 +176,8 @@ class Session:
                     stacklevel=2,
                 )
             self._max_in_flight = min(max_in_flight, budget)
+            if b.is_sim and self._ge_options.get("ge.exec.profilingMode") == "1":
+                self._profile_trace = self._trace = Trace(_profile_path(self._ge_options))
             self._lock = threading.Lock()
             self._sync_lock = threading.Lock()
             self._idle = threading.Condition(self._lock)
@@ -280,6 +285,11 @@ class Session:
             with self._lock:
                 while self._pending or self._busy:
                     self._idle.wait()
+            if self._profile_trace is not None:  # the sim's profiling: every run of the session
+                try:
+                    self._profile_trace.write()
+                except OSError as exc:
+                    warnings.warn(AscendWarning(f"ge.exec.profilingMode: cannot write the trace: {exc}"), stacklevel=2)
             self._teardown()
         finally:
             self._torn_down.set()
@@ -1002,7 +1012,8 @@ class Session:
         """
         self._check_open()
         if self._trace is not None:
-            raise RuntimeError("this session is already recording a trace")
+            why = " (ge.exec.profilingMode=1 records every run)" if self._profile_trace is not None else ""
+            raise RuntimeError(f"this session is already recording a trace{why}")
         t = _trace if _trace is not None else Trace(os.fspath(path) if path is not None else None)
         self._trace = t
         try:
@@ -1083,6 +1094,17 @@ def _ge_initialize(backend: Any) -> None:
         backend.check_ge(backend.lib.aa_ge_initialize(arr, len(opts)), "GEInitializeV2")
         del keep
         _ge_ready = True
+
+
+_profile_count = itertools.count(1)
+
+
+def _profile_path(options: Mapping[str, str]) -> str:
+    """Where the sim writes a session's trace under ``ge.exec.profilingMode=1``: the ``output``
+    folder of ``ge.exec.profilingOptions`` (GE's own default: the working directory), one file
+    per session."""
+    out = json.loads(options.get("ge.exec.profilingOptions", "{}")).get("output") or os.getcwd()
+    return os.path.join(str(out), f"ascend_async_trace_{os.getpid()}_{next(_profile_count)}.json")
 
 
 def set_ge_options(options: Mapping[str, str]) -> dict[str, str]:

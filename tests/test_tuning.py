@@ -114,7 +114,8 @@ def test_dump_needs_a_path_and_inherits_one(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setattr(_session, "_global_options", {"ge.exec.profilingMode": "1"})
     info = aa.backend_info()["ge_options"]
     assert info["global"] == {"ge.exec.profilingMode": "1"}  # type: ignore[index]
-    assert info["backend"]["ge.exec.profilingMode"] == "recorded"  # type: ignore[index]
+    assert info["backend"]["ge.exec.profilingMode"] == "honoured"  # type: ignore[index]
+    assert info["backend"]["ge.aicoreNum"] == "recorded"  # type: ignore[index]
     assert info["backend"]["ge.dynamicDims"] == "honoured"  # type: ignore[index]
 
 
@@ -411,3 +412,22 @@ def test_ray_serve_replica_warms_up_before_ready() -> None:
         assert m.info()["warmup"]["runs"] == 6
     finally:
         m.session.close()
+
+
+@pytest.mark.anyio
+async def test_profiling_mode_traces_every_run(
+    anyio_backend: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    options = {"ge.exec.profilingMode": "1", "ge.exec.profilingOptions": json.dumps({"output": str(tmp_path)})}
+    monkeypatch.setattr(_session, "_global_options", validate(options, "global"))
+    async with aa.Session() as s:
+        g = s.add_graph(add_model_proto())
+        x = np.ones((2, 4), np.float32)
+        for _ in range(3):
+            await s.run(g, {"x": x, "y": x})
+        with pytest.raises(RuntimeError, match="profilingMode"), s.trace(None):
+            pass
+    (path,) = _names(tmp_path)
+    doc = json.loads((tmp_path / path).read_text())
+    assert doc["otherData"]["runs"] == 3
+    assert sorted(e["args"]["run"] for e in doc["traceEvents"] if e["name"] == "compute") == [1, 2, 3]
