@@ -393,8 +393,14 @@ class Session:
             raise TypeError("add_graph: base_dir applies when a model is read; pass it to Graph(...) instead")
         graph = source if isinstance(source, Graph) else Graph(source, name=name, base_dir=base_dir)
         with self._lock:
-            if id(graph) in self._graphs:
-                return graph
+            added = self._graphs.get(id(graph))
+        if added is not None and added.graph is graph:
+            if graph_opts or gears is not None:
+                raise ValueError(
+                    f"{graph.name}: already added to this session; its options and gears are fixed at AddGraph "
+                    "(remove_graph first to add it with others)"
+                )
+            return graph
         state = _GraphState(graph)
         state.options, state.gears = graph_gears(graph, graph_opts, gears)
         if state.gears is None and "ge.inputShape" in self._ge_options:  # the session's gears (GE has them)

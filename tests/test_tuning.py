@@ -169,6 +169,9 @@ async def test_shapes_outside_the_gears_are_refused(anyio_backend: Any) -> None:
         # the GE options directly, at graph level and at session level
         g2 = s.add_graph(add_model_proto(), options={"ge.inputShape": "x:-1,4;y:-1,4", "ge.dynamicDims": "2,2;4,4"})
         assert s.gears(g2) == {"x": [(2, 4), (4, 4)], "y": [(2, 4), (4, 4)]}
+        with pytest.raises(ValueError, match="already added"):
+            s.add_graph(g, gears=GEARS)
+        assert s.add_graph(g) is g
         with pytest.raises(ValueError, match="must list every input"):
             s.add_graph(add_model_proto(), gears={"x": [(1, 4), (2, 4)]})
         with pytest.raises(ValueError, match="does not fit"):
