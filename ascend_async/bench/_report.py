@@ -169,6 +169,7 @@ def serving_lines(results: Sequence[LevelResult]) -> list[str]:
                 f"mean {b['mean_batch']:.1f} rows of {b['max_batch_size']}, fill {b['fill_ratio']:.0%}; "
                 f"sizes (rows:batches) {_histogram(b['batch_sizes']) or '-'}; "
                 f"queue delay p50 {q.get('p50', 0.0):.3f} / p99 {q.get('p99', 0.0):.3f} ms"
+                + (f"; {b['padded_rows']:,} zero rows padded" if b.get("padded_rows") else "")
             )
         if r.device_runs is not None:
             what = "batches" if b is not None else "runs"
