@@ -434,3 +434,23 @@ async def test_profiling_mode_traces_every_run(
     doc = json.loads((tmp_path / path).read_text())
     assert doc["otherData"]["runs"] == 3
     assert sorted(e["args"]["run"] for e in doc["traceEvents"] if e["name"] == "compute") == [1, 2, 3]
+
+
+def test_serving_line_counts_padding() -> None:
+    from ascend_async.bench._report import serving_lines
+    from ascend_async.bench._runner import LevelResult
+
+    b = {
+        "batches": 2,
+        "batches_per_s": 1.0,
+        "mean_batch": 5.0,
+        "max_batch_size": 8,
+        "fill_ratio": 0.6,
+        "batch_sizes": {"3": 1, "7": 1},
+        "queue_delay_ms": {},
+        "padded_rows": 6,
+    }
+    (line,) = serving_lines([LevelResult("concurrency", 4, batcher=b)])
+    assert line.endswith("; 6 zero rows padded")
+    (line,) = serving_lines([LevelResult("concurrency", 4, batcher={**b, "padded_rows": 0})])
+    assert "padded" not in line
