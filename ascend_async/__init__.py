@@ -29,6 +29,7 @@ from ._errors import ModeConflictError as ModeConflictError
 from ._errors import SessionClosedError as SessionClosedError
 from ._errors import WatcherError as WatcherError
 from ._event import Event as Event
+from ._ge import set_ge_options as set_ge_options
 from ._graph import Graph as Graph
 from ._graph import TensorSpec as TensorSpec
 from ._memory import DeviceTensor as DeviceTensor
@@ -41,6 +42,7 @@ from ._session import RunProfile as RunProfile
 from ._session import Session as Session
 from ._session import SessionStatistics as SessionStatistics
 from ._session import Stream as Stream
+from ._session import WarmupReport as WarmupReport
 
 __version__ = "0.1.0"
 
@@ -73,12 +75,14 @@ __all__ = (
     "SessionStatistics",
     "Stream",
     "TensorSpec",
+    "WarmupReport",
     "WatcherError",
     "backend_info",
     "check_model",
     "configure_watcher",
     "device_count",
     "models",
+    "set_ge_options",
 )
 
 for _name in __all__:  # present the public names as ascend_async.X (repr, docs, pickling)

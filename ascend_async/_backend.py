@@ -158,4 +158,12 @@ def backend_info() -> dict[str, object]:
             "max_events": cfg.max_events,
             "engine_threads": cfg.engine_threads,
         }
+    from . import _ge
+    from ._ge_options import OPTIONS
+
+    # GE's global options (set_ge_options) and what this backend does with each option it takes
+    info["ge_options"] = {
+        "global": _ge.global_options(),
+        "backend": {k: (o.sim if backend.is_sim else "passed to GE") for k, o in OPTIONS.items()},
+    }
     return info

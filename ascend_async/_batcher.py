@@ -98,6 +98,10 @@ class BatcherStatistics:
     padded_rows: int
     queue_delay_ms: Mapping[str, float]
     config: BatcherConfig
+    #: rows of requests run (padding excluded) and the histogram of the sizes batches ran at
+    #: (after padding: a geared graph's gears, a static batch size, a preferred size)
+    rows: int = 0
+    run_sizes: Mapping[int, int] = field(default_factory=dict)
 
 
 _QUEUED, _TAKEN, _GONE = 0, 1, 2  # where a request is: in its loop's queue, in a batch, left the queue
@@ -183,6 +187,14 @@ def _loop_key() -> Any:
         return trio.lowlevel.current_trio_token()
 
 
+def _active_trace(target: Any) -> Any:
+    """The trace being recorded on the target (a Session, or a pool's first session), or None."""
+    t = getattr(target, "_trace", None)
+    if t is None and hasattr(target, "sessions"):
+        t = next((s._trace for s in target.sessions if getattr(s, "_trace", None) is not None), None)
+    return t
+
+
 def batch_dimension(graph: Graph) -> int | None:
     """The graph's static batch size, or None when its batch dimension is dynamic.
 
@@ -240,7 +252,9 @@ class Batcher:
     batches are in flight: requests that arrive meanwhile make the next batch bigger.
     Requests whose inputs differ in dtype or trailing dims go in separate batches. A graph with
     a static batch size is padded with zero rows up to it; with ``pad_to_preferred`` a dynamic
-    one is padded up to the next preferred size.
+    one is padded up to the next preferred size. A graph added with static gears
+    (``add_graph(gears=...)``) is padded to the smallest gear that holds the batch;
+    ``max_batch_size`` defaults to (and may not exceed) its largest gear.
     """
 
     def __init__(
@@ -257,8 +271,13 @@ class Batcher:
         self._target: _Target = target  # type: ignore[assignment]
         self.graph = graph
         self._static = batch_dimension(graph)
+        gear_set = getattr(target, "_gear_set", None)
+        self._gears = gear_set(graph) if gear_set is not None else None
+        self._gear_max: int | None = None
+        if self._gears is not None:
+            self._gear_max = max(g[self._names_of(graph)[0]][0] for g in self._gears.gears)
         if max_batch_size is None:
-            max_batch_size = self._static if self._static is not None else 32
+            max_batch_size = self._static if self._static is not None else self._gear_max or 32
         if max_concurrent_batches is None:  # one batch per stream keeps every lane busy
             lanes = getattr(target, "_batch_lanes", None)
             max_concurrent_batches = max(1, lanes() if lanes is not None else len(getattr(target, "streams", ())))
@@ -269,8 +288,10 @@ class Batcher:
             max_concurrent_batches=max_concurrent_batches,
             pad_to_preferred=bool(pad_to_preferred),
         )
+        self._check_gears(cfg)
         _validate_config(cfg, graph, self._static)
         self._config = cfg
+        self._run_sizes: dict[int, int] = {}
         self._names = tuple(s.name for s in graph.inputs)
         self._seq = itertools.count()
         self._queues: weakref.WeakKeyDictionary[Any, _LoopQueue] = weakref.WeakKeyDictionary()
@@ -286,6 +307,17 @@ class Batcher:
         self._delay_sum = 0.0
         self._delay_n = 0
         self._delay_max = 0.0
+
+    @staticmethod
+    def _names_of(graph: Graph) -> tuple[str, ...]:
+        return tuple(s.name for s in graph.inputs)
+
+    def _check_gears(self, cfg: BatcherConfig) -> None:
+        if self._gear_max is not None and isinstance(cfg.max_batch_size, int) and cfg.max_batch_size > self._gear_max:
+            raise ValueError(
+                f"max_batch_size={cfg.max_batch_size} is larger than {self.graph.name!r}'s largest gear "
+                f"({self._gear_max} rows; gears: {self._gears.describe() if self._gears else ''})"
+            )
 
     def __repr__(self) -> str:
         c = self._config
@@ -326,6 +358,7 @@ class Batcher:
         if pad_to_preferred is not None:
             changes["pad_to_preferred"] = bool(pad_to_preferred)
         cfg = replace(self._config, **changes)
+        self._check_gears(cfg)
         _validate_config(cfg, self.graph, self._static)
         self._config = cfg  # one assignment: workers read either the old or the new config
         with self._queues_lock:
@@ -336,6 +369,26 @@ class Batcher:
             except RuntimeError:  # that loop has closed
                 pass
         return cfg
+
+    async def warmup(self) -> Any:
+        """Warm the target up for the batches this batcher will run (:meth:`Session.warmup`,
+        or :meth:`DevicePool.warmup`): each gear of a geared graph, a static graph's shape, or —
+        for a dynamic batch dimension whose other dims are fixed — 1 row, each preferred size
+        and ``max_batch_size`` rows; otherwise compile and load only. Returns the target's report(s)."""
+        shapes = None
+        if self._gears is None and self._static is None:
+            trailing = [
+                tuple(d for d in spec.shape[1:] if isinstance(d, int))
+                for spec in self.graph.inputs
+                if spec.shape is not None and all(isinstance(d, int) for d in spec.shape[1:])
+            ]
+            if len(trailing) == len(self.graph.inputs):  # every input's other dims are fixed
+                c = self._config
+                sizes = sorted({1, *c.preferred_batch_sizes, c.max_batch_size})
+                shapes = [
+                    {spec.name: (n, *t) for spec, t in zip(self.graph.inputs, trailing, strict=True)} for n in sizes
+                ]
+        return await self._target.warmup(self.graph, shapes)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         """Refuse new requests (:class:`SessionClosedError`, an ``anyio.ClosedResourceError``);
@@ -399,6 +452,11 @@ class Batcher:
         if self._static is not None and rows > self._static:
             raise InputError(
                 f"{g.name}: a request of {rows} rows does not fit the graph's static batch size {self._static}"
+            )
+        if self._gears is not None and self._gears.fit(rows, [v.shape[1:] for v in values]) is None:
+            raise InputError(
+                f"{g.name}: a request of shapes {[v.shape for v in values]} fits none of the graph's gears "
+                f"({self._gears.describe()})"
             )
         return _Request(
             values=values,
@@ -600,6 +658,9 @@ class Batcher:
         run_rows = rows
         if self._static is not None:
             run_rows = self._static
+        elif self._gears is not None:  # the smallest gear that holds the batch (checked per request)
+            fit = self._gears.fit(rows, [v.shape[1:] for v in take[0].values])
+            run_rows = fit if fit is not None else rows
         elif cfg.pad_to_preferred:
             run_rows = next((p for p in cfg.preferred_batch_sizes if p >= rows), rows)
         return _Batch(take, rows, run_rows, cfg.max_batch_size)
@@ -619,7 +680,12 @@ class Batcher:
             for r in reqs:
                 r.values = []  # the batch holds the rows now
             self._record_batch(batch, delays)
+            trace = _active_trace(self._target)
+            t_sent = time.perf_counter_ns()
             out = await self._target.run(self.graph, inputs)
+            if trace is not None:
+                pid = getattr(getattr(self._target, "_device", None), "id", 0)
+                trace.batch(pid, t_sent, time.perf_counter_ns(), batch.rows, batch.run_rows, len(reqs))
             results = self._split(out, batch)
         except Exception as exc:
             self._settle(reqs, None, exc)
@@ -655,6 +721,7 @@ class Batcher:
             self._rows_run += batch.rows
             self._capacity_run += max(batch.capacity, batch.rows)
             self._padded += batch.run_rows - batch.rows
+            self._run_sizes[batch.run_rows] = self._run_sizes.get(batch.run_rows, 0) + 1
             self._delays.extend(delays)
             self._delay_sum += sum(delays)
             self._delay_n += len(delays)
@@ -693,6 +760,8 @@ class Batcher:
                 padded_rows=self._padded,
                 queue_delay_ms=q,
                 config=self._config,
+                rows=self._rows_run,
+                run_sizes=dict(sorted(self._run_sizes.items())),
             )
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -205,19 +206,68 @@ class DevicePool:
         """Every session of the pool, device by device."""
         return tuple(s for m in self._members for s in m.sessions)
 
-    def add_graph(self, source: GraphSource | Graph, *, name: str | None = None) -> Graph:
-        """Read the model once and add it to every session; returns the Graph for :meth:`run`.
+    def add_graph(
+        self,
+        source: GraphSource | Graph,
+        *,
+        name: str | None = None,
+        options: Mapping[str, str] | None = None,
+        gears: Mapping[str, Sequence[Sequence[int]]] | None = None,
+    ) -> Graph:
+        """Read the model once and add it to every session (with GE's graph-level ``options``
+        and static ``gears``, as :meth:`Session.add_graph`); returns the Graph for :meth:`run`.
 
         :raises GraphError: unreadable model or an op the backend refuses.
+        :raises ValueError: a GE option or gears refused (checked before any session adds it).
         """
+        from ._ge_options import GRAPH, validate
+
+        validate(options, GRAPH)
         graph = source if isinstance(source, Graph) else Graph(source, name=name)
         for s in self.sessions:
-            s.add_graph(graph)
+            s.add_graph(graph, options=options, gears=gears)
         return graph
 
-    async def add_graph_async(self, source: GraphSource | Graph, *, name: str | None = None) -> Graph:
+    def _gear_set(self, graph: Graph) -> Any:
+        return self.sessions[0]._gear_set(graph)
+
+    async def warmup(self, graph: Graph, shapes: Sequence[Mapping[str, Sequence[int]]] | None = None) -> list[Any]:
+        """:meth:`Session.warmup` on every session of the pool, devices in parallel; returns
+        their :class:`WarmupReport` in the order of :attr:`sessions`."""
+        reports: list[Any] = [None] * len(self.sessions)
+
+        async def one(i: int, s: Session) -> None:
+            reports[i] = await s.warmup(graph, shapes)
+
+        async with anyio.create_task_group() as tg:
+            for i, s in enumerate(self.sessions):
+                tg.start_soon(one, i, s)
+        return reports
+
+    @contextmanager
+    def trace(self, path: str | os.PathLike[str] | None = None) -> Iterator[Any]:
+        """:meth:`Session.trace` over every session of the pool, into one file (a process per
+        device)."""
+        from ._tuning import Trace
+
+        t = Trace(os.fspath(path) if path is not None else None)
+        with ExitStack() as stack:
+            for s in self.sessions:
+                stack.enter_context(s.trace(None, _trace=t))
+            yield t
+        if path is not None:
+            t.write(path)
+
+    async def add_graph_async(
+        self,
+        source: GraphSource | Graph,
+        *,
+        name: str | None = None,
+        options: Mapping[str, str] | None = None,
+        gears: Mapping[str, Sequence[Sequence[int]]] | None = None,
+    ) -> Graph:
         """:meth:`add_graph` on a worker thread."""
-        return await anyio.to_thread.run_sync(lambda: self.add_graph(source, name=name))
+        return await anyio.to_thread.run_sync(lambda: self.add_graph(source, name=name, options=options, gears=gears))
 
     async def load(self, graph: Graph) -> None:
         """Compile and load ``graph`` on every stream of every device now, devices in parallel."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import threading
 import time
@@ -9,7 +11,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -22,23 +24,24 @@ from ._device import Device, acquire_device, check_not_forked, release_device
 from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
 from ._errors import AscendWarning, GraphError, SessionClosedError, ge_error
 from ._event import Event
+from ._ge import ge_initialize, global_options, option_array
+from ._ge_options import GRAPH, SESSION, validate
 from ._graph import Graph, GraphSource
 from ._loop import LoopBridge, current_bridge
 from ._memory import DeviceTensor
 from ._streams import Stream, StreamPool
 from ._submit import CallbackRun, Replica, Run
+from ._tuning import Dumper, Gears, Trace, WarmupReport, graph_gears
 from ._watcher import current_watcher
 
 if TYPE_CHECKING:
     from ._batcher import Batcher
 
-__all__ = ["Event", "RunProfile", "Session", "SessionStatistics", "Stream"]
+__all__ = ["Event", "RunProfile", "Session", "SessionStatistics", "Stream", "WarmupReport"]
 
 _MODE_API = {"stream": "RunGraphWithStreamAsync", "sync": "RunGraph", "callback": "RunGraphAsync"}
 _MODE_CALL = {"stream": "await session.run", "sync": "session.run_sync", "callback": "session.run_with_callback"}
 
-_ge_lock = threading.Lock()
-_ge_ready = False
 _DEFAULT_MAX_IN_FLIGHT = 512
 
 
@@ -57,6 +60,10 @@ class SessionStatistics:
     host_pool: Mapping[str, int]
     watcher: Mapping[str, int]
     device_events: Mapping[str, int]
+    #: GE's options in force for this session (global, then session level), each with what the
+    #: backend does with it: "honoured" (the sim acts on it), "recorded" (passed to GE; the sim
+    #: only records it) or "set by the library" (the README's GE options table).
+    ge_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,8 @@ class _GraphState:
         # (any thread; list.append/remove are atomic): remove_graph refuses meanwhile, as GE
         # does for runs it counts in flight, so a run never submits to a removed id.
         self.submitting: list[object] = []
+        self.options: dict[str, str] = {}  # AddGraph's GE options (graph level, gears included)
+        self.gears: Gears | None = None  # static gears: the only shapes its runs may have
 
 
 class Session:
@@ -128,6 +137,12 @@ class Session:
         if options is not None and (not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options)):
             raise TypeError(f"options must be a mapping of str keys to values, not {options!r}")
         options, self._cann_check_mode = _sim_options(options)
+        inherited = global_options()
+        options = validate(options, SESSION, inherited)  # before anything is created
+        self._ge_options: dict[str, str] = {**inherited, **options}
+        self._dumper = Dumper(self._ge_options) if self._ge_options.get("ge.exec.enableDump") == "1" else None
+        self._trace: Trace | None = None
+        self._profile_trace: Trace | None = None  # ge.exec.profilingMode=1 on the sim: written at close
         self._closed = False
         self._forked = False
         self._bridges: weakref.WeakSet[LoopBridge] = weakref.WeakSet()  # loops holding a limiter of ours
@@ -138,9 +153,9 @@ class Session:
         try:
             b = self._device.backend
             self._ffi, self._lib = b.ffi, b.lib
-            _ge_initialize(b)
+            ge_initialize(b)
             opts = {"ge.session_device_id": str(device_id), **(options or {})}
-            keep, arr = _options(b.ffi, opts)
+            keep, arr = option_array(b.ffi, opts)
             out = b.ffi.new("aa_session**")
             self._device.ensure_current()
             b.check_ge(b.lib.aa_session_create(arr, len(opts), out), "GeSession")
@@ -159,6 +174,8 @@ class Session:
                     stacklevel=2,
                 )
             self._max_in_flight = min(max_in_flight, budget)
+            if b.is_sim and self._ge_options.get("ge.exec.profilingMode") == "1":
+                self._profile_trace = self._trace = Trace(_profile_path(self._ge_options))
             self._lock = threading.Lock()
             self._sync_lock = threading.Lock()
             self._idle = threading.Condition(self._lock)
@@ -288,6 +305,11 @@ class Session:
             with self._lock:
                 while self._pending or self._busy:
                     self._idle.wait()
+            if self._profile_trace is not None:  # the sim's profiling: every run of the session
+                try:
+                    self._profile_trace.write()
+                except OSError as exc:
+                    warnings.warn(AscendWarning(f"ge.exec.profilingMode: cannot write the trace: {exc}"), stacklevel=2)
             self._teardown()
         finally:
             self._torn_down.set()
@@ -360,8 +382,16 @@ class Session:
         *,
         name: str | None = None,
         base_dir: str | os.PathLike[str] | None = None,
+        options: Mapping[str, str] | None = None,
+        gears: Mapping[str, Sequence[Sequence[int]]] | None = None,
     ) -> Graph:
         """Add an ONNX model (path, bytes, ModelProto or Graph) and return its Graph.
+
+        ``options`` are GE's graph-level options (AddGraph's; see the README's GE options table),
+        checked before anything is read or created. ``gears={input: [shape, ...]}`` (one shape
+        per gear for every input; or ``ge.inputShape``/``ge.dynamicDims`` in ``options``, or at
+        session level) compiles the graph at those static shapes: a run at any other shape is
+        refused with :class:`InputError` before it is submitted, as GE refuses it.
 
         Parsing and lowering happen here, on the calling thread; for big models prefer
         :meth:`add_graph_async`. Compile and load happen later, off the event loop.
@@ -372,18 +402,32 @@ class Session:
 
         :raises GraphError: unreadable model, every structural problem GE refuses, an external
             data location outside the folder, or an op/attribute/dtype the backend refuses.
+        :raises ValueError: an unknown GE option, one of another level, a bad value, or gears
+            that do not fit the graph's inputs.
         """
         self._check_open()
+        graph_opts = validate(options, GRAPH)
         if source is None:
             raise TypeError("add_graph: source is None (expected a path, bytes, an onnx.ModelProto or a Graph)")
         if isinstance(source, Graph) and base_dir is not None:
             raise TypeError("add_graph: base_dir applies when a model is read; pass it to Graph(...) instead")
         graph = source if isinstance(source, Graph) else Graph(source, name=name, base_dir=base_dir)
         with self._lock:
-            if id(graph) in self._graphs:
-                return graph
-        self._apply_cann_check(graph)
+            added = self._graphs.get(id(graph))
+        if added is not None and added.graph is graph:
+            if graph_opts or gears is not None:
+                raise ValueError(
+                    f"{graph.name}: already added to this session; its options and gears are fixed at AddGraph "
+                    "(remove_graph first to add it with others)"
+                )
+            return graph
         state = _GraphState(graph)
+        state.options, state.gears = graph_gears(graph, graph_opts, gears)
+        if state.gears is None and "ge.inputShape" in self._ge_options:  # the session's gears (GE has them)
+            _, state.gears = graph_gears(
+                graph, {k: self._ge_options[k] for k in ("ge.inputShape", "ge.dynamicDims")}, None
+            )
+        self._apply_cann_check(graph)
         with self._working():
             self._add_replica(state, self._pool.streams[0])
         with self._lock:
@@ -410,9 +454,13 @@ class Session:
         *,
         name: str | None = None,
         base_dir: str | os.PathLike[str] | None = None,
+        options: Mapping[str, str] | None = None,
+        gears: Mapping[str, Sequence[Sequence[int]]] | None = None,
     ) -> Graph:
         """:meth:`add_graph` on a worker thread."""
-        return await anyio.to_thread.run_sync(lambda: self.add_graph(source, name=name, base_dir=base_dir))
+        return await anyio.to_thread.run_sync(
+            lambda: self.add_graph(source, name=name, base_dir=base_dir, options=options, gears=gears)
+        )
 
     def remove_graph(self, graph: Graph) -> None:
         """Remove the graph (all its replicas); its run mode is forgotten.
@@ -496,6 +544,15 @@ class Session:
         self._device.ensure_current()
         data = state.graph.model_bytes
         options, n_options, keep = state.graph._add_options(b.ffi)
+        if state.options:  # GE's graph-level options, beside our external-data ones
+            pairs = [
+                (bytes(b.ffi.string(options[i].key)), bytes(b.ffi.string(options[i].value))) for i in range(n_options)
+            ]
+            pairs += [(k.encode(), v.encode()) for k, v in state.options.items()]
+            keep = [b.ffi.new("char[]", x) for pair in pairs for x in pair]
+            options, n_options = b.ffi.new("aa_option[]", len(pairs)), len(pairs)
+            for i in range(n_options):
+                options[i].key, options[i].value = keep[2 * i], keep[2 * i + 1]
         status = self._lib.aa_session_add_graph_onnx(self._handle, gid, data, len(data), options, n_options)
         del keep  # the option strings lived through AddGraph
         if status:
@@ -608,6 +665,10 @@ class Session:
         state = self._state(graph)
         await anyio.lowlevel.checkpoint_if_cancelled()
         values = graph.bind(inputs)
+        if state.gears is not None:
+            state.gears.check(graph, values)
+        trace = self._trace
+        profile_events = profile or trace is not None  # a traced run records its stage events
         self._bind_mode(state, "stream")
         bridge = current_bridge()
         limiter = bridge.limiters.get(self)
@@ -620,7 +681,7 @@ class Session:
             await limiter.acquire()
         # The device's event budget, shared with every loop, session and pool on the device: a
         # run that does not fit waits here, on this loop, never inside aclrtRecordEvent.
-        need = 4 if profile else 1  # a profiled run records three stage events too
+        need = 4 if profile_events else 1  # a profiled run records three stage events too
         events = self._device.events
         run: Run | None = None
         try:
@@ -651,7 +712,10 @@ class Session:
             try:
                 watcher = self._device.get_watcher()
                 self._device.ensure_current()
-                run.submit(values, watcher, profile)
+                run.submit(values, watcher, profile_events)
+                if trace is not None:  # the device clock's zero for the run's queued time (see StageEvents)
+                    stages = run.stages
+                    t_attach = stages.submitted_ns if stages is not None else t_submit
             except BaseException:
                 self._account(0, False, counted=False)
                 raise
@@ -676,6 +740,12 @@ class Session:
         if run.error is not None:
             raise run.error
         assert run.result is not None
+        if trace is not None and run.timing is not None:
+            exact = bool(self._device.backend.is_sim)
+            t_now = time.perf_counter_ns()
+            trace.run(self._device.id, lane.index, graph.name, t_submit, submit_ns, run.timing, t_now, exact, t_attach)
+        if self._dumper is not None:
+            await self._dump(graph, values, run.result)
         if not profile:
             return run.result, None
         assert run.timing is not None
@@ -754,9 +824,16 @@ class Session:
         """
         state = self._state(graph)
         values = graph.bind(inputs)
+        if state.gears is not None:
+            state.gears.check(graph, values)
         self._bind_mode(state, "sync")
         with self._working():
-            return self._run_sync(state, graph, values)
+            out = self._run_sync(state, graph, values)
+        if self._dumper is not None:
+            target = self._dumper.take(graph)
+            if target is not None:
+                self._dumper.write(target[0], graph, values, out)
+        return out
 
     def _run_sync(self, state: _GraphState, graph: Graph, values: list[Any]) -> dict[str, np.ndarray]:
         ffi, lib = self._ffi, self._lib
@@ -803,6 +880,8 @@ class Session:
         if not callable(callback):
             raise TypeError(f"callback must be callable, not {type(callback).__name__}")
         values = graph.bind(inputs)
+        if state.gears is not None:
+            state.gears.check(graph, values)
         self._bind_mode(state, "callback")
         with self._working():
             self._run_with_callback(state, graph, values, callback)
@@ -860,9 +939,123 @@ class Session:
                 host_pool=pools["host"],
                 watcher=w.stats() if w is not None else {},
                 device_events=self._device.events.stats(),
+                ge_options=self._options_report(),
             )
 
-    # -- serving (logic in _batcher.py, reached through _hooks) -------------------------------------------------------
+    @property
+    def ge_options(self) -> Mapping[str, str]:
+        """GE's options in force for this session: the global ones (:func:`set_ge_options`),
+        then its own (``Session(options=...)``), as validated."""
+        return dict(self._ge_options)
+
+    def _options_report(self) -> dict[str, dict[str, str]]:
+        from ._ge_options import OPTIONS
+
+        sim = self._device.backend.is_sim
+        return {
+            k: {
+                "value": v,
+                "backend": OPTIONS[k].sim if sim else "passed to GE",
+                "note": OPTIONS[k].sim_note if sim else "",
+            }
+            for k, v in self._ge_options.items()
+        }
+
+    def gears(self, graph: Graph) -> dict[str, list[tuple[int, ...]]] | None:
+        """The graph's static gears in this session, ``{input: [shape per gear]}`` smallest
+        first; None for a graph without gears."""
+        state = self._state(graph)
+        return state.gears.as_dict() if state.gears is not None else None
+
+    def _gear_set(self, graph: Graph) -> Gears | None:
+        return self._state(graph).gears
+
+    # -- tuning: warm-up, trace, dump (logic in _tuning.py) -----------------------------------
+
+    async def warmup(self, graph: Graph, shapes: Sequence[Mapping[str, Sequence[int]]] | None = None) -> WarmupReport:
+        """Compile and load ``graph`` on every stream (worker threads), then run each of its
+        gears — or each of ``shapes`` (``[{input: shape}, ...]``), or its static shape — once per
+        stream with zeros, so that no later run pays for the first run of a shape. A dynamic
+        graph without gears or shapes is only compiled and loaded (said in ``notes``). The runs
+        use :meth:`run` (RunGraphWithStreamAsync), or :meth:`run_sync` on a worker thread for a
+        graph already bound to it.
+
+        :raises ValueError: a shape that does not name every input.
+        :raises InputError: a shape the graph (or its gears) refuses; nothing was run at it.
+        """
+        from ._tuning import static_shape, zeros_for
+
+        state = self._state(graph)
+        t0 = time.perf_counter()
+        await self.load(graph)
+        t_load = time.perf_counter() - t0
+        notes: list[str] = []
+        if shapes is None:
+            if state.gears is not None:
+                shapes = [dict(g) for g in state.gears.gears]
+            else:
+                fixed = static_shape(graph)
+                shapes = [fixed] if fixed is not None else []
+                if fixed is None:
+                    notes.append("dynamic input shapes and no gears: compiled and loaded only (pass shapes= to run)")
+        feeds = [zeros_for(graph, s) for s in shapes]  # every shape checked before the first run
+        for f in feeds:
+            values = graph.bind(f)
+            if state.gears is not None:
+                state.gears.check(graph, values)
+        streams = self.streams
+        runs = 0
+        for f in feeds:
+            for st in streams:
+                if state.mode == "sync":
+                    await anyio.to_thread.run_sync(self.run_sync, graph, f)
+                elif state.mode == "callback":
+                    notes.append("bound to RunGraphAsync: warm-up runs skipped (GE's run modes are exclusive)")
+                    break
+                else:
+                    await self.run(graph, f, stream=st)
+                runs += 1
+        return WarmupReport(
+            graph=graph.name,
+            streams=len(streams),
+            shapes=tuple({k: tuple(int(d) for d in v) for k, v in s.items()} for s in shapes),
+            runs=runs,
+            seconds=time.perf_counter() - t0,
+            load_seconds=t_load,
+            notes=tuple(dict.fromkeys(notes)),
+        )
+
+    @contextmanager
+    def trace(self, path: str | os.PathLike[str] | None = None, *, _trace: Trace | None = None) -> Iterator[Trace]:
+        """Record a Chrome trace (open it in Perfetto or chrome://tracing) of the runs made
+        while the block runs, written to ``path`` on exit: one track per stream with each run's
+        H2D, compute and D2H (device events: traced runs record them, as :meth:`run_profiled`),
+        one per event-loop thread with each run's submit and resume, and the batches of
+        batchers over this session. On the sim the stages sit where they ran (one clock); on
+        CANN they are placed to end when the loop resumed. One trace per session at a time.
+
+        :raises RuntimeError: a trace is already being recorded on this session.
+        """
+        self._check_open()
+        if self._trace is not None:
+            why = " (ge.exec.profilingMode=1 records every run)" if self._profile_trace is not None else ""
+            raise RuntimeError(f"this session is already recording a trace{why}")
+        t = _trace if _trace is not None else Trace(os.fspath(path) if path is not None else None)
+        self._trace = t
+        try:
+            yield t
+        finally:
+            self._trace = None
+            if path is not None:
+                t.write(path)
+
+    async def _dump(self, graph: Graph, values: list[Any], outputs: Mapping[str, Any]) -> None:
+        assert self._dumper is not None
+        target = self._dumper.take(graph)
+        if target is not None:  # written off the loop
+            await anyio.to_thread.run_sync(self._dumper.write, target[0], graph, values, outputs)
+
+    # -- serving (logic in _batcher.py, reached through _hooks) --------------------------------
 
     def batcher(self, graph: Graph, **params: Any) -> Batcher:
         """A dynamic :class:`Batcher` for ``graph`` on this session: ``max_batch_size`` (default:
@@ -943,26 +1136,12 @@ def _sim_options(options: Mapping[str, str] | None) -> tuple[dict[str, str], str
     return ge, mode
 
 
-def _options(ffi: Any, opts: Mapping[str, str]) -> tuple[list[Any], Any]:
-    keep = []
-    arr = ffi.new("aa_option[]", max(len(opts), 1))
-    for i, (k, v) in enumerate(opts.items()):
-        kc, vc = ffi.new("char[]", k.encode()), ffi.new("char[]", str(v).encode())
-        keep += [kc, vc]
-        arr[i].key = kc
-        arr[i].value = vc
-    return keep, arr
+_profile_count = itertools.count(1)
 
 
-def _ge_initialize(backend: Any) -> None:
-    global _ge_ready
-    with _ge_lock:
-        if _ge_ready:
-            return
-        rc = backend.lib.aclInit(backend.ffi.NULL)
-        if rc not in (0, 100002):  # a repeated aclInit is allowed
-            backend.check(rc, "aclInit")
-        keep, arr = _options(backend.ffi, {"ge.graphRunMode": "0"})
-        backend.check_ge(backend.lib.aa_ge_initialize(arr, 1), "GEInitializeV2")
-        del keep
-        _ge_ready = True
+def _profile_path(options: Mapping[str, str]) -> str:
+    """Where the sim writes a session's trace under ``ge.exec.profilingMode=1``: the ``output``
+    folder of ``ge.exec.profilingOptions`` (GE's own default: the working directory), one file
+    per session."""
+    out = json.loads(options.get("ge.exec.profilingOptions", "{}")).get("output") or os.getcwd()
+    return os.path.join(str(out), f"ascend_async_trace_{os.getpid()}_{next(_profile_count)}.json")

@@ -29,6 +29,7 @@ logged with the request id, which the answer carries.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import math
@@ -220,6 +221,11 @@ class NPUModel:
                 max_delay_ms=max_delay_ms,
                 preferred_batch_sizes=preferred_batch_sizes,
             )
+            # Warm up before Serve counts the replica ready (the constructor returns): compile and
+            # load on every stream and run the batch sizes the batcher will use, on an event loop
+            # of its own in a helper thread (Serve may call the constructor on a running loop).
+            with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ascend-async-warmup") as ex:
+                self.warmup_report = ex.submit(anyio.run, self.batcher.warmup).result()
         except BaseException:
             self.session.close()
             raise
@@ -326,6 +332,7 @@ class NPUModel:
             "pending": self._pending,
             "batches": st.batches,
             "completed": st.completed,
+            "warmup": {"runs": self.warmup_report.runs, "seconds": self.warmup_report.seconds},
         }
 
     def __del__(self) -> None:

@@ -198,6 +198,13 @@ def _parser() -> argparse.ArgumentParser:
         help="sim only: every graph run lasts at least RUN_MS + SAMPLE_MS x rows, e.g. 2,0.1 for a small "
         "CNN on an NPU (default: the sim's own compute time only)",
     )
+    serve.add_argument(
+        "--gears",
+        metavar="LIST",
+        help="static gears of the batch dimension, e.g. 1,8,32: the graph is added with add_graph(gears=...) "
+        "(every input's batch dim at each gear), runs at other sizes are refused, and --batch-max pads each "
+        "batch to the smallest gear that holds it",
+    )
     out = b.add_argument_group("output")
     out.add_argument(
         "--percentiles",
@@ -209,6 +216,18 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--csv", metavar="PATH", help="one row per level")
     out.add_argument("--plot", metavar="PATH.png", help="latency-throughput curve (needs matplotlib: the [plot] extra)")
     out.add_argument("--details", action="store_true", help="also show host and loop costs per level")
+    out.add_argument(
+        "--trace",
+        metavar="PATH.json",
+        help="write a Chrome trace of the sweep (open it in Perfetto or chrome://tracing): per stream H2D, "
+        "compute and D2H, the loop's submit and resume, the batcher's batches (--mode async)",
+    )
+    out.add_argument(
+        "--report",
+        choices=("ais",),
+        help="ais: also print ais_bench's performance summary (NPU_compute_time, H2D_latency, D2H_latency, "
+        "throughput = 1000*batch/mean) from device events of every measured run; the JSON carries it per level",
+    )
     out.add_argument("--quiet", action="store_true", help="no progress line")
     d = sub.add_parser("doctor", help="which backend, why, and what is installed")
     d.add_argument("model", nargs="?", help="also say whether CANN's ONNX parser would accept this .onnx model")
@@ -392,6 +411,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         batch_preferred=parse_int_list(args.batch_preferred, "--batch-preferred") if args.batch_preferred else [],
         devices="all" if args.devices is not None and devices is None else devices,
         sim_timing=parse_sim_timing(args.sim_timing) if args.sim_timing is not None else None,
+        gears=parse_int_list(args.gears, "--gears") if args.gears else None,
+        trace=args.trace,
+        report=args.report,
     )
 
 
@@ -476,6 +498,8 @@ def _bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         con.print(f"note: {note}")
     for path in facts.get("saved_outputs", []):
         con.print(f"outputs saved: {path}")
+    if facts.get("trace"):
+        con.print(f"trace: {facts['trace']} (open in https://ui.perfetto.dev or chrome://tracing)")
     if results:
         sim = env.get("backend") == "sim"
         title = f"{model_name} - backend {env.get('backend')}{' (SIMULATED device)' if sim else ''}"
@@ -491,6 +515,9 @@ def _bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
             con.print(line, style="dim")
         if sim and stages is not None:
             con.print("(simulated device: the stages are the sim's host threads, not NPU timings)", style="dim")
+        if cfg.report == "ais":
+            for line in rep.ais_lines(results):
+                con.print(line, markup=False, highlight=False)
         for w in rep.warnings_for(results, cfg.tolerance):
             con.print(f"warning: {w}")
     if facts.get("stopped"):

@@ -169,6 +169,7 @@ def serving_lines(results: Sequence[LevelResult]) -> list[str]:
                 f"mean {b['mean_batch']:.1f} rows of {b['max_batch_size']}, fill {b['fill_ratio']:.0%}; "
                 f"sizes (rows:batches) {_histogram(b['batch_sizes']) or '-'}; "
                 f"queue delay p50 {q.get('p50', 0.0):.3f} / p99 {q.get('p99', 0.0):.3f} ms"
+                + (f"; {b['padded_rows']:,} zero rows padded" if b.get("padded_rows") else "")
             )
         if r.device_runs is not None:
             what = "batches" if b is not None else "runs"
@@ -190,7 +191,8 @@ def stage_table(results: Sequence[LevelResult], pcts: Sequence[float]) -> Table 
         return None
     lo, hi = _stage_pcts(pcts)
     t = Table(
-        title=f"where a run's time goes, ms ({pct_key(lo)} / {pct_key(hi)}; device events on 1 measured run in 16)",
+        title=f"where a run's time goes, ms ({pct_key(lo)} / {pct_key(hi)}; device events on "
+        + ("every measured run)" if any(getattr(r, "ais", None) for r in results) else "1 measured run in 16)"),
         title_justify="left",
         header_style="bold",
         box=box.SIMPLE_HEAD,
@@ -609,3 +611,26 @@ def results_console(to_stderr: bool) -> Console:
         soft_wrap=False,
         force_terminal=None if tty else False,
     )
+
+
+def ais_lines(results: Sequence[Any]) -> list[str]:
+    """ais_bench's performance summary per level, in its field names (``--report ais``)."""
+    out: list[str] = []
+    for r in results:
+        ais = r.ais
+        out.append(f"-----------------Performance Summary ({r.label}, ais_bench fields)------------------")
+        if not ais:
+            out.append("no profiled runs at this level")
+            continue
+        for key in ("H2D_latency", "NPU_compute_time", "D2H_latency"):
+            v = ais[key]
+            out.append(
+                f"{key} (ms): min = {v['min']:.6g}, max = {v['max']:.6g}, mean = {v['mean']:.6g}, "
+                f"median = {v['median']:.6g}, percentile(99%) = {v['percentile(99%)']:.6g}"
+            )
+        mean = ais["NPU_compute_time"]["mean"]
+        out.append(
+            f"throughput 1000*batchsize.mean({ais['batchsize']})/NPU_compute_time.mean({mean:.6g}): "
+            f"{ais['throughput']:.6g}"
+        )
+    return out

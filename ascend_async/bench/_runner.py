@@ -88,6 +88,12 @@ class BenchConfig:
     devices: list[int] | str | None = None
     #: ``--sim-timing``: (ms per run, ms per sample) for the sim's timing model; None: left as is
     sim_timing: tuple[float, float] | None = None
+    #: ``--gears``: static gears of the batch dimension (add_graph(gears=...)); None: dynamic
+    gears: list[int] | None = None
+    #: ``--trace PATH``: a Chrome trace of the whole sweep; None: no trace
+    trace: str | None = None
+    #: ``--report ais``: every measured async run is profiled, for ais_bench's summary
+    report: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Every setting, JSON-ready (the ``config`` block of the summary JSON)."""
@@ -143,6 +149,8 @@ class LevelResult:
     batcher: dict[str, Any] | None = None
     # --devices: runs completed per device id over the measured window (batches, with --batch-max)
     device_runs: dict[str, int] | None = None
+    # --report ais: ais_bench's summary block (see ais_summary)
+    ais: dict[str, Any] | None = None
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -607,10 +615,48 @@ def _finish(cfg: BenchConfig, state: LevelState) -> None:
     res.stages_ms, res.device_bound_per_s = summarize_stages(
         state.profiles, cfg.streams, sorted({50.0, 99.0} | set(cfg.percentiles))
     )
+    if cfg.report == "ais":
+        res.ais = ais_summary(state.profiles, res.batch)
+
+
+def _ais_stats(values: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return {
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "mean": float(a.mean()),
+        "median": float(np.median(a)),
+        "percentile(99%)": float(np.percentile(a, 99)),
+    }
+
+
+def ais_summary(profiles: Sequence[Any], batch: int) -> dict[str, Any] | None:
+    """ais_bench's performance summary over profiled runs (:class:`RunProfile`), in its field
+    names and definitions: ``NPU_compute_time`` (ms; the graph's execution between device events,
+    without H2D and D2H), ``H2D_latency`` and ``D2H_latency`` (ms; the copies, device events),
+    each with min, max, mean, median (numpy's) and percentile(99%) (numpy's linear percentile),
+    and ``throughput`` = 1000 * batchsize / NPU_compute_time.mean. None without profiled runs."""
+    if not profiles:
+        return None
+    compute = _ais_stats([p.compute_ms for p in profiles])
+    return {
+        "H2D_latency": _ais_stats([p.h2d_ms for p in profiles]),
+        "NPU_compute_time": compute,
+        "D2H_latency": _ais_stats([p.d2h_ms for p in profiles]),
+        "batchsize": batch,
+        "throughput": 1000.0 * batch / compute["mean"] if compute["mean"] > 0 else 0.0,
+        "samples": len(profiles),
+    }
 
 
 def _make_submit(
-    session: Any, graph: Any, samples: Samples, mode: str, limit: int, run: Callable[..., Awaitable[Any]] | None = None
+    session: Any,
+    graph: Any,
+    samples: Samples,
+    mode: str,
+    limit: int,
+    run: Callable[..., Awaitable[Any]] | None = None,
+    every: int = PROFILE_EVERY,
 ) -> Submit:
     """``submit(state)`` runs the next input set once in ``mode``; in async mode one measured run
     in PROFILE_EVERY is profiled into ``state.profiles``. With ``run`` (a batcher's or a pool's
@@ -633,7 +679,7 @@ def _make_submit(
 
         async def run_async(state: LevelState | None) -> Any:
             inputs = next_inputs()
-            if state is None or calls[0] % PROFILE_EVERY:
+            if state is None or calls[0] % every:
                 return await session.run(graph, inputs)
             out, prof = await session.run_profiled(graph, inputs)
             if state.measuring:
@@ -722,6 +768,9 @@ class RunFacts:
     devices: list[int] | None = None  # --devices, resolved ("all" -> every visible id)
     batcher: dict[str, Any] | None = None  # --batch-max: the batcher's configuration
     sim_timing: dict[str, float] | None = None  # --sim-timing: the timing model in force
+    gears: dict[str, list[list[int]]] | None = None  # --gears: the graph's gears
+    warmup: dict[str, Any] | None = None  # what Session.warmup did before the levels
+    trace: str | None = None  # --trace: the Chrome trace written
 
 
 def batcher_figures(before: Any, after: Any, elapsed_s: float) -> dict[str, Any]:
@@ -856,6 +905,21 @@ def run_benchmark(
                 f"--batch-max {cfg.batch_max}: each request carries {samples.batch} rows (--batch-size, the input "
                 "data or a static batch dim), more than a batch may hold; lower --batch-size or raise --batch-max"
             )
+    gears = None
+    if cfg.gears:
+        # every input's batch dim at each gear; its other dims as the input sets have them
+        first = samples.sets[0]
+        gears = {s.name: [(g, *first[s.name].shape[1:]) for g in cfg.gears] for s in graph.inputs}
+        bad = sorted({int(a.shape[0]) for s in samples.sets for a in s.values()} - set(cfg.gears))
+        if cfg.batch_max is None and bad:
+            raise BenchError(
+                f"--gears {','.join(map(str, cfg.gears))}: the requests carry {bad[0]} rows, not a gear "
+                "(set --batch-size to a gear, or batch with --batch-max, which pads to the next gear)"
+            )
+    if cfg.report == "ais" and (cfg.mode != "async" or cfg.batch_max is not None or cfg.devices is not None):
+        raise BenchError(
+            "--report ais reads device events of each run: it needs --mode async without --batch-max or --devices"
+        )
     levels = [1.0] if cfg.mode == "sync" else list(cfg.levels)
     results: list[LevelResult] = []
     peak = max(int(v) for v in levels) if cfg.load == "concurrency" else cfg.max_in_flight
@@ -913,10 +977,12 @@ def run_benchmark(
     timing_set = False
     try:
         try:
-            target.add_graph(graph)
+            target.add_graph(graph, gears=gears) if gears else target.add_graph(graph)
         except Exception as exc:
             raise BenchError(f"cannot add model {cfg.model}: {exc}") from exc
         facts.backend = (pool.sessions[0] if pool is not None else session).backend
+        if gears:
+            facts.gears = {n: [list(sh) for sh in v] for n, v in gears.items()}
 
         def make_batcher() -> Any:
             try:
@@ -962,7 +1028,20 @@ def run_benchmark(
         async def main() -> None:
             try:
                 if cfg.mode == "async":
-                    await target.load(graph)
+                    # compile, load and run each gear once on every stream (Session.warmup)
+                    reports = await target.warmup(graph)
+                    reports = reports if isinstance(reports, list) else [reports]
+                    facts.warmup = {
+                        "seconds": max(r.seconds for r in reports),
+                        "runs": sum(r.runs for r in reports),
+                        "shapes": [{k: list(v) for k, v in sh.items()} for sh in reports[0].shapes],
+                        "streams": sum(r.streams for r in reports),
+                    }
+                    facts.notes.append(
+                        f"warm-up: compiled and loaded on {facts.warmup['streams']} stream(s), "
+                        f"{facts.warmup['runs']} zero run(s) at {len(reports[0].shapes)} shape(s), "
+                        f"{facts.warmup['seconds'] * 1000:.1f} ms"
+                    )
                     check_outputs([await target.run(graph, s) for s in samples.sets])
                     if cfg.batch_max is not None:  # the requests as the batcher will see them
                         first = make_batcher()
@@ -980,7 +1059,12 @@ def run_benchmark(
             gc.collect()
             gc.freeze()
             try:
-                await _levels()
+                if cfg.trace:
+                    with target.trace(cfg.trace):
+                        await _levels()
+                    facts.trace = cfg.trace
+                else:
+                    await _levels()
             finally:
                 gc.unfreeze()
 
@@ -1000,7 +1084,8 @@ def run_benchmark(
                     snap["batcher"] = batcher.statistics() if batcher is not None else None
                     snap["pool"] = pool.statistics() if pool is not None else None
 
-                submit = _make_submit(session, graph, samples, cfg.mode, limit, run)
+                every = 1 if cfg.report == "ais" else PROFILE_EVERY
+                submit = _make_submit(session, graph, samples, cfg.mode, limit, run, every)
                 show = progress(res.label) if progress else None
                 w0 = _bridge_wakeups()
                 kw = {"on_measure": on_measure, "watch": watch}
