@@ -42,6 +42,7 @@ import numpy as np
 from . import _hooks
 from ._errors import GraphError, InputError, SessionClosedError
 from ._graph import Graph
+from ._loop import LoopBridge, current_bridge
 
 if TYPE_CHECKING:
     from ._pool import DevicePool
@@ -137,19 +138,17 @@ class _Batch:
 
 
 class _LoopQueue:
-    """One event loop's requests and worker. Touched only on that loop's thread, except
-    :meth:`post` (its thread-safe entry). Holds no strong reference to the loop."""
+    """One event loop's requests and worker, kept on that loop's bridge (``LoopBridge.slot``).
+    Touched only on that loop's thread, except :meth:`post` (its thread-safe entry). Holds the
+    bridge weakly: the loop must not outlive its run because of a batcher."""
 
-    def __init__(self, key: Any) -> None:
+    def __init__(self, bridge: LoopBridge) -> None:
         self.heap: list[_Request] = []
         self.live = 0
         self.in_flight = 0
         self.running = False
         self.wake_event: anyio.Event | None = None
-        self.trio = not hasattr(key, "call_soon_threadsafe")
-        entry = key.run_sync_soon if self.trio else key.call_soon_threadsafe
-        self._post = weakref.WeakMethod(entry)
-        self._tasks: set[Any] = set()
+        self._bridge = weakref.ref(bridge)
 
     def wake(self) -> None:
         if self.wake_event is not None:
@@ -157,34 +156,15 @@ class _LoopQueue:
 
     def post(self, fn: Callable[[], object]) -> None:
         """From any thread: run ``fn`` on this queue's loop soon (a no-op once it is gone)."""
-        entry = self._post()
-        if entry is not None:
-            entry(fn)
+        bridge = self._bridge()
+        if bridge is not None:
+            bridge.post(fn)
 
     def spawn(self, fn: Callable[[], Any]) -> None:
         """On the loop thread: start ``fn()`` as a task that belongs to no caller's scope."""
-        if self.trio:
-            import trio
-
-            trio.lowlevel.spawn_system_task(fn)
-            return
-        import asyncio
-
-        task = asyncio.get_running_loop().create_task(fn())
-        self._tasks.add(task)  # asyncio keeps only weak references to tasks
-        task.add_done_callback(self._tasks.discard)
-
-
-def _loop_key() -> Any:
-    """The running event loop (asyncio, uvloop) or trio run (its token)."""
-    import asyncio
-
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio: trio
-        import trio
-
-        return trio.lowlevel.current_trio_token()
+        bridge = self._bridge()
+        assert bridge is not None  # called on the loop, whose bridge lives while it runs
+        bridge.spawn(fn)
 
 
 def _active_trace(target: Any) -> Any:
@@ -294,7 +274,9 @@ class Batcher:
         self._run_sizes: dict[int, int] = {}
         self._names = tuple(s.name for s in graph.inputs)
         self._seq = itertools.count()
-        self._queues: weakref.WeakKeyDictionary[Any, _LoopQueue] = weakref.WeakKeyDictionary()
+        # Every loop's queue, for reconfigure's wake-ups (any thread, under the lock); each
+        # queue itself lives on its loop's bridge.
+        self._queues: weakref.WeakSet[_LoopQueue] = weakref.WeakSet()
         self._queues_lock = threading.Lock()
         self._closed = False
         self._stats_lock = threading.Lock()
@@ -362,12 +344,9 @@ class Batcher:
         _validate_config(cfg, self.graph, self._static)
         self._config = cfg  # one assignment: workers read either the old or the new config
         with self._queues_lock:
-            queues = list(self._queues.values())
+            queues = list(self._queues)
         for lq in queues:
-            try:
-                lq.post(lq.wake)  # hand-off: wake each loop's worker on its own thread
-            except RuntimeError:  # that loop has closed
-                pass
+            lq.post(lq.wake)  # hand-off: wake each loop's worker on its own thread (dropped if it closed)
         return cfg
 
     async def warmup(self) -> Any:
@@ -469,13 +448,13 @@ class Batcher:
         )
 
     def _loop_queue(self) -> _LoopQueue:
-        key = _loop_key()
-        lq = self._queues.get(key)
-        if lq is None:
-            with self._queues_lock:
-                lq = self._queues.get(key)
-                if lq is None:
-                    lq = self._queues[key] = _LoopQueue(key)
+        bridge = current_bridge()
+        return bridge.slot(self, lambda: self._new_queue(bridge))  # type: ignore[no-any-return]
+
+    def _new_queue(self, bridge: LoopBridge) -> _LoopQueue:
+        lq = _LoopQueue(bridge)
+        with self._queues_lock:
+            self._queues.add(lq)
         return lq
 
     async def run(
@@ -735,7 +714,7 @@ class Batcher:
     def statistics(self) -> BatcherStatistics:
         """Counters, the batch-size histogram, queue delay and fill ratio (all loops)."""
         with self._queues_lock:
-            queues = list(self._queues.values())
+            queues = list(self._queues)
         queued = sum(lq.live for lq in queues)
         in_flight = sum(lq.in_flight for lq in queues)
         with self._stats_lock:

@@ -101,6 +101,8 @@ class LoopBridge:
         "_channels",
         "_local_post",
         "_post",
+        "_slots",
+        "_tasks",
         "budget",
         "dead",
         "limiters",
@@ -127,6 +129,31 @@ class LoopBridge:
         self.dead = False
         self._buf: Any = None
         self._admit: deque[Waiter] = deque()  # submissions waiting for the next iteration
+        # Per-owner state that lives on this loop (a batcher's queue): made and read on the
+        # loop's thread only; held as long as both the loop's bridge and its owner live.
+        self._slots: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._tasks: set[Any] = set()  # asyncio: detached tasks (the loop holds them weakly)
+
+    def slot(self, owner: Any, make: Callable[[], Any]) -> Any:
+        """``owner``'s state on this loop, made by ``make()`` on first use (loop thread only)."""
+        state = self._slots.get(owner)
+        if state is None:
+            state = self._slots[owner] = make()
+        return state
+
+    def spawn(self, fn: Callable[[], Any]) -> None:
+        """On the loop thread: start ``fn()`` (a coroutine function) as a task that belongs to
+        no caller's scope (trio: a system task; asyncio: a task this bridge keeps alive)."""
+        if self.trio:
+            import trio
+
+            trio.lowlevel.spawn_system_task(fn)
+            return
+        import asyncio
+
+        task = asyncio.get_running_loop().create_task(fn())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def limiter_for(self, owner: Any, limit: int) -> anyio.Semaphore:
         """``owner``'s in-flight limit on this loop (only this loop's thread calls this)."""

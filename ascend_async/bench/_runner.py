@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import numpy as np
 
+from .._loop import current_bridge
 from ._inputs import Samples, load_samples, save_outputs
 from ._options import DEFAULT_PERCENTILES, BenchError, Threshold, Warmup, pct_key
 
@@ -215,18 +216,6 @@ def thread_cpu_s(tid: int | None) -> float | None:
     fields = raw[raw.rindex(")") + 2 :].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def _loop_post() -> Callable[..., object]:
-    """The running loop's thread-safe "call soon" (asyncio, uvloop or trio)."""
-    import asyncio
-
-    try:
-        return asyncio.get_running_loop().call_soon_threadsafe
-    except RuntimeError:
-        import trio
-
-        return trio.lowlevel.current_trio_token().run_sync_soon  # type: ignore[no-any-return]
 
 
 def summarize_stages(
@@ -697,7 +686,7 @@ def _make_submit(
     if mode == "callback":
 
         async def run_callback(state: LevelState | None) -> Any:
-            post = _loop_post()
+            post = current_bridge().post
             event = anyio.Event()
             box: list[Any] = [None, None]
 
@@ -1122,8 +1111,6 @@ def run_benchmark(
 def _bridge_wakeups() -> int | None:
     """Wake-ups posted to the running loop by the watcher (LoopBridge.wakeups; internal)."""
     try:
-        from ascend_async._loop import current_bridge
-
         return int(current_bridge().wakeups)
     except Exception:
         return None
