@@ -548,3 +548,30 @@ class CallbackModelRun(Run):
             self.callback(out, error)
         except BaseException as exc:
             report_ignored(exc, f"the run_with_callback callback {self.callback!r}")
+
+
+def compile_model(source: str | os.PathLike[str], output: str | os.PathLike[str], gears: str | None = None) -> str:
+    """``ascend-async compile``: check the ONNX model as CANN's parser would, then write the
+    offline model (on the sim: the sim's container). Returns one line saying what was written.
+
+    :raises GraphError: the check refused the model, or the gears do not fit it.
+    :raises ValueError: unreadable gears. :raises OSError: unreadable or unwritable files.
+    """
+    from ._backend import get_backend
+    from ._cann_check import check_model
+
+    check = check_model(os.fspath(source))
+    if not check.ok:
+        raise GraphError(f"{os.fspath(source)}: {check.refusal()} (fix it first: ascend-async check --fix)")
+    table = parse_gears(gears) if gears else None
+    if not get_backend().is_sim:
+        raise GraphError(
+            "building a real .om needs GE's build API (aclgrphBuildInitialize/aclgrphBuildModel/aclgrphSaveModel), "
+            "which this build does not bind yet: use ATC on this host "
+            f"(atc --framework=5 --model={os.fspath(source)} --output=... --soc_version=...)"
+        )
+    with open(source, "rb") as f:
+        data = build_container(f.read(), table)
+    with open(output, "wb") as f:
+        f.write(data)
+    return f"{os.fspath(output)}: simulated offline model, {len(data)} bytes" + (f", gears: {table}" if table else "")

@@ -294,8 +294,15 @@ class Session:
             ev._close("the session was closed while a task awaited the event")
         if self._handle is not None:
             for st in getattr(self, "_graphs", {}).values():
+                model = isinstance(st.graph, OfflineModel)
                 for gid in st.ids.values():
-                    lib.aa_session_remove_graph(self._handle, gid)
+                    if model:  # an offline model's loads are the process's, not the session's
+                        lib.aclmdlUnload(gid)
+                    else:
+                        lib.aa_session_remove_graph(self._handle, gid)
+                for replica in st.replicas.values():
+                    if isinstance(replica, ModelReplica):
+                        replica.destroy()
             pool = getattr(self, "_pool", None)
             if pool is not None:
                 pool.close()

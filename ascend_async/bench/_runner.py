@@ -829,7 +829,7 @@ def run_benchmark(
         if big:
             raise BenchError(f"--batch-preferred {big[0]} is larger than --batch-max {cfg.batch_max}")
     try:
-        graph = aa.Graph(cfg.model)
+        graph = _offline_model(cfg.model) or aa.Graph(cfg.model)
     except Exception as exc:
         raise BenchError(f"cannot load model {cfg.model}: {exc}") from exc
     samples = load_samples(graph, cfg.inputs, cfg.shapes, cfg.batch_size, cfg.seed)
@@ -1059,3 +1059,21 @@ def _run_loop(loop: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         anyio.run(fn, backend="asyncio", backend_options={"use_uvloop": True})
     else:
         anyio.run(fn, backend="asyncio")
+
+
+def _offline_model(path: str) -> Any:
+    """An offline model (.om, or the sim's container) read for its signature by a short-lived
+    session (each benchmarked session loads it again), or None for anything else."""
+    from .._offline import OM_MAGIC, SIM_HEADER
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SIM_HEADER))
+    except OSError:
+        return None
+    if not (head.startswith(OM_MAGIC) or head == SIM_HEADER or str(path).endswith(".om")):
+        return None
+    import ascend_async as aa
+
+    with aa.Session(streams=1) as probe:
+        return probe.load_model(path)
