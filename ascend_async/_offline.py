@@ -75,6 +75,7 @@ def parse_gears(text: str) -> Gears:
     kind = kind.strip()
     if not sep or kind not in GEAR_KINDS:
         raise ValueError(f"gears {text!r}: expected batch:N,N,..., hw:H,W;H,W or dims:D,D,...;D,D,...")
+    values: tuple[tuple[int, ...], ...]
     try:
         if kind == "batch":
             values = tuple((int(v),) for v in rest.replace(";", ",").split(",") if v.strip())
@@ -220,13 +221,22 @@ class OfflineModel(Graph):
         desc = lib.aclmdlCreateDesc()
         if desc == ffi.NULL:
             raise GraphError(f"{name}: aclmdlCreateDesc failed")
-        #: the description (aclmdlDesc*), destroyed with the model object
-        self._desc = ffi.gc(desc, lib.aclmdlDestroyDesc)
-        b.check(lib.aclmdlGetDesc(desc, model_id), "aclmdlGetDesc")
+        try:  # everything is read now: the description does not outlive this call
+            b.check(lib.aclmdlGetDesc(desc, model_id), "aclmdlGetDesc")
+            self._describe(b, desc)
+        finally:
+            lib.aclmdlDestroyDesc(desc)
+
+    def _describe(self, b: Any, desc: Any) -> None:
+        ffi, lib = b.ffi, b.lib
         n_in = int(lib.aclmdlGetNumInputs(desc))
         n_out = int(lib.aclmdlGetNumOutputs(desc))
         names = [ffi.string(lib.aclmdlGetInputNameByIndex(desc, i)).decode() for i in range(n_in)]
         self._gear_input = names.index(GEAR_INPUT) if GEAR_INPUT in names else -1
+        #: bytes of the gear input (ascend_mbatch_shape_data), 0 without gears
+        self.gear_input_size = (
+            int(lib.aclmdlGetInputSizeByIndex(desc, self._gear_input)) if self._gear_input >= 0 else 0
+        )
         self.n_model_inputs = n_in
         self.gears = self._read_gears(ffi, lib, desc) if self._gear_input >= 0 else None
         kind = self.gears.kind if self.gears else None
@@ -241,19 +251,19 @@ class OfflineModel(Graph):
             free = [k for k, v in enumerate(shape) if v < 0]
             self._free_dims.append(free)
             sym = {"batch": ["batch"] * len(free), "hw": ["height", "width"]}.get(kind or "", [None] * len(free))
-            spec_shape = list(shape)
-            for k, s in zip(free, sym, strict=False):
-                spec_shape[k] = s  # type: ignore[call-overload]
+            spec_shape: list[int | str | None] = list(shape)
+            for k, sy in zip(free, sym, strict=False):
+                spec_shape[k] = sy
             dtype = GE_TO_NUMPY[int(lib.aclmdlGetInputDataType(desc, i))]
             inputs.append(TensorSpec(names[i], np.dtype(dtype), tuple(spec_shape)))
         outputs = []
         sizes = []
         for o in range(n_out):
             b.check(lib.aclmdlGetOutputDims(desc, o, dims), "aclmdlGetOutputDims")
-            shape = tuple(int(dims.dims[k]) if dims.dims[k] >= 0 else None for k in range(dims.dimCount))
+            out_shape = tuple(int(dims.dims[k]) if dims.dims[k] >= 0 else None for k in range(dims.dimCount))
             dtype = GE_TO_NUMPY[int(lib.aclmdlGetOutputDataType(desc, o))]
             name_o = ffi.string(lib.aclmdlGetOutputNameByIndex(desc, o)).decode()
-            outputs.append(TensorSpec(name_o, np.dtype(dtype), shape))
+            outputs.append(TensorSpec(name_o, np.dtype(dtype), out_shape))
             sizes.append(int(lib.aclmdlGetOutputSizeByIndex(desc, o)))
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
@@ -410,11 +420,15 @@ class ModelReplica(Replica):
         return len(self._mdl) - len(self._free)
 
     def destroy(self) -> None:
-        lib = self.device.backend.lib
+        """Its datasets and description go (the load is unloaded by the caller)."""
+        b = self.device.backend
         for m in self._mdl:
-            lib.aa_mdl_run_destroy(m)
+            b.lib.aa_mdl_run_destroy(m)
         self._mdl.clear()
         self._free.clear()
+        if self._desc is not None:
+            b.ffi.release(self._desc)
+            self._desc = None
 
 
 def unload(device: Device, model_id: int) -> None:
@@ -450,7 +464,7 @@ def run_sync(device: Device, model: OfflineModel, model_id: int, values: Sequenc
         k = 0
         for i in range(model.n_model_inputs):
             if i == model._gear_input:
-                addr, size = block(8 * 128), int(lib.aclmdlGetInputSizeByIndex(model._desc, i))
+                addr, size = block(model.gear_input_size), model.gear_input_size
             else:
                 v = values[k]
                 k += 1
@@ -468,7 +482,7 @@ def run_sync(device: Device, model: OfflineModel, model_id: int, values: Sequenc
             buf = lib.aclCreateDataBuffer(addr, size)
             made.append(buf)
             b.check(lib.aclmdlAddDatasetBuffer(ins, buf), "aclmdlAddDatasetBuffer")
-        for o, size in enumerate(model.output_sizes):
+        for size in model.output_sizes:
             buf = lib.aclCreateDataBuffer(block(size), size)
             made.append(buf)
             b.check(lib.aclmdlAddDatasetBuffer(outs, buf), "aclmdlAddDatasetBuffer")

@@ -224,8 +224,12 @@ class Session:
             with state.lock:
                 gid = state.ids.pop(stream, None)
                 state.loaded.discard(stream)
-                state.replicas.pop(stream, None)
-            if gid is not None:
+                replica = state.replicas.pop(stream, None)
+            if isinstance(replica, ModelReplica):
+                replica.destroy()
+            if gid is not None and isinstance(state.graph, OfflineModel):
+                self._lib.aclmdlUnload(gid)  # the stream drained: none of its runs is in flight
+            elif gid is not None:
                 self._lib.aa_session_remove_graph(self._handle, gid)
 
     def close(self) -> None:
@@ -899,7 +903,9 @@ class Session:
 
     # -- offline models (logic in _offline.py) -------------------------------------------------
 
-    def load_model(self, source: str | os.PathLike[str] | bytes | OfflineModel, *, name: str | None = None) -> OfflineModel:
+    def load_model(
+        self, source: str | os.PathLike[str] | bytes | OfflineModel, *, name: str | None = None
+    ) -> OfflineModel:
         """Load an offline model (.om: a path or its bytes) and return it, usable wherever a
         :class:`Graph` is (run, run_sync, run_with_callback, run_profiled, batcher, DevicePool).
 

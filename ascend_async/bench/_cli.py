@@ -249,9 +249,9 @@ def _compile(args: argparse.Namespace) -> int:
     from .._offline import compile_model
 
     try:
-        print(compile_model(args.model, args.output, args.gears))  # noqa: T201 - the command's report
+        print(compile_model(args.model, args.output, args.gears))
     except (ValueError, OSError) as exc:  # GraphError is a ValueError
-        print(f"ascend-async compile: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"ascend-async compile: {exc}", file=sys.stderr)
         return 1
     return 0
 
