@@ -6,6 +6,8 @@ sim module's shared part; its sources are the C++ GE shim (``cann/ge_shim.cpp``)
 C helpers (``common/*.c``), and it links the real AscendCL runtime and GE libraries:
 
 - ``acl_rt`` (``libacl_rt.so``), or the legacy ``ascendcl`` when ``libacl_rt.so`` is absent;
+- ``acl_mdl`` (``libacl_mdl.so``: the offline-model API, aclmdl*) when present (the legacy
+  ``libascendcl.so`` holds it otherwise);
 - ``ge_runner_v2`` (``ge::GeSession``), ``fmk_onnx_parser`` (``aclgrphParseONNXFromMem``),
   ``graph`` (``ge::Graph``, ``ge::AscendString``) and ``stdc++``.
 
@@ -57,6 +59,12 @@ def acl_library(lib_dirs: Sequence[str]) -> str:
     if _has_library(lib_dirs, "acl_rt") or not _has_library(lib_dirs, "ascendcl"):
         return "acl_rt"
     return "ascendcl"
+
+
+def model_library(lib_dirs: Sequence[str]) -> list[str]:
+    """``["acl_mdl"]`` where the offline-model API (aclmdl*, cdefs/acl_mdl.h) is a library of its
+    own (``libacl_mdl.so``, the current layout); none where the legacy ``libascendcl.so`` holds it."""
+    return ["acl_mdl"] if _has_library(lib_dirs, "acl_mdl") else []
 
 
 def _strip_std(args: Sequence[str]) -> list[str]:
@@ -151,7 +159,14 @@ def make_cann_ffi(shared_cdefs: str, native_dir: Path, *, absolute_paths: bool =
         extra_compile_args=[*COMMON_FLAGS, C_STD],
         library_dirs=library_dirs,
         runtime_library_dirs=runtime_dirs,
-        libraries=[acl_library(library_dirs), "ge_runner_v2", "fmk_onnx_parser", "graph", "stdc++"],
+        libraries=[
+            acl_library(library_dirs),
+            *model_library(library_dirs),
+            "ge_runner_v2",
+            "fmk_onnx_parser",
+            "graph",
+            "stdc++",
+        ],
         extra_link_args=["-pthread"],
     )
     return ffi

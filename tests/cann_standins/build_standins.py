@@ -8,6 +8,7 @@ The result is a directory laid out like a CANN root (``include/``, ``lib64/``) t
 - ``lib64/libacl_rt.so``: the simulator's C sources, i.e. the real AscendCL names over the
   simulated device, with the sim's own session functions renamed ``standin_sim_*``
   (``src/standin_rename.h``) so that only the shim exports ``aa_session_*``;
+- ``lib64/libacl_mdl.so``: empty, over libacl_rt.so (the sim implements aclmdl* there);
 - ``lib64/libgraph.so``, ``lib64/libge_runner_v2.so``, ``lib64/libfmk_onnx_parser.so``: the C++
   stand-ins of ``ge::AscendString``/``ge::Graph``, ``ge::GeSession`` and the ONNX parser, built
   over that libacl_rt.so.
@@ -118,6 +119,25 @@ def build(root: Path) -> Path:
             str(lib / "libacl_rt.so"),
             "-lm",
             "-ldl",
+        ]
+    )
+    # libacl_mdl.so: CANN's offline-model library. The sim implements aclmdl* inside
+    # libacl_rt.so (sim/model.c, over the same devices and streams), so this stand-in holds no
+    # code of its own: it only depends on libacl_rt.so, as the real one does, and makes the
+    # link line the real layout's (-lacl_mdl).
+    (obj / "acl_mdl_empty.c").write_text("/* the stand-in libacl_mdl.so: aclmdl* live in libacl_rt.so */\n")
+    _run([CC, *C_FLAGS, "-c", str(obj / "acl_mdl_empty.c"), "-o", str(obj / "acl_mdl_empty.o")])
+    _run(
+        [
+            CC,
+            "-shared",
+            "-Wl,-soname,libacl_mdl.so",
+            "-Wl,--no-as-needed",
+            str(obj / "acl_mdl_empty.o"),
+            "-o",
+            str(lib / "libacl_mdl.so"),
+            *origin,
+            "-lacl_rt",
         ]
     )
     for name, deps in (
