@@ -14,7 +14,7 @@ import sys
 import time
 
 import numpy as np
-from _common import LOOPS, X, Row, have_loop, run_on, session, sim_device_cpu_s, tiny_model, verdict
+from _common import LOOPS, Row, X, have_loop, run_on, session, sim_device_cpu_s, tiny_model, verdict
 
 import ascend_async as aa
 from ascend_async._offline import build_container
