@@ -221,6 +221,11 @@ class OfflineModel(Graph):
         desc = lib.aclmdlCreateDesc()
         if desc == ffi.NULL:
             raise GraphError(f"{name}: aclmdlCreateDesc failed")
+        work, weight = ffi.new("size_t*"), ffi.new("size_t*")
+        b.check(lib.aclmdlQuerySizeFromMem(data, len(data), work, weight), "aclmdlQuerySizeFromMem")
+        #: device memory one load of the model takes (aclmdlQuerySizeFromMem): work and weights
+        self.work_bytes = int(work[0])
+        self.weight_bytes = int(weight[0])
         try:  # everything is read now: the description does not outlive this call
             b.check(lib.aclmdlGetDesc(desc, model_id), "aclmdlGetDesc")
             self._describe(b, desc)
@@ -486,28 +491,14 @@ def run_sync(device: Device, model: OfflineModel, model_id: int, values: Sequenc
             buf = lib.aclCreateDataBuffer(block(size), size)
             made.append(buf)
             b.check(lib.aclmdlAddDatasetBuffer(outs, buf), "aclmdlAddDatasetBuffer")
-        gear = model.gear_of(values)
-        if gear is not None:
-            gi = model._gear_input
-            kind = model.gears.kind  # type: ignore[union-attr]
-            if kind == "batch":
-                b.check(lib.aclmdlSetDynamicBatchSize(model_id, ins, gi, gear[0]), "aclmdlSetDynamicBatchSize")
-            elif kind == "hw":
-                b.check(lib.aclmdlSetDynamicHWSize(model_id, ins, gi, *gear), "aclmdlSetDynamicHWSize")
-            else:
-                d = ffi.new("aclmdlIODims*")
-                d.dimCount = len(gear)
-                d.dims[0 : len(gear)] = gear
-                b.check(lib.aclmdlSetInputDynamicDims(model_id, ins, gi, d), "aclmdlSetInputDynamicDims")
-        with _sync_lock:
+        with _sync_lock:  # threads sharing a modelId serialize the gear and the execute (acl_mdl.h)
+            _set_gear(b, model, model_id, ins, model.gear_of(values))
             b.check(lib.aclmdlExecute(model_id, ins, outs), "aclmdlExecute")
+            shapes = [_output_shape(b, model, model_id, outs, o) for o in range(len(model.outputs))]
         result: dict[str, np.ndarray] = {}
         for o, spec in enumerate(model.outputs):
-            td = lib.aclmdlGetDatasetTensorDesc(outs, o)
-            if td == ffi.NULL:
-                raise GraphError(f"{model.name}: output {spec.name!r} was not described after aclmdlExecute")
-            shape = tuple(int(_dim(b, td, d)) for d in range(lib.aclGetTensorDescNumDims(td)))
-            arr = np.empty(shape, GE_TO_NUMPY[int(lib.aclGetTensorDescType(td))])
+            shape, dt = shapes[o]
+            arr = np.empty(shape, GE_TO_NUMPY[dt])
             if arr.nbytes > model.output_sizes[o]:
                 raise GraphError(f"{model.name}: output {spec.name!r} is larger than its buffer")
             if arr.nbytes:
@@ -525,6 +516,42 @@ def run_sync(device: Device, model: OfflineModel, model_id: int, values: Sequenc
         lib.aclmdlDestroyDataset(outs)
         for p in blocks:
             lib.aa_pool_free(pool, p)
+
+
+def _set_gear(b: Any, model: OfflineModel, model_id: int, ins: Any, gear: tuple[int, ...] | None) -> None:
+    if gear is None:
+        return
+    lib = b.lib
+    gi = model._gear_input
+    kind = model.gears.kind  # type: ignore[union-attr]
+    if kind == "batch":
+        b.check(lib.aclmdlSetDynamicBatchSize(model_id, ins, gi, gear[0]), "aclmdlSetDynamicBatchSize")
+    elif kind == "hw":
+        b.check(lib.aclmdlSetDynamicHWSize(model_id, ins, gi, *gear), "aclmdlSetDynamicHWSize")
+    else:
+        d = b.ffi.new("aclmdlIODims*")
+        d.dimCount = len(gear)
+        d.dims[0 : len(gear)] = gear
+        b.check(lib.aclmdlSetInputDynamicDims(model_id, ins, gi, d), "aclmdlSetInputDynamicDims")
+
+
+def _output_shape(b: Any, model: OfflineModel, model_id: int, outs: Any, o: int) -> tuple[tuple[int, ...], int]:
+    """Output ``o``'s shape and ge::DataType after an aclmdlExecute: from the output dataset's
+    tensor desc where the runtime described it (value-dependent shapes), else the shape of the
+    gear just set (aclmdlGetCurOutputDims)."""
+    ffi, lib = b.ffi, b.lib
+    td = lib.aclmdlGetDatasetTensorDesc(outs, o)
+    if td != ffi.NULL:
+        n = int(lib.aclGetTensorDescNumDims(td))
+        return tuple(_dim(b, td, d) for d in range(n)), int(lib.aclGetTensorDescType(td))
+    desc = ffi.gc(lib.aclmdlCreateDesc(), lib.aclmdlDestroyDesc)
+    b.check(lib.aclmdlGetDesc(desc, model_id), "aclmdlGetDesc")
+    dims = ffi.new("aclmdlIODims*")
+    b.check(lib.aclmdlGetCurOutputDims(desc, o, dims), "aclmdlGetCurOutputDims")
+    shape = tuple(int(dims.dims[k]) for k in range(dims.dimCount))
+    if any(v < 0 for v in shape):
+        raise GraphError(f"{model.name}: output {model.outputs[o].name!r} has no shape after aclmdlExecute")
+    return shape, int(lib.aclmdlGetOutputDataType(desc, o))
 
 
 def _dim(b: Any, td: Any, d: int) -> int:

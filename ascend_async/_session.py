@@ -9,7 +9,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -57,6 +57,9 @@ class SessionStatistics:
     host_pool: Mapping[str, int]
     watcher: Mapping[str, int]
     device_events: Mapping[str, int]
+    #: offline models loaded here: ``models``, ``loads`` (one per stream that ran one, plus
+    #: run_sync's), and the device memory those loads hold, ``work_bytes`` and ``weight_bytes``
+    offline_models: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -872,6 +875,8 @@ class Session:
         pools = self._device.pool_stats()
         w = self._device.watcher
         with self._lock:
+            models = [st for st in self._graphs.values() if isinstance(st.graph, OfflineModel)]
+            loads = [(st.graph, len(st.ids)) for st in models]
             return SessionStatistics(
                 in_flight=self._pending,
                 completed=self._completed,
@@ -882,6 +887,12 @@ class Session:
                 host_pool=pools["host"],
                 watcher=w.stats() if w is not None else {},
                 device_events=self._device.events.stats(),
+                offline_models={
+                    "models": len(loads),
+                    "loads": sum(n for _, n in loads),
+                    "work_bytes": sum(m.work_bytes * n for m, n in loads),  # type: ignore[attr-defined]
+                    "weight_bytes": sum(m.weight_bytes * n for m, n in loads),  # type: ignore[attr-defined]
+                },
             )
 
     # -- serving (logic in _batcher.py) -------------------------------------------------------

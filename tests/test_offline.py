@@ -392,3 +392,93 @@ def test_compile_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "not fixed" in capsys.readouterr().err
     assert cli_main(["compile", str(src), "-o", str(tmp_path / "x.om"), "--gears", "size:3"]) == 1
     assert not (tmp_path / "x.om").exists()
+
+
+async def test_statistics_show_the_model_memory(mlp_om: Path) -> None:
+    data = mlp_om.read_bytes()  # noqa: ASYNC240
+    onnx_len = len(mlp_proto().SerializeToString())
+    async with ascend_async.Session(streams=2) as s:
+        before = sim_stats()["device_bytes"]
+        model = s.load_model(data)
+        charged = sim_stats()["device_bytes"] - before
+        # 64 KiB of work plus the largest gear's input (8x4 float32) and output (8x3 float32)
+        assert (model.work_bytes, model.weight_bytes) == (65536 + 128 + 96, onnx_len)
+
+        def charge(n: int) -> int:  # the sim's device charge per allocation
+            return (n + 31) // 32 * 32 + 32
+
+        assert charged == charge(model.work_bytes) + charge(model.weight_bytes)
+        assert s.statistics().offline_models == {
+            "models": 1,
+            "loads": 1,
+            "work_bytes": model.work_bytes,
+            "weight_bytes": onnx_len,
+        }
+        await s.run(model, {"x": rows(1)}, stream=1)  # a second stream: a second load
+        s.run_sync(model, {"x": rows(1)})  # run_sync's own load
+        st = s.statistics().offline_models
+        assert (st["loads"], st["work_bytes"]) == (3, 3 * model.work_bytes)
+        held_now = sim_stats()["device_bytes"]
+        s.remove_graph(model)
+        assert s.statistics().offline_models == {"models": 0, "loads": 0, "work_bytes": 0, "weight_bytes": 0}
+        assert held_now - sim_stats()["device_bytes"] == 3 * charged  # every load's memory went back
+
+
+async def test_hw_gears() -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, "H", "W"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, "H", "W"])
+    proto = helper.make_model(
+        helper.make_graph([helper.make_node("Sigmoid", ["x"], ["y"])], "img", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 13)],
+    )
+    data = build_container(proto.SerializeToString(), parse_gears("hw:2,3;4,5"))
+    async with ascend_async.Session() as s:
+        model = s.load_model(data)
+        assert model.gears == Gears("hw", ((2, 3), (4, 5)))
+        assert str(model.inputs[0]) == "x: float32[1, 2, height, width]"
+        for h, w in ((2, 3), (4, 5)):
+            xv = np.random.RandomState(h).randn(1, 2, h, w).astype(np.float32)
+            want = ort_run(proto, {"x": xv})[0]
+            np.testing.assert_allclose((await s.run(model, {"x": xv}))["y"], want, rtol=1e-6)
+            np.testing.assert_allclose(s.run_sync(model, {"x": xv})["y"], want, rtol=1e-6)
+        with pytest.raises(InputError, match="its gears are image sizes 2x3, 4x5"):
+            await s.run(model, {"x": np.zeros((1, 2, 3, 3), np.float32)})
+
+
+def test_threads_sharing_a_load_keep_their_own_gears(mlp_om: Path) -> None:
+    """Two event loops on two threads submit to the same load (one stream) with different gears:
+    the gear, the execute and the read of the gear's output shapes are serialized per modelId,
+    so every run gets its own batch's rows."""
+    proto = mlp_proto()
+    errors: list[BaseException] = []
+    with ascend_async.Session(streams=1) as s:
+        model = s.load_model(mlp_om)
+
+        def worker(batch: int) -> None:
+            async def main() -> None:
+                for i in range(100):
+                    x = rows(batch, seed=i)
+                    out = await s.run(model, {"x": x})
+                    np.testing.assert_array_equal(out["y"], ort_run_cached(proto, x))
+
+            try:
+                anyio.run(main)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(b,)) for b in (1, 8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+
+
+_REF: dict[bytes, np.ndarray] = {}
+
+
+def ort_run_cached(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    key = x.tobytes() + bytes(x.shape)
+    if key not in _REF:
+        _REF[key] = ort_run(proto, {"x": x})[0]
+    return _REF[key]

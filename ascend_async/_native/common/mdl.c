@@ -3,6 +3,7 @@
  * it runs on both backends. Called on the thread that owns the descriptor, whose current
  * context owns the stream; nothing here waits for the device (the collect's copy reads a run
  * whose event already completed). */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +20,18 @@ void aa_mdl_run_release(aa_run *run);
         run->acl_error = (rc);     \
         return -1;                 \
     } while (0)
+
+/* Threads that share a modelId serialize its gear, execute and the read of its current output
+ * shapes (acl_mdl.h): the gear is model state, so another thread's gear set between ours and
+ * aclmdlGetCurOutputDims would give this run its shapes. Striped by modelId; held only around
+ * calls that return at once. */
+#define MDL_LOCKS 16
+static pthread_mutex_t g_mdl_locks[MDL_LOCKS] = {
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+};
 
 /* The model input that user input `i` fills (the gear input takes one place among them). */
 static size_t model_index(const aa_mdl_run *m, size_t i) {
@@ -54,6 +67,8 @@ void aa_mdl_run_destroy(aa_mdl_run *m) {
     dataset_free(m->output);
     m->input = m->output = NULL;
 }
+
+static int submit_locked(aa_run *run, aa_mdl_run *m);
 
 static int set_buffer(aclmdlDataset *ds, size_t index, void *addr, size_t size) {
     aclDataBuffer *b = aclmdlGetDatasetBuffer(ds, index);
@@ -115,6 +130,35 @@ int aa_mdl_run_submit(aa_run *run) {
         rc = set_buffer(m->input, model_index(m, i), addr, size);
         if (rc) FAIL_ACL("aclUpdateDataBuffer", rc);
     }
+    pthread_mutex_t *mu = &g_mdl_locks[m->model_id % MDL_LOCKS];
+    pthread_mutex_lock(mu);
+    int rc_locked = submit_locked(run, m);
+    pthread_mutex_unlock(mu);
+    if (rc_locked) return rc_locked;
+    for (size_t i = 0; i < run->n_outputs && !run->dynamic; i++) {
+        aa_run_io *io = &run->outputs[i];
+        io->nbytes = aa_tensor_nbytes(&io->tensor);
+        if (io->nbytes > m->out_sizes[i]) FAIL_ACL("aclmdlGetCurOutputDims", ACL_ERROR_MODEL_OUTPUT_NOT_MATCH);
+        if (!run->outputs_to_host) continue;
+        io->host_block = aa_pool_alloc(run->host_pool, io->nbytes ? io->nbytes : 1, &rc);
+        if (!io->host_block) FAIL_ACL("aclrtMallocHost", rc);
+        if (io->nbytes) {
+            rc = aclrtMemcpyAsync(io->host_block, io->nbytes, io->dev_block, io->nbytes, ACL_MEMCPY_DEVICE_TO_HOST,
+                                  run->stream);
+            if (rc) FAIL_ACL("aclrtMemcpyAsync", rc);
+        }
+    }
+    rc = aclrtRecordEvent(run->event, run->stream);
+    if (rc) FAIL_ACL("aclrtRecordEvent", rc);
+    rc = aa_watch_add(run->watch, run->stream, run->event, run->token);
+    if (rc) FAIL_ACL("aa_watch_add", rc);
+    return 0;
+}
+
+/* The gear, the output buffers, the execute and this gear's output shapes (under the modelId's
+ * lock). 0, or -1 with the failure in `run`. */
+static int submit_locked(aa_run *run, aa_mdl_run *m) {
+    aclError rc = 0;
     if (m->gear_input >= 0) {
         size_t gsize = aclmdlGetInputSizeByIndex(m->desc, (size_t)m->gear_input);
         m->gear_block = aa_pool_alloc(run->device_pool, gsize ? gsize : 1, &rc);
@@ -157,32 +201,15 @@ int aa_mdl_run_submit(aa_run *run) {
         rc = aclrtRecordEvent(run->stage_events[2], run->stream);
         if (rc) FAIL_ACL("aclrtRecordEvent", rc);
     }
-    /* Output shapes for this gear; an output whose shape depends on values is described once
-     * the run executed (aa_mdl_run_collect). Read right after this run's gear was set, by the
-     * thread that owns the descriptor. */
+    /* Output shapes for this gear (read under the modelId's lock, right after this run's gear
+     * was set); an output whose shape depends on values is described once the run executed
+     * (aa_mdl_run_collect, from the output dataset's tensor descs). */
     for (size_t i = 0; i < run->n_outputs && !run->dynamic; i++) {
         aclmdlIODims dims;
         rc = aclmdlGetCurOutputDims(m->desc, i, &dims);
         if (rc) FAIL_ACL("aclmdlGetCurOutputDims", rc);
         if (!describe(&run->outputs[i], &dims, aclmdlGetOutputDataType(m->desc, i))) run->dynamic = 1;
     }
-    for (size_t i = 0; i < run->n_outputs && !run->dynamic; i++) {
-        aa_run_io *io = &run->outputs[i];
-        io->nbytes = aa_tensor_nbytes(&io->tensor);
-        if (io->nbytes > m->out_sizes[i]) FAIL_ACL("aclmdlGetCurOutputDims", ACL_ERROR_MODEL_OUTPUT_NOT_MATCH);
-        if (!run->outputs_to_host) continue;
-        io->host_block = aa_pool_alloc(run->host_pool, io->nbytes ? io->nbytes : 1, &rc);
-        if (!io->host_block) FAIL_ACL("aclrtMallocHost", rc);
-        if (io->nbytes) {
-            rc = aclrtMemcpyAsync(io->host_block, io->nbytes, io->dev_block, io->nbytes, ACL_MEMCPY_DEVICE_TO_HOST,
-                                  run->stream);
-            if (rc) FAIL_ACL("aclrtMemcpyAsync", rc);
-        }
-    }
-    rc = aclrtRecordEvent(run->event, run->stream);
-    if (rc) FAIL_ACL("aclrtRecordEvent", rc);
-    rc = aa_watch_add(run->watch, run->stream, run->event, run->token);
-    if (rc) FAIL_ACL("aa_watch_add", rc);
     return 0;
 }
 

@@ -15,8 +15,8 @@
  * unload with runs in flight is refused; output buffers at least the model's output size; the
  * gear input present and holding a gear of the table.
  *
- * Memory: a load charges the model's weights (the ONNX bytes) and its work memory (the
- * largest gear's inputs and outputs, at least 64 KiB) to the device, as aclmdlQuerySize says.
+ * Memory: a load charges the model's weights (the ONNX bytes) and its work memory (64 KiB plus
+ * the largest gear's inputs and outputs) to the device: what aclmdlQuerySize reports.
  *
  * Locking: g_om.lock guards the model list, every model's gear state, in-flight count and busy
  * stream. Device threads take it only in a run's cleanup. Nothing here calls into Python.
@@ -437,6 +437,51 @@ out:
     return rc;
 }
 
+/* A model from the container's fields: the engine's compiled graph, its description and the
+ * memory a load charges (not yet charged). NULL with the reason set in *rc. */
+static sim_om *om_build(const om_file *f, aclError *rc, const char *api) {
+    if (!sim_engine_is_open()) {
+        sim_set_error("%s: the sim's graph engine is not open (aa_sim_engine_open)", api);
+        *rc = ACL_ERROR_UNINITIALIZE;
+        return NULL;
+    }
+    sim_om *m = calloc(1, sizeof *m);
+    *rc = ACL_ERROR_BAD_ALLOC;
+    if (!m) return NULL;
+    m->refs = 1;
+    m->cur_gear = -1;
+    m->gear_kind = f->gear_kind;
+    m->n_gears = f->n_gears;
+    m->width = f->width;
+    m->gears = calloc(f->n_gears * f->width + 1, sizeof(int64_t));
+    if (!m->gears) {
+        om_free(m);
+        return NULL;
+    }
+    for (size_t k = 0; k < f->n_gears * f->width; k++) m->gears[k] = (int64_t)rd64(f->gears + 8 * k);
+    aa_sim_config cfg;
+    aa_sim_get_config(&cfg);
+    char err[1024];
+    int not_implemented = 0;
+    m->model = sim_model_get(f->onnx, f->onnx_size, cfg.engine_threads, NULL, NULL, &not_implemented, err, sizeof err);
+    if (!m->model) {
+        sim_set_error("%s: the simulated offline model's ONNX graph cannot be loaded: %s", api, err);
+        om_free(m);
+        *rc = ACL_ERROR_PARSE_MODEL;
+        return NULL;
+    }
+    *rc = om_describe(m, api);
+    if (*rc) {
+        om_free(m);
+        return NULL;
+    }
+    m->weight_bytes = f->onnx_size;
+    m->work_bytes = WORK_MIN;
+    for (size_t i = 0; i < m->n_in; i++) m->work_bytes += m->in[i].max_bytes;
+    for (size_t o = 0; o < m->n_out; o++) m->work_bytes += m->out[o].max_bytes;
+    return m;
+}
+
 static aclError load(const void *data, size_t size, uint32_t *modelId, const char *api) {
     if (!modelId) {
         sim_set_error("%s: modelId is NULL", api);
@@ -451,43 +496,9 @@ static aclError load(const void *data, size_t size, uint32_t *modelId, const cha
         sim_set_error("%s: no current context on this thread (aclrtSetCurrentContext first)", api);
         return rc;
     }
-    if (!sim_engine_is_open()) {
-        sim_set_error("%s: the sim's graph engine is not open (aa_sim_engine_open)", api);
-        return ACL_ERROR_UNINITIALIZE;
-    }
-    sim_om *m = calloc(1, sizeof *m);
-    if (!m) return ACL_ERROR_BAD_ALLOC;
-    m->refs = 1;
+    sim_om *m = om_build(&f, &rc, api);
+    if (!m) return rc;
     m->device = device;
-    m->cur_gear = -1;
-    m->gear_kind = f.gear_kind;
-    m->n_gears = f.n_gears;
-    m->width = f.width;
-    m->gears = calloc(f.n_gears * f.width + 1, sizeof(int64_t));
-    if (!m->gears) {
-        om_free(m);
-        return ACL_ERROR_BAD_ALLOC;
-    }
-    for (size_t k = 0; k < f.n_gears * f.width; k++) m->gears[k] = (int64_t)rd64(f.gears + 8 * k);
-    aa_sim_config cfg;
-    aa_sim_get_config(&cfg);
-    char err[1024];
-    int not_implemented = 0;
-    m->model = sim_model_get(f.onnx, f.onnx_size, cfg.engine_threads, NULL, NULL, &not_implemented, err, sizeof err);
-    if (!m->model) {
-        sim_set_error("%s: the simulated offline model's ONNX graph cannot be loaded: %s", api, err);
-        om_free(m);
-        return ACL_ERROR_PARSE_MODEL;
-    }
-    rc = om_describe(m, api);
-    if (rc) {
-        om_free(m);
-        return rc;
-    }
-    m->weight_bytes = f.onnx_size;
-    m->work_bytes = WORK_MIN;
-    for (size_t i = 0; i < m->n_in; i++) m->work_bytes += m->in[i].max_bytes;
-    for (size_t o = 0; o < m->n_out; o++) m->work_bytes += m->out[o].max_bytes;
     if (sim_device_alloc(device, m->weight_bytes, &m->weights) ||
         sim_device_alloc(device, m->work_bytes, &m->work)) {
         const char *msg = aclGetRecentErrMsg();
@@ -560,10 +571,11 @@ static aclError query(const void *data, size_t size, size_t *workSize, size_t *w
     if (!workSize || !weightSize) return ACL_ERROR_INVALID_PARAM;
     aclError rc = parse(data, size, &f, api);
     if (rc) return rc;
-    /* Without compiling the graph: the weights exactly, the work memory's floor (a load also
-     * counts the largest gear's inputs and outputs). */
-    *weightSize = f.onnx_size;
-    *workSize = WORK_MIN;
+    sim_om *m = om_build(&f, &rc, api); /* exactly what a load would charge */
+    if (!m) return rc;
+    *weightSize = m->weight_bytes;
+    *workSize = m->work_bytes;
+    om_free(m);
     return ACL_SUCCESS;
 }
 
