@@ -591,11 +591,19 @@ class CallbackModelRun(Run):
             report_ignored(exc, f"the run_with_callback callback {self.callback!r}")
 
 
-def compile_model(source: str | os.PathLike[str], output: str | os.PathLike[str], gears: str | None = None) -> str:
-    """``ascend-async compile``: check the ONNX model as CANN's parser would, then write the
-    offline model (on the sim: the sim's container). Returns one line saying what was written.
+def compile_model(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    gears: str | None = None,
+    options: Mapping[str, str] | None = None,
+) -> str:
+    """``ascend-async compile``: check the ONNX model as CANN's parser would, then build the
+    offline model. On the sim: the sim's container (``options`` are not used). On CANN: GE's
+    build API (aclgrphBuildInitialize with the ``ge.*`` global options such as
+    ``ge.socVersion``, which GE requires; aclgrphBuildModel with ``input_shape`` and the gear
+    options; aclgrphSaveModel). Returns one line saying what was written.
 
-    :raises GraphError: the check refused the model, or the gears do not fit it.
+    :raises GraphError: the check refused the model, the gears do not fit it, or GE refused it.
     :raises ValueError: unreadable gears. :raises OSError: unreadable or unwritable files.
     """
     from ._backend import get_backend
@@ -605,14 +613,59 @@ def compile_model(source: str | os.PathLike[str], output: str | os.PathLike[str]
     if not check.ok:
         raise GraphError(f"{os.fspath(source)}: {check.refusal()} (fix it first: ascend-async check --fix)")
     table = parse_gears(gears) if gears else None
-    if not get_backend().is_sim:
-        raise GraphError(
-            "building a real .om needs GE's build API (aclgrphBuildInitialize/aclgrphBuildModel/aclgrphSaveModel), "
-            "which this build does not bind yet: use ATC on this host "
-            f"(atc --framework=5 --model={os.fspath(source)} --output=... --soc_version=...)"
-        )
     with open(source, "rb") as f:
-        data = build_container(f.read(), table)
-    with open(output, "wb") as f:
-        f.write(data)
-    return f"{os.fspath(output)}: simulated offline model, {len(data)} bytes" + (f", gears: {table}" if table else "")
+        onnx_bytes = f.read()
+    data = build_container(onnx_bytes, table)  # checks the gears against the model on both backends
+    backend = get_backend()
+    if backend.is_sim:
+        with open(output, "wb") as f:
+            f.write(data)
+        return f"{os.fspath(output)}: simulated offline model, {len(data)} bytes" + (
+            f", gears: {table}" if table else ""
+        )
+    return _ge_build(backend, onnx_bytes, os.fspath(output), table, dict(options or {}))
+
+
+def _ge_build(backend: Any, onnx_bytes: bytes, output: str, gears: Gears | None, options: dict[str, str]) -> str:
+    """GE's build API through the CANN module (cdefs/om_build.h)."""
+    import onnx
+
+    if "ge.socVersion" not in options:
+        raise GraphError(
+            "building an .om needs the target chip: pass --options ge.socVersion=NAME (the chip's name, as "
+            "npu-smi info shows it, e.g. Ascend910B1)"
+        )
+    model = onnx.load_model_from_string(onnx_bytes)
+    init = {t.name for t in model.graph.initializer}
+    inputs = [(vi.name, _dims(vi)) for vi in model.graph.input if vi.name not in init]
+    build = {"input_shape": ";".join(f"{n}:{','.join(map(str, d))}" for n, d in inputs)}
+    if gears is not None:
+        if gears.kind == "batch":
+            build["ge.dynamicBatchSize"] = ",".join(str(g[0]) for g in gears.values)
+        elif gears.kind == "hw":
+            build["ge.dynamicImageSize"] = ";".join(f"{h},{w}" for h, w in gears.values)
+        else:  # GE lists only the values of the -1 dims, in order
+            free = [k for k, v in enumerate(v for _, d in inputs for v in d) if v < 0]
+            build["ge.dynamicDims"] = ";".join(",".join(str(g[k]) for k in free) for g in gears.values)
+    glob = {k: v for k, v in options.items() if k.startswith("ge.")}
+    build.update({k: v for k, v in options.items() if not k.startswith("ge.")})
+    ffi, lib = backend.ffi, backend.lib
+    keep: list[Any] = []
+
+    def arr(opts: dict[str, str]) -> Any:
+        a = ffi.new("aa_option[]", max(len(opts), 1))
+        for i, (k, v) in enumerate(opts.items()):
+            keep.extend([ffi.new("char[]", k.encode()), ffi.new("char[]", v.encode())])
+            a[i].key, a[i].value = keep[-2], keep[-1]
+        return a
+
+    prefix = output[:-3] if output.endswith(".om") else output  # GE appends ".om"
+    status = lib.aa_om_build(onnx_bytes, len(onnx_bytes), arr(glob), len(glob), arr(build), len(build), prefix.encode())
+    if status:
+        err = backend.ge_error(status, "aclgrphBuildModel")
+        raise GraphError(f"{output}: GE could not build the offline model: {err}") from err
+    written = prefix + ".om"
+    size = os.path.getsize(written)
+    return f"{written}: offline model built by GE ({options['ge.socVersion']}), {size} bytes" + (
+        f", gears: {gears}" if gears else ""
+    )

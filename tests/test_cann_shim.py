@@ -96,7 +96,7 @@ def test_shim_compiles_warning_free_against_standin_headers(tmp_path: Path) -> N
     out = subprocess.run([nm, "-g", "--defined-only", str(obj)], capture_output=True, text=True, check=True).stdout
     exported = {line.split()[-1] for line in out.splitlines() if " T " in line}
     c_exports = {s for s in exported if not s.startswith("_Z")}
-    assert c_exports == session_abi_functions()
+    assert c_exports == session_abi_functions() | {"aa_om_build"}  # and GE's build API (cdefs/om_build.h)
 
 
 def test_build_without_cann_says_one_line_and_gives_none(
@@ -1275,6 +1275,18 @@ from ascend_async import _offline
 
 onnx_bytes = Path(sys.argv[3]).read_bytes()
 container = _offline.build_container(onnx_bytes, _offline.parse_gears("batch:1,2,4"))
+# ascend-async compile on "CANN": GE's build API through the module (aa_om_build); the stand-in
+# libge_compiler.so writes the sim's layout, so the file must equal the container.
+om = Path(sys.argv[4]) / "add.om"
+line = aa.compile_model(sys.argv[3], str(om), "batch:1,2,4", {"ge.socVersion": "Ascend910B1"})
+assert "offline model built by GE (Ascend910B1)" in line and om.read_bytes() == container, line
+for opts, text in (({}, "ge.socVersion"), ({"ge.socVersion": "x", "input_shape": "bad"}, "bad input_shape entry")):
+    try:
+        aa.compile_model(sys.argv[3], str(om), "batch:1,2,4", opts)
+    except aa.GraphError as exc:
+        assert text in str(exc), exc
+    else:
+        raise AssertionError(opts)
 reference = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
 
 
@@ -1295,7 +1307,7 @@ async def main():
         # The stand-in aclmdl is the sim's (it reads only its container): drive the CANN
         # module's model path with the refusal lifted.
         refuse, _offline._refuse_foreign = _offline._refuse_foreign, lambda *a: None  # back below
-        model = session.load_model(container)
+        model = session.load_model(om)
         assert model.gears == aa.Gears("batch", ((1,), (2,), (4,)))
         results = {}
 
@@ -1339,12 +1351,13 @@ print("OFFLINE STACK OK")
 
 
 def test_offline_models_through_the_cann_module(cann: Cann, tmp_path: Path) -> None:
-    """Session.load_model and every run path with the CANN backend over the stand-ins, on
-    asyncio and trio: the module's aclmdl binding (cdefs/acl_mdl.h, common/mdl.c) linked against
-    the stand-in libraries, outputs compared with onnxruntime; a sim container is refused on
-    CANN with a clear message. In a fresh process."""
+    """ascend-async compile through GE's build API (aa_om_build over the stand-in
+    libge_compiler.so), then Session.load_model and every run path with the CANN backend over
+    the stand-ins, on asyncio and trio: the module's aclmdl binding (cdefs/acl_mdl.h,
+    common/mdl.c) linked against the stand-in libraries, outputs compared with onnxruntime; a
+    sim container is refused on CANN with a clear message. In a fresh process."""
     vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4]) for n in ("a", "b", "y")]
     graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "add", vi[:2], vi[2:])
     model = tmp_path / "add.onnx"
     model.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
-    _run_stack(cann, OFFLINE_STACK, "OFFLINE STACK OK", 300, str(model))
+    _run_stack(cann, OFFLINE_STACK, "OFFLINE STACK OK", 300, str(model), str(tmp_path))

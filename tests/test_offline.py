@@ -391,6 +391,8 @@ def test_compile_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert cli_main(["compile", str(src), "-o", str(tmp_path / "x.om")]) == 1
     assert "not fixed" in capsys.readouterr().err
     assert cli_main(["compile", str(src), "-o", str(tmp_path / "x.om"), "--gears", "size:3"]) == 1
+    assert cli_main(["compile", str(src), "-o", str(tmp_path / "x.om"), "--gears", "batch:1", "--options", "soc"]) == 1
+    assert "--options takes KEY=VALUE" in capsys.readouterr().err
     assert not (tmp_path / "x.om").exists()
 
 

@@ -17,6 +17,7 @@ extern "C" {
 #include "cdefs/support.h"
 #include "cdefs/acl_mdl.h"
 #include "cdefs/offline.h"
+#include "cdefs/om_build.h"
 
 #ifdef __cplusplus
 }

@@ -242,6 +242,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KIND:VALUES",
         help="batch:1,2,4,8 | hw:224,224;448,448 | dims:1,3,8;2,3,8 (every dim of every input, gears by ';')",
     )
+    k.add_argument(
+        "--options",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="GE build options on an Ascend host (repeatable): ge.* go to aclgrphBuildInitialize (ge.socVersion "
+        "is required there), the rest to aclgrphBuildModel; unused on the simulator",
+    )
     return p
 
 
@@ -249,7 +257,10 @@ def _compile(args: argparse.Namespace) -> int:
     from .._offline import compile_model
 
     try:
-        print(compile_model(args.model, args.output, args.gears))
+        options = dict(o.split("=", 1) for o in args.options if "=" in o)
+        if len(options) != len(args.options):
+            raise ValueError(f"--options takes KEY=VALUE, got {args.options!r}")
+        print(compile_model(args.model, args.output, args.gears, options))  # the command's report
     except (ValueError, OSError) as exc:  # GraphError is a ValueError
         print(f"ascend-async compile: {exc}", file=sys.stderr)
         return 1
