@@ -215,6 +215,7 @@ class OfflineModel(Graph):
         ffi, lib = b.ffi, b.lib
         self.name = name
         self.model_bytes = data
+        self._sync_lock = threading.Lock()  # run_sync's load: one gear-and-execute at a time
         self.external_data_dir = None
         self._external_stamp = None
         self._accepted = None
@@ -445,9 +446,6 @@ def unload(device: Device, model_id: int) -> None:
 
 # -- run_sync and run_with_callback ----------------------------------------------------------------
 
-_sync_lock = threading.Lock()
-
-
 def run_sync(device: Device, model: OfflineModel, model_id: int, values: Sequence[Any]) -> dict[str, np.ndarray]:
     """aclmdlExecute on the model's own load (``model_id``, used by nothing else), blocking the
     calling thread: inputs copied to device blocks, outputs read back with their shapes."""
@@ -491,7 +489,7 @@ def run_sync(device: Device, model: OfflineModel, model_id: int, values: Sequenc
             buf = lib.aclCreateDataBuffer(block(size), size)
             made.append(buf)
             b.check(lib.aclmdlAddDatasetBuffer(outs, buf), "aclmdlAddDatasetBuffer")
-        with _sync_lock:  # threads sharing a modelId serialize the gear and the execute (acl_mdl.h)
+        with model._sync_lock:  # threads sharing a modelId serialize the gear and the execute (acl_mdl.h)
             _set_gear(b, model, model_id, ins, model.gear_of(values))
             b.check(lib.aclmdlExecute(model_id, ins, outs), "aclmdlExecute")
             shapes = [_output_shape(b, model, model_id, outs, o) for o in range(len(model.outputs))]
