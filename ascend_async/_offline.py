@@ -446,6 +446,7 @@ def unload(device: Device, model_id: int) -> None:
 
 # -- run_sync and run_with_callback ----------------------------------------------------------------
 
+
 def run_sync(device: Device, model: OfflineModel, model_id: int, values: Sequence[Any]) -> dict[str, np.ndarray]:
     """aclmdlExecute on the model's own load (``model_id``, used by nothing else), blocking the
     calling thread: inputs copied to device blocks, outputs read back with their shapes."""
