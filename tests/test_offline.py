@@ -484,3 +484,41 @@ def ort_run_cached(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     if key not in _REF:
         _REF[key] = ort_run(proto, {"x": x})[0]
     return _REF[key]
+
+
+async def test_load_with_caller_memory(mlp_om: Path) -> None:
+    """aclmdlLoadFromMemWithMem / FromFileWithMem: the model runs in the caller's work and weight
+    memory (sizes from aclmdlQuerySize), too small or non-device memory is refused, and unload
+    leaves the caller's memory to the caller."""
+    lib, ffi = _sim.lib, _sim.ffi
+    data = mlp_om.read_bytes()  # noqa: ASYNC240
+    async with ascend_async.Session() as s:
+        s._device.ensure_current()
+        work, weight = ffi.new("size_t*"), ffi.new("size_t*")
+        assert lib.aclmdlQuerySize(str(mlp_om).encode(), work, weight) == 0
+        sizes = (int(work[0]), int(weight[0]))
+        ptrs = []
+        for n in sizes:
+            p = ffi.new("void**")
+            assert lib.aclrtMalloc(p, n, 0) == 0
+            ptrs.append(p[0])
+        mid = ffi.new("uint32_t*")
+        before = sim_stats()["device_bytes"]
+        host = ffi.new("char[]", sizes[0])
+        assert lib.aclmdlLoadFromMemWithMem(data, len(data), mid, host, sizes[0], ffi.NULL, 0) == (
+            lib.ACL_ERROR_INVALID_PARAM
+        )
+        assert "work memory must be" in ffi.string(lib.aclGetRecentErrMsg()).decode()
+        assert lib.aclmdlLoadFromMemWithMem(data, len(data), mid, ptrs[0], sizes[0] - 1, ptrs[1], sizes[1]) == (
+            lib.ACL_ERROR_INVALID_PARAM
+        )
+        assert lib.aclmdlLoadFromMemWithMem(data, len(data), mid, ptrs[0], sizes[0], ptrs[1], sizes[1]) == 0
+        assert sim_stats()["device_bytes"] == before  # nothing charged: the caller's memory
+        assert lib.aclmdlUnload(mid[0]) == 0
+        assert lib.aclmdlLoadFromFileWithMem(str(mlp_om).encode(), mid, ptrs[0], sizes[0], ffi.NULL, 0) == 0
+        charged = sim_stats()["device_bytes"] - before  # the weights only
+        assert charged == (sizes[1] + 31) // 32 * 32 + 32
+        assert lib.aclmdlUnload(mid[0]) == 0
+        assert sim_stats()["device_bytes"] == before
+        for p in ptrs:  # still the caller's, and still valid
+            assert lib.aclrtFree(p) == 0

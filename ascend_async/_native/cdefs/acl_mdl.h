@@ -135,6 +135,12 @@ aclTensorDesc *aclmdlGetDatasetTensorDesc(const aclmdlDataset *dataset, size_t i
 /* --- load, query, unload --- */
 aclError aclmdlLoadFromFile(const char *modelPath, uint32_t *modelId);
 aclError aclmdlLoadFromMem(const void *model, size_t modelSize, uint32_t *modelId);
+/* With caller-owned device memory (sizes from aclmdlQuerySize); a NULL pointer lets the runtime
+ * allocate that part. The caller frees its memory after aclmdlUnload. */
+aclError aclmdlLoadFromFileWithMem(const char *modelPath, uint32_t *modelId, void *workPtr, size_t workSize,
+                                   void *weightPtr, size_t weightSize);
+aclError aclmdlLoadFromMemWithMem(const void *model, size_t modelSize, uint32_t *modelId, void *workPtr,
+                                  size_t workSize, void *weightPtr, size_t weightSize);
 aclError aclmdlQuerySize(const char *fileName, size_t *workSize, size_t *weightSize);
 aclError aclmdlQuerySizeFromMem(const void *model, size_t modelSize, size_t *workSize, size_t *weightSize);
 aclError aclmdlUnload(uint32_t modelId);

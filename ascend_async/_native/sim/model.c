@@ -16,7 +16,9 @@
  * gear input present and holding a gear of the table.
  *
  * Memory: a load charges the model's weights (the ONNX bytes) and its work memory (64 KiB plus
- * the largest gear's inputs and outputs) to the device: what aclmdlQuerySize reports.
+ * the largest gear's inputs and outputs) to the device: what aclmdlQuerySize reports. The
+ * ...WithMem loads use the caller's device memory instead (checked: large enough, device memory),
+ * which unload leaves to the caller.
  *
  * Locking: g_om.lock guards the model list, every model's gear state, in-flight count and busy
  * stream. Device threads take it only in a run's cleanup. Nothing here calls into Python.
@@ -198,6 +200,7 @@ typedef struct sim_om {
     sim_model *model;
     void *weights, *work;
     size_t weight_bytes, work_bytes;
+    int own_weights, own_work; /* allocated by the load (else the caller's: ...WithMem) */
     int gear_kind;
     size_t n_gears, width;
     int64_t *gears;       /* n_gears * width */
@@ -482,7 +485,21 @@ static sim_om *om_build(const om_file *f, aclError *rc, const char *api) {
     return m;
 }
 
-static aclError load(const void *data, size_t size, uint32_t *modelId, const char *api) {
+/* Caller memory for one part (...WithMem): NULL = the load allocates it; else device memory of
+ * at least `need` bytes. 0 or an aclError with the reason set. */
+static aclError caller_mem(void *ptr, size_t size, size_t need, const char *what, const char *api) {
+    char why[200];
+    if (!ptr) return ACL_SUCCESS;
+    if (size < need || sim_check_device_range(ptr, need, why, sizeof why) != 1) {
+        sim_set_error("%s: the caller's %s memory must be %zu bytes of device memory (aclmdlQuerySize); got %zu "
+                      "bytes at %p", api, what, need, size, ptr);
+        return ACL_ERROR_INVALID_PARAM;
+    }
+    return ACL_SUCCESS;
+}
+
+static aclError load(const void *data, size_t size, uint32_t *modelId, void *work, size_t work_size, void *weights,
+                     size_t weight_size, const char *api) {
     if (!modelId) {
         sim_set_error("%s: modelId is NULL", api);
         return ACL_ERROR_INVALID_PARAM;
@@ -499,18 +516,27 @@ static aclError load(const void *data, size_t size, uint32_t *modelId, const cha
     sim_om *m = om_build(&f, &rc, api);
     if (!m) return rc;
     m->device = device;
-    if (sim_device_alloc(device, m->weight_bytes, &m->weights) ||
-        sim_device_alloc(device, m->work_bytes, &m->work)) {
+    if ((rc = caller_mem(work, work_size, m->work_bytes, "work", api)) ||
+        (rc = caller_mem(weights, weight_size, m->weight_bytes, "weight", api))) {
+        om_free(m);
+        return rc;
+    }
+    m->work = work;
+    m->weights = weights;
+    m->own_weights = !weights;
+    m->own_work = !work;
+    if ((m->own_weights && sim_device_alloc(device, m->weight_bytes, &m->weights)) ||
+        (m->own_work && sim_device_alloc(device, m->work_bytes, &m->work))) {
         const char *msg = aclGetRecentErrMsg();
         sim_set_error("%s: not enough device memory for the model's weights and work memory (%zu + %zu bytes): %s",
                       api, m->weight_bytes, m->work_bytes, msg ? msg : "");
-        if (m->weights) sim_device_free(m->weights);
+        if (m->own_weights && m->weights) sim_device_free(m->weights);
         om_free(m);
         return ACL_ERROR_RT_MEMORY_ALLOCATION;
     }
     if (sim_stream_create_internal(device, &m->own_stream)) {
-        sim_device_free(m->weights);
-        sim_device_free(m->work);
+        if (m->own_weights) sim_device_free(m->weights);
+        if (m->own_work) sim_device_free(m->work);
         om_free(m);
         return ACL_ERROR_RT_NO_STREAM_RESOURCE;
     }
@@ -526,7 +552,12 @@ static aclError load(const void *data, size_t size, uint32_t *modelId, const cha
 }
 
 aclError aclmdlLoadFromMem(const void *model, size_t modelSize, uint32_t *modelId) {
-    return load(model, modelSize, modelId, "aclmdlLoadFromMem");
+    return load(model, modelSize, modelId, NULL, 0, NULL, 0, "aclmdlLoadFromMem");
+}
+
+aclError aclmdlLoadFromMemWithMem(const void *model, size_t modelSize, uint32_t *modelId, void *workPtr,
+                                  size_t workSize, void *weightPtr, size_t weightSize) {
+    return load(model, modelSize, modelId, workPtr, workSize, weightPtr, weightSize, "aclmdlLoadFromMemWithMem");
 }
 
 /* The whole file in a malloc'd buffer, or NULL with the reason set. */
@@ -561,7 +592,18 @@ aclError aclmdlLoadFromFile(const char *modelPath, uint32_t *modelId) {
     size_t size = 0;
     void *data = read_file(modelPath, &size, &rc, "aclmdlLoadFromFile");
     if (!data) return rc;
-    rc = load(data, size, modelId, "aclmdlLoadFromFile");
+    rc = load(data, size, modelId, NULL, 0, NULL, 0, "aclmdlLoadFromFile");
+    free(data);
+    return rc;
+}
+
+aclError aclmdlLoadFromFileWithMem(const char *modelPath, uint32_t *modelId, void *workPtr, size_t workSize,
+                                   void *weightPtr, size_t weightSize) {
+    aclError rc;
+    size_t size = 0;
+    void *data = read_file(modelPath, &size, &rc, "aclmdlLoadFromFileWithMem");
+    if (!data) return rc;
+    rc = load(data, size, modelId, workPtr, workSize, weightPtr, weightSize, "aclmdlLoadFromFileWithMem");
     free(data);
     return rc;
 }
@@ -614,8 +656,8 @@ aclError aclmdlUnload(uint32_t modelId) {
         sim_set_error("aclmdlUnload: model id %u is not loaded", modelId);
         return ACL_ERROR_INVALID_MODEL_ID;
     }
-    sim_device_free(m->weights);
-    sim_device_free(m->work);
+    if (m->own_weights) sim_device_free(m->weights);
+    if (m->own_work) sim_device_free(m->work); /* the caller's memory stays the caller's */
     m->weights = m->work = NULL;
     om_put(m);
     return ACL_SUCCESS;
