@@ -522,3 +522,21 @@ async def test_load_with_caller_memory(mlp_om: Path) -> None:
         assert sim_stats()["device_bytes"] == before
         for p in ptrs:  # still the caller's, and still valid
             assert lib.aclrtFree(p) == 0
+
+
+def test_bench_runs_an_offline_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ascend-async bench MODEL.om`: the model is loaded in the benchmarked session (its
+    signature read by a short-lived one), and runs are measured as for ONNX."""
+    import json
+
+    om = tmp_path / "mlp.om"
+    om.write_bytes(build_container(mlp_proto().SerializeToString(), parse_gears("batch:1,2,4")))
+    j = tmp_path / "r.json"
+    args = ["bench", str(om), "--quiet", "--count", "30", "--warmup", "2", "--concurrency", "1,4"]
+    assert cli_main([*args, "--batch-size", "4", "--json", str(j)]) == 0
+    doc = json.loads(j.read_text())
+    assert doc["error"] is None and [r["value"] for r in doc["results"]] == [1.0, 4.0]
+    assert all(r["runs"] >= 30 and not r["errors"] and r["batch"] == 4 for r in doc["results"])
+    assert "mlp.om" in capsys.readouterr().out
+    assert cli_main([*args, "--batch-size", "3"]) != 0  # no gear for batch 3: said, not run
+    assert "match no gear of the model; its gears are batch sizes 1, 2, 4" in capsys.readouterr().err
