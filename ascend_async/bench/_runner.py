@@ -837,9 +837,12 @@ def run_benchmark(
         inputs=samples.describe(), input_source=samples.source, batch=samples.batch, notes=list(samples.notes)
     )
     check = graph.cann_check
-    facts.notes.append(
-        "CANN check: CANN's ONNX parser would accept this model" if check.ok else "CANN check: " + check.refusal()
-    )
+    if isinstance(graph, aa.OfflineModel):  # compiled already: no ONNX for the parser check
+        facts.notes.append(f"offline model: {graph.gears or 'fixed shapes'}")
+    else:
+        facts.notes.append(
+            "CANN check: CANN's ONNX parser would accept this model" if check.ok else "CANN check: " + check.refusal()
+        )
     if len(samples.sets) > 1:
         facts.notes.append(f"{len(samples.sets)} input sets, used in turn")
     if cfg.batch_max is not None:
