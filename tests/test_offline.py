@@ -540,3 +540,21 @@ def test_bench_runs_an_offline_model(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "mlp.om" in capsys.readouterr().out
     assert cli_main([*args, "--batch-size", "3"]) != 0  # no gear for batch 3: said, not run
     assert "match no gear of the model; its gears are batch sizes 1, 2, 4" in capsys.readouterr().err
+
+
+async def test_cancelled_run_completes_and_gives_everything_back(mlp_om: Path) -> None:
+    async with ascend_async.Session(streams=1) as s:
+        model = s.load_model(mlp_om)
+        await s.run(model, {"x": rows(1)})
+        with held(s.streams[0]):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(s.run, model, {"x": rows(4)})
+                await wait_for(lambda: s.statistics().in_flight == 1, "the run is submitted")
+                tg.cancel_scope.cancel()  # cancelled at its wait: the run stays on the device
+            assert s.statistics().in_flight == 1
+        await wait_for(lambda: s.statistics().in_flight == 0, "the cancelled run completed")
+        assert s.statistics().cancelled == 1
+        np.testing.assert_array_equal(
+            (await s.run(model, {"x": rows(2)}))["y"], ort_run(mlp_proto(), {"x": rows(2)})[0]
+        )
+        s.remove_graph(model)  # nothing of the cancelled run is still in flight
