@@ -34,6 +34,9 @@ from ._graph import Graph as Graph
 from ._graph import TensorSpec as TensorSpec
 from ._memory import DeviceTensor as DeviceTensor
 from ._metrics import PrometheusExporter as PrometheusExporter
+from ._offline import Gears as Gears
+from ._offline import OfflineModel as OfflineModel
+from ._offline import compile_model as compile_model
 from ._pool import DevicePool as DevicePool
 from ._pool import PoolDeviceStatistics as PoolDeviceStatistics
 from ._pool import PoolStatistics as PoolStatistics
@@ -61,11 +64,13 @@ __all__ = (
     "DeviceTensor",
     "Event",
     "GeError",
+    "Gears",
     "Graph",
     "GraphError",
     "InputError",
     "ModeConflictError",
     "ModelCheck",
+    "OfflineModel",
     "PoolDeviceStatistics",
     "PoolStatistics",
     "PrometheusExporter",
@@ -79,6 +84,7 @@ __all__ = (
     "WatcherError",
     "backend_info",
     "check_model",
+    "compile_model",
     "configure_watcher",
     "device_count",
     "models",

@@ -269,6 +269,15 @@ class DevicePool:
         """:meth:`add_graph` on a worker thread."""
         return await anyio.to_thread.run_sync(lambda: self.add_graph(source, name=name, options=options, gears=gears))
 
+    def load_model(self, source: Any, *, name: str | None = None) -> Graph:
+        """Load an offline model (.om path or bytes) in every session (:meth:`Session.load_model`);
+        returns the :class:`OfflineModel` for :meth:`run` and :meth:`batcher`."""
+        sessions = self.sessions
+        model = sessions[0].load_model(source, name=name)
+        for s in sessions[1:]:
+            s.add_graph(model)
+        return model
+
     async def load(self, graph: Graph) -> None:
         """Compile and load ``graph`` on every stream of every device now, devices in parallel."""
         async with anyio.create_task_group() as tg:
@@ -282,6 +291,9 @@ class DevicePool:
 
         for s in self.sessions:
             s._state(graph)
+        batcher_params = getattr(graph, "batcher_params", None)  # an offline model: pad to its gears
+        if batcher_params is not None:
+            params = batcher_params(params)
         return Batcher(self, graph, **params)
 
     def _batch_lanes(self) -> int:

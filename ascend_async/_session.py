@@ -18,7 +18,7 @@ import anyio
 import anyio.lowlevel
 import numpy as np
 
-from . import _hooks
+from . import _hooks, _offline
 from ._cann_check import CHECK_ENV, CHECK_MODES, CHECK_OPTION
 from ._device import Device, acquire_device, check_not_forked, release_device
 from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
@@ -29,6 +29,7 @@ from ._ge_options import GRAPH, SESSION, validate
 from ._graph import Graph, GraphSource
 from ._loop import LoopBridge, current_bridge
 from ._memory import DeviceTensor
+from ._offline import ModelReplica, OfflineModel
 from ._streams import Stream, StreamPool
 from ._submit import CallbackRun, Replica, Run
 from ._tuning import Dumper, Gears, Trace, WarmupReport, graph_gears
@@ -64,6 +65,9 @@ class SessionStatistics:
     #: backend does with it: "honoured" (the sim acts on it), "recorded" (passed to GE; the sim
     #: only records it) or "set by the library" (the README's GE options table).
     ge_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: offline models loaded here: ``models``, ``loads`` (one per stream that ran one, plus
+    #: run_sync's), and the device memory those loads hold, ``work_bytes`` and ``weight_bytes``
+    offline_models: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -263,8 +267,12 @@ class Session:
             with state.lock:
                 gid = state.ids.pop(stream, None)
                 state.loaded.discard(stream)
-                state.replicas.pop(stream, None)
-            if gid is not None:
+                replica = state.replicas.pop(stream, None)
+            if isinstance(replica, ModelReplica):
+                replica.destroy()
+            if gid is not None and isinstance(state.graph, OfflineModel):
+                self._lib.aclmdlUnload(gid)  # the stream drained: none of its runs is in flight
+            elif gid is not None:
                 self._lib.aa_session_remove_graph(self._handle, gid)
 
     def close(self) -> None:
@@ -338,8 +346,15 @@ class Session:
             ev._close("the session was closed while a task awaited the event")
         if self._handle is not None:
             for st in getattr(self, "_graphs", {}).values():
+                model = isinstance(st.graph, OfflineModel)
                 for gid in st.ids.values():
-                    lib.aa_session_remove_graph(self._handle, gid)
+                    if model:  # an offline model's loads are the process's, not the session's
+                        lib.aclmdlUnload(gid)
+                    else:
+                        lib.aa_session_remove_graph(self._handle, gid)
+                for replica in st.replicas.values():
+                    if isinstance(replica, ModelReplica):
+                        replica.destroy()
             pool = getattr(self, "_pool", None)
             if pool is not None:
                 pool.close()
@@ -508,11 +523,30 @@ class Session:
                     "RemoveGraph",
                     f"graph {graph.name!r} has a run being submitted; remove it once its runs finished",
                 )
+            model = isinstance(graph, OfflineModel)
+            if model:  # unloading a model under its runs is undefined in ACL: refused
+                busy = sum(r.busy() for r, _ in taken.values() if isinstance(r, ModelReplica))
+                if busy:
+                    put_back()
+                    raise self._device.backend.acl_error(
+                        self._lib.ACL_ERROR_INVALID_PARAM,
+                        "aclmdlUnload",
+                        f"model {graph.name!r} has {busy} run(s) in flight; unload it once they finished",
+                    )
             for stream, gid in list(state.ids.items()):
-                status = self._lib.aa_session_remove_graph(self._handle, gid)
-                if status:
-                    put_back()  # this replica and those not asked for yet
-                    self._device.backend.check_ge(status, "RemoveGraph")
+                if model:
+                    rc = self._lib.aclmdlUnload(gid)
+                    if rc:
+                        put_back()
+                        self._device.backend.check(rc, "aclmdlUnload")
+                    replica = taken.get(stream, (None, False))[0] if stream is not None else None
+                    if isinstance(replica, ModelReplica):
+                        replica.destroy()
+                else:
+                    status = self._lib.aa_session_remove_graph(self._handle, gid)
+                    if status:
+                        put_back()  # this replica and those not asked for yet
+                        self._device.backend.check_ge(status, "RemoveGraph")
                 del state.ids[stream]
                 taken.pop(stream, None)  # type: ignore[arg-type]
             state.removed = True
@@ -537,6 +571,10 @@ class Session:
         return state
 
     def _add_replica(self, state: _GraphState, stream: Stream | None) -> int:
+        if isinstance(state.graph, OfflineModel):  # one load per stream (one modelId, one stream)
+            mid = _offline.load_id(self._device, state.graph.model_bytes, state.graph.name)
+            state.ids[stream] = mid
+            return mid
         with self._lock:
             gid = self._next_id
             self._next_id += 1
@@ -572,6 +610,9 @@ class Session:
             gid = state.ids.get(stream)
             if gid is None:
                 gid = self._add_replica(state, stream)
+            if stream not in state.loaded and isinstance(state.graph, OfflineModel):
+                state.loaded.add(stream)  # loaded by _add_replica: nothing else to do
+                state.replicas[stream] = ModelReplica(self._device, gid, stream, state.graph)
             if stream not in state.loaded:
                 self._device.ensure_current()
                 b = self._device.backend
@@ -592,6 +633,8 @@ class Session:
             return gid
 
     def _bind_mode(self, state: _GraphState, mode: str) -> None:
+        if isinstance(state.graph, OfflineModel):  # GE's run modes are a GeSession rule
+            return
         with state.lock:
             if state.mode is None:
                 state.mode = mode
@@ -828,7 +871,10 @@ class Session:
             state.gears.check(graph, values)
         self._bind_mode(state, "sync")
         with self._working():
-            out = self._run_sync(state, graph, values)
+            if isinstance(graph, OfflineModel):
+                out = self._run_sync_model(state, graph, values)
+            else:
+                out = self._run_sync(state, graph, values)
         if self._dumper is not None:
             target = self._dumper.take(graph)
             if target is not None:
@@ -884,6 +930,9 @@ class Session:
             state.gears.check(graph, values)
         self._bind_mode(state, "callback")
         with self._working():
+            if isinstance(graph, OfflineModel):
+                self._run_with_callback_model(state, graph, values, callback)
+                return
             self._run_with_callback(state, graph, values, callback)
 
     def _run_with_callback(
@@ -929,6 +978,8 @@ class Session:
         pools = self._device.pool_stats()
         w = self._device.watcher
         with self._lock:
+            models = [st for st in self._graphs.values() if isinstance(st.graph, OfflineModel)]
+            loads = [(st.graph, len(st.ids)) for st in models]
             return SessionStatistics(
                 in_flight=self._pending,
                 completed=self._completed,
@@ -940,6 +991,12 @@ class Session:
                 watcher=w.stats() if w is not None else {},
                 device_events=self._device.events.stats(),
                 ge_options=self._options_report(),
+                offline_models={
+                    "models": len(loads),
+                    "loads": sum(n for _, n in loads),
+                    "work_bytes": sum(m.work_bytes * n for m, n in loads),  # type: ignore[attr-defined]
+                    "weight_bytes": sum(m.weight_bytes * n for m, n in loads),  # type: ignore[attr-defined]
+                },
             )
 
     @property
@@ -1066,7 +1123,111 @@ class Session:
         :raises ValueError: a bad parameter, e.g. ``max_batch_size`` above a static batch size.
         """
         self._state(graph)
+        if isinstance(graph, OfflineModel):  # batches padded to the smallest gear that holds them
+            params = graph.batcher_params(params)
         return _hooks.make_batcher(self, graph, **params)  # type: ignore[no-any-return]
+
+    # -- offline models (logic in _offline.py) -------------------------------------------------
+
+    def load_model(
+        self, source: str | os.PathLike[str] | bytes | OfflineModel, *, name: str | None = None
+    ) -> OfflineModel:
+        """Load an offline model (.om: a path or its bytes) and return it, usable wherever a
+        :class:`Graph` is (run, run_sync, run_with_callback, run_profiled, batcher, DevicePool).
+
+        It is loaded here on the first stream (aclmdlLoadFromMem), then once more on each
+        stream that runs it (one modelId never executes on two streams at once), off the loop.
+        Its signature and gears come from the model's description. On the sim, the model is a
+        simulated offline model (``ascend-async compile MODEL.onnx -o MODEL.om`` on the sim).
+
+        :raises GraphError: unreadable or refused model (a real .om on the sim, a sim container
+            on CANN, a corrupt file), with the runtime's reason.
+        """
+        self._check_open()
+        if isinstance(source, OfflineModel):
+            self.add_graph(source)
+            return source
+        data, label = _offline.read_source(source)
+        stream = self._pool.streams[0]
+        with self._working():
+            mid = _offline.load_id(self._device, data, label)
+            try:
+                model = OfflineModel(self._device, mid, data, name or label)
+            except BaseException:
+                self._lib.aclmdlUnload(mid)
+                raise
+        state = _GraphState(model)
+        state.ids[stream] = mid
+        with self._lock:
+            self._graphs[id(model)] = state
+        return model
+
+    async def load_model_async(
+        self, source: str | os.PathLike[str] | bytes | OfflineModel, *, name: str | None = None
+    ) -> OfflineModel:
+        """:meth:`load_model` on a worker thread."""
+        return await anyio.to_thread.run_sync(lambda: self.load_model(source, name=name))
+
+    def _run_sync_model(self, state: _GraphState, model: OfflineModel, values: list[Any]) -> dict[str, np.ndarray]:
+        pin = object()
+        state.submitting.append(pin)
+        try:
+            gid = self._primary_id(state)  # the model's own load, used by run_sync alone
+            try:
+                out = _offline.run_sync(self._device, model, gid, values)
+            except BaseException:
+                with self._lock:
+                    self._failed += 1
+                raise
+        finally:
+            state.submitting.remove(pin)
+        with self._lock:
+            self._completed += 1
+        return out
+
+    def _run_with_callback_model(
+        self,
+        state: _GraphState,
+        model: OfflineModel,
+        values: list[Any],
+        callback: Callable[[dict[str, np.ndarray] | None, BaseException | None], object],
+    ) -> None:
+        """aclmdlExecuteAsync on a stream's load, completed by the watcher thread, which calls
+        ``callback`` (as RunGraphAsync's)."""
+        events = self._device.events
+        if not events.try_take(1):
+            raise self._device.backend.acl_error(
+                self._lib.ACL_ERROR_RT_NO_EVENT_RESOURCE, "aclrtRecordEvent", "the device's event budget is spent"
+            )
+        pin = object()
+        state.submitting.append(pin)
+        run: _offline.CallbackModelRun | None = None
+        try:
+            lane = self._pool.pick(None)
+            replica = state.replicas.get(lane)
+            if replica is None:
+                self._ensure_loaded(state, lane)
+                replica = state.replicas[lane]
+            run = _offline.CallbackModelRun(replica, self._pool, self._account, callback)
+            run.slots = 1
+            with self._lock:
+                self._check_open()
+                self._pending += 1
+            try:
+                watcher = self._device.get_watcher()
+                self._device.ensure_current()
+                run.submit(values, watcher, False)
+            except BaseException:
+                self._account(0, False, counted=False)
+                raise
+        except BaseException:
+            if run is not None:
+                run._give_slots()
+            else:
+                events.give(1)
+            raise
+        finally:
+            state.submitting.remove(pin)
 
 
 class _Opening:

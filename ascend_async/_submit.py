@@ -56,6 +56,8 @@ class Replica:
     constant fields (session, graph, stream, pools, watch, counts) are set once."""
 
     __slots__ = ("_free", "device", "graph_id", "n_in", "n_out", "names", "session", "static", "stream")
+    #: An offline model's load (_offline.ModelReplica): runs set their gear, outputs are pool blocks.
+    is_model = False
 
     def __init__(
         self,
@@ -240,6 +242,8 @@ class Run:
                 signature[i] = (v.dtype, v.shape)
                 desc.shapes = None
         self.keep = keep
+        if replica.is_model:
+            replica.set_gear(desc, values)  # type: ignore[attr-defined]
         stream = replica.stream
         try:
             self.event = event = dev.take_event()
@@ -398,7 +402,11 @@ class Run:
             shape = tuple(src.dims[0 : src.ndim])
             dtype = GE_TO_NUMPY[src.dtype]
             seen.append((shape, dtype))
-            if self.to_device:
+            if self.to_device and self.replica.is_model:
+                # An offline model's output is a device-pool block: the DeviceTensor owns it now.
+                result[name] = DeviceTensor(dev, io.dev_block, shape, dtype)
+                io.dev_block = ffi.NULL
+            elif self.to_device:
                 t = ffi.new("aa_tensor*")
                 t[0] = src
                 src.owner = ffi.NULL  # the DeviceTensor owns the GE block now

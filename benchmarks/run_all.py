@@ -12,13 +12,14 @@ from typing import Any
 
 import bench_engine
 import bench_lag
+import bench_offline
 import bench_overhead
 import bench_scaling
 import bench_throughput
 import bench_wakeup
 from _common import Row, environment_line, print_rows
 
-SECTIONS = ("overhead", "wakeup", "throughput", "devtime", "lag", "scaling", "floor", "engine")
+SECTIONS = ("overhead", "wakeup", "throughput", "devtime", "lag", "scaling", "floor", "engine", "offline")
 
 
 def _floor_script(quick: bool) -> list[Row]:
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         ("scaling", lambda: bench_scaling.run(args.quick)),
         ("floor", lambda: _floor_script(args.quick)),
         ("engine", lambda: _engine(args.quick)),
+        ("offline", lambda: bench_offline.run(args.quick)),
     ]
     for name, fn in steps:
         if name not in only:

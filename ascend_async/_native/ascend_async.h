@@ -15,6 +15,9 @@ extern "C" {
 #include "cdefs/acl_rt.h"
 #include "cdefs/ge_session.h"
 #include "cdefs/support.h"
+#include "cdefs/acl_mdl.h"
+#include "cdefs/offline.h"
+#include "cdefs/om_build.h"
 
 #ifdef __cplusplus
 }

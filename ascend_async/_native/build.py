@@ -15,7 +15,7 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 CDEFS = HERE / "cdefs"
-SHARED_CDEFS = ("acl_rt.h", "ge_session.h", "support.h")
+SHARED_CDEFS = ("acl_rt.h", "ge_session.h", "support.h", "acl_mdl.h", "offline.h")
 
 # -O3 (which vectorises loops); no -march=native (wheels must run on any x86-64 / aarch64).
 C_FLAGS = ["-std=gnu11", "-O3", "-pthread", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function"]

@@ -6,6 +6,10 @@ sim module's shared part; its sources are the C++ GE shim (``cann/ge_shim.cpp``)
 C helpers (``common/*.c``), and it links the real AscendCL runtime and GE libraries:
 
 - ``acl_rt`` (``libacl_rt.so``), or the legacy ``ascendcl`` when ``libacl_rt.so`` is absent;
+- ``acl_mdl`` (``libacl_mdl.so``: the offline-model API, aclmdl*) when present (the legacy
+  ``libascendcl.so`` holds it otherwise);
+- ``ge_compiler`` (``aclgrphBuildModel``/``aclgrphSaveModel``, for ``ascend-async compile``) when
+  present, with ``AA_HAVE_GE_COMPILER`` defined for the shim;
 - ``ge_runner_v2`` (``ge::GeSession``), ``fmk_onnx_parser`` (``aclgrphParseONNXFromMem``),
   ``graph`` (``ge::Graph``, ``ge::AscendString``) and ``stdc++``.
 
@@ -57,6 +61,12 @@ def acl_library(lib_dirs: Sequence[str]) -> str:
     if _has_library(lib_dirs, "acl_rt") or not _has_library(lib_dirs, "ascendcl"):
         return "acl_rt"
     return "ascendcl"
+
+
+def model_library(lib_dirs: Sequence[str]) -> list[str]:
+    """``["acl_mdl"]`` where the offline-model API (aclmdl*, cdefs/acl_mdl.h) is a library of its
+    own (``libacl_mdl.so``, the current layout); none where the legacy ``libascendcl.so`` holds it."""
+    return ["acl_mdl"] if _has_library(lib_dirs, "acl_mdl") else []
 
 
 def _strip_std(args: Sequence[str]) -> list[str]:
@@ -141,8 +151,11 @@ def make_cann_ffi(shared_cdefs: str, native_dir: Path, *, absolute_paths: bool =
     sources = [native_dir / "cann" / "ge_shim.cpp", *sorted((native_dir / "common").glob("*.c"))]
     _per_language_flags()
 
+    # GE's build API (aclgrphBuildModel...) for `ascend-async compile` on the host, when the
+    # install has the compiler library; aa_om_build says UNSUPPORTED otherwise.
+    compiler = ["ge_compiler"] if _has_library(library_dirs, "ge_compiler") else []
     ffi = FFI()
-    ffi.cdef(shared_cdefs)
+    ffi.cdef(shared_cdefs + "\n" + (native_dir / "cdefs" / "om_build.h").read_text())
     ffi.set_source(
         MODULE,
         '#include "ascend_async.h"',
@@ -151,7 +164,16 @@ def make_cann_ffi(shared_cdefs: str, native_dir: Path, *, absolute_paths: bool =
         extra_compile_args=[*COMMON_FLAGS, C_STD],
         library_dirs=library_dirs,
         runtime_library_dirs=runtime_dirs,
-        libraries=[acl_library(library_dirs), "ge_runner_v2", "fmk_onnx_parser", "graph", "stdc++"],
+        libraries=[
+            acl_library(library_dirs),
+            *model_library(library_dirs),
+            "ge_runner_v2",
+            "fmk_onnx_parser",
+            "graph",
+            *compiler,
+            "stdc++",
+        ],
+        define_macros=[("AA_HAVE_GE_COMPILER", "1")] if compiler else [],
         extra_link_args=["-pthread"],
     )
     return ffi

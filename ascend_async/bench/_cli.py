@@ -247,7 +247,43 @@ def _parser() -> argparse.ArgumentParser:
         "inputs, and write OUT.onnx only if the outputs agree",
     )
     c.add_argument("--seed", type=int, default=0, help="seed of the inputs --fix compares with (default 0)")
+    k = sub.add_parser(
+        "compile",
+        help="build an offline model (.om) from an ONNX model",
+        description="Runs the CANN model check first (exit 1 if CANN's ONNX parser would refuse the model). On the "
+        "simulator it writes the sim's offline-model container (the ONNX bytes and the gear table); a real .om is "
+        "built on an Ascend host (ATC, or GE's build API).",
+    )
+    k.add_argument("model", help="an .onnx model")
+    k.add_argument("-o", "--output", required=True, metavar="MODEL.om", help="where to write the offline model")
+    k.add_argument(
+        "--gears",
+        metavar="KIND:VALUES",
+        help="batch:1,2,4,8 | hw:224,224;448,448 | dims:1,3,8;2,3,8 (every dim of every input, gears by ';')",
+    )
+    k.add_argument(
+        "--options",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="GE build options on an Ascend host (repeatable): ge.* go to aclgrphBuildInitialize (ge.socVersion "
+        "is required there), the rest to aclgrphBuildModel; unused on the simulator",
+    )
     return p
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from .._offline import compile_model
+
+    try:
+        options = dict(o.split("=", 1) for o in args.options if "=" in o)
+        if len(options) != len(args.options):
+            raise ValueError(f"--options takes KEY=VALUE, got {args.options!r}")
+        print(compile_model(args.model, args.output, args.gears, options))  # the command's report
+    except (ValueError, OSError) as exc:  # GraphError is a ValueError
+        print(f"ascend-async compile: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -587,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         return _doctor(args.model)
     if args.command == "check":
         return _check(args)
+    if args.command == "compile":
+        return _compile(args)
     return _bench(args, args_list)
 
 

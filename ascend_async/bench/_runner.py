@@ -867,7 +867,7 @@ def run_benchmark(
         if big:
             raise BenchError(f"--batch-preferred {big[0]} is larger than --batch-max {cfg.batch_max}")
     try:
-        graph = aa.Graph(cfg.model)
+        graph = _offline_model(cfg.model) or aa.Graph(cfg.model)
     except Exception as exc:
         raise BenchError(f"cannot load model {cfg.model}: {exc}") from exc
     samples = load_samples(graph, cfg.inputs, cfg.shapes, cfg.batch_size, cfg.seed)
@@ -875,9 +875,12 @@ def run_benchmark(
         inputs=samples.describe(), input_source=samples.source, batch=samples.batch, notes=list(samples.notes)
     )
     check = graph.cann_check
-    facts.notes.append(
-        "CANN check: CANN's ONNX parser would accept this model" if check.ok else "CANN check: " + check.refusal()
-    )
+    if isinstance(graph, aa.OfflineModel):  # compiled already: no ONNX for the parser check
+        facts.notes.append(f"offline model: {graph.gears or 'fixed shapes'}")
+    else:
+        facts.notes.append(
+            "CANN check: CANN's ONNX parser would accept this model" if check.ok else "CANN check: " + check.refusal()
+        )
     if len(samples.sets) > 1:
         facts.notes.append(f"{len(samples.sets)} input sets, used in turn")
     if cfg.batch_max is not None:
@@ -1131,3 +1134,21 @@ def _run_loop(loop: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         anyio.run(fn, backend="asyncio", backend_options={"use_uvloop": True})
     else:
         anyio.run(fn, backend="asyncio")
+
+
+def _offline_model(path: str) -> Any:
+    """An offline model (.om, or the sim's container) read for its signature by a short-lived
+    session (each benchmarked session loads it again), or None for anything else."""
+    from .._offline import OM_MAGIC, SIM_HEADER
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SIM_HEADER))
+    except OSError:
+        return None
+    if not (head.startswith(OM_MAGIC) or head == SIM_HEADER or str(path).endswith(".om")):
+        return None
+    import ascend_async as aa
+
+    with aa.Session(streams=1) as probe:
+        return probe.load_model(path)

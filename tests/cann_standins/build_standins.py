@@ -8,6 +8,9 @@ The result is a directory laid out like a CANN root (``include/``, ``lib64/``) t
 - ``lib64/libacl_rt.so``: the simulator's C sources, i.e. the real AscendCL names over the
   simulated device, with the sim's own session functions renamed ``standin_sim_*``
   (``src/standin_rename.h``) so that only the shim exports ``aa_session_*``;
+- ``lib64/libacl_mdl.so``: empty, over libacl_rt.so (the sim implements aclmdl* there);
+- ``lib64/libge_compiler.so``: GE's build API (ge_ir_build.h) writing the sim's offline-model
+  container, so ``ascend-async compile`` runs through the CANN module;
 - ``lib64/libgraph.so``, ``lib64/libge_runner_v2.so``, ``lib64/libfmk_onnx_parser.so``: the C++
   stand-ins of ``ge::AscendString``/``ge::Graph``, ``ge::GeSession`` and the ONNX parser, built
   over that libacl_rt.so.
@@ -72,6 +75,7 @@ def shim_compile_command(obj: Path) -> list[str]:
         "-fPIC",
         "-c",
         str(NATIVE / "cann" / "ge_shim.cpp"),
+        "-DAA_HAVE_GE_COMPILER=1",  # the build API's code path is checked too
         f"-I{INCLUDE}",
         f"-I{NATIVE}",
         "-o",
@@ -97,7 +101,7 @@ def build(root: Path) -> Path:
     sim_sources = sorted((NATIVE / "sim").glob("*.c"))
     rename = ["-include", str(SRC / "standin_rename.h"), f"-I{NATIVE}"]
     sim_objects = [obj / f"sim_{s.stem}.o" for s in sim_sources]
-    cpp_sources = ["graph", "ge_runner_v2", "onnx_parser"]
+    cpp_sources = ["graph", "ge_runner_v2", "onnx_parser", "ge_compiler"]
     _run_all(
         [[CC, *C_FLAGS, *rename, "-c", str(s), "-o", str(o)] for s, o in zip(sim_sources, sim_objects, strict=True)]
         + [
@@ -120,10 +124,30 @@ def build(root: Path) -> Path:
             "-ldl",
         ]
     )
+    # libacl_mdl.so: CANN's offline-model library. The sim implements aclmdl* inside
+    # libacl_rt.so (sim/model.c, over the same devices and streams), so this stand-in holds no
+    # code of its own: it only depends on libacl_rt.so, as the real one does, and makes the
+    # link line the real layout's (-lacl_mdl).
+    (obj / "acl_mdl_empty.c").write_text("/* the stand-in libacl_mdl.so: aclmdl* live in libacl_rt.so */\n")
+    _run([CC, *C_FLAGS, "-c", str(obj / "acl_mdl_empty.c"), "-o", str(obj / "acl_mdl_empty.o")])
+    _run(
+        [
+            CC,
+            "-shared",
+            "-Wl,-soname,libacl_mdl.so",
+            "-Wl,--no-as-needed",
+            str(obj / "acl_mdl_empty.o"),
+            "-o",
+            str(lib / "libacl_mdl.so"),
+            *origin,
+            "-lacl_rt",
+        ]
+    )
     for name, deps in (
         ("graph", ["-lacl_rt"]),
         ("ge_runner_v2", ["-lgraph", "-lacl_rt"]),
         ("fmk_onnx_parser", ["-lgraph", "-lacl_rt"]),
+        ("ge_compiler", ["-lgraph"]),
     ):
         source = "onnx_parser" if name == "fmk_onnx_parser" else name
         _run(

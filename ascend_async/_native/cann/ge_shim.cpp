@@ -45,6 +45,9 @@
 #include "ge/ge_api_types.h"
 #include "ge/ge_api_v2.h"
 #include "graph/ascend_string.h"
+#ifdef AA_HAVE_GE_COMPILER
+#include "ge/ge_ir_build.h"
+#endif
 #include "graph/graph.h"
 #include "parser/onnx_parser.h"
 
@@ -850,6 +853,60 @@ void aa_tensor_release(aa_tensor *tensor) {
   tensor->owner = nullptr;
   tensor->addr = nullptr;
   tensor->size = 0;
+}
+
+/* ---- offline models: GE's build API (cdefs/om_build.h) ----------------------------------------- */
+
+aa_status aa_om_build(const void *onnx, size_t onnx_size, const aa_option *global_options, size_t n_global,
+                      const aa_option *build_options, size_t n_build, const char *output_file) {
+  return guarded("aa_om_build", [&]() -> aa_status {
+#ifdef AA_HAVE_GE_COMPILER
+    if (onnx == nullptr || onnx_size == 0 || output_file == nullptr || output_file[0] == '\0') {
+      return fail(kParamInvalid, "aa_om_build: no model bytes or no output file");
+    }
+    Options global;
+    Options build;
+    if (!to_options(global_options, n_global, global, "aclgrphBuildInitialize") ||
+        !to_options(build_options, n_build, build, "aclgrphBuildModel")) {
+      return kParamInvalid;
+    }
+    /* One build at a time: aclgrphBuildInitialize/Finalize are process-wide. */
+    static std::mutex build_mutex;
+    std::lock_guard<std::mutex> lock(build_mutex);
+    ge::Graph graph;
+    const Options parser_params;
+    ge::graphStatus st = ge::aclgrphParseONNXFromMem(static_cast<const char *>(onnx), onnx_size, parser_params, graph);
+    if (st != ge::GRAPH_SUCCESS) {
+      pull_ge_error();
+      return fail(kFailed, "aclgrphParseONNXFromMem failed (graphStatus " + std::to_string(st) + ")");
+    }
+    st = ge::aclgrphBuildInitialize(global);
+    if (st != ge::GRAPH_SUCCESS) {
+      pull_ge_error();
+      return fail(kFailed, "aclgrphBuildInitialize failed (graphStatus " + std::to_string(st) + ")");
+    }
+    ge::ModelBufferData model;
+    st = ge::aclgrphBuildModel(graph, build, model);
+    if (st == ge::GRAPH_SUCCESS) {
+      st = ge::aclgrphSaveModel(output_file, model);
+      if (st != ge::GRAPH_SUCCESS) {
+        pull_ge_error();
+        note_error(std::string("aclgrphSaveModel failed (graphStatus ") + std::to_string(st) + ") for " + output_file);
+      }
+    } else {
+      pull_ge_error();
+      note_error("aclgrphBuildModel failed (graphStatus " + std::to_string(st) + ")");
+    }
+    ge::aclgrphBuildFinalize();
+    return st == ge::GRAPH_SUCCESS ? kSuccess : kFailed;
+#else
+    (void)onnx, (void)onnx_size, (void)global_options, (void)n_global, (void)build_options, (void)n_build,
+        (void)output_file;
+    return fail(static_cast<aa_status>(AA_GE_UNSUPPORTED),
+                "aa_om_build: this module was built without libge_compiler.so (GE's build API); build the .om "
+                "with ATC");
+#endif
+  });
 }
 
 }  // extern "C"

@@ -221,6 +221,8 @@ typedef struct aa_run {
                            the outputs once the run's event completed. 0: described at submit.
                            (The Python side caches output shapes only for graphs whose output
                            shapes follow from the input shapes, Graph.static_outputs.) */
+    struct aa_mdl_run *model; /* NULL: a GE graph. Else an offline model (cdefs/offline.h):
+                                 aa_run_submit/collect/release run it with aclmdlExecuteAsync */
 } aa_run;
 
 int aa_run_submit(aa_run *run);

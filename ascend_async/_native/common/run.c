@@ -7,6 +7,11 @@
 #include "../ascend_async.h"
 #include "tensor.h"
 
+/* An offline model's run (common/mdl.c, cdefs/offline.h). */
+int aa_mdl_run_submit(aa_run *run);
+int aa_mdl_run_collect(aa_run *run);
+void aa_mdl_run_release(aa_run *run);
+
 #define FAIL_ACL(api, rc)          \
     do {                           \
         run->failed_api = (api);   \
@@ -15,6 +20,7 @@
     } while (0)
 
 int aa_run_submit(aa_run *run) {
+    if (run->model) return aa_mdl_run_submit(run);
     run->failed_api = NULL;
     run->acl_error = 0;
     run->ge_status = 0;
@@ -103,6 +109,7 @@ int aa_run_submit(aa_run *run) {
 }
 
 int aa_run_collect(aa_run *run) {
+    if (run->model) return aa_mdl_run_collect(run);
     aclError rc = 0;
     if (run->dynamic) {
         /* The run's event completed: its pending slots can be described now. No wait: on CANN
@@ -136,6 +143,10 @@ int aa_run_collect(aa_run *run) {
 }
 
 void aa_run_release(aa_run *run) {
+    if (run->model) {
+        aa_mdl_run_release(run);
+        return;
+    }
     for (size_t i = 0; i < run->n_inputs; i++) {
         aa_run_io *io = &run->inputs[i];
         if (io->host_block) aa_pool_free(run->host_pool, io->host_block);

@@ -530,6 +530,15 @@ int sim_model_is_static(const sim_model *model) {
 }
 size_t sim_model_bytes(const sim_model *model) { return model->size; }
 
+const char *sim_model_io(const sim_model *m, int output, size_t i, int32_t *dtype, uint32_t *ndim, int64_t *dims) {
+    if (i >= (output ? m->n_out : m->n_in)) return NULL;
+    const sim_io *io = output ? &m->out[i] : &m->in[i];
+    *dtype = io->dtype;
+    *ndim = io->ndim;
+    memcpy(dims, io->dims, io->ndim * sizeof(int64_t));
+    return io->name;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Shapes at submit                                                                            */
 

@@ -48,6 +48,9 @@ size_t sim_model_n_outputs(const sim_model *model);
 int sim_model_is_static(const sim_model *model);
 /* Bytes of the serialized model (the sim charges them to device memory at load). */
 size_t sim_model_bytes(const sim_model *model);
+/* Input (output = 0) or output `i`: its name (NULL past the end), ge::DataType, rank and dims
+ * (-1: symbolic or unknown; `dims` holds AA_MAX_DIMS). For the offline-model container. */
+const char *sim_model_io(const sim_model *m, int output, size_t i, int32_t *dtype, uint32_t *ndim, int64_t *dims);
 
 /* Checks the inputs' dtype and dims against the model (symbolic dims bound consistently,
  * element counts that fit in memory) and describes each output: dtype always; ndim and dims
