@@ -31,7 +31,7 @@ import anyio.lowlevel
 import ascend_async as aa
 from ascend_async._loop import current_bridge
 from ascend_async._submit import Run
-from ascend_async.bench._runner import _loop_post, thread_cpu_s
+from ascend_async.bench._runner import thread_cpu_s
 
 X = np.arange(4, dtype=np.float32).reshape(1, 4)
 LOOPS = ("asyncio", "uvloop", "trio")
@@ -111,6 +111,19 @@ def wakeups() -> int:
 
 
 # -- the hand-off baseline: a bare thread waking the loop -----------------------------------------
+
+
+def _loop_post() -> Callable[..., object]:
+    """The running loop's own thread-safe "call soon" (asyncio, uvloop or trio), bare: the
+    hand-off the library's wake-up is compared with, without the library's bridge around it."""
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop().call_soon_threadsafe
+    except RuntimeError:
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon  # type: ignore[no-any-return]
 
 
 class HandOff:
