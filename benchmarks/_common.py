@@ -31,7 +31,7 @@ import anyio.lowlevel
 import ascend_async as aa
 from ascend_async._loop import current_bridge
 from ascend_async._submit import Run
-from ascend_async.bench._runner import thread_cpu_s
+from ascend_async.bench._measure import thread_cpu_s
 
 X = np.arange(4, dtype=np.float32).reshape(1, 4)
 LOOPS = ("asyncio", "uvloop", "trio")

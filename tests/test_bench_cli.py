@@ -21,9 +21,11 @@ import pytest
 import ascend_async as aa
 from ascend_async.bench import main
 from ascend_async.bench._cli import _parser, config_from_args
+from ascend_async.bench._config import BEHIND_NS, BenchConfig
+from ascend_async.bench._drivers import Schedule
+from ascend_async.bench._measure import LevelResult, LevelState, percentiles
 from ascend_async.bench._options import BenchError, parse_levels, parse_percentiles, parse_threshold, parse_warmup
 from ascend_async.bench._progress import Progress
-from ascend_async.bench._runner import BEHIND_NS, BenchConfig, LevelResult, LevelState, Schedule, percentiles
 from ascend_async.models import path as model_path
 
 pytestmark = pytest.mark.timeout(90)

@@ -17,7 +17,7 @@ import ascend_async as aa
 from ascend_async import _ge
 from ascend_async._ge_options import LEVELS, OPTIONS, gears_to_options, parse_gears, table_markdown, validate
 from ascend_async.bench import main
-from ascend_async.bench._runner import ais_summary
+from ascend_async.bench._measure import ais_summary
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -437,8 +437,8 @@ async def test_profiling_mode_traces_every_run(
 
 
 def test_serving_line_counts_padding() -> None:
+    from ascend_async.bench._measure import LevelResult
     from ascend_async.bench._report import serving_lines
-    from ascend_async.bench._runner import LevelResult
 
     b = {
         "batches": 2,

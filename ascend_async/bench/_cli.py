@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ._config import LOOPS, MODES, BenchConfig
+from ._measure import LevelResult
 from ._options import (
     DEFAULT_PERCENTILES,
     BenchError,
@@ -23,7 +25,7 @@ from ._options import (
     parse_threshold,
     parse_warmup,
 )
-from ._runner import LOOPS, MODES, BenchConfig, LevelResult, run_benchmark
+from ._runner import run_benchmark
 
 __all__ = ["config_from_args", "main"]
 

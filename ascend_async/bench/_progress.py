@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from ._measure import LevelState, few_samples, overloaded
 from ._options import pct_key
-from ._runner import LevelState, few_samples, overloaded
 
 __all__ = ["Progress"]
 

@@ -16,8 +16,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from ._measure import LevelResult
 from ._options import pct_key
-from ._runner import LevelResult
 
 __all__ = [
     "EXPLAIN",
