@@ -8,18 +8,9 @@
 #include <string.h>
 
 #include "../ascend_async.h"
+#include "run_internal.h"
 #include "tensor.h"
 
-int aa_mdl_run_submit(aa_run *run);
-int aa_mdl_run_collect(aa_run *run);
-void aa_mdl_run_release(aa_run *run);
-
-#define FAIL_ACL(api, rc)          \
-    do {                           \
-        run->failed_api = (api);   \
-        run->acl_error = (rc);     \
-        return -1;                 \
-    } while (0)
 
 /* Threads that share a modelId serialize its gear, execute and the read of its current output
  * shapes (acl_mdl.h): the gear is model state, so another thread's gear set between ours and

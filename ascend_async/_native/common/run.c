@@ -5,19 +5,9 @@
 #include <string.h>
 
 #include "../ascend_async.h"
+#include "run_internal.h"
 #include "tensor.h"
 
-/* An offline model's run (common/mdl.c, cdefs/offline.h). */
-int aa_mdl_run_submit(aa_run *run);
-int aa_mdl_run_collect(aa_run *run);
-void aa_mdl_run_release(aa_run *run);
-
-#define FAIL_ACL(api, rc)          \
-    do {                           \
-        run->failed_api = (api);   \
-        run->acl_error = (rc);     \
-        return -1;                 \
-    } while (0)
 
 int aa_run_submit(aa_run *run) {
     if (run->model) return aa_mdl_run_submit(run);

@@ -1,0 +1,20 @@
+/* Between run.c (a graph's run) and mdl.c (an offline model's run): both fill one aa_run
+ * (cdefs/support.h, cdefs/offline.h); run.c hands a run whose `model` is set to mdl.c. */
+#ifndef AA_COMMON_RUN_INTERNAL_H
+#define AA_COMMON_RUN_INTERNAL_H
+
+#include "../ascend_async.h"
+
+int aa_mdl_run_submit(aa_run *run);
+int aa_mdl_run_collect(aa_run *run);
+void aa_mdl_run_release(aa_run *run);
+
+/* Inside a function of `aa_run *run` returning int: record the failed call and fail. */
+#define FAIL_ACL(api, rc)        \
+    do {                         \
+        run->failed_api = (api); \
+        run->acl_error = (rc);   \
+        return -1;               \
+    } while (0)
+
+#endif /* AA_COMMON_RUN_INTERNAL_H */
