@@ -149,6 +149,7 @@ class _LoopQueue:
         self.running = False
         self.wake_event: anyio.Event | None = None
         self._bridge = weakref.ref(bridge)
+        self._tasks: set[Any] = set()  # asyncio: the worker task while it runs
 
     def wake(self) -> None:
         if self.wake_event is not None:
@@ -164,7 +165,7 @@ class _LoopQueue:
         """On the loop thread: start ``fn()`` as a task that belongs to no caller's scope."""
         bridge = self._bridge()
         assert bridge is not None  # called on the loop, whose bridge lives while it runs
-        bridge.spawn(fn)
+        bridge.spawn(fn, self._tasks)
 
 
 def _active_trace(target: Any) -> Any:

@@ -102,7 +102,6 @@ class LoopBridge:
         "_local_post",
         "_post",
         "_slots",
-        "_tasks",
         "budget",
         "dead",
         "limiters",
@@ -132,7 +131,6 @@ class LoopBridge:
         # Per-owner state that lives on this loop (a batcher's queue): made and read on the
         # loop's thread only; held as long as both the loop's bridge and its owner live.
         self._slots: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-        self._tasks: set[Any] = set()  # asyncio: detached tasks (the loop holds them weakly)
 
     def slot(self, owner: Any, make: Callable[[], Any]) -> Any:
         """``owner``'s state on this loop, made by ``make()`` on first use (loop thread only)."""
@@ -141,9 +139,11 @@ class LoopBridge:
             state = self._slots[owner] = make()
         return state
 
-    def spawn(self, fn: Callable[[], Any]) -> None:
+    def spawn(self, fn: Callable[[], Any], keep: set[Any]) -> None:
         """On the loop thread: start ``fn()`` (a coroutine function) as a task that belongs to
-        no caller's scope (trio: a system task; asyncio: a task this bridge keeps alive)."""
+        no caller's scope (trio: a system task). asyncio holds its tasks weakly: ``keep`` holds
+        the task until it ends. The caller owns ``keep``, not the bridge: a task references its
+        loop, and a bridge that held one would keep its own loop (its weak key) alive."""
         if self.trio:
             import trio
 
@@ -152,8 +152,8 @@ class LoopBridge:
         import asyncio
 
         task = asyncio.get_running_loop().create_task(fn())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        keep.add(task)
+        task.add_done_callback(keep.discard)
 
     def limiter_for(self, owner: Any, limit: int) -> anyio.Semaphore:
         """``owner``'s in-flight limit on this loop (only this loop's thread calls this)."""
