@@ -155,6 +155,7 @@ class Run:
     __slots__ = (
         "abandoned",
         "account",
+        "attach_at",
         "bridge",
         "desc",
         "error",
@@ -167,6 +168,8 @@ class Run:
         "result",
         "slots",
         "stages",
+        "submit_at",
+        "submit_ns",
         "timing",
         "to_device",
         "token",
@@ -194,6 +197,9 @@ class Run:
         self.stages: StageEvents | None = None
         self.timing: tuple[float, float, float, float | None] | None = None
         self.noticed_ns = 0
+        # Set by Session._submit for traces and profiles: perf_counter ns at submit, the submit's
+        # duration, and the device clock's zero for the run's queued time (see StageEvents).
+        self.submit_at = self.submit_ns = self.attach_at = 0
         self.token = 0
         self.slots = 0  # events held from the device's budget (Session._run took them)
         self.desc: Any = None  # a Descriptor while submitted
