@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -21,17 +22,23 @@ import numpy as np
 from . import _hooks, _offline
 from ._cann_check import CHECK_ENV, CHECK_MODES, CHECK_OPTION
 from ._device import Device, acquire_device, check_not_forked, release_device
-from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
 from ._errors import AscendWarning, GraphError, SessionClosedError, ge_error
 from ._event import Event
 from ._ge import ge_initialize, global_options, option_array
 from ._ge_options import GRAPH, SESSION, validate
 from ._graph import Graph, GraphSource
 from ._loop import LoopBridge, current_bridge
-from ._memory import DeviceTensor
 from ._offline import ModelReplica, OfflineModel
 from ._streams import Stream, StreamPool
-from ._submit import CallbackRun, Replica, Run
+from ._submit import (
+    CallbackModelRun,
+    CallbackRun,
+    Replica,
+    Run,
+    describe_host_inputs,
+    model_run_sync,
+    read_host_outputs,
+)
 from ._tuning import Dumper, Gears, Trace, WarmupReport, graph_gears
 from ._watcher import Watcher, current_watcher
 
@@ -886,38 +893,6 @@ class Session:
                 gid = self._add_replica(state, None)
             return gid
 
-    def _host_inputs(self, values: list[Any], tin: Any) -> None:
-        ffi = self._ffi
-        for i, v in enumerate(values):
-            t = tin[i]
-            if isinstance(v, DeviceTensor):
-                tin[i] = v.ge_input()
-                continue
-            t.addr = ffi.cast("void*", ffi.from_buffer(v)) if v.nbytes else ffi.NULL
-            t.size = v.nbytes
-            t.dtype = NUMPY_TO_GE[v.dtype]
-            t.format = self._lib.AA_FORMAT_ND
-            t.placement = self._lib.AA_PLACEMENT_HOST
-            t.ndim = v.ndim
-            for k, dim in enumerate(v.shape):
-                t.dims[k] = dim
-
-    def _host_outputs(self, tout: Any, n: int, names: Sequence[str]) -> dict[str, np.ndarray]:
-        ffi, lib = self._ffi, self._lib
-        out: dict[str, np.ndarray] = {}
-        try:
-            for j, name in enumerate(names[:n]):
-                t = tout[j]
-                shape = tuple(int(t.dims[k]) for k in range(t.ndim))
-                arr = np.empty(shape, GE_TO_NUMPY[t.dtype])
-                if arr.nbytes:
-                    ffi.memmove(arr, t.addr, arr.nbytes)
-                out[name] = arr
-        finally:  # GE's output blocks go back even when sizing or copying one failed
-            for j in range(n):
-                lib.aa_tensor_release(tout + j)
-        return out
-
     def run_sync(self, graph: Graph, inputs: Mapping[str, Any] | Sequence[Any]) -> dict[str, np.ndarray]:
         """GE's RunGraph: run to completion on the calling thread (blocks it).
 
@@ -944,7 +919,7 @@ class Session:
         ffi, lib = self._ffi, self._lib
         n_out = len(graph.outputs)
         tin = ffi.new("aa_tensor[]", max(len(values), 1))
-        self._host_inputs(values, tin)
+        describe_host_inputs(ffi, lib, values, tin)
         tout = ffi.new("aa_tensor[]", max(n_out, 1))
         count = ffi.new("size_t*", n_out)
         pin = object()  # from the id lookup to GE's answer: remove_graph refuses meanwhile
@@ -963,7 +938,7 @@ class Session:
             raise self._device.backend.ge_error(status, "RunGraph", bound_mode=state.mode, mode="sync")
         with self._lock:
             self._completed += 1
-        return self._host_outputs(tout, int(count[0]), [spec.name for spec in graph.outputs])
+        return read_host_outputs(ffi, lib, tout, int(count[0]), [spec.name for spec in graph.outputs])
 
     def run_with_callback(
         self,
@@ -1005,13 +980,14 @@ class Session:
         ffi, lib = self._ffi, self._lib
         watcher = dev.get_watcher()
         tin = ffi.new("aa_tensor[]", max(len(values), 1))
-        self._host_inputs(values, tin)
+        describe_host_inputs(ffi, lib, values, tin)
         names = [spec.name for spec in graph.outputs]
         pin = object()  # from the id lookup to GE's answer: remove_graph refuses meanwhile
         state.submitting.append(pin)
         try:
             gid = self._primary_id(state)
-            run = CallbackRun(dev, watcher, names, tin, values, callback, self._account, self._host_outputs)
+            read = functools.partial(read_host_outputs, ffi, lib)
+            run = CallbackRun(dev, watcher, names, tin, values, callback, self._account, read)
             with self._lock:
                 self._check_open()
                 self._pending += 1
@@ -1233,7 +1209,7 @@ class Session:
         try:
             gid = self._primary_id(state)  # the model's own load, used by run_sync alone
             try:
-                out = _offline.run_sync(self._device, model, gid, values)
+                out = model_run_sync(self._device, model, gid, values)
             except BaseException:
                 with self._lock:
                     self._failed += 1
@@ -1260,14 +1236,14 @@ class Session:
             )
         pin = object()
         state.submitting.append(pin)
-        run: _offline.CallbackModelRun | None = None
+        run: CallbackModelRun | None = None
         try:
             lane = self._pool.pick(None)
             replica = state.replicas.get(lane)
             if replica is None:
                 self._ensure_loaded(state, lane)
                 replica = state.replicas[lane]
-            run = _offline.CallbackModelRun(replica, self._pool, self._account, callback)
+            run = CallbackModelRun(replica, self._pool, self._account, callback)
             run.slots = 1
             with self._lock:
                 self._check_open()
