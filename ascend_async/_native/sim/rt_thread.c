@@ -70,6 +70,7 @@ void *rt_device_thread(void *arg) {
              * each (a doorbell on an NPU is one register write). One thread at a time. */
             uint64_t seen = d->enqueued;
             d->spinning = 1;
+            SIM_STAT_ADD(device_spins, 1);
             pthread_mutex_unlock(&d->lock);
             uint64_t t0 = sim_now_ns();
             while (__atomic_load_n(&d->enqueued, __ATOMIC_ACQUIRE) == seen && sim_now_ns() - t0 < SPIN_NS) {}
