@@ -642,6 +642,8 @@ class Session:
             return gid
 
     def _bind_mode(self, state: _GraphState, mode: str) -> None:
+        if state.mode == mode:  # bound already: set once, under the lock, and never unset
+            return
         if isinstance(state.graph, OfflineModel):  # GE's run modes are a GeSession rule
             return
         with state.lock:
