@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -21,19 +22,25 @@ import numpy as np
 from . import _hooks, _offline
 from ._cann_check import CHECK_ENV, CHECK_MODES, CHECK_OPTION
 from ._device import Device, acquire_device, check_not_forked, release_device
-from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
 from ._errors import AscendWarning, GraphError, SessionClosedError, ge_error
 from ._event import Event
 from ._ge import ge_initialize, global_options, option_array
 from ._ge_options import GRAPH, SESSION, validate
 from ._graph import Graph, GraphSource
 from ._loop import LoopBridge, current_bridge
-from ._memory import DeviceTensor
 from ._offline import ModelReplica, OfflineModel
 from ._streams import Stream, StreamPool
-from ._submit import CallbackRun, Replica, Run
+from ._submit import (
+    CallbackModelRun,
+    CallbackRun,
+    Replica,
+    Run,
+    describe_host_inputs,
+    model_run_sync,
+    read_host_outputs,
+)
 from ._tuning import Dumper, Gears, Trace, WarmupReport, graph_gears
-from ._watcher import current_watcher
+from ._watcher import Watcher, current_watcher
 
 if TYPE_CHECKING:
     from ._batcher import Batcher
@@ -251,8 +258,10 @@ class Session:
 
     @property
     def streams(self) -> tuple[Stream, ...]:
-        """The session's live streams, by index (a faulted stream is replaced here at the
-        latest)."""
+        """The session's streams, by index. Reading it changes nothing: a stream that faulted
+        is replaced on the submitting side, when the task whose run failed resumes, else at the
+        next submission, so a stream seen here is never a destroyed one, and is a faulted one
+        only if it faulted since (its fault surfaces as :class:`DeviceError` from its runs)."""
         self._check_open()
         return self._pool.snapshot()
 
@@ -633,6 +642,8 @@ class Session:
             return gid
 
     def _bind_mode(self, state: _GraphState, mode: str) -> None:
+        if state.mode == mode:  # bound already: set once, under the lock, and never unset
+            return
         if isinstance(state.graph, OfflineModel):  # GE's run modes are a GeSession rule
             return
         with state.lock:
@@ -702,6 +713,7 @@ class Session:
         *,
         profile: bool,
     ) -> tuple[dict[str, Any], RunProfile | None]:
+        """One ``await session.run``: checks, then admission -> lane -> submit -> result."""
         t_entry = time.perf_counter_ns()
         if outputs not in ("numpy", "device"):
             raise ValueError(f"outputs must be 'numpy' or 'device', not {outputs!r}")
@@ -710,97 +722,153 @@ class Session:
         values = graph.bind(inputs)
         if state.gears is not None:
             state.gears.check(graph, values)
-        trace = self._trace
-        profile_events = profile or trace is not None  # a traced run records its stage events
         self._bind_mode(state, "stream")
+        staged = profile or self._trace is not None  # a traced run records its stage events
+        need = 4 if staged else 1  # the run's events: a staged run records three stage events too
         bridge = current_bridge()
+        limiter = await self._admit(bridge, need)
+        run = await self._launch(state, values, stream, outputs == "device", staged, bridge, limiter, need)
+        await run.wait()
+        return await self._result(graph, values, run, t_entry, profile)
+
+    async def _admit(self, bridge: LoopBridge, need: int) -> anyio.Semaphore:
+        """Admission: a place under this loop's in-flight limit for the session, then ``need``
+        events from the device's budget, shared with every loop, session and pool on the device
+        (a run that does not fit waits here, on this loop, never inside aclrtRecordEvent).
+        Returns the limiter, held; nothing is held if it raises."""
         limiter = bridge.limiters.get(self)
         if limiter is None:
             limiter = bridge.limiter_for(self, self._max_in_flight)
             self._bridges.add(bridge)  # close() drops the limiter from it
-        try:  # the run's schedule point is its wait below: no extra loop round trip here
+        try:  # the run's schedule point is its wait: no extra loop round trip here
             limiter.acquire_nowait()
         except anyio.WouldBlock:
             await limiter.acquire()
-        # The device's event budget, shared with every loop, session and pool on the device: a
-        # run that does not fit waits here, on this loop, never inside aclrtRecordEvent.
-        need = 4 if profile_events else 1  # a profiled run records three stage events too
         events = self._device.events
-        run: Run | None = None
         try:
             if not events.try_take(need):
                 await events.take(need, bridge)
         except BaseException:
             limiter.release()
             raise
+        return limiter
+
+    async def _launch(
+        self,
+        state: _GraphState,
+        values: list[Any],
+        want: Stream | int | None,
+        to_device: bool,
+        staged: bool,
+        bridge: LoopBridge,
+        limiter: anyio.Semaphore,
+        need: int,
+    ) -> Run:
+        """This iteration's submission budget, the lane (stream and replica), the submit. The
+        run owns the limiter and the events from here; if it raises, they are given back."""
+        events = self._device.events
+        run: Run | None = None
         pin = object()  # from the replica lookup to the submit: remove_graph refuses meanwhile
         try:
             if not bridge.take_budget():
                 await bridge.admit()  # this loop iteration's submissions are spent: wait for the next
             state.submitting.append(pin)
-            lane = self._pool.pick(stream)
-            replica = state.replicas.get(lane)
-            while replica is None:  # the first run on this stream: compile/load off-loop
-                await anyio.to_thread.run_sync(self._ensure_loaded, state, lane)
-                replica = state.replicas.get(lane)
-                if replica is None:  # the stream faulted meanwhile (no replica on it): its replacement
-                    lane = self._pool.pick(stream)
-                    replica = state.replicas.get(lane)
-            run = Run(replica, self._pool, self._account, bridge, outputs == "device")
+            replica = await self._lane(state, want)
+            run = Run(replica, self._pool, self._account, bridge, to_device)
             run.slots, need = need, 0  # the run gives them back when it is recycled
-            t_submit = time.perf_counter_ns()
-            with self._lock:  # counted as pending: close() waits for it from here
-                self._check_open()
-                self._pending += 1
-            try:
-                watcher = self._device.get_watcher()
-                self._device.ensure_current()
-                run.submit(values, watcher, profile_events)
-                if trace is not None:  # the device clock's zero for the run's queued time (see StageEvents)
-                    stages = run.stages
-                    t_attach = stages.submitted_ns if stages is not None else t_submit
-            except BaseException:
-                self._account(0, False, counted=False)
-                raise
-            finally:
-                state.submitting.remove(pin)
-                pin = None
-            submit_ns = time.perf_counter_ns() - t_submit
+            watcher = self._submit(run, values, staged)
         except BaseException:
-            if pin is not None and pin in state.submitting:
-                state.submitting.remove(pin)
             if run is not None:
                 run._give_slots()  # a no-op once a failed submit recycled the run
             if need:
                 events.give(need)
             limiter.release()
             raise
+        finally:
+            if pin in state.submitting:
+                state.submitting.remove(pin)
         run.limiter = limiter
         bridge.collect_after_submit(watcher)
-        await run.wait()
+        return run
+
+    async def _lane(self, state: _GraphState, want: Stream | int | None) -> Replica:
+        """The run's lane: the stream (``want``, else the least loaded; a faulted one is replaced
+        first) and the graph's replica on it, compiled and loaded off the loop on the graph's
+        first run there."""
+        lane = self._pool.pick(want)
+        replica = state.replicas.get(lane)
+        while replica is None:
+            await anyio.to_thread.run_sync(self._ensure_loaded, state, lane)
+            replica = state.replicas.get(lane)
+            if replica is None:  # the stream faulted meanwhile (no replica on it): its replacement
+                lane = self._pool.pick(want)
+                replica = state.replicas.get(lane)
+        return replica
+
+    def _submit(self, run: Run, values: list[Any], staged: bool) -> Watcher:
+        """Counted as pending (close() waits for it from here), then the one C call. Returns
+        the device's watcher."""
+        run.submit_at = t = time.perf_counter_ns()
+        with self._lock:
+            self._check_open()
+            self._pending += 1
+        try:
+            watcher = self._device.get_watcher()
+            self._device.ensure_current()
+            run.submit(values, watcher, staged)
+        except BaseException:
+            self._account(0, False, counted=False)
+            raise
+        stages = run.stages  # the device clock's zero for the run's queued time (see StageEvents)
+        run.attach_at = stages.submitted_ns if stages is not None else t
+        run.submit_ns = time.perf_counter_ns() - t
+        return watcher
+
+    async def _result(
+        self, graph: Graph, values: list[Any], run: Run, t_entry: int, profile: bool
+    ) -> tuple[dict[str, Any], RunProfile | None]:
+        """The completed run's outcome: its outputs (and profile), or its error."""
         if _hooks.metrics is not None:  # a Prometheus exporter is installed (ascend_async._metrics)
             _hooks.metrics.run(self, graph, run, t_entry)
         if run.error is not None:
+            self._replace_faulted()
             raise run.error
-        assert run.result is not None
+        result = run.result
+        assert result is not None
+        trace = self._trace
         if trace is not None and run.timing is not None:
             exact = bool(self._device.backend.is_sim)
             t_now = time.perf_counter_ns()
-            trace.run(self._device.id, lane.index, graph.name, t_submit, submit_ns, run.timing, t_now, exact, t_attach)
+            lane = run.replica.stream.index
+            trace.run(
+                self._device.id, lane, graph.name, run.submit_at, run.submit_ns, run.timing, t_now, exact, run.attach_at
+            )
         if self._dumper is not None:
-            await self._dump(graph, values, run.result)
+            await self._dump(graph, values, result)
         if not profile:
-            return run.result, None
+            return result, None
         assert run.timing is not None
         h2d, compute, d2h, queued = run.timing
-        return run.result, RunProfile(
+        return result, RunProfile(
             h2d_ms=h2d,
             compute_ms=compute,
             d2h_ms=d2h,
-            submit_ms=submit_ns / 1e6,
+            submit_ms=run.submit_ns / 1e6,
             queued_ms=queued,
             end_to_end_ms=(time.perf_counter_ns() - t_entry) / 1e6,
         )
+
+    def _replace_faulted(self) -> None:
+        """On the submitting side, when a run's task learns that its run failed: a stream that
+        faulted gets its replacement now, so the caller's next look at :attr:`streams` shows a
+        live stream in its slot (a fault nobody awaited is replaced at the next submission)."""
+        if not self._pool.stale:
+            return
+        try:
+            with self._working():
+                self._pool.refresh()
+        except SessionClosedError:
+            pass
 
     def _account(self, code: int, abandoned: bool, counted: bool = True) -> None:
         """A run finished (any thread): count it and let close() go on when none is left."""
@@ -826,38 +894,6 @@ class Session:
             if gid is None:
                 gid = self._add_replica(state, None)
             return gid
-
-    def _host_inputs(self, values: list[Any], tin: Any) -> None:
-        ffi = self._ffi
-        for i, v in enumerate(values):
-            t = tin[i]
-            if isinstance(v, DeviceTensor):
-                tin[i] = v.ge_input()
-                continue
-            t.addr = ffi.cast("void*", ffi.from_buffer(v)) if v.nbytes else ffi.NULL
-            t.size = v.nbytes
-            t.dtype = NUMPY_TO_GE[v.dtype]
-            t.format = self._lib.AA_FORMAT_ND
-            t.placement = self._lib.AA_PLACEMENT_HOST
-            t.ndim = v.ndim
-            for k, dim in enumerate(v.shape):
-                t.dims[k] = dim
-
-    def _host_outputs(self, tout: Any, n: int, names: Sequence[str]) -> dict[str, np.ndarray]:
-        ffi, lib = self._ffi, self._lib
-        out: dict[str, np.ndarray] = {}
-        try:
-            for j, name in enumerate(names[:n]):
-                t = tout[j]
-                shape = tuple(int(t.dims[k]) for k in range(t.ndim))
-                arr = np.empty(shape, GE_TO_NUMPY[t.dtype])
-                if arr.nbytes:
-                    ffi.memmove(arr, t.addr, arr.nbytes)
-                out[name] = arr
-        finally:  # GE's output blocks go back even when sizing or copying one failed
-            for j in range(n):
-                lib.aa_tensor_release(tout + j)
-        return out
 
     def run_sync(self, graph: Graph, inputs: Mapping[str, Any] | Sequence[Any]) -> dict[str, np.ndarray]:
         """GE's RunGraph: run to completion on the calling thread (blocks it).
@@ -885,7 +921,7 @@ class Session:
         ffi, lib = self._ffi, self._lib
         n_out = len(graph.outputs)
         tin = ffi.new("aa_tensor[]", max(len(values), 1))
-        self._host_inputs(values, tin)
+        describe_host_inputs(ffi, lib, values, tin)
         tout = ffi.new("aa_tensor[]", max(n_out, 1))
         count = ffi.new("size_t*", n_out)
         pin = object()  # from the id lookup to GE's answer: remove_graph refuses meanwhile
@@ -904,7 +940,7 @@ class Session:
             raise self._device.backend.ge_error(status, "RunGraph", bound_mode=state.mode, mode="sync")
         with self._lock:
             self._completed += 1
-        return self._host_outputs(tout, int(count[0]), [spec.name for spec in graph.outputs])
+        return read_host_outputs(ffi, lib, tout, int(count[0]), [spec.name for spec in graph.outputs])
 
     def run_with_callback(
         self,
@@ -946,13 +982,14 @@ class Session:
         ffi, lib = self._ffi, self._lib
         watcher = dev.get_watcher()
         tin = ffi.new("aa_tensor[]", max(len(values), 1))
-        self._host_inputs(values, tin)
+        describe_host_inputs(ffi, lib, values, tin)
         names = [spec.name for spec in graph.outputs]
         pin = object()  # from the id lookup to GE's answer: remove_graph refuses meanwhile
         state.submitting.append(pin)
         try:
             gid = self._primary_id(state)
-            run = CallbackRun(dev, watcher, names, tin, values, callback, self._account, self._host_outputs)
+            read = functools.partial(read_host_outputs, ffi, lib)
+            run = CallbackRun(dev, watcher, names, tin, values, callback, self._account, read)
             with self._lock:
                 self._check_open()
                 self._pending += 1
@@ -1174,7 +1211,7 @@ class Session:
         try:
             gid = self._primary_id(state)  # the model's own load, used by run_sync alone
             try:
-                out = _offline.run_sync(self._device, model, gid, values)
+                out = model_run_sync(self._device, model, gid, values)
             except BaseException:
                 with self._lock:
                     self._failed += 1
@@ -1201,14 +1238,14 @@ class Session:
             )
         pin = object()
         state.submitting.append(pin)
-        run: _offline.CallbackModelRun | None = None
+        run: CallbackModelRun | None = None
         try:
             lane = self._pool.pick(None)
             replica = state.replicas.get(lane)
             if replica is None:
                 self._ensure_loaded(state, lane)
                 replica = state.replicas[lane]
-            run = _offline.CallbackModelRun(replica, self._pool, self._account, callback)
+            run = CallbackModelRun(replica, self._pool, self._account, callback)
             run.slots = 1
             with self._lock:
                 self._check_open()

@@ -1,8 +1,9 @@
 """A session's streams: the pool that picks one per run, and fault replacement.
 
 A run that fails on the device marks its stream faulted (``finished``, on whichever thread
-completed the run). The replacement happens on the submitting side: the next ``pick`` (or a
-look at ``Session.streams``) puts a fresh stream in the faulted one's slot, and a replaced
+completed the run). The replacement happens on the submitting side only: the task whose run
+failed (``Session._replace_faulted``) or the next ``pick`` puts a fresh stream in the faulted
+one's slot (``Session.streams`` only reads the slots), and a replaced
 stream is destroyed, with its graph replicas, once its last run has completed.
 """
 
@@ -102,13 +103,18 @@ class StreamPool:
             self.streams.append(make(i))
 
     def snapshot(self) -> tuple[Stream, ...]:
-        self.refresh()
+        """The streams by index, as they are (no replacement here: reading has no effects)."""
         with self._lock:
             return tuple(self.streams)
 
+    @property
+    def stale(self) -> bool:
+        """A stream faulted since the last refresh, or a replaced one awaits destruction."""
+        return self._faulted or bool(self._replaced)
+
     def pick(self, want: Stream | int | None) -> Stream:
         """The stream for the next run: ``want``, or the least loaded (ties rotate)."""
-        if self._faulted or self._replaced:
+        if self.stale:
             self.refresh()
         with self._lock:
             streams = self.streams

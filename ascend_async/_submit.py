@@ -6,6 +6,11 @@ submits it with one ``aa_run_submit`` call, keeps the inputs and stage events al
 its token completes (``complete``, normally on its own loop thread after a harvest) reads the
 outputs back, gives the descriptor's blocks back in C, settles the stream and session counts
 and wakes its task. ``CallbackRun`` does the same for RunGraphAsync, on the watcher thread.
+
+The marshalling of every run mode lives here too: the aa_run descriptors of ``await run``
+(graphs and offline models), RunGraph/RunGraphAsync's host tensors (``describe_host_inputs``,
+``read_host_outputs``), and an offline model's aclmdlExecute datasets (``model_run_sync``) and
+aclmdlExecuteAsync run (``CallbackModelRun``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import anyio
 import numpy as np
 
 from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
-from ._errors import acl_error, device_fault, ge_error
+from ._errors import GraphError, acl_error, device_fault, ge_error
 from ._loop import Waiter
 from ._memory import DeviceTensor
 from ._watcher import report_ignored
@@ -27,10 +32,21 @@ from ._watcher import report_ignored
 if TYPE_CHECKING:
     from ._device import Device
     from ._loop import LoopBridge
+    from ._offline import OfflineModel
     from ._streams import Stream, StreamPool
     from ._watcher import Watcher
 
-__all__ = ["CallbackRun", "Descriptor", "Replica", "Run", "StageEvents"]
+__all__ = [
+    "CallbackModelRun",
+    "CallbackRun",
+    "Descriptor",
+    "Replica",
+    "Run",
+    "StageEvents",
+    "describe_host_inputs",
+    "model_run_sync",
+    "read_host_outputs",
+]
 
 
 class Descriptor:
@@ -155,6 +171,7 @@ class Run:
     __slots__ = (
         "abandoned",
         "account",
+        "attach_at",
         "bridge",
         "desc",
         "error",
@@ -167,6 +184,8 @@ class Run:
         "result",
         "slots",
         "stages",
+        "submit_at",
+        "submit_ns",
         "timing",
         "to_device",
         "token",
@@ -194,6 +213,9 @@ class Run:
         self.stages: StageEvents | None = None
         self.timing: tuple[float, float, float, float | None] | None = None
         self.noticed_ns = 0
+        # Set by Session._submit for traces and profiles: perf_counter ns at submit, the submit's
+        # duration, and the device clock's zero for the run's queued time (see StageEvents).
+        self.submit_at = self.submit_ns = self.attach_at = 0
         self.token = 0
         self.slots = 0  # events held from the device's budget (Session._run took them)
         self.desc: Any = None  # a Descriptor while submitted
@@ -479,6 +501,191 @@ class CallbackRun:
     def _call(self, out: dict[str, np.ndarray] | None, error: BaseException | None) -> None:
         """The user's callback: whatever it raises, BaseException included, is reported and
         contained (the watcher thread serves every session on the device)."""
+        try:
+            self.callback(out, error)
+        except BaseException as exc:
+            report_ignored(exc, f"the run_with_callback callback {self.callback!r}")
+
+
+# -- GE's RunGraph and RunGraphAsync: host tensors in, GE's host outputs back ----------------------
+
+
+def describe_host_inputs(ffi: Any, lib: Any, values: Sequence[Any], tin: Any) -> None:
+    """Describe ``values`` (numpy arrays, read in place, or DeviceTensors) in the ``aa_tensor``
+    array ``tin`` for RunGraph / RunGraphAsync; the arrays must outlive GE's use of them."""
+    for i, v in enumerate(values):
+        t = tin[i]
+        if isinstance(v, DeviceTensor):
+            tin[i] = v.ge_input()
+            continue
+        t.addr = ffi.cast("void*", ffi.from_buffer(v)) if v.nbytes else ffi.NULL
+        t.size = v.nbytes
+        t.dtype = NUMPY_TO_GE[v.dtype]
+        t.format = lib.AA_FORMAT_ND
+        t.placement = lib.AA_PLACEMENT_HOST
+        t.ndim = v.ndim
+        for k, dim in enumerate(v.shape):
+            t.dims[k] = dim
+
+
+def read_host_outputs(ffi: Any, lib: Any, tout: Any, n: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """GE's ``n`` host outputs in ``tout`` copied into fresh arrays by name; every output block
+    goes back to GE, even when sizing or copying one failed."""
+    out: dict[str, np.ndarray] = {}
+    try:
+        for j, name in enumerate(names[:n]):
+            t = tout[j]
+            shape = tuple(int(t.dims[k]) for k in range(t.ndim))
+            arr = np.empty(shape, GE_TO_NUMPY[t.dtype])
+            if arr.nbytes:
+                ffi.memmove(arr, t.addr, arr.nbytes)
+            out[name] = arr
+    finally:
+        for j in range(n):
+            lib.aa_tensor_release(tout + j)
+    return out
+
+
+# -- an offline model's run_sync and run_with_callback (aclmdlExecute / aclmdlExecuteAsync) --------
+
+
+def model_run_sync(device: Device, model: OfflineModel, model_id: int, values: Sequence[Any]) -> dict[str, np.ndarray]:
+    """aclmdlExecute on the model's own load (``model_id``, used by nothing else), blocking the
+    calling thread: inputs copied to device blocks, outputs read back with their shapes."""
+    b = device.backend
+    ffi, lib = b.ffi, b.lib
+    pool = device.device_pool
+    blocks: list[Any] = []
+    made: list[Any] = []
+    device.ensure_current()
+
+    def block(n: int) -> Any:
+        p = device.alloc(pool, max(n, 1), "aclmdlExecute")
+        blocks.append(p)
+        return p
+
+    ins = lib.aclmdlCreateDataset()
+    outs = lib.aclmdlCreateDataset()
+    try:
+        k = 0
+        for i in range(model.n_model_inputs):
+            if i == model._gear_input:
+                addr, size = block(model.gear_input_size), model.gear_input_size
+            else:
+                v = values[k]
+                k += 1
+                if isinstance(v, DeviceTensor):
+                    addr, size = v.ge_input().addr, v.nbytes
+                else:
+                    addr, size = block(v.nbytes), v.nbytes
+                    if v.nbytes:
+                        b.check(
+                            lib.aclrtMemcpy(
+                                addr, v.nbytes, ffi.from_buffer(v), v.nbytes, lib.ACL_MEMCPY_HOST_TO_DEVICE
+                            ),
+                            "aclrtMemcpy",
+                        )
+            buf = lib.aclCreateDataBuffer(addr, size)
+            made.append(buf)
+            b.check(lib.aclmdlAddDatasetBuffer(ins, buf), "aclmdlAddDatasetBuffer")
+        for size in model.output_sizes:
+            buf = lib.aclCreateDataBuffer(block(size), size)
+            made.append(buf)
+            b.check(lib.aclmdlAddDatasetBuffer(outs, buf), "aclmdlAddDatasetBuffer")
+        with model._sync_lock:  # threads sharing a modelId serialize the gear and the execute (acl_mdl.h)
+            _set_gear(b, model, model_id, ins, model.gear_of(values))
+            b.check(lib.aclmdlExecute(model_id, ins, outs), "aclmdlExecute")
+            shapes = [_output_shape(b, model, model_id, outs, o) for o in range(len(model.outputs))]
+        result: dict[str, np.ndarray] = {}
+        for o, spec in enumerate(model.outputs):
+            shape, dt = shapes[o]
+            arr = np.empty(shape, GE_TO_NUMPY[dt])
+            if arr.nbytes > model.output_sizes[o]:
+                raise GraphError(f"{model.name}: output {spec.name!r} is larger than its buffer")
+            if arr.nbytes:
+                src = lib.aclGetDataBufferAddr(lib.aclmdlGetDatasetBuffer(outs, o))
+                b.check(
+                    lib.aclrtMemcpy(ffi.from_buffer(arr), arr.nbytes, src, arr.nbytes, lib.ACL_MEMCPY_DEVICE_TO_HOST),
+                    "aclrtMemcpy",
+                )
+            result[spec.name] = arr
+        return result
+    finally:
+        for buf in made:
+            lib.aclDestroyDataBuffer(buf)
+        lib.aclmdlDestroyDataset(ins)
+        lib.aclmdlDestroyDataset(outs)
+        for p in blocks:
+            lib.aa_pool_free(pool, p)
+
+
+def _set_gear(b: Any, model: OfflineModel, model_id: int, ins: Any, gear: tuple[int, ...] | None) -> None:
+    if gear is None:
+        return
+    lib = b.lib
+    gi = model._gear_input
+    kind = model.gears.kind  # type: ignore[union-attr]
+    if kind == "batch":
+        b.check(lib.aclmdlSetDynamicBatchSize(model_id, ins, gi, gear[0]), "aclmdlSetDynamicBatchSize")
+    elif kind == "hw":
+        b.check(lib.aclmdlSetDynamicHWSize(model_id, ins, gi, *gear), "aclmdlSetDynamicHWSize")
+    else:
+        d = b.ffi.new("aclmdlIODims*")
+        d.dimCount = len(gear)
+        d.dims[0 : len(gear)] = gear
+        b.check(lib.aclmdlSetInputDynamicDims(model_id, ins, gi, d), "aclmdlSetInputDynamicDims")
+
+
+def _output_shape(b: Any, model: OfflineModel, model_id: int, outs: Any, o: int) -> tuple[tuple[int, ...], int]:
+    """Output ``o``'s shape and ge::DataType after an aclmdlExecute: from the output dataset's
+    tensor desc where the runtime described it (value-dependent shapes), else the shape of the
+    gear just set (aclmdlGetCurOutputDims)."""
+    ffi, lib = b.ffi, b.lib
+    td = lib.aclmdlGetDatasetTensorDesc(outs, o)
+    if td != ffi.NULL:
+        n = int(lib.aclGetTensorDescNumDims(td))
+        return tuple(_dim(b, td, d) for d in range(n)), int(lib.aclGetTensorDescType(td))
+    desc = ffi.gc(lib.aclmdlCreateDesc(), lib.aclmdlDestroyDesc)
+    b.check(lib.aclmdlGetDesc(desc, model_id), "aclmdlGetDesc")
+    dims = ffi.new("aclmdlIODims*")
+    b.check(lib.aclmdlGetCurOutputDims(desc, o, dims), "aclmdlGetCurOutputDims")
+    shape = tuple(int(dims.dims[k]) for k in range(dims.dimCount))
+    if any(v < 0 for v in shape):
+        raise GraphError(f"{model.name}: output {model.outputs[o].name!r} has no shape after aclmdlExecute")
+    return shape, int(lib.aclmdlGetOutputDataType(desc, o))
+
+
+def _dim(b: Any, td: Any, d: int) -> int:
+    v = b.ffi.new("int64_t*")
+    b.check(b.lib.aclGetTensorDescDimV2(td, d, v), "aclGetTensorDescDimV2")
+    return int(v[0])
+
+
+class _CallbackBridge:
+    """Where a callback run completes: on the watcher thread (channel 0), never on a loop."""
+
+    trio = False
+
+    def channel(self, watcher: Watcher) -> int:
+        return 0
+
+    def call(self, fn: Any) -> None:
+        fn()
+
+
+class CallbackModelRun(Run):
+    """An offline model's ``run_with_callback``: an ``aclmdlExecuteAsync`` run whose token the
+    watcher completes itself; ``callback(outputs, error)`` runs there (errors it raises are
+    reported as :class:`AscendWarning`, as for graphs)."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, replica: Replica, pool: Any, account: Any, callback: Any) -> None:
+        super().__init__(replica, pool, account, _CallbackBridge(), False)  # type: ignore[arg-type]
+        self.callback = callback
+
+    def _wake(self) -> None:
+        out, error = (None, self.error) if self.error is not None else (self.result, None)
         try:
             self.callback(out, error)
         except BaseException as exc:

@@ -8,7 +8,7 @@ import anyio
 import anyio.lowlevel
 import numpy as np
 import pytest
-from helpers import add_model, held, wait_for
+from helpers import add_model, held, sim_stats, wait_for
 
 import ascend_async
 from ascend_async._native import _sim
@@ -164,3 +164,50 @@ async def test_fault_while_closing() -> None:
         await s.aclose()
     assert len(outcomes) == 3
     assert all(isinstance(o, ascend_async.DeviceError) and o.code == AICORE for o in outcomes)
+
+
+async def test_streams_after_a_fault_before_and_after_a_run() -> None:
+    """``session.streams`` only reads (issue 21): replacement happens on the submitting side.
+    A fault the caller saw (its ``await run`` raised) is replaced when that task resumes; a fault
+    nobody awaited (the run was cancelled) stays visible, faulted but never destroyed, until
+    the next run replaces it; reading ``streams`` creates or destroys no stream."""
+    async with ascend_async.Session() as s:
+        g = add_model(s)
+        await s.load(g)
+        live = sim_stats()["streams"]
+        # 1. The caller sees the fault: its slot shows a fresh stream when the run raises.
+        old = s.streams[0]
+        assert _sim.lib.aa_sim_inject_fault(old.handle, 1, AICORE) == 0
+        with pytest.raises(ascend_async.DeviceError):
+            await s.run(g, {"x": X, "y": X}, stream=0)
+        fresh = s.streams[0]
+        assert fresh is not old and fresh.fault == 0 and fresh.index == 0
+        assert s.streams == s.streams and sim_stats()["streams"] == live  # the old one destroyed (drained)
+        # 2. Nobody awaits the fault (its run was cancelled): before a run, the faulted stream.
+        lane = s.streams[0]
+        with held(lane) as gate:
+            assert _sim.lib.aa_sim_inject_fault(lane.handle, 1, AICORE) == 0
+            scope = anyio.CancelScope()
+
+            async def victim() -> None:
+                with scope:
+                    await s.run(g, {"x": X, "y": X}, stream=0)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(victim)
+                await wait_for(lambda: lane.in_flight == 1)
+                scope.cancel()
+            gate.release()
+            await wait_for(lambda: lane.in_flight == 0 and lane.fault == AICORE)
+        for _ in range(3):  # reading changes nothing
+            assert s.streams[0] is lane and s.streams[1].fault == 0
+            assert sim_stats()["streams"] == live
+        with pytest.raises(ascend_async.DeviceError):
+            lane.synchronize()  # faulted, still a live handle: its fault, not a destroyed stream
+        # After a run: replaced (the run went to the fresh stream) and the faulted one destroyed.
+        out = await s.run(g, {"x": X, "y": X}, stream=0)
+        np.testing.assert_array_equal(out["z"], 2 * X)
+        assert s.streams[0] is not lane and s.streams[0].fault == 0
+        assert sim_stats()["streams"] == live
+        st = s.statistics()
+        assert st.failed == 2 and st.completed == 1 and st.in_flight == 0  # a faulted run fails, cancelled or not

@@ -28,7 +28,7 @@ import pytest
 from helpers import add_model, held, wait_for
 
 import ascend_async
-from ascend_async import AscendWarning, _device, _session
+from ascend_async import AscendWarning, _device, _submit
 
 pytestmark = pytest.mark.anyio
 
@@ -158,7 +158,7 @@ def test_error_sizing_outputs_on_callback_path_fails_the_run_not_the_session(
 ) -> None:
     with ascend_async.Session() as s:
         g = add_model(s)
-        monkeypatch.setattr(_session, "GE_TO_NUMPY", {})  # no output dtype can be sized
+        monkeypatch.setattr(_submit, "GE_TO_NUMPY", {})  # no output dtype can be sized (read_host_outputs)
         cb = Callback()
         s.run_with_callback(g, [X, X], cb)
         cb.wait()

@@ -62,6 +62,7 @@ typedef struct aa_sim_stats {
     int64_t tasks_completed;      /* cumulative */
     int64_t tasks_failed;         /* cumulative */
     int64_t graph_runs;           /* cumulative graph executions */
+    int64_t device_spins;         /* cumulative: times a device thread out of work spun for more */
 } aa_sim_stats;
 
 void aa_sim_get_stats(aa_sim_stats *stats);

@@ -98,7 +98,7 @@ struct aa_watch {
     int armed_n;          /* armed channels: loops that poll for themselves */
     int closed;
     int kicked;
-    int sleeping;
+    int sleeping;         /* 1: asleep, a new entry wakes it; 2: the armed nap (see aa_watch_add) */
     pthread_t ctx_thread;
     int ctx_set;
     aa_watch_stats st;
@@ -351,7 +351,13 @@ aclError aa_watch_add(aa_watch *w, aclrtStream stream, aclrtEvent event, uint64_
             return rc;
         }
     }
-    if (w->sleeping) pthread_cond_signal(&w->cv);
+    /* Wake a sleeping watcher for the new entry, except from its armed nap when the entry's
+     * loop is armed: that loop polls for its own runs (aa_watch_harvest), so a wake-up per
+     * submission would only cost a futex call and a needless poll pass on another core. An
+     * entry of channel 0 or of an unarmed loop still wakes it. */
+    uint64_t c = token >> AA_WATCH_CHANNEL_SHIFT;
+    int own_poller = c > 0 && c < MAX_CHANNELS && w->ch[c].open && w->ch[c].armed;
+    if (w->sleeping == 1 || (w->sleeping == 2 && !own_poller)) pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
     return ACL_SUCCESS;
 }
@@ -553,7 +559,7 @@ int aa_watch_wait(aa_watch *w, uint64_t *tokens, int32_t *codes, uint64_t *notic
             if (channel_due < nap) nap = channel_due;
             struct timespec ts;
             abs_deadline(&ts, nap);
-            w->sleeping = 1;
+            w->sleeping = 2;
             w->st.sleeps++;
             pthread_cond_timedwait(&w->cv, &w->mu, &ts);
             w->sleeping = 0;

@@ -114,6 +114,7 @@ void aa_sim_get_stats(aa_sim_stats *stats) {
     stats->tasks_completed = __atomic_load_n(&g_sim_stats.tasks_completed, __ATOMIC_RELAXED);
     stats->tasks_failed = __atomic_load_n(&g_sim_stats.tasks_failed, __ATOMIC_RELAXED);
     stats->graph_runs = __atomic_load_n(&g_sim_stats.graph_runs, __ATOMIC_RELAXED);
+    stats->device_spins = __atomic_load_n(&g_sim_stats.device_spins, __ATOMIC_RELAXED);
 }
 
 int sim_graph_task_flags(const aa_tensor *inputs, size_t n_inputs) {
