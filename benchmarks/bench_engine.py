@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import _common  # noqa: F401  (before ascend_async: it puts this checkout first on sys.path)
 import anyio
 import numpy as np
 import onnx

@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+import _common  # noqa: F401  (first: it puts this checkout's ascend_async first on sys.path)
 import bench_engine
 import bench_lag
 import bench_offline
