@@ -29,9 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import anyio.lowlevel
 
 import ascend_async as aa
-from ascend_async._loop import current_bridge
-from ascend_async._submit import Run
-from ascend_async.bench._measure import thread_cpu_s
+from ascend_async import _probe
+from ascend_async._probe import thread_cpu_s
 
 X = np.arange(4, dtype=np.float32).reshape(1, 4)
 LOOPS = ("asyncio", "uvloop", "trio")
@@ -106,8 +105,8 @@ def sim_device_cpu_s() -> float:
 
 
 def wakeups() -> int:
-    """LoopBridge.wakeups of the running loop (internal counter)."""
-    return int(current_bridge().wakeups)
+    """Wake-ups the watcher posted to the running loop (internal counter)."""
+    return _probe.loop_wakeups()
 
 
 # -- the hand-off baseline: a bare thread waking the loop -----------------------------------------
@@ -165,44 +164,38 @@ _runs_var: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("be
 _stamps: dict[int, int] = {}
 _complete_ns: dict[int, int] = {}  # how long Run.complete took (read-back, recycle, wake)
 _tracked: set[int] = set()
-_orig_submit = Run.submit
-_orig_complete = Run.complete
 
 
-def _hooked_submit(self: Run, values: list[Any], watcher: Any, profile: bool) -> None:
-    _orig_submit(self, values, watcher, profile)
+def _on_submit(run: Any) -> None:
     box = _runs_var.get()
     if box is not None:
-        box.append(self)
-        _tracked.add(self.token)
+        box.append(run)
+        _tracked.add(run.token)
 
 
-def _hooked_complete(self: Run, code: int, noticed_ns: int, on_loop: bool) -> None:
-    if self.token not in _tracked:
-        _orig_complete(self, code, noticed_ns, on_loop)
+def _on_complete(run: Any, complete: Callable[[], None]) -> None:
+    if run.token not in _tracked:
+        complete()
         return
-    lib, ffi = self.replica.device.backend.lib, self.replica.device.backend.ffi
+    lib, ffi = run.replica.device.backend.lib, run.replica.device.backend.ffi
     ts = ffi.new("uint64_t*")
-    if lib.aclrtEventGetTimestamp(self.event, ts) == 0:  # before the event goes back to the pool
-        _stamps[self.token] = int(ts[0])
-    token = self.token
+    if lib.aclrtEventGetTimestamp(run.event, ts) == 0:  # before the event goes back to the pool
+        _stamps[run.token] = int(ts[0])
+    token = run.token
     t = time.perf_counter_ns()
-    _orig_complete(self, code, noticed_ns, on_loop)
+    complete()
     _complete_ns[token] = time.perf_counter_ns() - t
 
 
 @contextmanager
 def completion_stamps() -> Iterator[None]:
-    """Patch Run.submit/Run.complete (benchmark only) so runs made under ``tracked_run`` record
-    the device's completion timestamp of their event (aclrtEventGetTimestamp; CLOCK_MONOTONIC
-    ns in the sim), read in ``complete`` before the event goes back to the device's pool."""
-    Run.submit = _hooked_submit  # type: ignore[method-assign]
-    Run.complete = _hooked_complete  # type: ignore[method-assign]
+    """Hook the runs (``_probe.run_hooks``, benchmark only) so runs made under ``tracked_run``
+    record the device's completion timestamp of their event (aclrtEventGetTimestamp;
+    CLOCK_MONOTONIC ns in the sim), read before the event goes back to the device's pool."""
     try:
-        yield
+        with _probe.run_hooks(_on_submit, _on_complete):
+            yield
     finally:
-        Run.submit = _orig_submit  # type: ignore[method-assign]
-        Run.complete = _orig_complete  # type: ignore[method-assign]
         _stamps.clear()
         _complete_ns.clear()
         _tracked.clear()
@@ -237,14 +230,10 @@ class Raw:
     into Session internals: benchmark-only)."""
 
     def __init__(self, s: aa.Session, g: aa.Graph, lane: int = 0) -> None:
-        self.s = s
-        dev = s._device
-        self.dev = dev
-        self.ffi, self.lib = dev.backend.ffi, dev.backend.lib
-        state = s._state(g)
-        s._bind_mode(state, "stream")
-        self.stream = s.streams[lane]
-        self.gid = s._ensure_loaded(state, self.stream)
+        raw = _probe.raw_graph(s, g, lane)
+        dev = self.dev = raw.device
+        self.ffi, self.lib = raw.ffi, raw.lib
+        self.handle, self.gid, self.stream_handle = raw.session_handle, raw.graph_id, raw.stream_handle
         dev.ensure_current()
         self.din = dev.alloc(dev.device_pool, X.nbytes, "bench input")
         h = dev.alloc(dev.host_pool, X.nbytes, "bench staging")
@@ -278,7 +267,7 @@ class Raw:
         between polls, until it completed."""
         dev, lib, ffi = self.dev, self.lib, self.ffi
         ev = dev.take_event()
-        lib.aclrtRecordEvent(ev, self.stream.handle)
+        lib.aclrtRecordEvent(ev, self.stream_handle)
         st = ffi.new("aclrtEventRecordedStatus*")
         while True:
             lib.aclrtQueryEventStatus(ev, st)
@@ -292,9 +281,7 @@ class Raw:
         dev.ensure_current()
         dout = dev.alloc(dev.device_pool, X.nbytes, "bench output")
         tout = self._tensor(dout)
-        rc = lib.aa_session_run_graph_with_stream_async(
-            self.s._handle, self.gid, self.stream.handle, self.tin, 1, tout, 1
-        )
+        rc = lib.aa_session_run_graph_with_stream_async(self.handle, self.gid, self.stream_handle, self.tin, 1, tout, 1)
         if rc:
             raise RuntimeError(f"RunGraphWithStreamAsync: {rc}")
         await self._record_and_poll()
@@ -316,12 +303,12 @@ class Raw:
         d_out = dev.alloc(dev.device_pool, n, "bench output")
         h_out = dev.alloc(dev.host_pool, n, "bench read-back")
         ffi.memmove(h_in, X, n)
-        lib.aclrtMemcpyAsync(d_in, n, h_in, n, lib.ACL_MEMCPY_HOST_TO_DEVICE, self.stream.handle)
+        lib.aclrtMemcpyAsync(d_in, n, h_in, n, lib.ACL_MEMCPY_HOST_TO_DEVICE, self.stream_handle)
         tin, tout = self._tensor(d_in), self._tensor(d_out)
-        rc = lib.aa_session_run_graph_with_stream_async(self.s._handle, self.gid, self.stream.handle, tin, 1, tout, 1)
+        rc = lib.aa_session_run_graph_with_stream_async(self.handle, self.gid, self.stream_handle, tin, 1, tout, 1)
         if rc:
             raise RuntimeError(f"RunGraphWithStreamAsync: {rc}")
-        lib.aclrtMemcpyAsync(h_out, n, d_out, n, lib.ACL_MEMCPY_DEVICE_TO_HOST, self.stream.handle)
+        lib.aclrtMemcpyAsync(h_out, n, d_out, n, lib.ACL_MEMCPY_DEVICE_TO_HOST, self.stream_handle)
         await self._record_and_poll()
         out = np.empty(X.shape, X.dtype)
         ffi.memmove(out, h_out, n)
@@ -344,14 +331,14 @@ class Raw:
         dout = self.dev.alloc(self.dev.device_pool, X.nbytes, "bench output")
         tout = self._tensor(dout)
         el = self.ffi.new("uint64_t*")
-        rc = self.lib.aa_floor_run(self.s._handle, self.gid, self.stream.handle, self.tin, 1, tout, 1, n, window, el)
+        rc = self.lib.aa_floor_run(self.handle, self.gid, self.stream_handle, self.tin, 1, tout, 1, n, window, el)
         self.lib.aa_pool_free(self.dev.device_pool, dout)
         if rc:
             raise RuntimeError(f"aa_floor_run: {rc}")
         return int(el[0])
 
     def close(self) -> None:
-        self.lib.aclrtSynchronizeStream(self.stream.handle)
+        self.lib.aclrtSynchronizeStream(self.stream_handle)
         self.lib.aa_pool_free(self.dev.device_pool, self.din)
 
 
@@ -391,7 +378,7 @@ def sim_graph_time(min_graph_us: int) -> Iterator[bool]:
     if aa.backend_info()["backend"] != "sim":
         yield False
         return
-    from ascend_async._native import _sim  # type: ignore[attr-defined]
+    _sim = _probe.sim()
 
     _sim.lib.aa_sim_set_timing(_sim.ffi.new("aa_sim_timing*", {"min_graph_us": min_graph_us}))
     try:

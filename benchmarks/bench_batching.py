@@ -40,7 +40,9 @@ Curve = dict[str, dict[int, dict[str, float]]]
 
 @contextmanager
 def timing(min_graph_us: int, per_sample_us: int) -> Iterator[None]:
-    from ascend_async._native import _sim
+    from ascend_async._probe import sim
+
+    _sim = sim()
 
     cfg = {"min_graph_us": min_graph_us, "per_sample_us": per_sample_us}
     _sim.lib.aa_sim_set_timing(_sim.ffi.new("aa_sim_timing*", cfg))

@@ -125,7 +125,7 @@ def case_two_loops(workers: int, runs: int) -> None:
             t.start()
         for t in threads:
             t.join()
-        _report("two-loops", tickers, tally, time.perf_counter() - t0, s._device.events.stats())
+        _report("two-loops", tickers, tally, time.perf_counter() - t0, s.statistics().device_events)
 
 
 def case_two_sessions(workers: int, runs: int) -> None:
@@ -148,7 +148,7 @@ def case_two_sessions(workers: int, runs: int) -> None:
 
         t0 = time.perf_counter()
         tickers = anyio.run(main)
-        _report("two-sessions", tickers, tally, time.perf_counter() - t0, a._device.events.stats())
+        _report("two-sessions", tickers, tally, time.perf_counter() - t0, a.statistics().device_events)
 
 
 def case_pool(workers: int, runs: int) -> None:
@@ -162,7 +162,9 @@ def case_pool(workers: int, runs: int) -> None:
 
         t0 = time.perf_counter()
         ticker = anyio.run(main)
-        _report("pool instances=2", [ticker], tally, time.perf_counter() - t0, pool.sessions[0]._device.events.stats())
+        _report(
+            "pool instances=2", [ticker], tally, time.perf_counter() - t0, pool.sessions[0].statistics().device_events
+        )
 
 
 def case_max_in_flight(workers: int, runs: int) -> None:
@@ -179,7 +181,7 @@ def case_max_in_flight(workers: int, runs: int) -> None:
 
         t0 = time.perf_counter()
         ticker = anyio.run(main)
-        _report("max_in_flight=5000", [ticker], tally, time.perf_counter() - t0, s._device.events.stats())
+        _report("max_in_flight=5000", [ticker], tally, time.perf_counter() - t0, s.statistics().device_events)
 
 
 CASES = {

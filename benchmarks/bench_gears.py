@@ -42,7 +42,9 @@ GEARS = (1, 8, 16, 32, 64)
 
 @contextmanager
 def timing(run_ms: float, row_ms: float) -> Iterator[None]:
-    from ascend_async._native import _sim
+    from ascend_async._probe import sim
+
+    _sim = sim()
 
     cfg = {"min_graph_us": round(run_ms * 1000), "per_sample_us": round(row_ms * 1000)}
     _sim.lib.aa_sim_set_timing(_sim.ffi.new("aa_sim_timing*", cfg))

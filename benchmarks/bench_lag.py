@@ -33,6 +33,7 @@ from _common import (
 )
 
 import ascend_async as aa
+from ascend_async import _probe
 
 
 async def _sample_lag(record: Callable[[int], object], stop: list[bool]) -> None:
@@ -46,7 +47,7 @@ async def _sample_lag(record: Callable[[int], object], stop: list[bool]) -> None
 async def _held(s: aa.Session, g: aa.Graph, n: int = 1000) -> tuple[float, float, float, float]:
     """Park ``n`` runs on held sim streams, then release them: the loop's lag (p99 ms) while
     the runs sit in flight, and while they all complete (no resubmission). Submission excluded."""
-    lib = s._device.backend.lib  # sim-only gate (aa_sim_stream_hold): benchmark internals
+    lib = _probe.sim().lib  # sim-only gate (aa_sim_stream_hold)
     lag: dict[str, list[int]] = {"parked": [], "drain": []}
     phase = [""]
     finished = [0]

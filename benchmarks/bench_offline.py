@@ -17,7 +17,7 @@ import numpy as np
 from _common import LOOPS, Row, X, have_loop, run_on, session, sim_device_cpu_s, tiny_model, verdict
 
 import ascend_async as aa
-from ascend_async._offline import build_container
+from ascend_async._probe import build_container
 
 
 def run(quick: bool = False) -> list[Row]:

@@ -44,7 +44,7 @@ from _common import LOOPS, have_loop, run_on, tiny_model
 from helpers import sim_leaks, sim_stats  # the test suite's leak counters, so both check the same ones
 
 import ascend_async as aa
-from ascend_async._loop import LoopBridge
+from ascend_async._probe import live_bridges
 
 AICORE = 507015  # ACL_ERROR_RT_AICORE_EXCEPTION: a device fault
 X = np.arange(4, dtype=np.float32).reshape(1, 4)
@@ -88,7 +88,9 @@ class Soak:
 
     async def round(self, first: int, count: int) -> None:
         a = self.args
-        from ascend_async._native import _sim
+        from ascend_async._probe import sim
+
+        _sim = sim()
 
         async with aa.Session(streams=2, max_in_flight=a.concurrency * 2) as s:
             g = s.add_graph(tiny_model())
@@ -189,7 +191,7 @@ class Soak:
         st = sim_stats()
         leaks = sim_leaks()
         loops_alive = live(asyncio.AbstractEventLoop)
-        bridges = live(LoopBridge)
+        bridges = live_bridges()
         try:
             import trio
 

@@ -299,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     DEVICE_US = tuple(int(u) for u in args.device_us.split(",") if u)
     if args.sim_workers:
         # Only before the runtime starts (aclInit): nothing above has touched the device yet.
-        from ascend_async._native import _sim  # type: ignore[attr-defined]
+        from ascend_async._probe import sim
+
+        _sim = sim()
 
         cfg = _sim.ffi.new("aa_sim_config*")
         _sim.lib.aa_sim_get_config(cfg)

@@ -21,8 +21,9 @@ from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ascend_async._engine import open_engine
-from ascend_async._native import _sim
+from ascend_async._probe import open_engine, sim
+
+_sim = sim()
 
 ffi = _sim.ffi
 lib = _sim.lib

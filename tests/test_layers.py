@@ -13,7 +13,7 @@ import ascend_async
 
 ROOT = Path(ascend_async.__file__).parent
 SERVING = {"_batcher", "_pool", "_metrics", "ray_serve"}
-TOOLS = {"bench", "__main__"}
+TOOLS = {"bench", "__main__", "_probe"}  # _probe: the benchmarks' seam
 
 
 def _module_name(path: Path) -> str:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +13,7 @@ import anyio
 import numpy as np
 
 from .._loop import current_bridge
+from .._probe import thread_cpu_s
 from ._config import BASE_PERCENTILES, LAG_PERIOD_S, MIN_TAIL, BenchConfig
 from ._options import pct_key
 
@@ -120,20 +120,6 @@ def watcher_tid(device: int = 0) -> int | None:
         if t.name == name:
             return t.native_id
     return None
-
-
-def thread_cpu_s(tid: int | None) -> float | None:
-    """CPU time (user+sys) of one thread of this process, from /proc (Linux); None elsewhere."""
-    if tid is None:
-        return None
-    try:
-        with open(f"/proc/self/task/{tid}/stat") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
 
 
 def summarize_stages(
