@@ -104,8 +104,9 @@ def _dims(vi: Any) -> list[int]:
     return [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
 
 
-def build_container(onnx_bytes: bytes, gears: Gears | None = None) -> bytes:
-    """The sim's offline model for ``onnx_bytes`` with ``gears`` (sim/model.c's format).
+def build_container(onnx_bytes: bytes, gears: Gears | None = None, label: str | None = None) -> bytes:
+    """The sim's offline model for ``onnx_bytes`` with ``gears`` (sim/model.c's format);
+    errors name the model ``label`` (its file), else the ONNX graph's own name.
 
     Checks what a load would refuse: without gears every input dim must be fixed; a batch
     gear sets exactly dim 0 of every input, an hw gear exactly two dims of an input, and a
@@ -121,7 +122,8 @@ def build_container(onnx_bytes: bytes, gears: Gears | None = None) -> bytes:
         raise GraphError(f"not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
     init = {t.name for t in model.graph.initializer}
     inputs = [(vi.name, _dims(vi)) for vi in model.graph.input if vi.name not in init]
-    name = model.graph.name or "model"
+    name = label or model.graph.name or "model"
+    _refuse_external_data(model, name)
     if gears is None:
         loose = [n for n, d in inputs if any(v < 0 for v in d)]
         if loose:
@@ -156,17 +158,57 @@ def build_container(onnx_bytes: bytes, gears: Gears | None = None) -> bytes:
     return head + fixed + struct.pack(f"<{len(table)}q", *table) + onnx_bytes
 
 
+def _refuse_external_data(model: Any, label: str) -> None:
+    """An offline model carries its weights: ONNX bytes that keep tensors in external data are
+    refused (they would be read from wherever the loading process happens to be)."""
+    from ._graph import _external_data
+
+    try:
+        _external_data(model, None)
+    except GraphError as exc:
+        raise GraphError(
+            f"{label}: an offline model must carry its weights, and this ONNX model keeps some in external "
+            f"data ({exc}); compile it from its file: ascend-async compile reads them from the model's folder "
+            "and embeds them"
+        ) from None
+
+
+def _container_onnx(data: bytes) -> bytes | None:
+    """The ONNX bytes inside a sim container, or None when ``data`` is not a well-formed one
+    (the sim's loader then says what is wrong)."""
+    if not data.startswith(SIM_HEADER) or len(data) < _HEADER_BYTES + _FIXED.size:
+        return None
+    _, _, n_gears, width, size = _FIXED.unpack_from(data, _HEADER_BYTES)
+    start = _HEADER_BYTES + _FIXED.size + 8 * n_gears * width
+    return data[start : start + size] if start + size == len(data) else None
+
+
 def read_source(source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> tuple[bytes, str]:
-    """The model's bytes and a label (the file's name, or "model")."""
+    """The model's bytes and a label (the file's name, or "model"). A sim container whose ONNX
+    model keeps weights in external data is refused here, before any load.
+
+    :raises GraphError: unreadable file, or such a container.
+    """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source), "model"
-    if isinstance(source, (str, os.PathLike)):
+        data, label = bytes(source), "model"
+    elif isinstance(source, (str, os.PathLike)):
         try:
             with open(source, "rb") as f:
-                return f.read(), os.path.splitext(os.path.basename(os.fspath(source)))[0]
+                data, label = f.read(), os.path.basename(os.fspath(source))
         except OSError as exc:
             raise GraphError(f"cannot read offline model {os.fspath(source)!r}: {exc}") from exc
-    raise TypeError(f"load_model takes a path or bytes, not {type(source).__name__}")
+    else:
+        raise TypeError(f"load_model takes a path or bytes, not {type(source).__name__}")
+    inner = _container_onnx(data)
+    if inner is not None:
+        import onnx
+
+        try:
+            model = onnx.load_model_from_string(inner)
+        except Exception:  # a corrupt model: the sim's loader says so in its own words
+            return data, label
+        _refuse_external_data(model, label)
+    return data, label
 
 
 def _refuse_foreign(device: Device, data: bytes, label: str) -> None:
@@ -465,9 +507,9 @@ def compile_model(
     if not check.ok:
         raise GraphError(f"{os.fspath(source)}: {check.refusal()} (fix it first: ascend-async check --fix)")
     table = parse_gears(gears) if gears else None
-    with open(source, "rb") as f:
-        onnx_bytes = f.read()
-    data = build_container(onnx_bytes, table)  # checks the gears against the model on both backends
+    onnx_bytes = _self_contained(source)
+    # checks the gears against the model on both backends
+    data = build_container(onnx_bytes, table, os.path.basename(os.fspath(source)))
     backend = get_backend()
     if backend.is_sim:
         with open(output, "wb") as f:
@@ -476,6 +518,33 @@ def compile_model(
             f", gears: {table}" if table else ""
         )
     return _ge_build(backend, onnx_bytes, os.fspath(output), table, dict(options or {}))
+
+
+def _self_contained(source: str | os.PathLike[str]) -> bytes:
+    """The ONNX model at ``source`` with any external data read from the model's own folder
+    (the locations checked as add_graph checks them) and embedded, as bytes.
+
+    :raises GraphError: a refused location, or a model that would pass protobuf's 2 GiB.
+    """
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from ._graph import _external_data
+
+    path = os.fspath(source)
+    with open(path, "rb") as f:
+        raw = f.read()
+    model = onnx.load_model_from_string(raw)
+    folder = os.path.dirname(os.path.abspath(path))
+    if _external_data(model, folder) is None:  # refuses absolute, "..", escaping links
+        return raw
+    load_external_data_for_model(model, folder)
+    if model.ByteSize() >= 2**31:
+        raise GraphError(
+            f"{os.path.basename(path)}: with its external data embedded the model passes protobuf's 2 GiB limit, "
+            "which an offline model built from ONNX cannot exceed"
+        )
+    return bytes(model.SerializeToString())
 
 
 def _ge_build(backend: Any, onnx_bytes: bytes, output: str, gears: Gears | None, options: dict[str, str]) -> str:

@@ -558,3 +558,47 @@ async def test_cancelled_run_completes_and_gives_everything_back(mlp_om: Path) -
             (await s.run(model, {"x": rows(2)}))["y"], ort_run(mlp_proto(), {"x": rows(2)})[0]
         )
         s.remove_graph(model)  # nothing of the cancelled run is still in flight
+
+
+def test_external_weights_are_embedded_by_compile_and_refused_in_a_container(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new user's finding: compiling a model whose weights sit in external data made a
+    container without them, and loading it read a `w.bin` from the working directory (a decoy
+    there gave wrong outputs silently). compile now embeds the weights from the model's folder;
+    a container that still refers to external data is refused at load, naming the file."""
+    src = ascend_async.models.path("mlp")
+    model = onnx.load(src)
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    onnx.save(
+        model,
+        str(folder / "mlp_ext.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="w.bin",
+        size_threshold=0,
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "w.bin").write_bytes(bytes(1 << 20))  # a decoy in the working directory
+    monkeypatch.chdir(work)
+    out = tmp_path / "mlp_ext.om"
+    ascend_async.compile_model(str(folder / "mlp_ext.onnx"), str(out), gears="batch:1,2")
+    x = np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32)
+    want = ort.InferenceSession(src, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with ascend_async.Session(streams=1) as s:
+        m = s.load_model(str(out))
+        np.testing.assert_array_equal(s.run_sync(m, {"x": x})["y"], want)
+        # A container made around the external-data model by hand is refused before any load.
+        from ascend_async._offline import _FIXED, _HEADER_BYTES, SIM_HEADER
+
+        inner = onnx.load(str(folder / "mlp_ext.onnx"), load_external_data=False).SerializeToString()
+        forged = SIM_HEADER.ljust(_HEADER_BYTES, b"\0") + _FIXED.pack(1, 0, 0, 0, len(inner)) + inner
+        (tmp_path / "forged.om").write_bytes(forged)
+        with pytest.raises(GraphError, match=r"forged\.om: an offline model must carry its weights"):
+            s.load_model(str(tmp_path / "forged.om"))
+        with pytest.raises(GraphError, match=r"mlp_ext\.onnx.*must carry its weights"):
+            from ascend_async._offline import build_container
+
+            build_container(inner, label="mlp_ext.onnx")
