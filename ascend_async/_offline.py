@@ -359,6 +359,27 @@ class OfflineModel(Graph):
 
     # -- gears ------------------------------------------------------------------------------
 
+    def gear_shapes(self) -> list[dict[str, tuple[int, ...]]]:
+        """Each gear's input shapes, smallest gear first (what a warm-up runs); [] without gears."""
+        g = self.gears
+        if g is None:
+            return []
+        out = []
+        for gear in sorted(g.values):
+            shapes: dict[str, tuple[int, ...]] = {}
+            flat = iter(gear)
+            for spec, free in zip(self.inputs, self._free_dims, strict=True):
+                assert spec.shape is not None
+                if g.kind == "dims":
+                    shapes[spec.name] = tuple(next(flat) for _ in spec.shape)
+                    continue
+                dims = [d if isinstance(d, int) else 0 for d in spec.shape]
+                for k, v in zip(free, gear * len(free) if g.kind == "batch" else gear, strict=False):
+                    dims[k] = v
+                shapes[spec.name] = tuple(dims)
+            out.append(shapes)
+        return out
+
     def gear_of(self, values: Sequence[Any]) -> tuple[int, ...] | None:
         """The gear these (bound) inputs select, or None for a model without gears.
 
@@ -403,7 +424,8 @@ class OfflineModel(Graph):
             )
         out = dict(params)
         out.setdefault("max_batch_size", top)
-        out.setdefault("preferred_batch_sizes", [s for s in sizes if s <= top] or [top])
+        if not out.get("preferred_batch_sizes"):  # unset, None or empty (bench without --batch-preferred)
+            out["preferred_batch_sizes"] = [s for s in sizes if s <= top] or [top]
         out["pad_to_preferred"] = True
         if top not in out["preferred_batch_sizes"] or any(s not in sizes for s in out["preferred_batch_sizes"]):
             raise ValueError(f"{self.name!r}: preferred_batch_sizes must be gears of the model ({self.gears})")

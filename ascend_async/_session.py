@@ -1085,7 +1085,9 @@ class Session:
         t_load = time.perf_counter() - t0
         notes: list[str] = []
         if shapes is None:
-            if state.gears is not None:
+            if isinstance(graph, OfflineModel) and graph.gears is not None:
+                shapes = graph.gear_shapes()  # the model's own gears (aclmdl), each once per stream
+            elif state.gears is not None:
                 shapes = [dict(g) for g in state.gears.gears]
             else:
                 fixed = static_shape(graph)

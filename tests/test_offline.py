@@ -233,6 +233,10 @@ async def test_batcher_pads_to_the_smallest_gear(mlp_om: Path) -> None:
         with pytest.raises(ValueError, match="at most 8"):
             s.batcher(model, max_batch_size=16)
         assert s.batcher(model).config.preferred_batch_sizes == (1, 2, 4, 8)
+        # bench passes preferred_batch_sizes=[] without --batch-preferred: the gears up to the max
+        b4 = s.batcher(model, max_batch_size=4, preferred_batch_sizes=[])
+        assert b4.config.preferred_batch_sizes == (1, 2, 4) and b4.config.max_batch_size == 4
+        b4.close()
         model = s.load_model(build_container(proto.SerializeToString(), parse_gears("batch:4,8")))
         b = s.batcher(model, max_delay_ms=20)
         assert b.config.max_batch_size == 8 and b.config.pad_to_preferred
@@ -602,3 +606,13 @@ def test_external_weights_are_embedded_by_compile_and_refused_in_a_container(
             from ascend_async._offline import build_container
 
             build_container(inner, label="mlp_ext.onnx")
+
+
+async def test_warmup_runs_every_gear_of_an_offline_model_on_every_stream(mlp_om: Path) -> None:
+    """A new user's finding: session.warmup(model) ignored the model's gears ("compiled and
+    loaded only"), so bench on an .om warmed up nothing."""
+    async with ascend_async.Session(streams=2) as s:
+        model = s.load_model(mlp_om)
+        report = await s.warmup(model)
+        assert [next(iter(sh.values()))[0] for sh in report.shapes] == [1, 2, 4, 8]
+        assert report.runs == 4 * 2 and report.streams == 2 and not report.notes
