@@ -406,6 +406,13 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         levels = parse_levels(args.concurrency or DEFAULT_CONCURRENCY, integer=True, option="--concurrency")
     if args.mode == "sync" and (load == "rate"):
         raise BenchError("--mode sync is a closed loop of one; it takes no --rate")
+    if args.mode == "sync" and args.concurrency is None:
+        levels = [1]
+    elif args.mode == "sync" and list(levels) != [1]:
+        raise BenchError(
+            f"--mode sync is a closed loop of one (run_sync on this thread); --concurrency {args.concurrency} asks "
+            "for more: use --mode thread for run_sync from several threads, or --mode async"
+        )
     from ._inputs import parse_shapes
 
     duration = args.duration if args.duration else (None if (args.count or args.stable) else 2.0)
