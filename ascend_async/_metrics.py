@@ -50,7 +50,8 @@ def _require() -> Any:
         import prometheus_client
     except ImportError as exc:
         raise ImportError(
-            "the Prometheus exporter needs prometheus_client: pip install 'ascend-async[metrics]'"
+            "the Prometheus exporter needs prometheus_client: pip install prometheus_client (the [metrics] extra; "
+            "from a clone: pip install '.[metrics]')"
         ) from exc
     return prometheus_client
 

@@ -65,7 +65,8 @@ def require_serve() -> Any:
         from ray import serve
     except ImportError as exc:
         raise ImportError(
-            "the Ray Serve integration needs Ray Serve: pip install 'ascend-async[ray]' (ray[serve])"
+            "the Ray Serve integration needs Ray Serve: pip install 'ray[serve]' (the [ray] extra; from a clone: "
+            "pip install '.[ray]')"
         ) from exc
     return serve
 

@@ -76,5 +76,5 @@ async def test_uninstalled_exporter_counts_nothing() -> None:
 
 def test_missing_prometheus_client_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
-    with pytest.raises(ImportError, match=r"pip install 'ascend-async\[metrics\]'"):
+    with pytest.raises(ImportError, match=r"pip install prometheus_client .*from a clone: pip install '\.\[metrics\]'"):
         aa.PrometheusExporter()

@@ -287,7 +287,7 @@ def test_bad_serving_limits_are_refused() -> None:
 
 def test_missing_ray_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(ImportError, match=r"pip install 'ascend-async\[ray\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'ray\[serve\]' .*from a clone: pip install '\.\[ray\]'"):
         require_serve()
     with pytest.raises(ImportError, match="Ray Serve"):
         npu_app(b"")

@@ -358,10 +358,9 @@ def _doctor(model: str | None = None) -> int:
         print(f"sim config: {info['sim']}")
     if info["backend"] == "sim":
         print("note: runs use the SIMULATED device; benchmark numbers are not hardware numbers")
-    extras = {"trio": "[trio]", "uvloop": "[uvloop]", "matplotlib": "[plot]"}
-    for mod, extra in extras.items():
+    for mod in ("trio", "uvloop", "matplotlib"):
         have = importlib.util.find_spec(mod) is not None
-        print(f"optional {mod}: {'yes' if have else f'no (pip install ascend-async{extra})'}")
+        print(f"optional {mod}: {'yes' if have else f'no (pip install {mod})'}")
     if model is not None:
         from .._cann_check import check_model
 

@@ -346,13 +346,13 @@ def _run_loop(loop: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         try:
             import trio  # noqa: F401
         except ImportError:
-            raise BenchError("--loop trio: trio is not installed (pip install 'ascend-async[trio]')") from None
+            raise BenchError("--loop trio: trio is not installed (pip install trio)") from None
         anyio.run(fn, backend="trio")
     elif loop == "uvloop":
         try:
             import uvloop  # noqa: F401
         except ImportError:
-            raise BenchError("--loop uvloop: uvloop is not installed (pip install 'ascend-async[uvloop]')") from None
+            raise BenchError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
         anyio.run(fn, backend="asyncio", backend_options={"use_uvloop": True})
     else:
         anyio.run(fn, backend="asyncio")
