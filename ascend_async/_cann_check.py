@@ -239,7 +239,16 @@ def _load(source: ModelSource) -> tuple[onnx.ModelProto, str, int | None]:
     try:
         return onnx.load_model_from_string(data), label, len(data)
     except Exception as exc:  # protobuf's DecodeError and friends
-        raise GraphError(f"{label}: not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
+        raise GraphError(
+            f"{label}: not a valid ONNX model{offline_model_hint(data)} ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def offline_model_hint(data: bytes) -> str:
+    """For bytes that are an offline model rather than ONNX, what to do instead; else ""."""
+    if data.startswith((b"ASCEND_ASYNC simulated offline model", b"IMOD")):
+        return ": it is an offline model (.om), which runs through session.load_model(...), not add_graph or check"
+    return ""
 
 
 def _str(value: str | bytes) -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from ._cann_check import ModelCheck, _check, cann_registrations
+from ._cann_check import ModelCheck, _check, cann_registrations, offline_model_hint
 from ._dtypes import DT_BF16, GE_TO_NUMPY, NUMPY_TO_GE
 from ._errors import GraphError, InputError
 from ._memory import DeviceTensor
@@ -61,7 +61,8 @@ def _load_model(source: GraphSource) -> tuple[onnx.ModelProto, bytes, str | None
     except OSError as exc:
         raise GraphError(f"cannot read model {source!r}: {exc}") from exc
     except Exception as exc:  # protobuf's DecodeError and friends
-        raise GraphError(f"{where}not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
+        hint = offline_model_hint(data) if isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) else ""
+        raise GraphError(f"{where}not a valid ONNX model{hint} ({type(exc).__name__}: {exc})") from exc
     if not model.graph.node and not model.graph.output:
         raise GraphError(f"{where}not a valid ONNX model: it has no graph")
     return model, data, folder

@@ -616,3 +616,15 @@ async def test_warmup_runs_every_gear_of_an_offline_model_on_every_stream(mlp_om
         report = await s.warmup(model)
         assert [next(iter(sh.values()))[0] for sh in report.shapes] == [1, 2, 4, 8]
         assert report.runs == 4 * 2 and report.streams == 2 and not report.notes
+
+
+def test_add_graph_and_check_on_an_offline_model_say_to_load_it(mlp_om: Path) -> None:
+    """A new user's finding: add_graph, check and doctor on an .om said only "not a valid ONNX
+    model (DecodeError ...)"."""
+    from ascend_async import check_model
+
+    with ascend_async.Session(streams=1) as s:
+        with pytest.raises(GraphError, match=r"mlp\.om: not a valid ONNX model: it is an offline model .*load_model"):
+            s.add_graph(str(mlp_om))
+    with pytest.raises(GraphError, match=r"it is an offline model .*load_model"):
+        check_model(str(mlp_om))
