@@ -78,7 +78,12 @@ def _json_object(v: str) -> bool:
 
 
 def _dump_step(v: str) -> bool:
-    return v == "None" or bool(re.fullmatch(r"[0-9]+(-[0-9]+)?(\|[0-9]+(-[0-9]+)?)*", v))
+    if v == "None":
+        return True
+    if not re.fullmatch(r"[0-9]+(-[0-9]+)?(\|[0-9]+(-[0-9]+)?)*", v):
+        return False
+    # a range runs upwards ("5-2" would dump nothing)
+    return all(int(lo) <= int(hi) for lo, _, hi in (p.partition("-") for p in v.split("|")) if hi)
 
 
 def _non_empty(v: str) -> bool:

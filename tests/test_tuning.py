@@ -76,6 +76,10 @@ def test_bad_value_lists_the_allowed_ones() -> None:
         aa.Session(options={"ge.aicoreNum": "12|0"})
     for good in ("12|10", "10|", "10"):
         assert validate({"ge.aicoreNum": good}, "session") == {"ge.aicoreNum": good}
+    dump = {"ge.exec.enableDump": "1", "ge.exec.dumpPath": "/tmp"}
+    with pytest.raises(ValueError, match=r"'ge.exec.dumpStep': '5-2' is not allowed"):  # a new user's finding
+        validate({**dump, "ge.exec.dumpStep": "5-2"}, "session")
+    assert validate({**dump, "ge.exec.dumpStep": "1|3-4|7-7"}, "session")["ge.exec.dumpStep"] == "1|3-4|7-7"
     with pytest.raises(TypeError, match="values are str"):
         aa.Session(options={"ge.oo.level": 3})
     with pytest.raises(ValueError, match="exclude each other"):
