@@ -449,6 +449,10 @@ def gears_to_options(gears: Mapping[str, object]) -> dict[str, str]:
                     dyn[i].append(v)
         template.append(f"{name}:{','.join(dims)}")
     if not dyn[0]:
+        if len(dyn) == 1:
+            raise ValueError(
+                f"gears: one gear ({shapes}) fixes the shapes: give two or more, or no gears and inputs of that shape"
+            )
         raise ValueError(f"gears: the shapes are the same in every gear ({shapes}); a static graph needs no gears")
     return {"ge.inputShape": ";".join(template), "ge.dynamicDims": ";".join(",".join(map(str, g)) for g in dyn)}
 

@@ -42,7 +42,14 @@ class Gears:
         if listed != set(names):
             missing = [n for n in names if n not in listed]
             extra = sorted(listed - set(names))
-            what = f"input(s) {missing} not listed" if missing else f"unknown input(s) {extra}"
+            what = "; ".join(
+                part
+                for part in (
+                    f"{extra} {'is not an input' if len(extra) == 1 else 'are not inputs'}" if extra else "",
+                    f"input(s) {missing} not listed" if missing else "",
+                )
+                if part
+            )
             raise ValueError(
                 f"{graph.name}: gears (ge.inputShape) must list every input of the graph "
                 f"({', '.join(map(str, graph.inputs))}): {what}"

@@ -458,3 +458,15 @@ def test_serving_line_counts_padding() -> None:
     assert line.endswith("; 6 zero rows padded")
     (line,) = serving_lines([LevelResult("concurrency", 4, batcher={**b, "padded_rows": 0})])
     assert "padded" not in line
+
+
+def test_gear_mistakes_are_named() -> None:
+    """A new user's finding: a wrong input name in gears said only that the real input was not
+    listed, and a single gear on a dynamic graph said 'a static graph needs no gears'."""
+    with aa.Session() as s:
+        g = s.add_graph(add_model_proto())  # inputs x, y: [batch, 4]
+        with pytest.raises(ValueError, match=r"\['w'\] is not an input; input\(s\) \['y'\] not listed"):
+            s.add_graph(add_model_proto(), gears={"x": [(1, 4), (2, 4)], "w": [(1, 4), (2, 4)]})
+        with pytest.raises(ValueError, match=r"one gear .* fixes the shapes: give two or more"):
+            s.add_graph(add_model_proto(), gears={"x": [(1, 4)], "y": [(1, 4)]})
+        assert s.gears(g) is None
