@@ -9,6 +9,7 @@ import importlib.util
 import os
 import shlex
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -620,6 +621,19 @@ def _compare(argv: Sequence[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """The ``ascend-async`` command; returns its exit code (2 for a usage error)."""
+    with warnings.catch_warnings():
+        # The commands print the CANN check's verdict themselves; add_graph's warning would say
+        # it again. Other warnings are one line each, without our source lines.
+        warnings.filterwarnings("ignore", message=r"(?s).*CANN's ONNX parser would refuse")
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _main(argv: list[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:2] == ["bench", "compare"]:
         return _compare(args_list[2:])
