@@ -474,6 +474,19 @@ def ops_markdown(reg: Registrations | None = None) -> str:
 
 
 def _fix_hint(reg: Registrations, model: onnx.ModelProto, opsets: dict[str, int]) -> str:
+    custom = sorted(
+        {
+            f"{_str(node.domain)}::{_str(node.op_type)}"
+            for _, graph in _graphs(model.graph, "main")
+            for node in graph.node
+            if (_str(node.domain) or "ai.onnx") != "ai.onnx" and not reg.versions(_str(node.domain), _str(node.op_type))
+        }
+    )
+    if custom:  # no opset conversion touches another domain's ops
+        return (
+            f". No opset conversion helps: no public plugin registers {', '.join(custom)} (a CANN with a custom "
+            "plugin for that domain may)"
+        )
     target = fix_opset(model, reg)
     if target is not None:
         if target == opsets.get("ai.onnx"):
@@ -499,6 +512,8 @@ def fix_opset(model: onnx.ModelProto, reg: Registrations | None = None) -> int |
     model, or None. (onnx's version converter may still be unable to reach it.)"""
     reg = reg or cann_registrations()
     standard = _standard_ops(model)
+    if not standard:  # no standard op: converting the opset changes nothing
+        return None
     for opset in range(reg.max_opset("ai.onnx"), 0, -1):
         if all(("ai.onnx", opset, op) in reg for op in standard):
             return opset

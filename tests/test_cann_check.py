@@ -327,3 +327,16 @@ def warnings_as_errors() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         yield
+
+
+def test_custom_domain_ops_get_no_opset_advice() -> None:
+    """A new user's finding: a model whose only refused ops are of a custom domain was told to
+    convert to opset 22 with --fix, which could not help (no opset touches another domain)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    g = helper.make_graph([helper.make_node("FooOp", ["x"], ["y"], domain="my.domain")], "g", [x], [y])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("my.domain", 1)])
+    text = check_model(m).refusal()
+    assert "No opset conversion helps: no public plugin registers my.domain::FooOp" in text
+    assert "registered at opset" not in text
+    assert fix_opset(m) is None
