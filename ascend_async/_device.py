@@ -366,7 +366,16 @@ def acquire_device(device_id: int) -> Device:
             backend.check(backend.lib.aclrtGetDeviceCount(count), "aclrtGetDeviceCount")
             if not 0 <= device_id < count[0]:
                 code = backend.lib.ACL_ERROR_RT_INVALID_DEVICEID
-                raise acl_error(code, "aclrtSetDevice", f"no device {device_id}: {count[0]} visible")
+                where = (
+                    "the simulated device has ASCEND_ASYNC_SIM_DEVICES devices (default 1), read when it starts"
+                    if backend.is_sim
+                    else "see npu-smi info"
+                )
+                raise acl_error(
+                    code,
+                    "aclrtSetDevice",
+                    f"no device {device_id}: {count[0]} visible ({where}; ASCEND_RT_VISIBLE_DEVICES picks among them)",
+                )
             dev = _devices[device_id] = Device(backend, device_id)
         dev.refs += 1
         return dev
