@@ -718,14 +718,14 @@ class Session:
         if outputs not in ("numpy", "device"):
             raise ValueError(f"outputs must be 'numpy' or 'device', not {outputs!r}")
         state = self._state(graph)
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        bridge = current_bridge()
+        await bridge.checkpoint_if_cancelled()  # (anyio.lowlevel's, its backend looked up once)
         values = graph.bind(inputs)
         if state.gears is not None:
             state.gears.check(graph, values)
         if state.mode != "stream":
             self._bind_mode(state, "stream")
         staged = profile or self._trace is not None  # a traced run records its stage events
-        bridge = current_bridge()
         run = None if staged else self._launch_now(state, values, stream, outputs == "device", bridge)
         if run is None:  # something to wait for (admission, budget, a first load) or a staged run
             need = 4 if staged else 1  # the run's events: a staged run records three stage events too
