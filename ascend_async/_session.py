@@ -828,7 +828,10 @@ class Session:
             if not bridge.take_budget():
                 await bridge.admit()  # this loop iteration's submissions are spent: wait for the next
             state.submitting.append(pin)
-            replica = await self._lane(state, want)
+            lane = self._pool.pick(want)
+            replica = state.replicas.get(lane)
+            if replica is None:  # (the lane has no replica yet: _lane loads it; else no coroutine)
+                replica = await self._lane(state, want, lane)
             run = Run(replica, self._pool, self._account, bridge, to_device)
             run.slots, need = need, 0  # the run gives them back when it is recycled
             watcher = self._submit(run, values, staged)
@@ -846,11 +849,12 @@ class Session:
         bridge.collect_after_submit(watcher)
         return run
 
-    async def _lane(self, state: _GraphState, want: Stream | int | None) -> Replica:
-        """The run's lane: the stream (``want``, else the least loaded; a faulted one is replaced
-        first) and the graph's replica on it, compiled and loaded off the loop on the graph's
-        first run there."""
-        lane = self._pool.pick(want)
+    async def _lane(self, state: _GraphState, want: Stream | int | None, lane: Stream | None = None) -> Replica:
+        """The run's lane: the stream (``lane`` if picked already, else ``want``, else the least
+        loaded; a faulted one is replaced first) and the graph's replica on it, compiled and
+        loaded off the loop on the graph's first run there."""
+        if lane is None:
+            lane = self._pool.pick(want)
         replica = state.replicas.get(lane)
         while replica is None:
             await anyio.to_thread.run_sync(self._ensure_loaded, state, lane)
