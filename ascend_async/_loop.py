@@ -103,6 +103,7 @@ class LoopBridge:
         "_post",
         "_slots",
         "budget",
+        "checkpoint_if_cancelled",
         "dead",
         "limiters",
         "scheduled",
@@ -131,6 +132,9 @@ class LoopBridge:
         # Per-owner state that lives on this loop (a batcher's queue): made and read on the
         # loop's thread only; held as long as both the loop's bridge and its owner live.
         self._slots: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        # anyio.lowlevel.checkpoint_if_cancelled, with anyio's backend looked up once per loop
+        # rather than per call (await session.run starts with it).
+        self.checkpoint_if_cancelled: Callable[[], Any] = _checkpoint_if_cancelled(trio)
 
     def slot(self, owner: Any, make: Callable[[], Any]) -> Any:
         """``owner``'s state on this loop, made by ``make()`` on first use (loop thread only)."""
@@ -289,6 +293,15 @@ class LoopBridge:
             fn()
             return
         self.post(fn)
+
+
+def _checkpoint_if_cancelled(trio_loop: bool) -> Callable[[], Any]:
+    """What ``anyio.lowlevel.checkpoint_if_cancelled`` calls on this kind of loop."""
+    try:
+        from anyio._core._eventloop import get_async_backend
+    except ImportError:  # another anyio layout: its public function, which looks it up per call
+        return anyio.lowlevel.checkpoint_if_cancelled
+    return get_async_backend("trio" if trio_loop else "asyncio").checkpoint_if_cancelled
 
 
 _bridges: weakref.WeakKeyDictionary[Any, LoopBridge] = weakref.WeakKeyDictionary()

@@ -718,18 +718,73 @@ class Session:
         if outputs not in ("numpy", "device"):
             raise ValueError(f"outputs must be 'numpy' or 'device', not {outputs!r}")
         state = self._state(graph)
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        bridge = current_bridge()
+        await bridge.checkpoint_if_cancelled()  # (anyio.lowlevel's, its backend looked up once)
         values = graph.bind(inputs)
         if state.gears is not None:
             state.gears.check(graph, values)
-        self._bind_mode(state, "stream")
+        if state.mode != "stream":
+            self._bind_mode(state, "stream")
         staged = profile or self._trace is not None  # a traced run records its stage events
-        need = 4 if staged else 1  # the run's events: a staged run records three stage events too
-        bridge = current_bridge()
-        limiter = await self._admit(bridge, need)
-        run = await self._launch(state, values, stream, outputs == "device", staged, bridge, limiter, need)
+        run = None if staged else self._launch_now(state, values, stream, outputs == "device", bridge)
+        if run is None:  # something to wait for (admission, budget, a first load) or a staged run
+            need = 4 if staged else 1  # the run's events: a staged run records three stage events too
+            limiter = await self._admit(bridge, need)
+            run = await self._launch(state, values, stream, outputs == "device", staged, bridge, limiter, need)
         await run.wait()
+        if run.error is None and not profile and _hooks.metrics is None and self._trace is None:
+            if self._dumper is None:  # _result's common case, inline: nothing to record or dump
+                return run.result, None  # type: ignore[return-value]
         return await self._result(graph, values, run, t_entry, profile)
+
+    def _launch_now(
+        self, state: _GraphState, values: list[Any], want: Stream | int | None, to_device: bool, bridge: LoopBridge
+    ) -> Run | None:
+        """The common case of :meth:`_admit` and :meth:`_launch` in one call, for an unstaged run
+        that waits for nothing: a place under the in-flight limit, one event of the device's
+        budget and one submission of this iteration's are free, and the graph has a replica on
+        every stream. Returns the submitted run, or None with nothing taken when any of that
+        does not hold (the caller then takes the general path, which waits where it must)."""
+        limiter = bridge.limiters.get(self)
+        if (
+            limiter is None
+            or limiter.value <= 0
+            or bridge.budget <= 0
+            or bridge._admit  # submissions wait for the next iteration: they go first
+            or len(state.replicas) < len(self._pool.streams)
+        ):
+            return None
+        events = self._device.events
+        if not events.try_take(1):  # (the one step other threads share: taken first, undone below)
+            return None
+        pin = object()  # from the replica lookup to the submit: remove_graph refuses meanwhile
+        state.submitting.append(pin)
+        run: Run | None = None
+        acquired = False
+        try:
+            replica = state.replicas.get(self._pool.pick(want))
+            if replica is None:  # a stream was replaced and has no replica yet: the general path
+                events.give(1)
+                return None
+            limiter.acquire_nowait()  # (its value is positive and nothing ran since: no WouldBlock)
+            acquired = True
+            bridge.budget -= 1  # (bridge.take_budget, checked above)
+            run = Run(replica, self._pool, self._account, bridge, to_device)
+            run.slots = 1  # the run gives it back when it is recycled
+            watcher = self._submit(run, values, False)
+        except BaseException:
+            if run is not None:
+                run._give_slots()  # a no-op once a failed submit recycled the run
+            else:
+                events.give(1)
+            if acquired:
+                limiter.release()
+            raise
+        finally:
+            state.submitting.remove(pin)
+        run.limiter = limiter
+        bridge.collect_after_submit(watcher)
+        return run
 
     async def _admit(self, bridge: LoopBridge, need: int) -> anyio.Semaphore:
         """Admission: a place under this loop's in-flight limit for the session, then ``need``
@@ -773,7 +828,10 @@ class Session:
             if not bridge.take_budget():
                 await bridge.admit()  # this loop iteration's submissions are spent: wait for the next
             state.submitting.append(pin)
-            replica = await self._lane(state, want)
+            lane = self._pool.pick(want)
+            replica = state.replicas.get(lane)
+            if replica is None:  # (the lane has no replica yet: _lane loads it; else no coroutine)
+                replica = await self._lane(state, want, lane)
             run = Run(replica, self._pool, self._account, bridge, to_device)
             run.slots, need = need, 0  # the run gives them back when it is recycled
             watcher = self._submit(run, values, staged)
@@ -791,11 +849,12 @@ class Session:
         bridge.collect_after_submit(watcher)
         return run
 
-    async def _lane(self, state: _GraphState, want: Stream | int | None) -> Replica:
-        """The run's lane: the stream (``want``, else the least loaded; a faulted one is replaced
-        first) and the graph's replica on it, compiled and loaded off the loop on the graph's
-        first run there."""
-        lane = self._pool.pick(want)
+    async def _lane(self, state: _GraphState, want: Stream | int | None, lane: Stream | None = None) -> Replica:
+        """The run's lane: the stream (``lane`` if picked already, else ``want``, else the least
+        loaded; a faulted one is replaced first) and the graph's replica on it, compiled and
+        loaded off the loop on the graph's first run there."""
+        if lane is None:
+            lane = self._pool.pick(want)
         replica = state.replicas.get(lane)
         while replica is None:
             await anyio.to_thread.run_sync(self._ensure_loaded, state, lane)

@@ -71,7 +71,7 @@ class Replica:
     """A graph's replica on one stream: its GE graph id and a free list of descriptors whose
     constant fields (session, graph, stream, pools, watch, counts) are set once."""
 
-    __slots__ = ("_free", "device", "graph_id", "n_in", "n_out", "names", "session", "static", "stream")
+    __slots__ = ("_free", "device", "ffi", "graph_id", "lib", "n_in", "n_out", "names", "session", "static", "stream")
     #: An offline model's load (_offline.ModelReplica): runs set their gear, outputs are pool blocks.
     is_model = False
 
@@ -86,6 +86,8 @@ class Replica:
         static: bool = False,
     ):
         self.device = device
+        self.ffi = device.backend.ffi  # (read on every run: one lookup each instead of three)
+        self.lib = device.backend.lib
         self.session = session
         self.graph_id = graph_id
         self.stream = stream
@@ -235,8 +237,9 @@ class Run:
         for good."""
         replica = self.replica
         dev = replica.device
-        ffi, lib = dev.backend.ffi, dev.backend.lib
-        self.desc = desc = replica.take(watcher)
+        ffi = replica.ffi
+        free = replica._free  # (Replica.take's first step, inline)
+        self.desc = desc = free.pop() if free else replica.take(watcher)
         run, ins, signature = desc.run, desc.inputs, desc.signature
         keep = []
         for i, v in enumerate(values):
@@ -281,6 +284,7 @@ class Run:
             self._recycle()  # nothing was recorded: the descriptor, events and budget go back
             raise
         self.pool.started(stream)
+        lib = replica.lib
         if lib.aa_run_submit(run) == 0:
             return
         # Nothing reached the watch; undo, then give back what the call took.
@@ -304,25 +308,29 @@ class Run:
         raise error
 
     def _recycle(self, pool_event: bool = True) -> None:
-        dev = self.replica.device
+        replica = self.replica
+        dev = replica.device
         desc = self.desc
-        dev.backend.lib.aa_run_release(desc.run)
+        replica.lib.aa_run_release(desc.run)
         if self.stages is not None:
             self.stages.close()
             self.stages = None
-            ffi = dev.backend.ffi
             run = desc.run
-            run.stage_events[0] = run.stage_events[1] = run.stage_events[2] = ffi.NULL
-        self.replica.give(desc)
+            run.stage_events[0] = run.stage_events[1] = run.stage_events[2] = replica.ffi.NULL
+        replica._free.append(desc)  # (Replica.give, inline)
         self.desc = None
-        if self.event is not None:
+        event = self.event
+        if event is not None:
             if pool_event:
-                dev.give_event(self.event)
+                dev.give_event(event)
             else:
-                dev.destroy_event(self.event)
-        self.event = None
+                dev.destroy_event(event)
+            self.event = None
         self.keep = None
-        self._give_slots()
+        n = self.slots  # (_give_slots, inline)
+        if n:
+            self.slots = 0
+            dev.events.give(n)
 
     def _give_slots(self) -> None:
         """The run's events go back to the device's budget (once), admitting waiting runs."""
@@ -385,24 +393,27 @@ class Run:
             self.limiter.release()
 
     def _read_outputs(self) -> dict[str, Any]:
-        dev = self.replica.device
-        ffi = dev.backend.ffi
+        replica = self.replica
+        dev = replica.device
+        ffi = replica.ffi
         desc = self.desc
         run, outs = desc.run, desc.outputs
-        names = self.replica.names
+        names = replica.names
         if not self.to_device:
             shapes = desc.shapes
             if shapes is not None and not run.dynamic:
                 # The signature of the last run on this descriptor, so its output shapes too:
                 # only the bytes are read (a byte count that disagrees reads the shapes from C).
                 result: dict[str, Any] = {}
+                empty, memmove = np.empty, ffi.memmove
                 for j, (shape, dtype) in enumerate(shapes):
                     io = outs[j]
-                    arr = np.empty(shape, dtype)
-                    if io.nbytes != arr.nbytes:
+                    arr = empty(shape, dtype)
+                    nbytes = io.nbytes
+                    if nbytes != arr.nbytes:
                         break
-                    if io.nbytes:
-                        ffi.memmove(arr, io.host_block, io.nbytes)
+                    if nbytes:
+                        memmove(arr, io.host_block, nbytes)
                     result[names[j]] = arr
                 else:
                     return result
