@@ -103,17 +103,7 @@ int aa_mdl_run_submit(aa_run *run) {
         void *addr = io->tensor.addr;
         size_t size = io->nbytes;
         if (io->host) { /* stage through page-locked memory, as for a graph */
-            size_t n = io->nbytes, bsize = n ? n : 1;
-            io->host_block = aa_pool_alloc(run->host_pool, bsize, &rc);
-            if (!io->host_block) FAIL_ACL("aclrtMallocHost", rc);
-            io->dev_block = aa_pool_alloc(run->device_pool, bsize, &rc);
-            if (!io->dev_block) FAIL_ACL("aclrtMalloc", rc);
-            if (n) {
-                memcpy(io->host_block, io->host, n);
-                rc = aclrtMemcpyAsync(io->dev_block, bsize, io->host_block, n, ACL_MEMCPY_HOST_TO_DEVICE, run->stream);
-                if (rc) FAIL_ACL("aclrtMemcpyAsync", rc);
-                run->enqueued = 1;
-            }
+            if (aa_run_stage_input(run, io)) return -1;
             addr = io->dev_block;
         } else {
             size = aa_tensor_nbytes(&io->tensor);

@@ -9,6 +9,22 @@
 #include "tensor.h"
 
 
+int aa_run_stage_input(aa_run *run, aa_run_io *io) {
+    aclError rc = 0;
+    size_t n = io->nbytes, size = n ? n : 1;
+    io->host_block = aa_pool_alloc(run->host_pool, size, &rc);
+    if (!io->host_block) FAIL_ACL("aclrtMallocHost", rc);
+    io->dev_block = aa_pool_alloc(run->device_pool, size, &rc);
+    if (!io->dev_block) FAIL_ACL("aclrtMalloc", rc);
+    if (n) {
+        memcpy(io->host_block, io->host, n);
+        rc = aclrtMemcpyAsync(io->dev_block, size, io->host_block, n, ACL_MEMCPY_HOST_TO_DEVICE, run->stream);
+        if (rc) FAIL_ACL("aclrtMemcpyAsync", rc);
+        run->enqueued = 1;
+    }
+    return 0;
+}
+
 int aa_run_submit(aa_run *run) {
     if (run->model) return aa_mdl_run_submit(run);
     run->failed_api = NULL;
@@ -25,19 +41,9 @@ int aa_run_submit(aa_run *run) {
     for (size_t i = 0; i < run->n_inputs; i++) {
         aa_run_io *io = &run->inputs[i];
         if (!io->host) continue; /* a device tensor, described by the caller */
-        size_t n = io->nbytes, size = n ? n : 1;
-        io->host_block = aa_pool_alloc(run->host_pool, size, &rc);
-        if (!io->host_block) FAIL_ACL("aclrtMallocHost", rc);
-        io->dev_block = aa_pool_alloc(run->device_pool, size, &rc);
-        if (!io->dev_block) FAIL_ACL("aclrtMalloc", rc);
-        if (n) {
-            memcpy(io->host_block, io->host, n);
-            rc = aclrtMemcpyAsync(io->dev_block, size, io->host_block, n, ACL_MEMCPY_HOST_TO_DEVICE, run->stream);
-            if (rc) FAIL_ACL("aclrtMemcpyAsync", rc);
-            run->enqueued = 1;
-        }
+        if (aa_run_stage_input(run, io)) return -1;
         io->tensor.addr = io->dev_block;
-        io->tensor.size = size;
+        io->tensor.size = io->nbytes ? io->nbytes : 1;
         io->tensor.format = AA_FORMAT_ND;
         io->tensor.placement = AA_PLACEMENT_DEVICE_HBM;
         io->tensor.owner = NULL;

@@ -9,6 +9,11 @@ int aa_mdl_run_submit(aa_run *run);
 int aa_mdl_run_collect(aa_run *run);
 void aa_mdl_run_release(aa_run *run);
 
+/* A host input staged through page-locked memory into a device block on the run's stream
+ * (io->host_block, io->dev_block; the H2D copy is enqueued). 0, or -1 with the failed call
+ * recorded in the run. */
+int aa_run_stage_input(aa_run *run, aa_run_io *io);
+
 /* Inside a function of `aa_run *run` returning int: record the failed call and fail. */
 #define FAIL_ACL(api, rc)        \
     do {                         \
