@@ -926,7 +926,7 @@ class Session:
         try:
             with self._working():
                 self._pool.refresh()
-        except SessionClosedError:
+        except SessionClosedError:  # closing meanwhile: its streams go with it, nothing to replace
             pass
 
     def _account(self, code: int, abandoned: bool, counted: bool = True) -> None:
