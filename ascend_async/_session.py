@@ -1308,16 +1308,7 @@ class Session:
                 replica = state.replicas[lane]
             run = CallbackModelRun(replica, self._pool, self._account, callback)
             run.slots = 1
-            with self._lock:
-                self._check_open()
-                self._pending += 1
-            try:
-                watcher = self._device.get_watcher()
-                self._device.ensure_current()
-                run.submit(values, watcher, False)
-            except BaseException:
-                self._account(0, False, counted=False)
-                raise
+            self._submit(run, values, False)
         except BaseException:
             if run is not None:
                 run._give_slots()

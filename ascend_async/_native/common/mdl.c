@@ -120,14 +120,7 @@ int aa_mdl_run_submit(aa_run *run) {
         aa_run_io *io = &run->outputs[i];
         io->nbytes = aa_tensor_nbytes(&io->tensor);
         if (io->nbytes > m->out_sizes[i]) FAIL_ACL("aclmdlGetCurOutputDims", ACL_ERROR_MODEL_OUTPUT_NOT_MATCH);
-        if (!run->outputs_to_host) continue;
-        io->host_block = aa_pool_alloc(run->host_pool, io->nbytes ? io->nbytes : 1, &rc);
-        if (!io->host_block) FAIL_ACL("aclrtMallocHost", rc);
-        if (io->nbytes) {
-            rc = aclrtMemcpyAsync(io->host_block, io->nbytes, io->dev_block, io->nbytes, ACL_MEMCPY_DEVICE_TO_HOST,
-                                  run->stream);
-            if (rc) FAIL_ACL("aclrtMemcpyAsync", rc);
-        }
+        if (run->outputs_to_host && aa_run_read_back(run, io, io->dev_block)) return -1;
     }
     rc = aclrtRecordEvent(run->event, run->stream);
     if (rc) FAIL_ACL("aclrtRecordEvent", rc);

@@ -25,6 +25,17 @@ int aa_run_stage_input(aa_run *run, aa_run_io *io) {
     return 0;
 }
 
+int aa_run_read_back(aa_run *run, aa_run_io *io, const void *src) {
+    aclError rc = 0;
+    io->host_block = aa_pool_alloc(run->host_pool, io->nbytes ? io->nbytes : 1, &rc);
+    if (!io->host_block) FAIL_ACL("aclrtMallocHost", rc);
+    if (io->nbytes) {
+        rc = aclrtMemcpyAsync(io->host_block, io->nbytes, src, io->nbytes, ACL_MEMCPY_DEVICE_TO_HOST, run->stream);
+        if (rc) FAIL_ACL("aclrtMemcpyAsync", rc);
+    }
+    return 0;
+}
+
 int aa_run_submit(aa_run *run) {
     if (run->model) return aa_mdl_run_submit(run);
     run->failed_api = NULL;
@@ -88,14 +99,7 @@ int aa_run_submit(aa_run *run) {
         io->tensor = run->slots[i];
         run->slots[i].owner = NULL; /* the io descriptor holds GE's block from here on */
         io->nbytes = aa_tensor_nbytes(&io->tensor);
-        if (!run->outputs_to_host) continue;
-        io->host_block = aa_pool_alloc(run->host_pool, io->nbytes ? io->nbytes : 1, &rc);
-        if (!io->host_block) FAIL_ACL("aclrtMallocHost", rc);
-        if (io->nbytes) {
-            rc = aclrtMemcpyAsync(io->host_block, io->nbytes, io->tensor.addr, io->nbytes, ACL_MEMCPY_DEVICE_TO_HOST,
-                                  run->stream);
-            if (rc) FAIL_ACL("aclrtMemcpyAsync", rc);
-        }
+        if (run->outputs_to_host && aa_run_read_back(run, io, io->tensor.addr)) return -1;
     }
     rc = aclrtRecordEvent(run->event, run->stream);
     if (rc) FAIL_ACL("aclrtRecordEvent", rc);

@@ -14,6 +14,10 @@ void aa_mdl_run_release(aa_run *run);
  * recorded in the run. */
 int aa_run_stage_input(aa_run *run, aa_run_io *io);
 
+/* An output's device bytes at `src` copied back into a page-locked block (io->host_block;
+ * the D2H copy is enqueued on the run's stream). 0, or -1 with the failed call recorded. */
+int aa_run_read_back(aa_run *run, aa_run_io *io, const void *src);
+
 /* Inside a function of `aa_run *run` returning int: record the failed call and fail. */
 #define FAIL_ACL(api, rc)        \
     do {                         \
