@@ -3,15 +3,22 @@
 A loop collects its completions itself, where it already does work, through the non-blocking
 C harvest of its channel (``aa_watch_harvest``):
 
-- when a run is submitted on it (unless a collection is already scheduled), and
+- when a run is submitted on it (unless a collection is already scheduled; at most
+  ``_SUBMIT_HARVEST`` per submission and ``DRAIN_CHUNK`` per iteration in all), and
 - in a drain scheduled with the loop's own ``call_soon``, which keeps rescheduling itself while
   completions keep coming (the channel stays "armed": the watcher thread posts nothing).
 
-Only when no collection is scheduled does the watcher thread wake the loop (one hand-off,
+Only when no collection is scheduled is the loop woken. On asyncio and uvloop (Linux) the C
+watch writes an eventfd that the loop's own selector watches (``add_reader``): the watcher
+thread never takes the GIL for it, and the loop runs ``_fd_ready`` in its next poll. Elsewhere
+(trio, no eventfd) the watcher thread posts the wake-up (one hand-off,
 ``call_soon_threadsafe`` / ``TrioToken.run_sync_soon``). Loop health by construction: one
-drain completes at most ``DRAIN_CHUNK`` runs, and one loop iteration admits at most
-``SUBMIT_BUDGET`` submissions (more wait for the next iteration), so the library's own work per
-iteration is bounded whatever the number of runs in flight or arriving.
+drain completes at most ``DRAIN_CHUNK`` runs, submissions collect at most ``DRAIN_CHUNK`` more
+in passing, and one loop iteration admits at most ``SUBMIT_BUDGET`` submissions (more wait for
+the next iteration), so the library's own work per iteration is bounded whatever the number of
+runs in flight or arriving. The two allowances are apart: a completion collected in passing
+does not take a submission's place (it used to, and at c=64 most runs then parked in
+``admit`` and suspended twice).
 
 Nothing here outlives its loop: a bridge holds its loop only through weak methods, ``_bridges``
 is keyed weakly by the loop (asyncio) or its ``TrioToken`` (trio), and the watchers hold
@@ -101,11 +108,15 @@ class LoopBridge:
         "_channels",
         "_local_post",
         "_post",
+        "_reader",
         "_slots",
+        "_wake_fd",
         "budget",
         "checkpoint_if_cancelled",
         "dead",
         "limiters",
+        "parked",
+        "passing",
         "scheduled",
         "thread",
         "trio",
@@ -113,19 +124,29 @@ class LoopBridge:
     )
 
     def __init__(
-        self, post: Callable[..., object], local_post: Callable[..., object] | None = None, *, trio: bool = False
+        self,
+        post: Callable[..., object],
+        local_post: Callable[..., object] | None = None,
+        *,
+        trio: bool = False,
+        add_reader: Callable[..., object] | None = None,
     ) -> None:
         # The loop's entries, held weakly (the loop must not outlive its run because of us):
         # thread-safe (call_soon_threadsafe / run_sync_soon) and local (call_soon).
         self._post = weakref.WeakMethod(post)  # type: ignore[arg-type]
         self._local_post = weakref.WeakMethod(local_post or post)  # type: ignore[arg-type]
+        # The loop's add_reader (held weakly too), for the eventfd wake-up; None: posted wake-ups.
+        self._reader = weakref.WeakMethod(add_reader) if add_reader is not None else None  # type: ignore[arg-type]
+        self._wake_fd: WakeFd | None = None
         self.limiters: weakref.WeakKeyDictionary[Any, anyio.Semaphore] = weakref.WeakKeyDictionary()
         self._channels: dict[Watcher, int] = {}
         self.thread = threading.get_ident()
         self.trio = trio  # the loop is trio's (else asyncio's or uvloop's)
-        self.wakeups = 0  # wake-ups the watcher posted (the loop had no collection scheduled)
+        self.wakeups = 0  # wake-ups the loop got (it had no collection scheduled)
+        self.parked = 0  # submissions that waited for a later iteration's budget (admit)
         self.scheduled = False  # a drain is queued with local_post
         self.budget = SUBMIT_BUDGET
+        self.passing = DRAIN_CHUNK  # completions submissions may still collect in passing
         self.dead = False
         self._buf: Any = None
         self._admit: deque[Waiter] = deque()  # submissions waiting for the next iteration
@@ -170,8 +191,25 @@ class LoopBridge:
         """This loop's channel in ``watcher`` (opened on first use; 0 = none available)."""
         ch = self._channels.get(watcher)
         if ch is None:  # the watcher closes it when this bridge is gone (Watcher.open_channel)
-            ch = self._channels[watcher] = watcher.open_channel(self)
+            ch = self._channels[watcher] = watcher.open_channel(self, self._notify_fd())
         return ch
+
+    def _notify_fd(self) -> WakeFd | None:
+        """This loop's eventfd, watched by its selector (made on first use; loop thread only),
+        or None where there is none (trio, no ``os.eventfd``, a loop without ``add_reader``)."""
+        if self._wake_fd is None and self._reader is not None:
+            add_reader = self._reader()
+            wake_fd = WakeFd.make()
+            if add_reader is None or wake_fd is None:
+                self._reader = None
+                return None
+            try:
+                add_reader(wake_fd.fd, _fd_ready, weakref.ref(self), wake_fd.fd)
+            except (NotImplementedError, RuntimeError, OSError):  # a loop that watches no fds
+                self._reader = None
+                return None
+            self._wake_fd = wake_fd
+        return self._wake_fd
 
     # -- the loop thread ------------------------------------------------------------------------
 
@@ -188,6 +226,7 @@ class LoopBridge:
         if self.take_budget():
             return
         ticket = Waiter()
+        self.parked += 1
         self._admit.append(ticket)
         self.schedule()
         try:
@@ -214,14 +253,26 @@ class LoopBridge:
 
     def collect_after_submit(self, watcher: Watcher) -> None:
         """A submission just happened on this loop: collect a few finished runs in passing."""
-        if not self.scheduled and self.budget > 0:
+        if not self.scheduled and self.passing > 0:
             ch = self._channels.get(watcher)
             if ch:
-                self.budget -= self._harvest(watcher, ch, _SUBMIT_HARVEST, -1)
+                n = self._harvest(watcher, ch, min(_SUBMIT_HARVEST, self.passing), -1)
+                self.passing -= n
+                self.budget += n  # each finished run frees a place for the run replacing it
 
     def _drain(self) -> None:
         self.scheduled = False
         self._collect()
+
+    def _fd_woken(self, fd: int) -> None:
+        """The watch wrote this loop's eventfd: read it back to zero first (a completion that
+        comes after this read writes it again), then collect."""
+        try:
+            os.eventfd_read(fd)
+        except OSError:  # (BlockingIOError: already read back by an earlier wake-up)
+            pass
+        self.wakeups += 1
+        self._woken()
 
     def _woken(self) -> None:
         if self.scheduled:  # a drain is queued already: it collects, and answers the wake-up
@@ -229,18 +280,20 @@ class LoopBridge:
         self._collect()
 
     def _collect(self) -> None:
-        self.budget = SUBMIT_BUDGET
-        waiting = self._admit
-        while waiting and self.budget > 0:
-            self.budget -= 1
-            waiting.popleft().set()
-        if waiting:
-            self.schedule()
         got = 0
         for watcher, ch in list(self._channels.items()):
             if ch:
                 got += self._harvest(watcher, ch, DRAIN_CHUNK, 1)
-        if got:  # completions are flowing: collect again next iteration (no wake-up needed)
+        # This iteration's submissions: SUBMIT_BUDGET, plus one for each run just finished (its
+        # task submits the run that replaces it). A backlog of parked submissions (a burst of
+        # new callers) therefore shrinks by SUBMIT_BUDGET per iteration instead of standing.
+        self.budget = SUBMIT_BUDGET + got
+        self.passing = DRAIN_CHUNK
+        waiting = self._admit
+        while waiting and self.budget > 0:
+            self.budget -= 1
+            waiting.popleft().set()
+        if waiting or got:  # parked submissions, or completions flowing: again next iteration
             self.schedule()
 
     def _harvest(self, watcher: Watcher, ch: int, most: int, armed: int) -> int:
@@ -295,6 +348,44 @@ class LoopBridge:
         self.post(fn)
 
 
+class WakeFd:
+    """A non-blocking eventfd that wakes one loop. Every watch channel it is set on holds it
+    (``Watcher.open_channel``) until that channel is closed in C, and the bridge holds it: it is
+    closed only when nothing can write it any more. Its loop is gone by then (a bridge outlives
+    its loop), so no selector still watches the number."""
+
+    __slots__ = ("__weakref__", "fd")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @staticmethod
+    def make() -> WakeFd | None:
+        eventfd = getattr(os, "eventfd", None)  # Linux, Python 3.10+
+        if eventfd is None:
+            return None
+        try:
+            return WakeFd(eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
+        except OSError:
+            return None
+
+    def __del__(self) -> None:
+        os.close(self.fd)
+
+
+def _fd_ready(ref: weakref.ref[LoopBridge], fd: int) -> None:
+    """The loop's reader callback for its eventfd (the bridge held weakly: the loop must not
+    keep it alive)."""
+    bridge = ref()
+    if bridge is not None:
+        bridge._fd_woken(fd)
+    else:
+        try:
+            os.eventfd_read(fd)
+        except OSError:
+            pass
+
+
 def _checkpoint_if_cancelled(trio_loop: bool) -> Callable[[], Any]:
     """What ``anyio.lowlevel.checkpoint_if_cancelled`` calls on this kind of loop."""
     try:
@@ -333,7 +424,7 @@ def current_bridge() -> LoopBridge:
             bridge = _bridges.get(key)
             if bridge is None:
                 if isinstance(key, asyncio.AbstractEventLoop):
-                    bridge = LoopBridge(key.call_soon_threadsafe, key.call_soon)
+                    bridge = LoopBridge(key.call_soon_threadsafe, key.call_soon, add_reader=key.add_reader)
                 else:
                     bridge = LoopBridge(key.run_sync_soon, trio=True)
                 _bridges[key] = bridge

@@ -99,6 +99,7 @@ class Watcher:
         # channel -> its loop's bridge, held weakly: a bridge lives as long as its loop, and its
         # finalizer closes the channel (LoopBridge.channel)
         self._channels: dict[int, weakref.ref[Wakeable]] = {}
+        self._notify: dict[int, Any] = {}  # channel -> the WakeFd its C channel writes (held)
         # The handle's lifetime against loop-side harvests. Re-entrant: a bridge's finalizer
         # (close_channel) may run on a thread that holds it, wherever the collector runs.
         self.lock = threading.RLock()
@@ -136,11 +137,14 @@ class Watcher:
             self.pending.pop(token, None)
             raise acl_error(rc, "aa_watch_add", self.backend.acl_message())
 
-    def open_channel(self, bridge: Wakeable) -> int:
+    def open_channel(self, bridge: Wakeable, notify: Any = None) -> int:
         """A channel for one event loop's completions (0 when none is left: this thread then
         completes that loop's runs and posts each wake-up). It stays the bridge's until the
         bridge is gone (a finalizer closes it): only then can no run of the bridge still carry
-        the channel in its token, so only then may the number go to another loop."""
+        the channel in its token, so only then may the number go to another loop.
+
+        ``notify`` (a ``_loop.WakeFd``): the C watch wakes the loop by writing its fd, and this
+        thread never does; the channel holds it until the channel is closed in C."""
         with self.lock:
             if self.closed:
                 return 0
@@ -148,6 +152,9 @@ class Watcher:
             if ch <= 0:
                 return 0
             ref = self._channels[ch] = weakref.ref(bridge)
+            if notify is not None:
+                self._notify[ch] = notify
+                self._lib.aa_watch_channel_notify_fd(self.handle, ch, notify.fd)
         weakref.finalize(bridge, self.close_channel, ch, ref)
         return ch
 
@@ -160,6 +167,7 @@ class Watcher:
                 del self._channels[ch]
                 if not self.closed:
                     self._lib.aa_watch_channel_close(self.handle, ch)
+                self._notify.pop(ch, None)  # nothing writes its fd now
 
     def defer(self, fn: Callable[[], object]) -> None:
         """On this watcher's thread (a callback): run ``fn`` on a thread of its own once the
@@ -207,6 +215,7 @@ class Watcher:
     def _destroy(self, handle: Any) -> None:
         self._lib.aclrtSetCurrentContext(self._context)
         self._lib.aa_watch_destroy(handle)
+        self._notify.clear()  # the C watch is gone: nothing writes the loops' fds
 
     # -- the watcher thread ----------------------------------------------------------------------
 
@@ -227,6 +236,7 @@ class Watcher:
             if orphan is not None:  # close() gave up waiting for this thread: free it now
                 # (no context switch: the device may be reset by now; a poll watch needs none)
                 self._lib.aa_watch_destroy(orphan)
+                self._notify.clear()
 
     def _loop(self, handle: Any, tokens: Any, codes: Any, noticed: Any, wake: int) -> None:
         lib = self._lib

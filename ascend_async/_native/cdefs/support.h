@@ -60,6 +60,10 @@ int aa_watch_wait(aa_watch *watch, uint64_t *tokens, int32_t *codes, uint64_t *n
  * Closing a channel moves what it holds, and what comes later, to channel 0. */
 int aa_watch_channel_open(aa_watch *watch);
 void aa_watch_channel_close(aa_watch *watch, int channel);
+/* Wake the channel's loop by writing 8 bytes (an eventfd increment) to `fd` instead of through
+ * aa_watch_wait's caller (-1: back to that). The caller keeps `fd` open until it has set -1
+ * here or closed the channel; the write is non-blocking only if the fd is. */
+void aa_watch_channel_notify_fd(aa_watch *watch, int channel, int fd);
 /* Non-blocking, from the channel's loop thread (with the device's context current): one
  * polling pass over busy streams (poll strategy), then up to `max` of the channel's
  * completions. `armed`: 1 = the caller collects again soon if this returns any (no wake-up

@@ -17,7 +17,10 @@
  *   for a wake-up of the loop (a (channel, AA_WATCH_WAKE) pair from aa_watch_wait) only when the
  *   channel is not armed (the loop has no collection scheduled) or its oldest completion waited
  *   longer than wake_after_us; after takeover_us with a wake-up unanswered (a blocked or closed
- *   loop) the channel's completions move to channel 0, the watcher thread's own queue.
+ *   loop) the channel's completions move to channel 0, the watcher thread's own queue. A
+ *   channel with a notify fd (aa_watch_channel_notify_fd: an eventfd or pipe its loop's own
+ *   selector watches) is woken by a write to that fd, here, under `mu`: the watcher thread then
+ *   never returns to Python (never takes the GIL) to wake that loop.
  * ACL calls and `mu`: the polling pass queries events and probes streams with `mu` released.
  * In report mode some ACL calls are made with `mu` held: aa_watch_add subscribes the stream and
  * launches the callback under it (so the entry is queued before its callback can look for it),
@@ -38,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../alloc_policy.h"
 #include "../ascend_async.h"
@@ -80,6 +84,7 @@ typedef struct channel {
     int armed;        /* the loop has a collection scheduled: no wake-up needed */
     int harvesting;   /* inside aa_watch_harvest: completions found now are popped at once */
     int wake_pending; /* a wake-up was handed to the watcher thread and not answered yet */
+    int notify_fd;    /* -1, or an fd the loop's selector watches: a wake-up writes it */
     uint64_t wake_ns;
     dqueue q;
 } channel;
@@ -170,8 +175,18 @@ static void request_wake_locked(aa_watch *w, int c, uint64_t now) {
     if (ch->wake_pending) return;
     ch->wake_pending = 1;
     ch->wake_ns = now;
-    w->wake_mask |= 1ull << c;
     w->st.wakes++;
+    if (ch->notify_fd >= 0) {
+        /* 8 bytes: an eventfd's counter increment (a pipe takes them as bytes). A full pipe or
+         * an eventfd at its limit (EAGAIN) means a wake-up is already unread: nothing is lost.
+         * The fd stays open while set here (aa_watch_channel_notify_fd's contract). */
+        uint64_t one = 1;
+        ssize_t rc;
+        do rc = write(ch->notify_fd, &one, sizeof one);
+        while (rc < 0 && errno == EINTR);
+        return;
+    }
+    w->wake_mask |= 1ull << c;
     pthread_cond_signal(&w->cv);
 }
 
@@ -231,6 +246,7 @@ void aa_watch_default_config(aa_watch_config *config) { *config = DEFAULTS; }
 aa_watch *aa_watch_create(aclrtContext context, const aa_watch_config *config) {
     aa_watch *w = calloc(1, sizeof *w);
     if (!w) return NULL;
+    for (int c = 0; c < MAX_CHANNELS; c++) w->ch[c].notify_fd = -1;
     pthread_mutex_init(&w->mu, NULL);
     pthread_condattr_t a;
     pthread_condattr_init(&a);
@@ -617,6 +633,7 @@ int aa_watch_channel_open(aa_watch *w) {
             channel *ch = &w->ch[c];
             ch->open = 1;
             ch->armed = ch->harvesting = ch->wake_pending = 0;
+            ch->notify_fd = -1;
             found = c;
             break;
         }
@@ -631,10 +648,22 @@ void aa_watch_channel_close(aa_watch *w, int c) {
     if (ch->open) {
         dq_move_all(&w->done, &ch->q);
         ch->open = 0;
+        ch->notify_fd = -1;
         w->armed_n -= ch->armed;
         ch->armed = 0;
         w->wake_mask &= ~(1ull << c);
         pthread_cond_broadcast(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
+void aa_watch_channel_notify_fd(aa_watch *w, int c, int fd) {
+    if (c <= 0 || c >= MAX_CHANNELS) return;
+    pthread_mutex_lock(&w->mu);
+    channel *ch = &w->ch[c];
+    if (ch->open) {
+        ch->notify_fd = fd < 0 ? -1 : fd;
+        /* a wake-up already handed to the watcher thread stays there; later ones use the fd */
     }
     pthread_mutex_unlock(&w->mu);
 }
