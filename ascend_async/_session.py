@@ -118,7 +118,13 @@ class Session:
     """A GE session on one device, with a pool of streams and a completion watcher.
 
     Use it as an async (or plain) context manager. Every method may be called from any
-    thread; several event loops may share one session. A child process forked after the
+    thread; several event loops may share one session.
+
+    Opening the device, GE's process-wide state and the GeSession takes seconds on an NPU the
+    first time. Made on an event loop's thread, ``Session(...)`` only checks its arguments:
+    ``async with`` opens it in a worker thread while the loop goes on (a failure raises there,
+    and the session is closed), and a session used without ``async with`` opens at its first
+    use. Made anywhere else, it opens at once. A child process forked after the
     first session was opened cannot use sessions (:class:`BackendUnavailableError`).
 
     ``max_in_flight`` caps the runs each event loop has in flight in this session; the
@@ -160,21 +166,57 @@ class Session:
         self._closer: int | None = None  # the thread tearing the session down
         self._torn_down = threading.Event()  # set once close() has freed everything
         self._handle: Any = None
-        self._device: Device = acquire_device(device_id)
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._next_id = 1
+        self._graphs: dict[int, _GraphState] = {}
+        self._pending = 0
+        self._busy = 0  # threads inside a _working() section
+        self._completed = 0
+        self._failed = 0
+        self._cancelled = 0
+        self._events: weakref.WeakSet[Event] = weakref.WeakSet()  # closed at teardown
+        # The device part (the device, GE's process-wide state, the GeSession, the streams): at
+        # once, except on an event loop's thread, where it waits for ``async with`` to open it
+        # in a worker thread (__aenter__), or for the first use that needs it (__getattr__).
+        self._open_args = (device_id, streams, options, max_in_flight)
+        self._open_lock = threading.Lock()
+        self._open_error: BaseException | None = None
+        if not _on_event_loop():
+            self._open_device()
+
+    def _open_device(self) -> None:
+        """Open the device part once (any thread; later callers wait for the first). A failure
+        is kept: every later use raises it again."""
+        with self._open_lock:
+            if self._open_error is not None:
+                raise self._open_error
+            if "_device" in self.__dict__:
+                return
+            self._check_open()
+            try:
+                self._open_device_now(*self._open_args)
+            except BaseException as exc:
+                self._open_error = exc
+                raise
+
+    def _open_device_now(self, device_id: int, streams: int, options: dict[str, str], max_in_flight: int) -> None:
+        device = acquire_device(device_id)
         try:
-            b = self._device.backend
+            b = device.backend
             self._ffi, self._lib = b.ffi, b.lib
             ge_initialize(b)
             opts = {"ge.session_device_id": str(device_id), **(options or {})}
             keep, arr = option_array(b.ffi, opts)
             out = b.ffi.new("aa_session**")
-            self._device.ensure_current()
+            device.ensure_current()
             b.check_ge(b.lib.aa_session_create(arr, len(opts), out), "GeSession")
             del keep
             self._handle = out[0]
             # GeSession's constructor switched this thread's context; set ours again.
-            b.lib.aclrtSetCurrentContext(self._device.context)
-            budget = self._device.events.limit
+            b.lib.aclrtSetCurrentContext(device.context)
+            budget = device.events.limit
             if max_in_flight > budget and max_in_flight != _DEFAULT_MAX_IN_FLIGHT:
                 warnings.warn(
                     AscendWarning(
@@ -182,30 +224,30 @@ class Session:
                         f"({budget} hardware events, shared by every session and loop on the device); "
                         f"using max_in_flight={budget}"
                     ),
-                    stacklevel=2,
+                    stacklevel=4,
                 )
             self._max_in_flight = min(max_in_flight, budget)
             if b.is_sim and self._ge_options.get("ge.exec.profilingMode") == "1":
                 self._profile_trace = self._trace = Trace(_profile_path(self._ge_options))
-            self._lock = threading.Lock()
-            self._sync_lock = threading.Lock()
-            self._idle = threading.Condition(self._lock)
-            self._next_id = 1
-            self._graphs: dict[int, _GraphState] = {}
-            self._pending = 0
-            self._busy = 0  # threads inside a _working() section
-            self._completed = 0
-            self._failed = 0
-            self._cancelled = 0
-            self._events: weakref.WeakSet[Event] = weakref.WeakSet()  # closed at teardown
+            self._device: Device = device
             self._pool = StreamPool(self._make_stream, streams, self._forget_stream)
-            self._device.users.add(self)
+            device.users.add(self)
         except BaseException:
-            self._teardown()
+            self._teardown(device)
             raise
 
+    def __getattr__(self, name: str) -> Any:
+        # Only for the device part's attributes, before it is opened (see __init__): a session
+        # made on an event loop's thread and used before ``async with`` opens it here.
+        if name in _DEVICE_PART and "_open_lock" in self.__dict__:
+            self._open_device()
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def __repr__(self) -> str:
-        dev = self._device
+        dev = self.__dict__.get("_device")
+        if dev is None and not self._closed:
+            return "<Session not opened yet>"
         if dev is None:
             return "<Session closed>"
         state = "closing" if self._closed else f"{len(self._pool.streams)} streams"
@@ -225,9 +267,9 @@ class Session:
         """Open a session off the event loop: ``session = await Session.open(...)``, or
         ``async with Session.open(...) as session:`` (closed on the way out).
 
-        The constructor opens the device, GE's process-wide state and a GeSession, which on an
-        NPU takes seconds the first time; ``Session(...)`` does that on the calling thread,
-        ``Session.open`` in a worker thread while the loop goes on. The arguments are checked
+        Opening takes seconds on an NPU the first time. ``Session.open`` does it in a worker
+        thread while the loop goes on, as ``async with Session(...)`` does; awaited, it also
+        serves code that keeps the session without a ``with`` block. The arguments are checked
         before the worker starts, with the constructor's errors.
         """
         _check_count("device_id", device_id, 0)
@@ -236,6 +278,15 @@ class Session:
         return _Opening(lambda: cls(device_id, streams=streams, options=options, max_in_flight=max_in_flight))
 
     async def __aenter__(self) -> Session:
+        """Opens the device part in a worker thread if the constructor left it (made on an
+        event loop's thread), so the loop goes on meanwhile; closed again if that fails or
+        the caller is cancelled."""
+        if "_device" not in self.__dict__:
+            try:
+                await anyio.to_thread.run_sync(self._open_device)
+            except BaseException:
+                self.close()
+                raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -344,8 +395,10 @@ class Session:
             return
         await anyio.to_thread.run_sync(self.close)
 
-    def _teardown(self) -> None:
-        dev = getattr(self, "_device", None)
+    def _teardown(self, dev: Device | None = None) -> None:
+        """Free what the session holds. ``dev``: the device of an open that failed half-way
+        (not yet ``self._device``)."""
+        dev = dev or self.__dict__.get("_device")
         if dev is None:
             return
         lib = dev.backend.lib
@@ -364,7 +417,7 @@ class Session:
                 for replica in st.replicas.values():
                     if isinstance(replica, ModelReplica):
                         replica.destroy()
-            pool = getattr(self, "_pool", None)
+            pool = self.__dict__.get("_pool")
             if pool is not None:
                 pool.close()
             lib.aa_session_destroy(self._handle)
@@ -1359,6 +1412,30 @@ class _Opening:
     async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:
             await self._session.aclose()
+
+
+#: Session attributes set when its device part opens (Session._open_device).
+_DEVICE_PART = frozenset({"_device", "_ffi", "_lib", "_pool", "_max_in_flight"})
+
+
+def _on_event_loop() -> bool:
+    """Whether the calling thread is running an event loop (asyncio, uvloop or trio)."""
+    import asyncio
+    import sys
+
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        pass
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_trio_token()
+        return True
+    except RuntimeError:
+        return False
 
 
 def _check_count(name: str, value: object, least: int) -> None:

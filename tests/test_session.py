@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import numpy as np
 import onnx
 import pytest
@@ -391,6 +392,95 @@ async def test_session_open_constructs_off_the_loop_and_closes_on_exit() -> None
         assert not session.is_closed
     finally:
         await session.aclose()
+
+
+@pytest.mark.anyio
+async def test_async_with_session_opens_the_device_off_the_loop_while_the_loop_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``Session()`` on an event loop's thread leaves the device part (device, GE, GeSession)
+    to ``async with``, which opens it in a worker thread: the loop keeps running meanwhile."""
+    from ascend_async import _session
+
+    opened_on: list[int] = []
+    entered = threading.Event()
+    release = threading.Event()
+    real = _session.acquire_device
+
+    def slow_acquire(device_id: int) -> Any:
+        opened_on.append(threading.get_ident())
+        entered.set()
+        release.wait(10)  # until the loop has shown it still runs
+        return real(device_id)
+
+    monkeypatch.setattr(_session, "acquire_device", slow_acquire)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not entered.is_set():  # noqa: ASYNC110 - a thread's flag, not a loop event
+            await anyio.sleep(0.001)
+        for _ in range(5):  # the open is under way in its thread: the loop still turns
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+        release.set()
+
+    s = ascend_async.Session(streams=1)
+    assert repr(s) == "<Session not opened yet>" and opened_on == []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        async with s:
+            assert ticks == 5
+            assert opened_on and opened_on[0] != threading.get_ident()
+            g = add_model(s)
+            x = np.arange(12, dtype=np.float32).reshape(3, 4)
+            out = await s.run(g, {"x": x, "y": x})
+            np.testing.assert_array_equal(out["z"], x + x)
+    assert s.is_closed
+
+
+@pytest.mark.anyio
+async def test_a_session_made_on_the_loop_opens_at_first_use_without_async_with() -> None:
+    s = ascend_async.Session(streams=2)
+    try:
+        assert len(s.streams) == 2  # the first use opens it (on this thread: it is sync)
+        g = add_model(s)
+        x = np.ones((3, 4), np.float32)
+        out = await s.run(g, {"x": x, "y": 2 * x})
+        np.testing.assert_array_equal(out["z"], 3 * x)
+        assert "device=0 backend=sim 2 streams" in repr(s)
+    finally:
+        await s.aclose()
+    never = ascend_async.Session()
+    never.close()  # closed before it opened: nothing to free, and nothing opens later
+    with pytest.raises(ascend_async.SessionClosedError):
+        never.add_graph(add_model_proto())
+
+
+@pytest.mark.anyio
+async def test_async_with_a_session_whose_device_fails_to_open_raises_at_entry_and_holds_nothing() -> None:
+    s = ascend_async.Session(device_id=9)  # the sim has one device unless told otherwise
+    with pytest.raises(ascend_async.AclError, match="device 9"):
+        async with s:
+            pytest.fail("entered a session whose device does not exist")
+    assert s.is_closed  # closed on the way out: nothing was entered
+    with pytest.raises(ascend_async.SessionClosedError):
+        s.add_graph(add_model_proto())
+    used = ascend_async.Session(device_id=9)  # no async with: the first use opens, and fails
+    for _ in range(2):  # the open's own error each time (it is kept, not retried)
+        with pytest.raises(ascend_async.AclError, match="device 9"):
+            used.add_graph(add_model_proto())
+    used.close()
+
+
+def test_a_session_made_off_any_loop_opens_at_once() -> None:
+    s = ascend_async.Session(streams=1)
+    try:
+        assert "_device" in s.__dict__ and "1 streams" in repr(s)
+    finally:
+        s.close()
+    with pytest.raises(ascend_async.AclError, match="device 9"):
+        ascend_async.Session(device_id=9)
 
 
 @pytest.mark.anyio
