@@ -168,6 +168,15 @@ class DevicePool:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def __aenter__(self) -> DevicePool:
+        """Opens the sessions the constructor left unopened (made on an event loop's thread:
+        see :class:`Session`) in a worker thread, so the loop goes on; closed if that fails."""
+        try:
+            for member in self._members:
+                for session in member.sessions:
+                    await session._open_off_loop()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

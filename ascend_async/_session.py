@@ -281,13 +281,19 @@ class Session:
         """Opens the device part in a worker thread if the constructor left it (made on an
         event loop's thread), so the loop goes on meanwhile; closed again if that fails or
         the caller is cancelled."""
-        if "_device" not in self.__dict__:
-            try:
-                await anyio.to_thread.run_sync(self._open_device)
-            except BaseException:
-                self.close()
-                raise
+        await self._open_off_loop()
         return self
+
+    async def _open_off_loop(self) -> None:
+        """The device part, opened in a worker thread if it is not yet (the serving layer's
+        pools use it too); the session is closed if that fails or the caller is cancelled."""
+        if "_device" in self.__dict__:
+            return
+        try:
+            await anyio.to_thread.run_sync(self._open_device)
+        except BaseException:
+            self.close()
+            raise
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()

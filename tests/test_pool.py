@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+from typing import Any
 
 import anyio
 import numpy as np
@@ -65,6 +67,24 @@ async def test_pool_opens_every_visible_device_and_spreads_runs() -> None:
         done = completed(pool)
         assert sum(done.values()) == 32 and all(n >= 1 for n in done.values()), done
         assert pool.statistics().in_flight == 0
+
+
+async def test_async_with_pool_opens_its_sessions_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ascend_async import _session
+
+    opened_on: list[int] = []
+    real = _session.acquire_device
+
+    def spy(device_id: int) -> Any:
+        opened_on.append(threading.get_ident())
+        return real(device_id)
+
+    monkeypatch.setattr(_session, "acquire_device", spy)
+    async with aa.DevicePool([0, 2], streams_per_device=1) as pool:
+        assert len(opened_on) == 2 and threading.get_ident() not in opened_on
+        g = pool.add_graph(add_model())
+        out = await pool.run(g, {"x": X})
+        np.testing.assert_array_equal(out["y"], 2 * X)
 
 
 async def test_named_devices_and_instances() -> None:
