@@ -300,6 +300,38 @@ class Device:
             self.backend.check(rc, "aclrtCreateEvent")
         return ev[0]
 
+    def take_run_event(self) -> Any:
+        """An unstaged run's event and its place in the budget, in one step (the fast path of
+        ``EventBudget.try_take(1)`` then :meth:`take_event`); None, with nothing taken, when
+        the budget has no room or runs wait for it. Give both back with :meth:`give_run_event`."""
+        budget = self.events
+        with budget._lock:
+            used = budget.used + 1
+            if budget._waiters or used > budget.limit:
+                return None
+            budget.used = used
+            if used > budget.peak:
+                budget.peak = used
+        with self._lock:
+            if self._events:
+                return self._events.pop()
+        try:
+            return self.new_event(None)
+        except BaseException:
+            budget.give(1)
+            raise
+
+    def give_run_event(self, event: Any) -> None:
+        """:meth:`give_event` and ``EventBudget.give(1)`` in one step (any thread)."""
+        with self._lock:
+            self._events.append(event)
+        budget = self.events
+        with budget._lock:
+            budget.used -= 1
+            granted = budget._grant_locked() if budget._waiters else None
+        if granted:
+            budget._wake(granted)
+
     def give_event(self, event: Any) -> None:
         """Pool a run's event whose record succeeded (it may be taken again at once)."""
         with self._lock:

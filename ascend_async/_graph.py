@@ -445,12 +445,13 @@ class Graph:
             # The fast path: open DeviceTensors and C-contiguous arrays, with the signature bind
             # accepted last.
             try:
-                values = [inputs[n] for n in self._input_names]
+                values = [*map(inputs.__getitem__, self._input_names)]
             except KeyError:
                 return self._bind(inputs)
-            for v, (dtype, shape) in zip(values, accepted, strict=True):
+            for v, (dtype, shape) in zip(values, accepted, strict=False):  # (same length: checked above)
                 if type(v) is np.ndarray:
-                    if v.shape != shape or v.dtype != dtype or not v.flags.c_contiguous:
+                    d = v.dtype  # (numpy's builtin dtypes are singletons: `is` first, == only if not)
+                    if v.shape != shape or (d is not dtype and d != dtype) or not v.flags.c_contiguous:
                         return self._bind(inputs)
                 elif type(v) is not DeviceTensor or v.is_closed or v.shape != shape or v.dtype != dtype:
                     return self._bind(inputs)

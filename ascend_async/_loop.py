@@ -28,9 +28,11 @@ finalizer gives its channels back.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import weakref
+from asyncio import _get_running_loop
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +42,7 @@ import anyio.lowlevel
 
 from ._watcher import Watcher
 
-__all__ = ["DRAIN_CHUNK", "SUBMIT_BUDGET", "LoopBridge", "Waiter", "current_bridge"]
+__all__ = ["DRAIN_CHUNK", "SUBMIT_BUDGET", "Limit", "LoopBridge", "Waiter", "current_bridge"]
 
 #: Most runs one drain completes (and one submission collects in passing).
 DRAIN_CHUNK = 16
@@ -91,10 +93,52 @@ class Waiter:
 
             await trio.lowlevel.wait_task_rescheduled(abort)
         else:
-            import asyncio
+            self._fut = fut = asyncio.get_running_loop().create_future()
+            await fut
 
-            self._fut = asyncio.get_running_loop().create_future()
-            await self._fut
+
+class Limit:
+    """One owner's in-flight limit on one loop (a session's ``max_in_flight``): a count of free
+    places and a FIFO of parked waiters. Loop thread only, so no lock: lighter than
+    ``anyio.Semaphore`` on the path every run takes twice (take, give back)."""
+
+    __slots__ = ("_trio", "_waiting", "value")
+
+    def __init__(self, value: int, trio_loop: bool) -> None:
+        self.value = value  # free places (0 while runs wait: a place given back passes on)
+        self._trio = trio_loop
+        self._waiting: deque[Waiter] = deque()
+
+    def acquire_nowait(self) -> None:
+        """Take a place, or raise ``anyio.WouldBlock`` (none free, or others wait first)."""
+        if self.value <= 0 or self._waiting:
+            raise anyio.WouldBlock
+        self.value -= 1
+
+    async def acquire(self) -> None:
+        """Take a place, waiting (FIFO, parked) until one is given back. Cancelled, it takes
+        nothing: a place handed to it meanwhile passes on to the next waiter."""
+        if self.value > 0 and not self._waiting:
+            self.value -= 1
+            await anyio.lowlevel.checkpoint()
+            return
+        ticket = Waiter()
+        self._waiting.append(ticket)
+        try:
+            await ticket.wait(self._trio)
+        except BaseException:
+            if ticket.fired:
+                self.release()
+            else:
+                self._waiting.remove(ticket)
+            raise
+
+    def release(self) -> None:
+        """Give a place back: to the first waiter, else to the free count."""
+        if self._waiting:
+            self._waiting.popleft().set()
+        else:
+            self.value += 1
 
 
 class LoopBridge:
@@ -112,6 +156,7 @@ class LoopBridge:
         "_slots",
         "_wake_fd",
         "budget",
+        "cancel_called",
         "checkpoint_if_cancelled",
         "dead",
         "limiters",
@@ -138,7 +183,7 @@ class LoopBridge:
         # The loop's add_reader (held weakly too), for the eventfd wake-up; None: posted wake-ups.
         self._reader = weakref.WeakMethod(add_reader) if add_reader is not None else None  # type: ignore[arg-type]
         self._wake_fd: WakeFd | None = None
-        self.limiters: weakref.WeakKeyDictionary[Any, anyio.Semaphore] = weakref.WeakKeyDictionary()
+        self.limiters: weakref.WeakKeyDictionary[Any, Limit] = weakref.WeakKeyDictionary()
         self._channels: dict[Watcher, int] = {}
         self.thread = threading.get_ident()
         self.trio = trio  # the loop is trio's (else asyncio's or uvloop's)
@@ -156,6 +201,9 @@ class LoopBridge:
         # anyio.lowlevel.checkpoint_if_cancelled, with anyio's backend looked up once per loop
         # rather than per call (await session.run starts with it).
         self.checkpoint_if_cancelled: Callable[[], Any] = _checkpoint_if_cancelled(trio)
+        # Where it can be asked without an await: whether that checkpoint would raise (None:
+        # await it every time).
+        self.cancel_called: Callable[[], bool] | None = None if trio else _asyncio_cancel_called()
 
     def slot(self, owner: Any, make: Callable[[], Any]) -> Any:
         """``owner``'s state on this loop, made by ``make()`` on first use (loop thread only)."""
@@ -174,17 +222,15 @@ class LoopBridge:
 
             trio.lowlevel.spawn_system_task(fn)
             return
-        import asyncio
-
         task = asyncio.get_running_loop().create_task(fn())
         keep.add(task)
         task.add_done_callback(keep.discard)
 
-    def limiter_for(self, owner: Any, limit: int) -> anyio.Semaphore:
+    def limiter_for(self, owner: Any, limit: int) -> Limit:
         """``owner``'s in-flight limit on this loop (only this loop's thread calls this)."""
         limiter = self.limiters.get(owner)
         if limiter is None:
-            limiter = self.limiters[owner] = anyio.Semaphore(limit)
+            limiter = self.limiters[owner] = Limit(limit, self.trio)
         return limiter
 
     def channel(self, watcher: Watcher) -> int:
@@ -395,8 +441,43 @@ def _checkpoint_if_cancelled(trio_loop: bool) -> Callable[[], Any]:
     return get_async_backend("trio" if trio_loop else "asyncio").checkpoint_if_cancelled
 
 
+def _asyncio_cancel_called() -> Callable[[], bool] | None:
+    """A synchronous form of anyio's asyncio ``checkpoint_if_cancelled`` test: whether the
+    calling task's innermost unshielded anyio cancel scopes include a cancelled one. Reads
+    anyio's task states (an internal of anyio 4); None if this anyio has none, and the caller
+    then awaits anyio's own check."""
+    try:
+        from anyio._backends._asyncio import _task_states
+    except ImportError:
+        return None
+    from asyncio import current_task
+
+    # A WeakKeyDictionary: its own dict (keyed by weak references, equal when their tasks are)
+    # is read directly, as WeakKeyDictionary.get does, without that method's Python frame.
+    states: Any = getattr(_task_states, "data", None)
+    if not isinstance(states, dict):
+        return None
+    ref = weakref.ref
+
+    def cancel_called() -> bool:
+        state = states.get(ref(current_task()))  # type: ignore[arg-type]
+        if state is None:  # not a task anyio manages: no scope of anyio's to be cancelled by
+            return False
+        scope = state.cancel_scope
+        while scope is not None:
+            if scope.cancel_called:
+                return True
+            if scope.shield:
+                return False
+            scope = scope._parent_scope
+        return False
+
+    return cancel_called
+
+
 _bridges: weakref.WeakKeyDictionary[Any, LoopBridge] = weakref.WeakKeyDictionary()
 _bridges_lock = threading.Lock()
+_last = threading.local()  # .pair: weakrefs to this thread's last loop key and its bridge
 
 
 def _after_fork_in_child() -> None:
@@ -409,15 +490,16 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def current_bridge() -> LoopBridge:
     """The bridge of the running event loop (asyncio, uvloop or trio), made on first use."""
-    import asyncio
-
-    key: Any
-    try:
-        key = asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio: trio
+    key: Any = _get_running_loop()
+    if key is None:  # not asyncio: trio
         import trio
 
         key = trio.lowlevel.current_trio_token()
+    last = getattr(_last, "pair", None)  # this thread's last answer (both held weakly)
+    if last is not None and last[0]() is key:
+        bridge = last[1]()
+        if bridge is not None:
+            return bridge  # type: ignore[no-any-return]
     bridge = _bridges.get(key)
     if bridge is None:
         with _bridges_lock:
@@ -428,4 +510,5 @@ def current_bridge() -> LoopBridge:
                 else:
                     bridge = LoopBridge(key.run_sync_soon, trio=True)
                 _bridges[key] = bridge
+    _last.pair = (weakref.ref(key), weakref.ref(bridge))
     return bridge

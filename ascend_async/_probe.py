@@ -109,8 +109,8 @@ def run_hooks(
         raise RuntimeError("run_hooks is already active")
     orig_submit, orig_complete = Run.submit, Run.complete
 
-    def submit(self: Run, values: list[Any], watcher: Any, profile: bool) -> None:
-        orig_submit(self, values, watcher, profile)
+    def submit(self: Run, values: list[Any], watcher: Any, profile: bool, started: bool = False) -> None:
+        orig_submit(self, values, watcher, profile, started)
         if on_submit is not None:
             on_submit(self)
 

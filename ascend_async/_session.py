@@ -27,7 +27,7 @@ from ._event import Event
 from ._ge import ge_initialize, global_options, option_array
 from ._ge_options import GRAPH, SESSION, validate
 from ._graph import Graph, GraphSource
-from ._loop import LoopBridge, current_bridge
+from ._loop import Limit, LoopBridge, current_bridge
 from ._offline import ModelReplica, OfflineModel
 from ._streams import Stream, StreamPool
 from ._submit import (
@@ -114,6 +114,25 @@ class _GraphState:
         self.gears: Gears | None = None  # static gears: the only shapes its runs may have
 
 
+class _OpensDevice:
+    """A Session attribute of its device part before that part is opened (see Session.__init__):
+    reading it opens the part. A non-data descriptor, so once the part is open the instance's
+    own value shadows it, and reading the attribute costs what any attribute costs (a
+    ``__getattr__`` hook would slow every attribute of the session down)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        obj._open_device()
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+
 class Session:
     """A GE session on one device, with a pool of streams and a completion watcher.
 
@@ -139,6 +158,13 @@ class Session:
             graph = session.add_graph("mlp.onnx")
             out = await session.run(graph, {"x": x})
     """
+
+    if not TYPE_CHECKING:  # (the device part's attributes, until it is opened)
+        _device = _OpensDevice()
+        _ffi = _OpensDevice()
+        _lib = _OpensDevice()
+        _pool = _OpensDevice()
+        _max_in_flight = _OpensDevice()
 
     def __init__(
         self,
@@ -235,14 +261,6 @@ class Session:
         except BaseException:
             self._teardown(device)
             raise
-
-    def __getattr__(self, name: str) -> Any:
-        # Only for the device part's attributes, before it is opened (see __init__): a session
-        # made on an event loop's thread and used before ``async with`` opens it here.
-        if name in _DEVICE_PART and "_open_lock" in self.__dict__:
-            self._open_device()
-            return self.__dict__[name]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __repr__(self) -> str:
         dev = self.__dict__.get("_device")
@@ -450,7 +468,7 @@ class Session:
         finally:
             with self._lock:
                 self._busy -= 1
-                if not self._busy:
+                if not self._busy and self._closed:
                     self._idle.notify_all()
 
     def _device_for_tensors(self) -> Device:
@@ -745,8 +763,42 @@ class Session:
 
         :raises DeviceError: the run failed on the device (the stream is replaced).
         """
-        result, _ = await self._run(graph, inputs, stream, outputs, profile=False)
-        return result
+        # The common case inline (one coroutine, no stage events, nothing recorded or dumped):
+        # the checks of _run, then _launch_now and the wait; anything else takes _run.
+        if self._trace is not None or self._dumper is not None or _hooks.metrics is not None:
+            result, _ = await self._run(graph, inputs, stream, outputs, profile=False)
+            return result
+        if outputs == "numpy":
+            to_device = False
+        elif outputs == "device":
+            to_device = True
+        else:
+            raise ValueError(f"outputs must be 'numpy' or 'device', not {outputs!r}")
+        state = self._graphs.get(id(graph))
+        if state is None or state.graph is not graph or self._closed:
+            state = self._state(graph)  # (raises the error that says why)
+        bridge = current_bridge()
+        cancel_called = bridge.cancel_called
+        if cancel_called is None or cancel_called():
+            await bridge.checkpoint_if_cancelled()  # (raises here when cancelled: nothing is submitted)
+        values = graph.bind(inputs)
+        if state.gears is not None:
+            state.gears.check(graph, values)
+        if state.mode != "stream":
+            self._bind_mode(state, "stream")
+        run = self._launch_now(state, values, stream, to_device, bridge)
+        if run is None:  # something to wait for first (admission, budget, a first load)
+            limiter = await self._admit(bridge, 1)
+            run = await self._launch(state, values, stream, to_device, False, bridge, limiter, 1)
+        try:
+            await run.wait(bridge.trio)
+        except BaseException:
+            run.abandoned = True  # (Run.wait_done, inline)
+            raise
+        if run.error is not None:
+            self._replace_faulted()
+            raise run.error
+        return run.result  # type: ignore[return-value]
 
     async def run_profiled(
         self,
@@ -790,7 +842,7 @@ class Session:
             need = 4 if staged else 1  # the run's events: a staged run records three stage events too
             limiter = await self._admit(bridge, need)
             run = await self._launch(state, values, stream, outputs == "device", staged, bridge, limiter, need)
-        await run.wait()
+        await run.wait_done()
         if run.error is None and not profile and _hooks.metrics is None and self._trace is None:
             if self._dumper is None:  # _result's common case, inline: nothing to record or dump
                 return run.result, None  # type: ignore[return-value]
@@ -805,47 +857,60 @@ class Session:
         every stream. Returns the submitted run, or None with nothing taken when any of that
         does not hold (the caller then takes the general path, which waits where it must)."""
         limiter = bridge.limiters.get(self)
+        pool = self._pool
         if (
             limiter is None
             or limiter.value <= 0
             or bridge.budget <= 0
             or bridge._admit  # submissions wait for the next iteration: they go first
-            or len(state.replicas) < len(self._pool.streams)
+            or len(state.replicas) < len(pool.streams)
         ):
             return None
-        events = self._device.events
-        if not events.try_take(1):  # (the one step other threads share: taken first, undone below)
+        dev = self._device
+        # The one step other threads share (the device's event budget), taken first and
+        # undone below; with it, the run's event.
+        event = dev.take_run_event()
+        if event is None:
             return None
         pin = object()  # from the replica lookup to the submit: remove_graph refuses meanwhile
         state.submitting.append(pin)
-        run: Run | None = None
-        acquired = False
         try:
-            replica = state.replicas.get(self._pool.pick(want))
+            stream = pool.start(want)  # (counted as running there: finished() below if not submitted)
+            replica = state.replicas.get(stream)
             if replica is None:  # a stream was replaced and has no replica yet: the general path
-                events.give(1)
+                pool.finished(stream, 0)
+                dev.give_run_event(event)
                 return None
-            limiter.acquire_nowait()  # (its value is positive and nothing ran since: no WouldBlock)
-            acquired = True
+            with self._lock:  # (_submit, inline: counted as pending, close() waits for it)
+                if self._closed:
+                    pool.finished(stream, 0)
+                    dev.give_run_event(event)
+                    self._check_open()
+                self._pending += 1
+            limiter.value -= 1  # (acquire_nowait: a free place and nobody waits, checked above)
             bridge.budget -= 1  # (bridge.take_budget, checked above)
-            run = Run(replica, self._pool, self._account, bridge, to_device)
-            run.slots = 1  # the run gives it back when it is recycled
-            watcher = self._submit(run, values, False)
-        except BaseException:
-            if run is not None:
-                run._give_slots()  # a no-op once a failed submit recycled the run
-            else:
-                events.give(1)
-            if acquired:
+            run = Run(replica, pool, self._account, bridge, to_device)
+            run.event, run.slots = event, 1  # the run gives both back when it is recycled
+            run.limiter = limiter
+            try:
+                watcher = dev.watcher or dev.get_watcher()
+                dev.ensure_current()
+                run.submit(values, watcher, False, started=True)
+            except BaseException:
+                # The failed submit recycled the run (event and budget place back, the stream
+                # count settled) unless it failed before reaching it.
+                if run.event is not None:
+                    pool.finished(stream, 0)
+                    dev.give_run_event(event)
                 limiter.release()
-            raise
+                self._account(0, False, counted=False)
+                raise
         finally:
-            state.submitting.remove(pin)
-        run.limiter = limiter
+            state.submitting.remove(pin)  # (an object() compares by identity only)
         bridge.collect_after_submit(watcher)
         return run
 
-    async def _admit(self, bridge: LoopBridge, need: int) -> anyio.Semaphore:
+    async def _admit(self, bridge: LoopBridge, need: int) -> Limit:
         """Admission: a place under this loop's in-flight limit for the session, then ``need``
         events from the device's budget, shared with every loop, session and pool on the device
         (a run that does not fit waits here, on this loop, never inside aclrtRecordEvent).
@@ -875,7 +940,7 @@ class Session:
         to_device: bool,
         staged: bool,
         bridge: LoopBridge,
-        limiter: anyio.Semaphore,
+        limiter: Limit,
         need: int,
     ) -> Run:
         """This iteration's submission budget, the lane (stream and replica), the submit. The
@@ -999,7 +1064,7 @@ class Session:
                 else:
                     self._completed += 1
             self._pending -= 1
-            if not self._pending:
+            if not self._pending and self._closed:  # close() waits only once it set _closed
                 self._idle.notify_all()
 
     # -- the other GE modes -------------------------------------------------------------------
@@ -1418,10 +1483,6 @@ class _Opening:
     async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:
             await self._session.aclose()
-
-
-#: Session attributes set when its device part opens (Session._open_device).
-_DEVICE_PART = frozenset({"_device", "_ffi", "_lib", "_pool", "_max_in_flight"})
 
 
 def _on_event_loop() -> bool:

@@ -126,13 +126,36 @@ class StreamPool:
                     if s.in_flight < best.in_flight:
                         best = s
                 return best
-            if isinstance(want, int):
-                if not 0 <= want < len(streams):
-                    raise ValueError(f"stream={want}: this session has streams 0..{len(streams) - 1}")
-                return streams[want]
-            if want not in streams:
-                raise ValueError(f"{want!r} is not a live stream of this session")
-            return want
+            return self._wanted(streams, want)
+
+    @staticmethod
+    def _wanted(streams: list[Stream], want: Stream | int) -> Stream:
+        if isinstance(want, int):
+            if not 0 <= want < len(streams):
+                raise ValueError(f"stream={want}: this session has streams 0..{len(streams) - 1}")
+            return streams[want]
+        if want not in streams:
+            raise ValueError(f"{want!r} is not a live stream of this session")
+        return want
+
+    def start(self, want: Stream | int | None) -> Stream:
+        """:meth:`pick` and :meth:`started` in one step: the stream for the next run, counted
+        as running there."""
+        if self._faulted or self._replaced:  # (stale)
+            self.refresh()
+        with self._lock:
+            streams = self.streams
+            if want is None:
+                n = len(streams)
+                self._rr = rr = (self._rr + 1) % n
+                best = streams[rr]
+                for s in streams:
+                    if s.in_flight < best.in_flight:
+                        best = s
+            else:
+                best = self._wanted(streams, want)
+            best.in_flight += 1
+            return best
 
     def started(self, stream: Stream) -> None:
         with self._lock:

@@ -20,14 +20,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import numpy as np
 
 from ._dtypes import GE_TO_NUMPY, NUMPY_TO_GE
 from ._errors import GraphError, acl_error, device_fault, ge_error
-from ._loop import Waiter
+from ._loop import Limit, Waiter
 from ._memory import DeviceTensor
 from ._watcher import report_ignored
+
+_empty = np.empty
 
 if TYPE_CHECKING:
     from ._device import Device
@@ -167,32 +168,28 @@ class StageEvents:
         self.handles = []
 
 
-class Run:
-    """One ``await session.run``: its descriptor, keep-alives, stage events and outcome."""
+class Run(Waiter):
+    """One ``await session.run``: its descriptor, keep-alives, stage events and outcome. It is
+    also the waiter its task parks on (:class:`Waiter`), set once the run completed.
 
-    __slots__ = (
-        "abandoned",
-        "account",
-        "attach_at",
-        "bridge",
-        "desc",
-        "error",
-        "event",
-        "keep",
-        "limiter",
-        "noticed_ns",
-        "pool",
-        "replica",
-        "result",
-        "slots",
-        "stages",
-        "submit_at",
-        "submit_ns",
-        "timing",
-        "to_device",
-        "token",
-        "waiter",
-    )
+    No ``__slots__``: the class holds the defaults of what most runs never set (a run is made
+    per ``await``, and its constructor sets only what every run needs)."""
+
+    abandoned = False
+    error: BaseException | None = None
+    result: dict[str, Any] | None = None
+    limiter: Limit | None = None
+    stages: StageEvents | None = None
+    timing: tuple[float, float, float, float | None] | None = None
+    noticed_ns = 0
+    # Set by Session._submit for traces and profiles: perf_counter ns at submit, the submit's
+    # duration, and the device clock's zero for the run's queued time (see StageEvents).
+    submit_at = submit_ns = attach_at = 0
+    token = 0
+    slots = 0  # events held from the device's budget (Session._run took them)
+    desc: Any = None  # a Descriptor while submitted
+    event: Any = None  # its event (taken with its budget place by the fast path: slots == 1)
+    keep: Any = None
 
     def __init__(
         self,
@@ -202,39 +199,26 @@ class Run:
         bridge: LoopBridge,
         to_device: bool,
     ) -> None:
+        self.fired = False  # (Waiter's fields, inline)
+        self._fut = self._task = None
         self.replica = replica
         self.pool = pool
         self.account = account  # the session's counts: (code, abandoned)
         self.bridge = bridge
         self.to_device = to_device
-        self.waiter = Waiter()
-        self.abandoned = False
-        self.error: BaseException | None = None
-        self.result: dict[str, Any] | None = None
-        self.limiter: anyio.Semaphore | None = None
-        self.stages: StageEvents | None = None
-        self.timing: tuple[float, float, float, float | None] | None = None
-        self.noticed_ns = 0
-        # Set by Session._submit for traces and profiles: perf_counter ns at submit, the submit's
-        # duration, and the device clock's zero for the run's queued time (see StageEvents).
-        self.submit_at = self.submit_ns = self.attach_at = 0
-        self.token = 0
-        self.slots = 0  # events held from the device's budget (Session._run took them)
-        self.desc: Any = None  # a Descriptor while submitted
-        self.event: Any = None
-        self.keep: Any = None
 
-    async def wait(self) -> None:
+    async def wait_done(self) -> None:
         """Until the run completed or failed (a checkpoint; cancelling it abandons the run)."""
         try:
-            await self.waiter.wait(self.bridge.trio)
+            await self.wait(self.bridge.trio)
         except BaseException:
             self.abandoned = True
             raise
 
-    def submit(self, values: list[Any], watcher: Watcher, profile: bool) -> None:
+    def submit(self, values: list[Any], watcher: Watcher, profile: bool, started: bool = False) -> None:
         """Enqueue copies, the run and its event (no waiting); raises if nothing was enqueued
-        for good."""
+        for good. ``started``: the caller counted the run on its stream already
+        (``StreamPool.start``); else this does."""
         replica = self.replica
         dev = replica.device
         ffi = replica.ffi
@@ -257,7 +241,7 @@ class Run:
             keep.append(buf)
             io.host = buf
             sig = signature[i]
-            if sig is None or sig[1] != v.shape or sig[0] != v.dtype:
+            if sig is None or sig[1] != v.shape or (sig[0] is not v.dtype and sig[0] != v.dtype):
                 # A new signature on this descriptor (else the tensor already describes it).
                 io.nbytes = v.nbytes
                 t = io.tensor
@@ -271,19 +255,27 @@ class Run:
             replica.set_gear(desc, values)  # type: ignore[attr-defined]
         stream = replica.stream
         try:
-            self.event = event = dev.take_event()
+            event = self.event
+            if event is None:
+                self.event = event = dev.take_event()
             run.event = event
             run.outputs_to_host = not self.to_device
             if profile:  # (a descriptor's stage events are NULL otherwise: _recycle clears them)
                 self.stages = StageEvents(dev)
                 self.stages.attach(run)
-            ch = self.bridge.channel(watcher)
+            bridge = self.bridge
+            ch = bridge._channels.get(watcher)  # (bridge.channel, inline: opened on first use)
+            if ch is None:
+                ch = bridge.channel(watcher)
             self.token = run.token = token = watcher.token(ch)
             watcher.expect(token, self)  # before the C call: the watcher may answer at once
         except BaseException:
+            if started:
+                self.pool.finished(stream, 0)
             self._recycle()  # nothing was recorded: the descriptor, events and budget go back
             raise
-        self.pool.started(stream)
+        if not started:
+            self.pool.started(stream)
         lib = replica.lib
         if lib.aa_run_submit(run) == 0:
             return
@@ -321,11 +313,14 @@ class Run:
         self.desc = None
         event = self.event
         if event is not None:
-            if pool_event:
+            self.event = None
+            if pool_event and self.slots == 1:  # the common case: one call for both
+                self.slots = 0
+                dev.give_run_event(event)
+            elif pool_event:
                 dev.give_event(event)
             else:
                 dev.destroy_event(event)
-            self.event = None
         self.keep = None
         n = self.slots  # (_give_slots, inline)
         if n:
@@ -342,6 +337,50 @@ class Run:
         """The run's event completed (code 0) or its stream faulted: read the outputs, give
         everything back, settle the counts, wake the task. Any thread; exactly once."""
         self.noticed_ns = noticed_ns
+        desc = self.desc
+        shapes = desc.shapes
+        if on_loop and shapes is not None and not code and not self.abandoned and self.stages is None:
+            # The common case, inline: host outputs whose shapes the descriptor knows (its last
+            # run had this signature: only the bytes are read), completed on the run's loop.
+            run = desc.run
+            if not run.dynamic and not self.to_device:
+                names, outs, memmove = self.replica.names, desc.outputs, self.replica.ffi.memmove
+                result: dict[str, Any] = {}
+                for j, (shape, dtype) in enumerate(shapes):
+                    io = outs[j]
+                    arr = _empty(shape, dtype)
+                    nbytes = io.nbytes
+                    if nbytes != arr.nbytes:
+                        break  # (a byte count that disagrees: the general path reads the shapes)
+                    if nbytes:
+                        memmove(arr, io.host_block, nbytes)
+                    result[names[j]] = arr
+                else:
+                    self.result = result
+                    replica = self.replica
+                    replica.lib.aa_run_release(run)  # (_recycle's common case, inline)
+                    replica._free.append(desc)
+                    self.desc = self.keep = None
+                    event, self.event = self.event, None
+                    if self.slots == 1:
+                        self.slots = 0
+                        replica.device.give_run_event(event)
+                    else:
+                        replica.device.give_event(event)
+                        self._give_slots()
+                    self.pool.finished(replica.stream, 0)
+                    self.account(0, False)
+                    fut = self._fut  # (_wake and Waiter.set, inline: this is the loop's thread)
+                    if fut is not None:
+                        self.fired = True
+                        if not fut.done():  # (not cancelled meanwhile)
+                            fut.set_result(None)
+                    else:
+                        self.set()  # (trio's parked task, or a task not waiting yet)
+                    limiter = self.limiter
+                    if limiter is not None:
+                        limiter.release()
+                    return
         try:
             if code:
                 self.error = device_fault(code, "device stream", self._fault_text())
@@ -388,7 +427,7 @@ class Run:
 
     def _wake(self) -> None:
         """On the loop's thread."""
-        self.waiter.set()
+        self.set()
         if self.limiter is not None:
             self.limiter.release()
 
@@ -676,6 +715,7 @@ class _CallbackBridge:
     """Where a callback run completes: on the watcher thread (channel 0), never on a loop."""
 
     trio = False
+    _channels: dict[Any, int] = {}  # (never written: Run.submit finds no channel, asks channel())
 
     def channel(self, watcher: Watcher) -> int:
         return 0

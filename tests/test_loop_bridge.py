@@ -82,7 +82,7 @@ async def test_an_idle_loop_is_woken_by_its_eventfd_on_asyncio_and_by_a_post_on_
         g = add_model(s)
         await s.load(g)
         bridge = current_bridge()
-        woken0 = bridge.wakeups
+        woken0, posted0 = bridge.wakeups, posted[0]
         x = np.arange(12, dtype=np.float32).reshape(3, 4)
         for k in range(20):
             # Idle between runs: the drain that found nothing disarmed the channel, so each
@@ -91,10 +91,11 @@ async def test_an_idle_loop_is_woken_by_its_eventfd_on_asyncio_and_by_a_post_on_
             out = await s.run(g, {"x": x, "y": x * k})
             np.testing.assert_array_equal(out["z"], x + x * k)
         woken = bridge.wakeups - woken0
+        posted[0] -= posted0
     trio_loop = anyio_backend[0] == "trio"
     assert woken >= 1
     if trio_loop:
-        assert posted[0] == woken  # trio: the watcher thread posts each (run_sync_soon)
+        assert posted[0] >= 1  # trio: the watcher thread posts them (run_sync_soon)
     else:
         assert posted[0] == 0  # the C watch wrote the loop's eventfd; the watcher thread never posted
         assert bridge._wake_fd is not None

@@ -76,7 +76,7 @@ async def test_a_failed_submit_on_the_fast_path_gives_back_what_it_took(monkeypa
         events = s._device.events
         used = events.used
 
-        def refuse(self: Any, values: Any, watcher: Any, profile: bool) -> None:
+        def refuse(self: Any, values: Any, watcher: Any, profile: bool, started: bool = False) -> None:
             raise RuntimeError("refused by the test")
 
         limiter = current_bridge().limiters[s]
@@ -88,6 +88,7 @@ async def test_a_failed_submit_on_the_fast_path_gives_back_what_it_took(monkeypa
                 assert limiter.value == 4  # its place under the in-flight limit
                 assert events.used == used  # its event of the device's budget
                 assert not s._state(g).submitting  # its pin against remove_graph
+                assert [st.in_flight for st in s.streams] == [0] * len(s.streams)  # its stream's count
         assert calls == [None] * 6  # every one was submitted on the fast path, and refused there
         st = s.statistics()
         assert st.in_flight == 0 and st.failed == 0
