@@ -54,6 +54,24 @@ class DeviceTensor:
             device.ge_tensors.add(self)
 
     @classmethod
+    def of_ge_output(cls, device: Device, ge_tensor: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> DeviceTensor:
+        """A run's output over the block GE placed (``ge_tensor``: an ``aa_tensor*`` it now
+        owns). The constructor's work without its alignment check: GE's output blocks come
+        from the stream's allocator lane, whose blocks are 32-byte aligned by construction."""
+        self = cls.__new__(cls)
+        self._device = device
+        self._addr = ge_tensor.addr
+        self._ge = ge_tensor
+        self.shape = shape
+        self.dtype = dtype
+        self._nbytes = math.prod(shape) * dtype.itemsize
+        self._input = None
+        self._closed = False
+        self._lock = threading.Lock()
+        device.ge_tensors.add(self)
+        return self
+
+    @classmethod
     def from_numpy(cls, session: Any, array: np.ndarray) -> DeviceTensor:
         """Copy ``array`` to the session's device (blocks until the copy is done).
 

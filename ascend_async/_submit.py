@@ -340,47 +340,36 @@ class Run(Waiter):
         desc = self.desc
         shapes = desc.shapes
         if on_loop and shapes is not None and not code and not self.abandoned and self.stages is None:
-            # The common case, inline: host outputs whose shapes the descriptor knows (its last
-            # run had this signature: only the bytes are read), completed on the run's loop.
+            # The common case, inline: outputs whose shapes the descriptor knows (its last run
+            # had this signature), completed on the run's loop.
             run = desc.run
-            if not run.dynamic and not self.to_device:
-                names, outs, memmove = self.replica.names, desc.outputs, self.replica.ffi.memmove
-                result: dict[str, Any] = {}
-                for j, (shape, dtype) in enumerate(shapes):
-                    io = outs[j]
-                    arr = _empty(shape, dtype)
-                    nbytes = io.nbytes
-                    if nbytes != arr.nbytes:
-                        break  # (a byte count that disagrees: the general path reads the shapes)
-                    if nbytes:
-                        memmove(arr, io.host_block, nbytes)
-                    result[names[j]] = arr
+            result = None if run.dynamic else self._known_outputs(desc, shapes)
+            if result is not None:
+                self.result = result
+                replica = self.replica
+                replica.lib.aa_run_release(run)  # (_recycle's common case, inline)
+                replica._free.append(desc)
+                self.desc = self.keep = None
+                event, self.event = self.event, None
+                if self.slots == 1:
+                    self.slots = 0
+                    replica.device.give_run_event(event)
                 else:
-                    self.result = result
-                    replica = self.replica
-                    replica.lib.aa_run_release(run)  # (_recycle's common case, inline)
-                    replica._free.append(desc)
-                    self.desc = self.keep = None
-                    event, self.event = self.event, None
-                    if self.slots == 1:
-                        self.slots = 0
-                        replica.device.give_run_event(event)
-                    else:
-                        replica.device.give_event(event)
-                        self._give_slots()
-                    self.pool.finished(replica.stream, 0)
-                    self.account(0, False)
-                    fut = self._fut  # (_wake and Waiter.set, inline: this is the loop's thread)
-                    if fut is not None:
-                        self.fired = True
-                        if not fut.done():  # (not cancelled meanwhile)
-                            fut.set_result(None)
-                    else:
-                        self.set()  # (trio's parked task, or a task not waiting yet)
-                    limiter = self.limiter
-                    if limiter is not None:
-                        limiter.release()
-                    return
+                    replica.device.give_event(event)
+                    self._give_slots()
+                self.pool.finished(replica.stream, 0)
+                self.account(0, False)
+                fut = self._fut  # (_wake and Waiter.set, inline: this is the loop's thread)
+                if fut is not None:
+                    self.fired = True
+                    if not fut.done():  # (not cancelled meanwhile)
+                        fut.set_result(None)
+                else:
+                    self.set()  # (trio's parked task, or a task not waiting yet)
+                limiter = self.limiter
+                if limiter is not None:
+                    limiter.release()
+                return
         try:
             if code:
                 self.error = device_fault(code, "device stream", self._fault_text())
@@ -397,6 +386,36 @@ class Run(Waiter):
             self._wake()
         else:
             self.bridge.call(self._wake)
+
+    def _known_outputs(self, desc: Descriptor, shapes: list[tuple[tuple[int, ...], np.dtype[Any]]]) -> Any:
+        """The outputs of a run whose shapes ``desc`` knows: host arrays with only the bytes
+        read back, or DeviceTensors over GE's blocks. None where the general path must read
+        them (a host byte count that disagrees; an offline model's device outputs)."""
+        replica = self.replica
+        names, outs, ffi = replica.names, desc.outputs, replica.ffi
+        result: dict[str, Any] = {}
+        if not self.to_device:
+            memmove = ffi.memmove
+            for j, (shape, dtype) in enumerate(shapes):
+                io = outs[j]
+                arr = _empty(shape, dtype)
+                nbytes = io.nbytes
+                if nbytes != arr.nbytes:
+                    return None
+                if nbytes:
+                    memmove(arr, io.host_block, nbytes)
+                result[names[j]] = arr
+            return result
+        if replica.is_model:
+            return None
+        dev, new, null = replica.device, ffi.new, ffi.NULL
+        for j, (shape, dtype) in enumerate(shapes):
+            src = outs[j].tensor
+            t = new("aa_tensor*")
+            t[0] = src
+            src.owner = null  # the DeviceTensor owns GE's block now
+            result[names[j]] = DeviceTensor.of_ge_output(dev, t, shape, dtype)
+        return result
 
     def _fault_text(self) -> str:
         """The runtime's text for the fault that failed this run: the stream keeps failing its

@@ -10,12 +10,13 @@ host-side async layer can reach, and where the thread pool blocks for the whole 
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 import anyio
 import numpy as np
-from _common import Raw, Row, X, closed_loop, floor_lanes, run_on, session, sim_graph_time, tiny_model, verdict
+from _common import Raw, Row, Thin, X, closed_loop, floor_lanes, run_on, session, sim_graph_time, tiny_model, verdict
 
 import ascend_async as aa
 
@@ -81,7 +82,7 @@ def _side_by_side(dur: float, rounds: int) -> dict[str, float]:
     process (so noise hits all alike), plus the C floor; medians of runs/s and process CPU per
     run. Two like-for-like pairs: numpy in and out (the poller stages, copies and reads back by
     hand), and device-resident tensors (the poller runs the graph on device memory only)."""
-    rates: dict[str, list[float]] = {k: [] for k in ("library", "naive", "library_dev", "naive_dev")}
+    rates: dict[str, list[float]] = {k: [] for k in ("library", "naive", "library_dev", "naive_dev", "thin")}
     lib_cpu: list[float] = []
     host_cpu: dict[str, list[float]] = {"library": [], "naive": []}
     with session(max_in_flight=1000) as s, session(max_in_flight=1000) as s2:
@@ -94,6 +95,7 @@ def _side_by_side(dur: float, rounds: int) -> dict[str, float]:
             async def main() -> None:
                 await s.load(g)
                 x_dev = aa.DeviceTensor.from_numpy(s, X)
+                thin = Thin(s2, g2) if hasattr(os, "eventfd") else None
 
                 async def device_run() -> None:
                     out = await s.run(g, {"x": x_dev}, outputs="device")
@@ -109,12 +111,18 @@ def _side_by_side(dur: float, rounds: int) -> dict[str, float]:
                     host_cpu["naive"].append((r["cpu_s"] - r["device_cpu_s"]) / max(r["runs"], 1))
                     rates["library_dev"].append((await closed_loop(device_run, 64, dur))["rate"])
                     rates["naive_dev"].append((await closed_loop(raw.naive_run, 64, dur))["rate"])
+                    if thin is not None:
+                        rates["thin"].append((await closed_loop(thin.run, 64, dur))["rate"])
                 x_dev.close()
+                if thin is not None:
+                    thin.close()
 
             run_on("asyncio", main)
         finally:
             raw.close()
-    out = {k: float(np.median(v)) for k, v in rates.items()}
+    out = {k: float(np.median(v)) if v else 0.0 for k, v in rates.items()}
+    out["ratio"] = float(np.median([a / b for a, b in zip(rates["library"], rates["naive"], strict=True)]))
+    out["ratio_dev"] = float(np.median([a / b for a, b in zip(rates["library_dev"], rates["naive_dev"], strict=True)]))
     out["floor"] = float(floor or 0.0)
     out["cpu_us"] = float(np.median(lib_cpu)) * 1e6
     out["host_cpu_us"] = float(np.median(host_cpu["library"])) * 1e6
@@ -141,20 +149,28 @@ def run(quick: bool = False) -> tuple[list[Row], dict[str, dict[int, Any]]]:
     rows.append(
         Row(
             "3 throughput",
-            "c=64 side by side (medians), numpy in/out: library / naive loop polling, same work",
-            f"{sbs['library'] / sbs['naive']:.2f}x ({sbs['library']:,.0f} vs {sbs['naive']:,.0f} runs/s)",
-            ">= 1.0x",
-            verdict(sbs["library"] >= sbs["naive"]),
+            "c=64 side by side (median ratio), numpy in/out: library / naive loop polling, same work",
+            f"{sbs['ratio']:.2f}x ({sbs['library']:,.0f} vs {sbs['naive']:,.0f} runs/s)",
+            ">= 1.2x",
+            verdict(sbs["ratio"] >= 1.2),
         )
     )
+    if sbs["thin"]:
+        rows.append(
+            Row(
+                "3 throughput",
+                "c=64: the thinnest Python over the same C path (no checks, limits or counts) / naive",
+                f"{sbs['thin'] / sbs['naive']:.2f}x ({sbs['thin']:,.0f} runs/s; the library: "
+                f"{sbs['library'] / sbs['thin']:.0%} of it)",
+            )
+        )
     rows.append(
         Row(
             "3 throughput",
-            "c=64 side by side (medians), device tensors: library / naive loop polling",
-            f"{sbs['library_dev'] / sbs['naive_dev']:.2f}x "
-            f"({sbs['library_dev']:,.0f} vs {sbs['naive_dev']:,.0f} runs/s)",
+            "c=64 side by side (median ratio), device tensors: library / naive loop polling",
+            f"{sbs['ratio_dev']:.2f}x ({sbs['library_dev']:,.0f} vs {sbs['naive_dev']:,.0f} runs/s)",
             ">= 1.0x",
-            verdict(sbs["library_dev"] >= sbs["naive_dev"]),
+            verdict(sbs["ratio_dev"] >= 1.0),
         )
     )
     if sbs["floor"]:
@@ -179,8 +195,10 @@ def run(quick: bool = False) -> tuple[list[Row], dict[str, dict[int, Any]]]:
     rows.append(
         Row(
             "3 throughput",
-            "c=64: host CPU per completion, naive loop polling, same work",
-            f"{sbs['naive_host_cpu_us']:.1f} us (the library: {sbs['host_cpu_us']:.1f} us)",
+            "c=64: host CPU per completion, library / naive loop polling, same work",
+            f"{sbs['host_cpu_us']:.1f} / {sbs['naive_host_cpu_us']:.1f} us",
+            "library <= poller",
+            verdict(sbs["host_cpu_us"] <= sbs["naive_host_cpu_us"]),
         )
     )
     p64, t64, f64 = series["poll watcher"][64], series["to_thread(run_sync)"][64], floor[64]

@@ -119,3 +119,24 @@ async def test_a_run_over_the_in_flight_limit_waits_on_the_general_path(monkeypa
         assert len(results) == 2
         np.testing.assert_array_equal(results[0], X + Y)
         np.testing.assert_array_equal(results[1], 2 * X + Y)
+
+
+async def test_repeated_device_outputs_are_each_their_own_and_outlive_later_runs() -> None:
+    """The fast completion of a signature seen before (outputs="device"): each output is a
+    DeviceTensor over its own GE block, right while later runs come and go, closed on demand."""
+    async with ascend_async.Session(streams=2) as s:
+        g = add_model(s)
+        await s.load(g)
+        kept: list[tuple[Any, np.ndarray]] = []
+        for k in range(12):  # the first run of the signature takes the general path, then not
+            x = (X * (k + 1)).astype(np.float32)
+            out = await s.run(g, {"x": x, "y": Y}, outputs="device")
+            z = out["z"]
+            assert isinstance(z, ascend_async.DeviceTensor) and z.shape == (3, 4) and z.dtype == np.float32
+            kept.append((z, x + Y))
+        for z, want in kept:  # every block still holds its own run's result
+            np.testing.assert_array_equal(z.numpy(), want)
+        assert len({z.address for z, _ in kept}) == len(kept)
+        for z, _ in kept:
+            z.close()
+            assert z.is_closed
