@@ -94,12 +94,14 @@ class EventBudget:
     through their loops' thread-safe entries.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, lock: threading.Lock | None = None) -> None:
         self.limit = limit
         self.used = 0
         self.peak = 0  # most events held at once
         self.waited = 0  # runs that had to wait for events
-        self._lock = threading.Lock()
+        # The device's lock (its event pool's), so a run takes its event and its place in one
+        # step (Device.take_run_event). Never held across a call into the other's methods.
+        self._lock = lock or threading.Lock()
         self._waiters: deque[_Ticket] = deque()
 
     def try_take(self, n: int) -> bool:
@@ -215,7 +217,7 @@ class Device:
                     lib.aa_pool_destroy(pool)
             raise MemoryError("no host memory for the device's caching pools")
         # GE's external allocator is per stream: each Stream registers a lane of device_pool.
-        self.events = EventBudget(event_limit(backend))
+        self.events = EventBudget(event_limit(backend), self._lock)
         self._events: list[Any] = []  # the run-event pool: idle events, each recorded before
         self._live = 0  # events made here and not destroyed (pooled, in use, stage, user)
         self.watcher: Watcher | None = None
@@ -305,14 +307,13 @@ class Device:
         ``EventBudget.try_take(1)`` then :meth:`take_event`); None, with nothing taken, when
         the budget has no room or runs wait for it. Give both back with :meth:`give_run_event`."""
         budget = self.events
-        with budget._lock:
+        with self._lock:  # (the budget's lock too)
             used = budget.used + 1
             if budget._waiters or used > budget.limit:
                 return None
             budget.used = used
             if used > budget.peak:
                 budget.peak = used
-        with self._lock:
             if self._events:
                 return self._events.pop()
         try:
@@ -323,10 +324,9 @@ class Device:
 
     def give_run_event(self, event: Any) -> None:
         """:meth:`give_event` and ``EventBudget.give(1)`` in one step (any thread)."""
-        with self._lock:
-            self._events.append(event)
         budget = self.events
-        with budget._lock:
+        with self._lock:  # (the budget's lock too)
+            self._events.append(event)
             budget.used -= 1
             granted = budget._grant_locked() if budget._waiters else None
         if granted:

@@ -882,11 +882,13 @@ class Session:
                 dev.give_run_event(event)
                 return None
             with self._lock:  # (_submit, inline: counted as pending, close() waits for it)
-                if self._closed:
-                    pool.finished(stream, 0)
-                    dev.give_run_event(event)
-                    self._check_open()
-                self._pending += 1
+                closed = self._closed
+                if not closed:
+                    self._pending += 1
+            if closed:
+                pool.finished(stream, 0)
+                dev.give_run_event(event)
+                self._check_open()
             limiter.value -= 1  # (acquire_nowait: a free place and nobody waits, checked above)
             bridge.budget -= 1  # (bridge.take_budget, checked above)
             run = Run(replica, pool, self._account, bridge, to_device)
@@ -907,7 +909,8 @@ class Session:
                 raise
         finally:
             state.submitting.remove(pin)  # (an object() compares by identity only)
-        bridge.collect_after_submit(watcher)
+        if not bridge.scheduled:  # (collect_after_submit's own first test, inline)
+            bridge.collect_after_submit(watcher)
         return run
 
     async def _admit(self, bridge: LoopBridge, need: int) -> Limit:
