@@ -205,7 +205,7 @@ class Session:
         self._events: weakref.WeakSet[Event] = weakref.WeakSet()  # closed at teardown
         # The device part (the device, GE's process-wide state, the GeSession, the streams): at
         # once, except on an event loop's thread, where it waits for ``async with`` to open it
-        # in a worker thread (__aenter__), or for the first use that needs it (__getattr__).
+        # in a worker thread (__aenter__), or for the first use that needs it (_OpensDevice).
         self._open_args = (device_id, streams, options, max_in_flight)
         self._open_lock = threading.Lock()
         self._open_error: BaseException | None = None
