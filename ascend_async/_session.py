@@ -875,7 +875,11 @@ class Session:
         pin = object()  # from the replica lookup to the submit: remove_graph refuses meanwhile
         state.submitting.append(pin)
         try:
-            stream = pool.start(want)  # (counted as running there: finished() below if not submitted)
+            try:
+                stream = pool.start(want)  # (counted as running there: finished() below if not submitted)
+            except BaseException:  # (a stream argument that names no stream of the session)
+                dev.give_run_event(event)
+                raise
             replica = state.replicas.get(stream)
             if replica is None:  # a stream was replaced and has no replica yet: the general path
                 pool.finished(stream, 0)

@@ -140,3 +140,20 @@ async def test_repeated_device_outputs_are_each_their_own_and_outlive_later_runs
         for z, _ in kept:
             z.close()
             assert z.is_closed
+
+
+async def test_a_stream_argument_naming_no_stream_is_refused_on_the_fast_path_taking_nothing() -> None:
+    async with ascend_async.Session(streams=2) as s:
+        g = add_model(s)
+        await s.load(g)
+        await s.run(g, {"x": X, "y": Y})
+        used = s._device.events.used
+        for bad in (2, -1, 99):
+            with pytest.raises(ValueError, match=f"stream={bad}: this session has streams 0..1"):
+                await s.run(g, {"x": X, "y": Y}, stream=bad)
+            assert s._device.events.used == used  # its event and budget place came back
+            assert not s._state(g).submitting
+            assert [st.in_flight for st in s.streams] == [0, 0]
+        out = await s.run(g, {"x": X, "y": Y}, stream=1)
+        np.testing.assert_array_equal(out["z"], X + Y)
+        assert s.statistics().in_flight == 0
