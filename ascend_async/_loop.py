@@ -29,6 +29,7 @@ finalizer gives its channels back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import weakref
@@ -313,10 +314,8 @@ class LoopBridge:
     def _fd_woken(self, fd: int) -> None:
         """The watch wrote this loop's eventfd: read it back to zero first (a completion that
         comes after this read writes it again), then collect."""
-        try:
+        with contextlib.suppress(BlockingIOError):  # (read back already by an earlier wake-up)
             os.eventfd_read(fd)
-        except OSError:  # (BlockingIOError: already read back by an earlier wake-up)
-            pass
         self.wakeups += 1
         self._woken()
 
@@ -425,11 +424,9 @@ def _fd_ready(ref: weakref.ref[LoopBridge], fd: int) -> None:
     bridge = ref()
     if bridge is not None:
         bridge._fd_woken(fd)
-    else:
-        try:
-            os.eventfd_read(fd)
-        except OSError:
-            pass
+        return
+    with contextlib.suppress(BlockingIOError):  # (nobody to wake: just read it back)
+        os.eventfd_read(fd)
 
 
 def _checkpoint_if_cancelled(trio_loop: bool) -> Callable[[], Any]:

@@ -1497,11 +1497,8 @@ def _on_event_loop() -> bool:
     import asyncio
     import sys
 
-    try:
-        asyncio.get_running_loop()
+    if asyncio._get_running_loop() is not None:
         return True
-    except RuntimeError:
-        pass
     trio = sys.modules.get("trio")
     if trio is None:
         return False

@@ -7,6 +7,7 @@ numbers are host-side costs of the library around a near-zero-cost graph.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import queue
@@ -407,10 +408,8 @@ class Thin:
             self.loop.call_soon(self._drain)
 
     def _fd_ready(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):  # (read back already)
             os.eventfd_read(self.efd)
-        except OSError:
-            pass
         if not self.scheduled:
             self._drain()
 
