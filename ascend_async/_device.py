@@ -107,13 +107,16 @@ class EventBudget:
     def try_take(self, n: int) -> bool:
         """Take ``n`` events if they fit and nobody waits (the common path: no await)."""
         with self._lock:
-            used = self.used + n
-            if self._waiters or used > self.limit:
-                return False
-            self.used = used
-            if used > self.peak:
-                self.peak = used
-            return True
+            return self._try_take_locked(n)
+
+    def _try_take_locked(self, n: int) -> bool:
+        used = self.used + n
+        if self._waiters or used > self.limit:
+            return False
+        self.used = used
+        if used > self.peak:
+            self.peak = used
+        return True
 
     def take_now(self, n: int) -> bool:
         """Take ``n`` events if they fit, ahead of waiting runs (a synchronous caller that
@@ -155,10 +158,13 @@ class EventBudget:
     def give(self, n: int) -> None:
         """Give back ``n`` events (any thread) and admit the runs that fit now, in order."""
         with self._lock:
-            self.used -= n
-            granted = self._grant_locked() if self._waiters else None
+            granted = self._give_locked(n)
         if granted:
             self._wake(granted)
+
+    def _give_locked(self, n: int) -> list[_Ticket] | None:
+        self.used -= n
+        return self._grant_locked() if self._waiters else None
 
     def _grant_locked(self) -> list[_Ticket]:
         granted = []
@@ -308,12 +314,8 @@ class Device:
         the budget has no room or runs wait for it. Give both back with :meth:`give_run_event`."""
         budget = self.events
         with self._lock:  # (the budget's lock too)
-            used = budget.used + 1
-            if budget._waiters or used > budget.limit:
+            if not budget._try_take_locked(1):
                 return None
-            budget.used = used
-            if used > budget.peak:
-                budget.peak = used
             if self._events:
                 return self._events.pop()
         try:
@@ -327,8 +329,7 @@ class Device:
         budget = self.events
         with self._lock:  # (the budget's lock too)
             self._events.append(event)
-            budget.used -= 1
-            granted = budget._grant_locked() if budget._waiters else None
+            granted = budget._give_locked(1)
         if granted:
             budget._wake(granted)
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import threading
 import weakref
 from asyncio import _get_running_loop
@@ -43,7 +44,7 @@ import anyio.lowlevel
 
 from ._watcher import Watcher
 
-__all__ = ["DRAIN_CHUNK", "SUBMIT_BUDGET", "Limit", "LoopBridge", "Waiter", "current_bridge"]
+__all__ = ["DRAIN_CHUNK", "SUBMIT_BUDGET", "Limit", "LoopBridge", "Waiter", "current_bridge", "on_event_loop"]
 
 #: Most runs one drain completes (and one submission collects in passing).
 DRAIN_CHUNK = 16
@@ -483,6 +484,20 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def on_event_loop() -> bool:
+    """Whether the calling thread is running an event loop (asyncio, uvloop or trio)."""
+    if _get_running_loop() is not None:
+        return True
+    trio = sys.modules.get("trio")  # (not imported: no trio loop can be running)
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return False
+    return True
 
 
 def current_bridge() -> LoopBridge:

@@ -27,7 +27,7 @@ from ._event import Event
 from ._ge import ge_initialize, global_options, option_array
 from ._ge_options import GRAPH, SESSION, validate
 from ._graph import Graph, GraphSource
-from ._loop import Limit, LoopBridge, current_bridge
+from ._loop import Limit, LoopBridge, current_bridge, on_event_loop
 from ._offline import ModelReplica, OfflineModel
 from ._streams import Stream, StreamPool
 from ._submit import (
@@ -209,7 +209,7 @@ class Session:
         self._open_args = (device_id, streams, options, max_in_flight)
         self._open_lock = threading.Lock()
         self._open_error: BaseException | None = None
-        if not _on_event_loop():
+        if not on_event_loop():
             self._open_device()
 
     def _open_device(self) -> None:
@@ -1490,23 +1490,6 @@ class _Opening:
     async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:
             await self._session.aclose()
-
-
-def _on_event_loop() -> bool:
-    """Whether the calling thread is running an event loop (asyncio, uvloop or trio)."""
-    import asyncio
-    import sys
-
-    if asyncio._get_running_loop() is not None:
-        return True
-    trio = sys.modules.get("trio")
-    if trio is None:
-        return False
-    try:
-        trio.lowlevel.current_trio_token()
-        return True
-    except RuntimeError:
-        return False
 
 
 def _check_count(name: str, value: object, least: int) -> None:

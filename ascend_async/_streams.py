@@ -117,19 +117,27 @@ class StreamPool:
         if self.stale:
             self.refresh()
         with self._lock:
-            streams = self.streams
-            if want is None:
-                n = len(streams)
-                self._rr = (self._rr + 1) % n
-                best = streams[self._rr]
-                for s in streams:
-                    if s.in_flight < best.in_flight:
-                        best = s
-                return best
-            return self._wanted(streams, want)
+            return self._pick_locked(want)
 
-    @staticmethod
-    def _wanted(streams: list[Stream], want: Stream | int) -> Stream:
+    def start(self, want: Stream | int | None) -> Stream:
+        """:meth:`pick` and :meth:`started` in one step: the stream for the next run, counted
+        as running there."""
+        if self.stale:
+            self.refresh()
+        with self._lock:
+            best = self._pick_locked(want)
+            best.in_flight += 1
+            return best
+
+    def _pick_locked(self, want: Stream | int | None) -> Stream:
+        streams = self.streams
+        if want is None:
+            self._rr = rr = (self._rr + 1) % len(streams)
+            best = streams[rr]
+            for s in streams:
+                if s.in_flight < best.in_flight:
+                    best = s
+            return best
         if isinstance(want, int):
             if not 0 <= want < len(streams):
                 raise ValueError(f"stream={want}: this session has streams 0..{len(streams) - 1}")
@@ -137,25 +145,6 @@ class StreamPool:
         if want not in streams:
             raise ValueError(f"{want!r} is not a live stream of this session")
         return want
-
-    def start(self, want: Stream | int | None) -> Stream:
-        """:meth:`pick` and :meth:`started` in one step: the stream for the next run, counted
-        as running there."""
-        if self._faulted or self._replaced:  # (stale)
-            self.refresh()
-        with self._lock:
-            streams = self.streams
-            if want is None:
-                n = len(streams)
-                self._rr = rr = (self._rr + 1) % n
-                best = streams[rr]
-                for s in streams:
-                    if s.in_flight < best.in_flight:
-                        best = s
-            else:
-                best = self._wanted(streams, want)
-            best.in_flight += 1
-            return best
 
     def started(self, stream: Stream) -> None:
         with self._lock:

@@ -102,8 +102,9 @@ async def test_an_idle_loop_is_woken_by_its_eventfd_on_asyncio_and_by_a_post_on_
 
 
 def test_a_loops_eventfd_is_closed_once_the_loop_is_gone() -> None:
-    if not hasattr(os, "eventfd"):
-        pytest.skip("no os.eventfd on this platform: wake-ups are posted (covered by the test above)")
+    """Where there is no ``os.eventfd`` (not Linux), the loop has none and is woken by posts,
+    which the test above covers; the runs still come back right."""
+    has_eventfd = hasattr(os, "eventfd")
     seen: dict[str, Any] = {}
 
     async def main(s: ascend_async.Session, g: ascend_async.Graph) -> None:
@@ -111,6 +112,9 @@ def test_a_loops_eventfd_is_closed_once_the_loop_is_gone() -> None:
         out = await s.run(g, {"x": x, "y": x})
         np.testing.assert_array_equal(out["z"], x + x)
         wake_fd = current_bridge()._wake_fd
+        if not has_eventfd:
+            assert wake_fd is None
+            return
         assert wake_fd is not None
         seen["fd"] = wake_fd.fd
         seen["ref"] = weakref.ref(wake_fd)
@@ -120,8 +124,9 @@ def test_a_loops_eventfd_is_closed_once_the_loop_is_gone() -> None:
         g = add_model(s)
         asyncio.run(main(s, g))
         gc.collect()
-        assert seen["ref"]() is None, "the loop is gone but its eventfd is still held"
-        watcher = s._device.get_watcher()
-        assert all(n.fd != seen["fd"] for n in watcher._notify.values())
+        if has_eventfd:
+            assert seen["ref"]() is None, "the loop is gone but its eventfd is still held"
+            watcher = s._device.get_watcher()
+            assert all(n.fd != seen["fd"] for n in watcher._notify.values())
         # And a new loop gets a fresh one that works.
         asyncio.run(main(s, g))
